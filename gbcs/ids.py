@@ -1,0 +1,24 @@
+"""EUI-64 entity and device identifiers (8 bytes) as used in Grouping Headers and SMKI certificates."""
+
+from __future__ import annotations
+
+from gbcs.errors import DecodeError
+
+EUI64_LEN = 8
+
+
+def parse_eui64(text: str) -> bytes:
+    """'90B3D51F30020000', '90-b3-d5-...' or '90:b3:...' -> 8 bytes. DecodeError naming the input otherwise."""
+    raise NotImplementedError
+
+
+def eui64_hex(value: bytes) -> str:
+    """8 bytes -> lower-case 16 hex digits (the keystore file naming)."""
+    raise NotImplementedError
+
+
+def check_eui64(value: bytes, what: str) -> bytes:
+    """Return value if it is exactly 8 bytes, else DecodeError naming `what`."""
+    if len(value) != EUI64_LEN:
+        raise DecodeError(f"{what} must be 8 bytes (EUI-64), got {len(value)}")
+    return value

@@ -1,0 +1,67 @@
+"""Shared fixtures. Parts that a laptop may lack (SoftHSM, PostgreSQL, the shared vectors) skip loudly
+off CI and fail when CI=true."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def require_part(what: str, available: bool, how: str) -> None:
+    """Fail in CI, skip loudly elsewhere, when a real part the test needs is missing."""
+    if available:
+        return
+    message = f"{what} is not available: {how}"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true and {message}", pytrace=False)
+    warnings.warn(f"SKIPPING: {message}", stacklevel=2)
+    pytest.skip(f"SKIPPED LOUDLY: {message}")
+
+
+@pytest.fixture(scope="session")
+def vectors_dir() -> Path:
+    path = Path(os.environ.get("VDNO_VECTORS", ROOT.parent / "shared" / "gbcs" / "vectors"))
+    require_part("the RTDS vectors", (path / "INDEX.md").is_file(), f"expected at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def softhsm_module() -> Path:
+    """Path of libsofthsm2.so; the token itself is made per test in a temporary folder."""
+    candidates = [
+        Path("/usr/lib/softhsm/libsofthsm2.so"),
+        Path("/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so"),
+        Path("/usr/local/lib/softhsm/libsofthsm2.so"),
+    ]
+    found = next((p for p in candidates if p.is_file()), None)
+    require_part(
+        "SoftHSM",
+        found is not None and shutil.which("softhsm2-util") is not None,
+        "install the Debian package softhsm2 (make setup does)",
+    )
+    assert found is not None
+    return found
+
+
+def _postgres_reachable(url: str) -> bool:
+    try:
+        import psycopg
+
+        with psycopg.connect(url, connect_timeout=3):
+            return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """psycopg URL of the machine's PostgreSQL (database `test`, trust auth)."""
+    url = os.environ.get("VDNO_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+    require_part("PostgreSQL", _postgres_reachable(url), f"cannot connect to {url}")
+    return url
