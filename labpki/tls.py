@@ -1,0 +1,145 @@
+"""A TLS CA for mutual TLS between bench clients and the server; separate from the SMKI hierarchy.
+
+ECDSA P-256 keys and ecdsa-with-SHA256 signatures. A client certificate's CN is the bench id."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from labpki.errors import LabPkiError
+from labpki.smki import CertifiedKey, new_p256_key, random_serial, subject_key_identifier
+
+CLOCK_SKEW = timedelta(minutes=5)
+
+
+def _start(now: datetime | None) -> datetime:
+    if now is None:
+        now = datetime.now(UTC)
+    elif now.tzinfo is None:
+        now = now.replace(tzinfo=UTC)
+    return now.astimezone(UTC).replace(microsecond=0) - CLOCK_SKEW
+
+
+def _name(common_name: str) -> x509.Name:
+    if not common_name:
+        raise LabPkiError("a TLS certificate needs a non-empty common name")
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _ca_ski(ca: CertifiedKey) -> x509.AuthorityKeyIdentifier:
+    ski = ca.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+
+
+def make_tls_ca(name: str = "VDNO-LAB-TLS-CA", now: datetime | None = None, days: int = 3650) -> CertifiedKey:
+    """Self-signed TLS CA: BC CA:TRUE pathlen 0, KU keyCertSign+cRLSign (critical), SKI."""
+    key = new_p256_key()
+    subject = _name(name)
+    start = _start(now)
+    builder = (
+        x509.CertificateBuilder()
+        .serial_number(random_serial())
+        .issuer_name(subject)
+        .subject_name(subject)
+        .not_valid_before(start)
+        .not_valid_after(start + timedelta(days=days))
+        .public_key(key.public_key())
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier(subject_key_identifier(key.public_key())), critical=False)
+    )
+    return CertifiedKey(builder.sign(key, hashes.SHA256()), key)
+
+
+def _issue(
+    ca: CertifiedKey,
+    common_name: str,
+    usage: x509.ObjectIdentifier,
+    san: x509.SubjectAlternativeName | None,
+    now: datetime | None,
+    days: int,
+) -> CertifiedKey:
+    key = new_p256_key()
+    start = _start(now)
+    builder = (
+        x509.CertificateBuilder()
+        .serial_number(random_serial())
+        .issuer_name(ca.certificate.subject)
+        .subject_name(_name(common_name))
+        .not_valid_before(start)
+        .not_valid_after(start + timedelta(days=days))
+        .public_key(key.public_key())
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier(subject_key_identifier(key.public_key())), critical=False)
+        .add_extension(_ca_ski(ca), critical=False)
+    )
+    if san is not None:
+        builder = builder.add_extension(san, critical=False)
+    return CertifiedKey(builder.sign(ca.signing_key, hashes.SHA256()), key)
+
+
+def issue_server_certificate(
+    ca: CertifiedKey,
+    hostnames: Sequence[str] = ("localhost",),
+    ips: Sequence[str] = ("127.0.0.1",),
+    now: datetime | None = None,
+    days: int = 825,
+) -> CertifiedKey:
+    """Server certificate (new P-256 key), EKU serverAuth, SAN DNS names and IP addresses; CN = first name."""
+    names: list[x509.GeneralName] = [x509.DNSName(h) for h in hostnames]
+    names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+    if not names:
+        raise LabPkiError("a server certificate needs at least one hostname or IP address")
+    common_name = hostnames[0] if hostnames else ips[0]
+    return _issue(
+        ca, common_name, ExtendedKeyUsageOID.SERVER_AUTH, x509.SubjectAlternativeName(names), now, days
+    )
+
+
+def issue_client_certificate(
+    ca: CertifiedKey, common_name: str, now: datetime | None = None, days: int = 825
+) -> CertifiedKey:
+    """Client certificate (new P-256 key), EKU clientAuth; the CN is the bench id."""
+    return _issue(ca, common_name, ExtendedKeyUsageOID.CLIENT_AUTH, None, now, days)
+
+
+def client_common_name(certificate: x509.Certificate) -> str:
+    """The bench id (CN) of a client certificate."""
+    values = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(values) != 1 or not isinstance(values[0].value, str):
+        raise LabPkiError("client certificate must carry exactly one CN")
+    return values[0].value
