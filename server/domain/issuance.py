@@ -1,0 +1,273 @@
+"""Hand-out issuance: validate -> allocate counter and record -> build -> sign in the HSM -> verify in
+software -> store the signed bytes -> release (ARCHITECTURE §4, §5 rules 2-6)."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from gbcs.cells import NO_DS_CELL, NO_KA_CELL, CredentialsReplacementMode, KeyUsage, StatusCode
+from gbcs.cs02b import (
+    AuthorisingRemotePartyControl,
+    TrustAnchorReplacement,
+    UpdateSecurityCredentialsCommand,
+    UpdateSecurityCredentialsResponse,
+)
+from gbcs.errors import GbcsError
+from gbcs.framing import Cra, GeneralSigningApdu, GroupingHeader, MessageCode, decode_message
+from gbcs.signature import verify_message_signature, verify_signature
+from gbcs.smki import SmkiCertificate, load_certificate
+from server.domain.errors import (
+    InvalidRequest,
+    OutcomeRejected,
+    RequestIdConflict,
+    SignatureCheckFailed,
+    UnknownArea,
+    UnknownIssuance,
+    Unavailable,
+    VdnoError,
+)
+from server.domain.policy import (
+    TrustAnchors,
+    check_device_certificate,
+    find_custodial_generation,
+    read_network_operator_cells,
+    require_enrolled,
+)
+from server.domain.ports import CustodyStore, DigestSigner
+from server.domain.values import (
+    Area,
+    CellState,
+    IssuanceDraft,
+    IssuanceRecord,
+    IssuanceStatus,
+    OutcomeReport,
+    RecordedOutcome,
+    SignedCommand,
+    VanillaGeneration,
+    HandOutRequest,
+)
+
+Clock = Callable[[], datetime]
+# A RECORDED issuance untouched for this long belongs to an attempt that died; a retry may finish it.
+STALE_ATTEMPT = timedelta(seconds=30)
+# New NO's seq-number floor set by a hand-out (GBCS 13.3.5: present when control changes hands).
+HAND_OUT_FLOOR = 0
+
+
+def counter_floor(now: datetime) -> int:
+    """Microseconds since the epoch: counters never fall behind this, so a restore from an old backup
+    cannot reuse a counter (ARCHITECTURE §5.4)."""
+    return int(now.timestamp() * 1_000_000)
+
+
+def build_hand_out_command(
+    generation: VanillaGeneration, area: Area, device_id: bytes, counter: int, issuing_ca: bytes
+) -> GeneralSigningApdu:
+    """The unsigned CS02b mode-3 command moving the device's NO cells from `generation` to `area`."""
+    header = GroupingHeader(
+        cra=Cra.COMMAND,
+        originator_counter=counter,
+        business_originator_id=generation.entity_id,
+        business_target_id=device_id,
+        message_code=MessageCode.CS02B_NETWORK_OPERATOR_BY_NETWORK_OPERATOR,
+    )
+    payload = UpdateSecurityCredentialsCommand(
+        control=AuthorisingRemotePartyControl(
+            mode=CredentialsReplacementMode.NETWORK_OPERATOR_BY_NETWORK_OPERATOR,
+            seq_number=counter,  # ARCHITECTURE §5.4: authorisingRemotePartySeqNumber = originator counter
+            ta_cell=NO_DS_CELL,
+            floor_seq_number=HAND_OUT_FLOOR,
+        ),
+        replacements=(
+            TrustAnchorReplacement(area.ds_certificate, NO_DS_CELL),
+            TrustAnchorReplacement(area.ka_certificate, NO_KA_CELL),
+        ),
+        certification_path_certificates=(issuing_ca,),
+    )
+    return GeneralSigningApdu(header=header, content=payload.encode())
+
+
+class HandOutService:
+    """The bench-facing workflows. Thread-safe; one instance per process."""
+
+    def __init__(
+        self,
+        store: CustodyStore,
+        signer: DigestSigner,
+        anchors: TrustAnchors,
+        clock: Clock,
+    ) -> None:
+        self._store = store
+        self._signer = signer
+        self._anchors = anchors
+        self._device_ca = load_certificate(anchors.device_ca)
+        self._clock = clock
+        self._in_flight: dict[tuple[str, str], threading.Lock] = {}
+        self._in_flight_guard = threading.Lock()
+        self._ds_keys: dict[int, SmkiCertificate] = {}
+
+    # -- hand-out
+    def hand_out(self, request: HandOutRequest) -> SignedCommand:
+        require_enrolled(request.bench_id, self._store.get_bench(request.bench_id))
+        key = (request.bench_id, request.request_id)
+        with self._in_flight_guard:
+            lock = self._in_flight.setdefault(key, threading.Lock())
+        try:
+            with lock:  # a twin of this request in this process waits, then gets the same bytes
+                return self._hand_out_once(request)
+        finally:
+            with self._in_flight_guard:
+                self._in_flight.pop(key, None)
+
+    def _hand_out_once(self, request: HandOutRequest) -> SignedCommand:
+        existing = self._store.find_issuance(request.bench_id, request.request_id)
+        if existing is not None:
+            return self._resume(existing, request)
+        area = self._store.get_area(request.area_id)
+        if area is None:
+            raise UnknownArea(f"area {request.area_id} is not registered with this custodian")
+        now = self._clock()
+        device_cert = check_device_certificate(
+            request.device_id, request.device_certificate, self._device_ca, now
+        )
+        no_ds, _ = read_network_operator_cells(request.device_id, request.credentials_response, device_cert)
+        generation = find_custodial_generation(request.device_id, no_ds, self._store.list_generations())
+        draft = IssuanceDraft(
+            bench_id=request.bench_id,
+            request_id=request.request_id,
+            request_fingerprint=request.fingerprint(),
+            device_id=request.device_id,
+            area_id=area.area_id,
+            generation=generation.generation,
+            device_certificate=request.device_certificate,
+        )
+        record, created = self._store.begin_issuance(draft, counter_floor(now))
+        if not created:
+            return self._resume(record, request)
+        return self._sign_and_store(record, generation, area)
+
+    def _resume(self, record: IssuanceRecord, request: HandOutRequest) -> SignedCommand:
+        if record.request_fingerprint != request.fingerprint():
+            raise RequestIdConflict(
+                f"request id {request.request_id!r} was already used for another device or area"
+            )
+        if record.signed_command is not None:
+            return _signed(record)
+        if record.status is IssuanceStatus.RECORDED and self._clock() - record.created_at < STALE_ATTEMPT:
+            raise Unavailable("this request is still being signed; retry with the same request id")
+        # A failed or abandoned attempt released nothing: finish it under its recorded counter.
+        area = self._store.get_area(record.area_id)
+        generation = next(g for g in self._store.list_generations() if g.generation == record.generation)
+        if area is None:
+            raise UnknownArea(f"area {record.area_id} is no longer registered")
+        return self._sign_and_store(record, generation, area)
+
+    def _ds_certificate(self, generation: VanillaGeneration) -> SmkiCertificate:
+        cert = self._ds_keys.get(generation.generation)
+        if cert is None:
+            cert = load_certificate(generation.ds_certificate)
+            self._ds_keys[generation.generation] = cert
+        return cert
+
+    def _sign_and_store(self, record: IssuanceRecord, generation: VanillaGeneration, area: Area) -> SignedCommand:
+        apdu = build_hand_out_command(
+            generation, area, record.device_id, record.counter, self._anchors.issuing_ca
+        )
+        signed_range = apdu.signed_bytes()
+        try:
+            signature = self._signer.sign_digest(generation.ds_key_uri, hashlib.sha256(signed_range).digest())
+            # ARCHITECTURE §5.6: verified with the certificate's public key before release.
+            verify_signature(signed_range, signature, self._ds_certificate(generation).certificate)
+        except GbcsError as exc:
+            self._store.fail_issuance(record.issuance_id, "signature failed software verification")
+            raise SignatureCheckFailed("the HSM signature did not verify; nothing was released") from exc
+        except VdnoError as exc:
+            self._store.fail_issuance(record.issuance_id, type(exc).__name__)
+            raise
+        command = apdu.with_signature(signature).encode()
+        stored = self._store.complete_issuance(record.issuance_id, command)
+        return _signed(stored)
+
+    # -- outcome
+    def report_outcome(self, report: OutcomeReport) -> RecordedOutcome:
+        require_enrolled(report.bench_id, self._store.get_bench(report.bench_id))
+        record = self._store.find_issuance(report.bench_id, report.request_id)
+        if record is None or record.signed_command is None:
+            raise UnknownIssuance(f"no signed hand-out for request id {report.request_id!r}")
+        area = self._store.get_area(record.area_id)
+        if area is None:
+            raise UnknownArea(f"area {record.area_id} is no longer registered")
+        outcome = self._check_response(record, area, report.response)
+        if record.outcome_response is not None:
+            if record.outcome_response != report.response:
+                raise OutcomeRejected("an outcome was already recorded for this hand-out")
+            return outcome
+        self._store.record_outcome(record.issuance_id, outcome, report.response, f"bench:{report.bench_id}")
+        return outcome
+
+    def _check_response(self, record: IssuanceRecord, area: Area, response: bytes) -> RecordedOutcome:
+        try:
+            device_cert = load_certificate(record.device_certificate)
+            message = decode_message(response)
+            header = message.apdu.header
+            if header.cra is not Cra.RESPONSE:
+                raise OutcomeRejected("response is not a GBCS response (CRA flag)")
+            if header.message_code != MessageCode.CS02B_NETWORK_OPERATOR_BY_NETWORK_OPERATOR:
+                raise OutcomeRejected("response is not a CS02b network-operator response")
+            if header.business_originator_id != record.device_id:
+                raise OutcomeRejected("response was not sent by the hand-out's device")
+            if header.originator_counter != record.counter:
+                raise OutcomeRejected("response does not echo the hand-out's originator counter")
+            verify_message_signature(message, device_cert.certificate)
+            payload = UpdateSecurityCredentialsResponse.decode(message.apdu.content)
+        except GbcsError as exc:
+            raise OutcomeRejected(f"response does not verify as the device's CS02b response: {exc}") from exc
+        result = payload.execution_outcome
+        if result is None:
+            raise OutcomeRejected("response carries no execution outcome")
+        cells: list[tuple[int, int, int]] = []
+        no_ds: CellState | None = None
+        no_ka: CellState | None = None
+        expected = {
+            KeyUsage.DIGITAL_SIGNATURE: load_certificate(area.ds_certificate).subject_key_identifier,
+            KeyUsage.KEY_AGREEMENT: load_certificate(area.ka_certificate).subject_key_identifier,
+        }
+        applied = True
+        for item in result.replacement_outcomes:
+            cells.append((item.cell.role, int(item.cell.key_usage), item.status))
+            ok = item.status == StatusCode.SUCCESS
+            state = (
+                CellState(item.replacing_subject_unique_id, item.replacing_subject_key_identifier)
+                if ok
+                else CellState(item.existing_subject_unique_id, item.existing_subject_key_identifier)
+            )
+            if ok and (
+                item.replacing_subject_unique_id != area.entity_id
+                or expected.get(item.cell.key_usage) != item.replacing_subject_key_identifier
+            ):
+                raise OutcomeRejected("response reports certificates other than the area's")
+            applied = applied and ok
+            if item.cell == NO_DS_CELL:
+                no_ds = state
+            elif item.cell == NO_KA_CELL:
+                no_ka = state
+        if no_ds is None or no_ka is None:
+            applied = False
+        status = IssuanceStatus.APPLIED if applied else IssuanceStatus.REJECTED
+        return RecordedOutcome(record.issuance_id, status, tuple(cells), no_ds, no_ka)
+
+
+def _signed(record: IssuanceRecord) -> SignedCommand:
+    if record.signed_command is None:
+        raise InvalidRequest("issuance has no signed command")
+    return SignedCommand(
+        issuance_id=record.issuance_id,
+        device_id=record.device_id,
+        area_id=record.area_id,
+        generation=record.generation,
+        counter=record.counter,
+        command=record.signed_command,
+    )

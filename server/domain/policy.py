@@ -1,0 +1,101 @@
+"""Policy checks before anything is signed (ARCHITECTURE §4 step 3, §5 rule 2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from gbcs.cells import KeyUsage, RemotePartyRole
+from gbcs.cs02a import ProvideSecurityCredentialsResponse
+from gbcs.errors import GbcsError
+from gbcs.framing import Cra, MessageCode, decode_message
+from gbcs.signature import verify_message_signature
+from gbcs.smki import SmkiCertificate, load_certificate, verify_certification_path
+from server.domain.errors import (
+    BenchNotEnrolled,
+    DeviceCertificateUntrusted,
+    DeviceNotVanilla,
+    InvalidRequest,
+)
+from server.domain.values import Bench, BenchStatus, CellState, GenerationStatus, VanillaGeneration
+
+
+@dataclass(frozen=True)
+class TrustAnchors:
+    """The SMKI certificates the service trusts, loaded once at start-up (DER)."""
+
+    root_ca: bytes
+    issuing_ca: bytes
+    device_ca: bytes
+
+
+def require_enrolled(bench_id: str, bench: Bench | None) -> None:
+    if bench is None or bench.status is not BenchStatus.ENROLLED:
+        raise BenchNotEnrolled(f"bench {bench_id!r} is not enrolled or has been revoked")
+
+
+def check_device_certificate(
+    device_id: bytes, certificate_der: bytes, device_ca: SmkiCertificate, at: datetime
+) -> SmkiCertificate:
+    """The device DS certificate names this device and chains to the configured device CA."""
+    try:
+        cert = load_certificate(certificate_der)
+    except GbcsError as exc:
+        raise InvalidRequest(f"device_certificate is not a usable certificate: {exc}") from exc
+    if not cert.is_device or cert.entity_id != device_id:
+        raise DeviceCertificateUntrusted(f"device_certificate is not the certificate of device {device_id.hex()}")
+    if cert.key_usage is not KeyUsage.DIGITAL_SIGNATURE:
+        raise DeviceCertificateUntrusted("device_certificate is not a digital-signing certificate")
+    try:
+        verify_certification_path(cert, (), device_ca, at)
+    except GbcsError as exc:
+        raise DeviceCertificateUntrusted(
+            f"device_certificate of {device_id.hex()} does not chain to the configured device CA"
+        ) from exc
+    return cert
+
+
+def read_network_operator_cells(
+    device_id: bytes, credentials_response: bytes, device_certificate: SmkiCertificate
+) -> tuple[CellState, CellState | None]:
+    """Authenticate the meter's CS02a response and return what its NO DS (and KA) cells hold."""
+    try:
+        message = decode_message(credentials_response)
+        header = message.apdu.header
+        if header.cra is not Cra.RESPONSE or header.message_code != MessageCode.CS02A_PROVIDE_SECURITY_CREDENTIALS:
+            raise InvalidRequest("credentials_response is not a CS02a response")
+        if header.business_originator_id != device_id:
+            raise InvalidRequest("credentials_response was not sent by the device named in device_id")
+        verify_message_signature(message, device_certificate.certificate)
+        payload = ProvideSecurityCredentialsResponse.decode(message.apdu.content)
+    except GbcsError as exc:
+        raise InvalidRequest(f"credentials_response is not a valid signed CS02a response: {exc}") from exc
+    ds: CellState | None = None
+    ka: CellState | None = None
+    for role in payload.roles:
+        if role.role != RemotePartyRole.NETWORK_OPERATOR or not role.cells:
+            continue
+        for cell in role.cells:
+            state = CellState(cell.subject_unique_id, cell.subject_key_identifier)
+            if cell.key_usage == KeyUsage.DIGITAL_SIGNATURE:
+                ds = state
+            elif cell.key_usage == KeyUsage.KEY_AGREEMENT:
+                ka = state
+    if ds is None:
+        raise DeviceNotVanilla(f"device {device_id.hex()} reported no network-operator signing cell")
+    return ds, ka
+
+
+def find_custodial_generation(
+    device_id: bytes, no_ds: CellState, generations: list[VanillaGeneration]
+) -> VanillaGeneration:
+    """The active vanilla generation whose DS certificate sits in the device's NO DS cell."""
+    for generation in generations:
+        if generation.status is not GenerationStatus.ACTIVE or generation.entity_id != no_ds.entity_id:
+            continue
+        if load_certificate(generation.ds_certificate).subject_key_identifier == no_ds.subject_key_identifier:
+            return generation
+    raise DeviceNotVanilla(
+        f"device {device_id.hex()} does not hold an active vanilla generation in its NO cell "
+        f"(it holds entity {no_ds.entity_id.hex()})"
+    )

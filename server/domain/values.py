@@ -1,0 +1,224 @@
+"""Domain values, built by validating constructors. No protobuf, grpc or pkcs11 types here."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from server.domain.errors import InvalidRequest
+
+# MPAS distributor ids of the 14 GB DNO areas and their names.
+AREA_NAMES: dict[int, str] = {
+    10: "Eastern England",
+    11: "East Midlands",
+    12: "London",
+    13: "Merseyside and North Wales",
+    14: "West Midlands",
+    15: "North Eastern England",
+    16: "North Western England",
+    17: "Northern Scotland",
+    18: "Southern Scotland",
+    19: "South Eastern England",
+    20: "Southern England",
+    21: "South Wales",
+    22: "South Western England",
+    23: "Yorkshire",
+}
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
+_BENCH_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
+_HEX16 = re.compile(r"^[0-9A-Fa-f]{16}$")
+
+
+def parse_entity_id(text: str, what: str) -> bytes:
+    """An EUI-64 as 16 hex digits (separators '-', ':' or ' ' allowed) -> 8 bytes."""
+    compact = re.sub(r"[-: ]", "", text or "")
+    if not _HEX16.match(compact):
+        raise InvalidRequest(f"{what} must be an EUI-64 of 16 hex digits, got {text!r:.40}")
+    return bytes.fromhex(compact)
+
+
+def parse_area_id(value: int) -> int:
+    if value not in AREA_NAMES:
+        raise InvalidRequest(f"area id must be a GB DNO area 10-23, got {value}")
+    return value
+
+
+def parse_request_id(text: str) -> str:
+    if not _REQUEST_ID.match(text or ""):
+        raise InvalidRequest("request id must be 1-64 characters of letters, digits and . _ : -")
+    return text
+
+
+def parse_bench_id(text: str) -> str:
+    if not _BENCH_ID.match(text or ""):
+        raise InvalidRequest("bench id must be 1-64 characters of letters, digits and . _ -")
+    return text
+
+
+class GenerationStatus(StrEnum):
+    ACTIVE = "active"  # may sign hand-outs
+    RETIRED = "retired"  # kept for the record; signs nothing
+    COMPROMISED = "compromised"
+
+
+class BenchStatus(StrEnum):
+    ENROLLED = "enrolled"
+    REVOKED = "revoked"
+
+
+class IssuanceStatus(StrEnum):
+    RECORDED = "recorded"  # counter allocated, not yet signed (write-ahead)
+    SIGNED = "signed"  # signature verified and stored; released to the bench
+    FAILED = "failed"  # signing or verification failed; counter burnt, nothing released
+    APPLIED = "applied"  # the meter's signed response reports every cell replaced
+    REJECTED = "rejected"  # the meter's signed response reports a refusal
+
+
+@dataclass(frozen=True)
+class Area:
+    area_id: int
+    name: str
+    entity_id: bytes
+    ds_certificate: bytes  # DER, the area DNO's NO digital-signing certificate
+    ka_certificate: bytes  # DER, the area DNO's NO key-agreement certificate
+
+
+@dataclass(frozen=True)
+class VanillaGeneration:
+    generation: int
+    entity_id: bytes
+    ds_key_uri: str  # RFC 7512 URI of the private DS key in the token
+    ka_key_uri: str
+    ds_certificate: bytes
+    ka_certificate: bytes
+    status: GenerationStatus
+
+
+@dataclass(frozen=True)
+class Bench:
+    bench_id: str
+    status: BenchStatus
+
+
+@dataclass(frozen=True)
+class HandOutRequest:
+    """A bench's request to hand a vanilla meter out to an area, with what it read from the meter."""
+
+    bench_id: str
+    request_id: str
+    device_id: bytes
+    area_id: int
+    device_certificate: bytes  # DER device DS certificate (CS02e)
+    credentials_response: bytes  # the device-signed CS02a response (GS APDU)
+
+    @classmethod
+    def create(
+        cls,
+        bench_id: str,
+        request_id: str,
+        device_id: str,
+        area_id: int,
+        device_certificate: bytes,
+        credentials_response: bytes,
+    ) -> HandOutRequest:
+        if not device_certificate:
+            raise InvalidRequest("device_certificate is required (the meter's CS02e DS certificate)")
+        if not credentials_response:
+            raise InvalidRequest("credentials_response is required (the meter's signed CS02a response)")
+        return cls(
+            bench_id=parse_bench_id(bench_id),
+            request_id=parse_request_id(request_id),
+            device_id=parse_entity_id(device_id, "device_id"),
+            area_id=parse_area_id(area_id),
+            device_certificate=device_certificate,
+            credentials_response=credentials_response,
+        )
+
+    def fingerprint(self) -> str:
+        """What a retry with the same request id must repeat: the device and the area."""
+        return hashlib.sha256(self.device_id + bytes([self.area_id])).hexdigest()
+
+
+@dataclass(frozen=True)
+class IssuanceDraft:
+    """What is recorded before the HSM signs (ARCHITECTURE §5.3)."""
+
+    bench_id: str
+    request_id: str
+    request_fingerprint: str
+    device_id: bytes
+    area_id: int
+    generation: int
+    device_certificate: bytes
+
+
+@dataclass(frozen=True)
+class IssuanceRecord:
+    issuance_id: int
+    bench_id: str
+    request_id: str
+    request_fingerprint: str
+    device_id: bytes
+    area_id: int
+    generation: int
+    counter: int
+    device_certificate: bytes
+    status: IssuanceStatus
+    created_at: datetime
+    signed_command: bytes | None = None
+    outcome_response: bytes | None = None
+
+
+@dataclass(frozen=True)
+class SignedCommand:
+    """A released CS02b mode-3 command: GS APDU with the KRP signature, no MAC header."""
+
+    issuance_id: int
+    device_id: bytes
+    area_id: int
+    generation: int
+    counter: int
+    command: bytes
+
+
+@dataclass(frozen=True)
+class OutcomeReport:
+    bench_id: str
+    request_id: str
+    response: bytes  # the meter's signed CS02b response
+
+    @classmethod
+    def create(cls, bench_id: str, request_id: str, response: bytes) -> OutcomeReport:
+        if not response:
+            raise InvalidRequest("response is required (the meter's signed CS02b response)")
+        return cls(parse_bench_id(bench_id), parse_request_id(request_id), response)
+
+
+@dataclass(frozen=True)
+class CellState:
+    """What a device's NO cell holds, from its signed responses."""
+
+    entity_id: bytes
+    subject_key_identifier: bytes
+
+
+@dataclass(frozen=True)
+class RecordedOutcome:
+    issuance_id: int
+    status: IssuanceStatus
+    cell_statuses: tuple[tuple[int, int, int], ...]  # (role, key usage bit, status code)
+    no_ds: CellState | None
+    no_ka: CellState | None
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    event: str  # e.g. "command.issued", "bench.enrolled", "auth.refused"
+    actor: str
+    subject: str
+    details: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,88 @@
+"""The one interceptor: binds a request id and the bench identity to the log context, and maps domain
+errors to gRPC status codes with their safe message. Anything else becomes INTERNAL with a generic
+message; its details stay in the server log."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import structlog
+
+from server.domain import errors as e
+
+STATUS_BY_ERROR: tuple[tuple[type[e.VdnoError], grpc.StatusCode], ...] = (
+    (e.InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    (e.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (e.BenchNotEnrolled, grpc.StatusCode.PERMISSION_DENIED),
+    (e.UnknownArea, grpc.StatusCode.NOT_FOUND),
+    (e.UnknownIssuance, grpc.StatusCode.NOT_FOUND),
+    (e.PolicyRefused, grpc.StatusCode.FAILED_PRECONDITION),
+    (e.RequestIdConflict, grpc.StatusCode.ALREADY_EXISTS),
+    (e.Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (e.SignatureCheckFailed, grpc.StatusCode.INTERNAL),
+)
+
+
+def status_for(error: e.VdnoError) -> grpc.StatusCode:
+    for kind, code in STATUS_BY_ERROR:
+        if isinstance(error, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def bench_identity(context: grpc.ServicerContext) -> str:
+    """The bench id is the CN of the verified client certificate (mTLS is enforced by the TLS layer)."""
+    names = context.auth_context().get("x509_common_name") or []
+    if not names:
+        raise e.Unauthenticated("a client certificate naming the bench is required")
+    return bytes(names[0]).decode("utf-8", "replace")
+
+
+class ErrorMappingInterceptor(grpc.ServerInterceptor):
+    def __init__(self, on_refused_auth: Callable[[str, str], None] | None = None) -> None:
+        self._log = structlog.get_logger("vdno.rpc")
+        self._on_refused_auth = on_refused_auth
+
+    def intercept_service(self, continuation: Callable[..., Any], handler_call_details: Any) -> Any:
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method = handler_call_details.method
+        if method.startswith("/grpc."):  # health and reflection are not ours to wrap
+            return handler
+        inner = handler.unary_unary
+        log = self._log
+        on_refused = self._on_refused_auth
+
+        def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
+            request_id = uuid.uuid4().hex
+            names = context.auth_context().get("x509_common_name") or [b"?"]
+            structlog.contextvars.bind_contextvars(
+                rpc_id=request_id, method=method, bench=bytes(names[0]).decode("utf-8", "replace")
+            )
+            started = time.perf_counter()
+            try:
+                response = inner(request, context)
+                log.info("rpc.ok", ms=round((time.perf_counter() - started) * 1000, 2))
+                return response
+            except e.VdnoError as error:
+                code = status_for(error)
+                log.warning("rpc.refused", code=code.name, error=type(error).__name__, reason=str(error))
+                if on_refused is not None and isinstance(error, (e.Unauthenticated, e.BenchNotEnrolled)):
+                    on_refused(bytes(names[0]).decode("utf-8", "replace"), type(error).__name__)
+                context.abort(code, str(error))
+            except Exception:
+                log.exception("rpc.internal_error")
+                context.abort(grpc.StatusCode.INTERNAL, f"internal error (reference {request_id})")
+            finally:
+                structlog.contextvars.clear_contextvars()
+
+        return grpc.unary_unary_rpc_method_handler(
+            wrapped,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

@@ -1,0 +1,78 @@
+"""Hash-chained audit log (ARCHITECTURE §5.9): append inside the caller's transaction; verify offline."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import Connection, Engine, select, update
+
+from server.domain.values import AuditEvent
+from server.store.schema import audit_head, audit_log
+
+GENESIS_HASH = "0" * 64
+
+
+def _entry_hash(prev_hash: str, seq: int, at: str, event: str, actor: str, subject: str, details: str) -> str:
+    body = json.dumps([prev_hash, seq, at, event, actor, subject, details], separators=(",", ":"))
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def append_event(conn: Connection, event: AuditEvent, now: datetime | None = None) -> int:
+    """Append one entry; the chain head row is locked (FOR UPDATE) so appenders serialise."""
+    head = conn.execute(select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1).with_for_update()).one()
+    seq = int(head.seq) + 1
+    at = (now or datetime.now(UTC)).isoformat()
+    details = json.dumps(event.details, sort_keys=True, separators=(",", ":"), default=str)
+    digest = _entry_hash(head.hash, seq, at, event.event, event.actor, event.subject, details)
+    conn.execute(
+        audit_log.insert().values(
+            seq=seq,
+            at=at,
+            event=event.event,
+            actor=event.actor,
+            subject=event.subject,
+            details=details,
+            prev_hash=head.hash,
+            hash=digest,
+        )
+    )
+    conn.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=digest))
+    return seq
+
+
+@dataclass(frozen=True)
+class AuditVerification:
+    entries: int
+    ok: bool
+    problem: str | None = None
+
+
+def verify_chain(engine: Engine) -> AuditVerification:
+    """Walk the whole log: every entry's prev_hash is the previous hash, every hash recomputes, seqs are
+    contiguous from 1, and the head row names the last entry."""
+    prev, count = GENESIS_HASH, 0
+    with engine.connect() as conn:
+        for row in conn.execute(select(audit_log).order_by(audit_log.c.seq)):
+            count += 1
+            if row.seq != count:
+                return AuditVerification(count - 1, False, f"sequence gap: expected {count}, found {row.seq}")
+            if row.prev_hash != prev:
+                return AuditVerification(count - 1, False, f"entry {row.seq}: prev_hash does not link")
+            expect = _entry_hash(prev, row.seq, row.at, row.event, row.actor, row.subject, row.details)
+            if row.hash != expect:
+                return AuditVerification(count - 1, False, f"entry {row.seq}: hash does not match its content")
+            prev = row.hash
+        head = conn.execute(select(audit_head).where(audit_head.c.id == 1)).one()
+    if head.seq != count or head.hash != prev:
+        return AuditVerification(count, False, "chain head does not name the last entry (truncated log?)")
+    return AuditVerification(count, True)
+
+
+def iter_events(engine: Engine) -> Iterator[dict[str, object]]:
+    with engine.connect() as conn:
+        for row in conn.execute(select(audit_log).order_by(audit_log.c.seq)):
+            yield dict(row._mapping)
