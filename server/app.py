@@ -1,0 +1,113 @@
+"""Builds the running service from Settings: the one construction path used by production and tests."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from server.config import ConfigError, Settings
+from server.domain.issuance import HandOutService
+from server.domain.policy import TrustAnchors
+from server.domain.values import AuditEvent
+from server.rpc.interceptors import ErrorMappingInterceptor
+from server.rpc.servicers import BenchServicer
+from server.store.sql import SqlCustodyStore, open_store
+from vdno.v1 import custodian_pb2, custodian_pb2_grpc
+
+SERVICE_NAME = custodian_pb2.DESCRIPTOR.services_by_name["BenchService"].full_name
+
+
+def _read_der(path: Path, what: str) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{what} {path} cannot be read") from exc
+    try:
+        cert = x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
+    except ValueError as exc:
+        raise ConfigError(f"{what} {path} is not a certificate") from exc
+    return cert.public_bytes(Encoding.DER)
+
+
+def load_anchors(settings: Settings) -> TrustAnchors:
+    return TrustAnchors(
+        root_ca=_read_der(settings.trust.root_ca, "trust.root_ca"),
+        issuing_ca=_read_der(settings.trust.issuing_ca, "trust.issuing_ca"),
+        device_ca=_read_der(settings.trust.device_ca, "trust.device_ca"),
+    )
+
+
+def open_signer(settings: Settings, environ: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    """The PKCS#11 signer (imported here so a bench install never needs python-pkcs11)."""
+    from server.hsm.signer import Pkcs11Signer
+
+    env = dict(os.environ) if environ is None else environ
+    if settings.hsm.softhsm_conf is not None:
+        os.environ["SOFTHSM2_CONF"] = str(settings.hsm.softhsm_conf)
+    return Pkcs11Signer(str(settings.hsm.module), settings.hsm.token_label, settings.hsm.read_pin(env))
+
+
+@dataclass
+class RunningServer:
+    server: grpc.Server
+    port: int
+    store: SqlCustodyStore
+    close_signer: Callable[[], None]
+
+    def stop(self, grace: float = 1.0) -> None:
+        self.server.stop(grace).wait()
+        self.close_signer()
+        self.store.close()
+
+
+def build_server(
+    settings: Settings,
+    clock: Callable[[], datetime] | None = None,
+    environ: dict[str, str] | None = None,
+) -> RunningServer:
+    """Open store and HSM, wire the domain, bind with mandatory mTLS, start. Binds settings.listen
+    (use port 0 for a free port; the bound port is returned)."""
+    anchors = load_anchors(settings)
+    store = open_store(settings.database_url)
+    signer = open_signer(settings, environ)
+    service = HandOutService(store, signer, anchors, clock or (lambda: datetime.now(UTC)))
+
+    def audit_refusal(bench: str, reason: str) -> None:
+        store.record_event(AuditEvent("auth.refused", f"bench:{bench}", "rpc", {"reason": reason}))
+
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="rpc"),
+        interceptors=[ErrorMappingInterceptor(on_refused_auth=audit_refusal)],
+        options=[("grpc.so_reuseport", 1)],
+    )
+    custodian_pb2_grpc.add_BenchServiceServicer_to_server(BenchServicer(service, store, anchors), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+    )
+    try:
+        credentials = grpc.ssl_server_credentials(
+            [(settings.tls.server_key.read_bytes(), settings.tls.server_certificate.read_bytes())],
+            root_certificates=settings.tls.client_ca.read_bytes(),
+            require_client_auth=True,
+        )
+    except OSError as exc:
+        raise ConfigError("tls certificate, key or client CA cannot be read") from exc
+    port = server.add_secure_port(settings.listen, credentials)
+    if port == 0:
+        raise ConfigError(f"cannot listen on {settings.listen}")
+    server.start()
+    health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server, port, store, signer.close)

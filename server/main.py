@@ -1,0 +1,104 @@
+"""`vdno-server`: serve, initialise the embedded default, verify the audit log."""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import typer
+
+from server.config import Settings, load_settings
+from server.domain.errors import VdnoError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="vdno: the vanilla DNO custodian service")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"vdno-server: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _settings(config: Path) -> Settings:
+    try:
+        return load_settings(config)
+    except VdnoError as exc:
+        _fail(str(exc))
+        raise
+
+
+def _serve_one(config: Path, ready: object = None) -> None:
+    from server.app import build_server
+    from server.observability import configure_logging
+
+    settings = _settings(config)
+    configure_logging(settings.log_level)
+    running = build_server(settings)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"vdno-server listening on port {running.port}", flush=True)
+    stop.wait()
+    running.stop(grace=2.0)
+
+
+@app.command()
+def serve(config: Path = typer.Option(..., "--config", help="TOML settings file")) -> None:
+    """Run the service. With [server] processes > 1, that many processes share the port (SO_REUSEPORT)."""
+    settings = _settings(config)
+    try:
+        if settings.processes == 1:
+            _serve_one(config)
+            return
+        if settings.listen.endswith(":0"):
+            _fail("[server] listen needs a fixed port when processes > 1")
+        ctx = multiprocessing.get_context("spawn")
+        workers = [ctx.Process(target=_serve_one, args=(config,), daemon=False) for _ in range(settings.processes)]
+        for w in workers:
+            w.start()
+
+        def _forward(*_: object) -> None:
+            for w in workers:
+                if w.is_alive() and w.pid is not None:
+                    w.terminate()
+
+        signal.signal(signal.SIGTERM, _forward)
+        signal.signal(signal.SIGINT, _forward)
+        for w in workers:
+            w.join()
+    except VdnoError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def init(
+    state: Path = typer.Option(Path("state"), "--state", help="state folder to create or complete"),
+    bench: list[str] = typer.Option(["bench-01"], "--bench", help="bench ids to enrol and certify"),
+) -> None:
+    """Initialise (idempotently) the embedded default in a state folder."""
+    from server.bootstrap import initialise_state
+
+    try:
+        initialise_state(state, tuple(bench))
+    except VdnoError as exc:
+        _fail(str(exc))
+
+
+@app.command("verify-audit")
+def verify_audit(config: Path = typer.Option(..., "--config", help="TOML settings file")) -> None:
+    """Check the hash-chained audit log end to end (offline). Exit 0 only if it is intact."""
+    from server.store.audit import verify_chain
+    from server.store.sql import make_engine
+
+    settings = _settings(config)
+    result = verify_chain(make_engine(settings.database_url))
+    if result.ok:
+        typer.echo(f"audit log intact: {result.entries} entries")
+        return
+    _fail(f"audit log broken after {result.entries} good entries: {result.problem}", code=1)
+
+
+if __name__ == "__main__":
+    sys.exit(app())
