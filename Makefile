@@ -11,7 +11,7 @@ setup: $(VENV)/.installed softhsm proto
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[server,dev]'
+	$(PY) -m pip install -q -e '.[server,dev]' --config-settings editable_mode=compat
 	touch $@
 
 softhsm:
