@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 
+from gbcs import ber
+from gbcs.errors import DecodeError, EncodeError
+
 
 class RemotePartyRole(IntEnum):
     ROOT = 0
@@ -71,12 +74,52 @@ class TrustAnchorCellIdentifier:
 
     def encode(self) -> bytes:
         """DER SEQUENCE (cellUsage omitted when 0)."""
-        raise NotImplementedError
+        return ber.sequence(*self.encode_fields())
+
+    def encode_fields(self) -> tuple[bytes, ...]:
+        """The encoded SEQUENCE elements (also used for IMPLICIT [2])."""
+        parts = [ber.der_int(self.role), encode_key_usage(self.key_usage)]
+        if self.cell_usage != CellUsage.MANAGEMENT:
+            parts.append(ber.der_int(self.cell_usage))
+        return tuple(parts)
 
     @classmethod
     def decode_content(cls, content: bytes) -> TrustAnchorCellIdentifier:
         """Decode the contents of the SEQUENCE (lenient BER). DecodeError otherwise."""
-        raise NotImplementedError
+        wrapper = ber.Tlv(ber.TAG_SEQUENCE, bytes(content), 0, 0, b"")
+        return cls.decode_tlv(wrapper)
+
+    @classmethod
+    def decode_tlv(cls, item: ber.Tlv, what: str = "TrustAnchorCellIdentifier") -> TrustAnchorCellIdentifier:
+        """Decode a constructed TLV (SEQUENCE or IMPLICIT [2]) holding a cell identifier."""
+        reader = ber.SeqReader(item, what)
+        role = ber.decode_int(reader.next(ber.TAG_INTEGER, "remotePartyRole"), f"{what}.remotePartyRole")
+        key_usage = decode_key_usage(reader.next(ber.TAG_BIT_STRING, "keyUsage"), f"{what}.keyUsage")
+        cell_usage_tlv = reader.optional(ber.TAG_INTEGER, "cellUsage")
+        cell_usage = (
+            CellUsage.MANAGEMENT
+            if cell_usage_tlv is None
+            else ber.decode_int(cell_usage_tlv, f"{what}.cellUsage")
+        )
+        reader.done()
+        return cls(role, key_usage, cell_usage)
+
+
+def encode_key_usage(key_usage: int) -> bytes:
+    """KeyUsage bit -> DER BIT STRING (03 02 07 80 for digitalSignature)."""
+    if not 0 <= key_usage <= 8:
+        raise EncodeError(f"key usage bit {key_usage} outside 0..8")
+    return ber.single_bit_string(key_usage)
+
+
+def decode_key_usage(item: ber.Tlv, field: str) -> KeyUsage:
+    bit = ber.decode_single_bit(item, field)
+    try:
+        return KeyUsage(bit)
+    except ValueError as exc:
+        raise DecodeError(
+            f"{field}: key usage bit {bit} is not DS/KA/keyCertSign at offset {item.offset}"
+        ) from exc
 
 
 NO_DS_CELL = TrustAnchorCellIdentifier(RemotePartyRole.NETWORK_OPERATOR, KeyUsage.DIGITAL_SIGNATURE)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gbcs.cells import TrustAnchorCellIdentifier
+from gbcs import ber
+from gbcs.cells import CellUsage, TrustAnchorCellIdentifier, decode_key_usage, encode_key_usage
+from gbcs.errors import DecodeError
 
 
 @dataclass(frozen=True)
@@ -13,11 +15,24 @@ class ProvideSecurityCredentialsCommand:
     roles: tuple[int, ...]  # remotePartyRolesCredentialsRequired
 
     def encode(self) -> bytes:
-        raise NotImplementedError
+        return ber.sequence(self.ta_cell.encode(), ber.sequence(*(ber.der_int(r) for r in self.roles)))
 
     @classmethod
     def decode(cls, data: bytes) -> ProvideSecurityCredentialsCommand:
-        raise NotImplementedError
+        what = "CS02a command"
+        reader = ber.SeqReader(_outer(data, what), what)
+        cell = TrustAnchorCellIdentifier.decode_tlv(
+            reader.next(ber.TAG_SEQUENCE, "authorisingRemotePartyTACellIdentifier"),
+            f"{what}.authorisingRemotePartyTACellIdentifier",
+        )
+        roles_tlv = reader.next(ber.TAG_SEQUENCE, "remotePartyRolesCredentialsRequired")
+        reader.done()
+        roles = []
+        for item in ber.read_children(roles_tlv, f"{what}.roles"):
+            if item.tag != ber.TAG_INTEGER:
+                raise DecodeError(f"{what}: role entry tag {item.tag:#04x} is not INTEGER at {item.offset}")
+            roles.append(ber.decode_int(item, f"{what}.role"))
+        return cls(cell, tuple(roles))
 
 
 @dataclass(frozen=True)
@@ -41,8 +56,69 @@ class ProvideSecurityCredentialsResponse:
     roles: tuple[RoleCredentials, ...]
 
     def encode(self) -> bytes:
-        raise NotImplementedError
+        return ber.sequence(*(_encode_role(r) for r in self.roles))
 
     @classmethod
     def decode(cls, data: bytes) -> ProvideSecurityCredentialsResponse:
-        raise NotImplementedError
+        what = "CS02a response"
+        outer = _outer(data, what)
+        return cls(tuple(_decode_role(item) for item in ber.read_children(outer, what)))
+
+
+def _outer(data: bytes, what: str) -> ber.Tlv:
+    outer = ber.read_single(bytes(data), what)
+    if outer.tag != ber.TAG_SEQUENCE:
+        raise DecodeError(f"{what}: expected SEQUENCE (30), got {outer.tag:#04x} at offset 0")
+    return outer
+
+
+def _encode_role(role: RoleCredentials) -> bytes:
+    parts = [ber.der_int(role.role), ber.der_int(role.status, ber.TAG_ENUMERATED)]
+    if role.current_seq_number is not None:
+        parts.append(ber.der_int(role.current_seq_number))
+    if role.cells is not None:
+        parts.append(ber.sequence(*(_encode_cell(c) for c in role.cells)))
+    return ber.sequence(*parts)
+
+
+def _encode_cell(cell: TrustAnchorCellDetails) -> bytes:
+    parts = [encode_key_usage(cell.key_usage)]
+    if cell.cell_usage != CellUsage.MANAGEMENT:
+        parts.append(ber.der_int(cell.cell_usage))
+    parts.append(ber.tlv(ber.TAG_OCTET_STRING, bytes(cell.subject_unique_id)))
+    parts.append(ber.tlv(ber.TAG_OCTET_STRING, bytes(cell.subject_key_identifier)))
+    return ber.sequence(*parts)
+
+
+def _decode_role(item: ber.Tlv) -> RoleCredentials:
+    what = "CS02a role credentials"
+    if item.tag != ber.TAG_SEQUENCE:
+        raise DecodeError(f"{what}: expected SEQUENCE, got {item.tag:#04x} at offset {item.offset}")
+    reader = ber.SeqReader(item, what)
+    role = ber.decode_int(reader.next(ber.TAG_INTEGER, "remotePartyRole"), f"{what}.remotePartyRole")
+    status = ber.decode_int(
+        reader.next((ber.TAG_ENUMERATED, ber.TAG_INTEGER), "statusCode"), f"{what}.statusCode"
+    )
+    seq_tlv = reader.optional(ber.TAG_INTEGER, "currentSeqNumber")
+    cells_tlv = reader.optional(ber.TAG_SEQUENCE, "trustAnchorCellDetails")
+    reader.done()
+    cells = None
+    if cells_tlv is not None:
+        cells = tuple(_decode_cell(c) for c in ber.read_children(cells_tlv, f"{what}.trustAnchorCellDetails"))
+    return RoleCredentials(
+        role, status, None if seq_tlv is None else ber.decode_int(seq_tlv, f"{what}.currentSeqNumber"), cells
+    )
+
+
+def _decode_cell(item: ber.Tlv) -> TrustAnchorCellDetails:
+    what = "CS02a trustAnchorCellDetails"
+    if item.tag != ber.TAG_SEQUENCE:
+        raise DecodeError(f"{what}: expected SEQUENCE, got {item.tag:#04x} at offset {item.offset}")
+    reader = ber.SeqReader(item, what)
+    key_usage = decode_key_usage(reader.next(ber.TAG_BIT_STRING, "keyUsage"), f"{what}.keyUsage")
+    usage_tlv = reader.optional(ber.TAG_INTEGER, "cellUsage")
+    uid = reader.next(ber.TAG_OCTET_STRING, "subjectUniqueID").content
+    ski = reader.next(ber.TAG_OCTET_STRING, "subjectKeyIdentifier").content
+    reader.done()
+    usage = CellUsage.MANAGEMENT if usage_tlv is None else ber.decode_int(usage_tlv, f"{what}.cellUsage")
+    return TrustAnchorCellDetails(int(key_usage), usage, uid, ski)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gbcs.cells import KeyUsage
+from gbcs import ber
+from gbcs.cells import KeyUsage, decode_key_usage, encode_key_usage
+from gbcs.errors import DecodeError, EncodeError
 
 
 @dataclass(frozen=True)
@@ -12,11 +14,18 @@ class ProvideDeviceCertificateCommand:
     key_usage: KeyUsage
 
     def encode(self) -> bytes:
-        raise NotImplementedError
+        return ber.sequence(encode_key_usage(self.key_usage))
 
     @classmethod
     def decode(cls, data: bytes) -> ProvideDeviceCertificateCommand:
-        raise NotImplementedError
+        what = "CS02e command"
+        outer = ber.read_single(bytes(data), what)
+        if outer.tag != ber.TAG_SEQUENCE:
+            raise DecodeError(f"{what}: expected SEQUENCE (30), got {outer.tag:#04x} at offset 0")
+        reader = ber.SeqReader(outer, what)
+        key_usage = decode_key_usage(reader.next(ber.TAG_BIT_STRING, "keyUsage"), f"{what}.keyUsage")
+        reader.done()
+        return cls(key_usage)
 
 
 @dataclass(frozen=True)
@@ -27,11 +36,24 @@ class DeviceCertificateResponse:
     response_code: int | None = None
 
     def encode(self) -> bytes:
-        raise NotImplementedError
+        if (self.certificate is None) == (self.response_code is None):
+            raise EncodeError("CS02e response needs exactly one of certificate or response_code")
+        if self.certificate is not None:
+            return ber.check_der_element(self.certificate, "CS02e response certificate")
+        assert self.response_code is not None
+        return ber.der_int(self.response_code)
 
     @classmethod
     def decode(cls, data: bytes) -> DeviceCertificateResponse:
-        raise NotImplementedError
+        what = "CS02e response"
+        item = ber.read_single(bytes(data), what)
+        if item.tag == ber.TAG_SEQUENCE:
+            return cls(certificate=item.raw)
+        if item.tag == ber.TAG_INTEGER:
+            return cls(response_code=ber.decode_int(item, f"{what}.responseCode"))
+        raise DecodeError(
+            f"{what}: expected Certificate (30) or INTEGER (02), got {item.tag:#04x} at offset 0"
+        )
 
 
 @dataclass(frozen=True)
@@ -41,11 +63,15 @@ class UpdateDeviceCertificateCommand:
     certificate: bytes
 
     def encode(self) -> bytes:
-        raise NotImplementedError
+        return ber.check_der_element(self.certificate, "CS02d certificate")
 
     @classmethod
     def decode(cls, data: bytes) -> UpdateDeviceCertificateCommand:
-        raise NotImplementedError
+        what = "CS02d command"
+        item = ber.read_single(bytes(data), what)
+        if item.tag != ber.TAG_SEQUENCE:
+            raise DecodeError(f"{what}: expected Certificate (30), got {item.tag:#04x} at offset 0")
+        return cls(item.raw)
 
 
 @dataclass(frozen=True)
@@ -53,8 +79,12 @@ class UpdateDeviceCertificateResponse:
     response_code: int
 
     def encode(self) -> bytes:
-        raise NotImplementedError
+        return ber.der_int(self.response_code)
 
     @classmethod
     def decode(cls, data: bytes) -> UpdateDeviceCertificateResponse:
-        raise NotImplementedError
+        what = "CS02d response"
+        item = ber.read_single(bytes(data), what)
+        if item.tag != ber.TAG_INTEGER:
+            raise DecodeError(f"{what}: expected INTEGER (02), got {item.tag:#04x} at offset 0")
+        return cls(ber.decode_int(item, f"{what}.responseCode"))

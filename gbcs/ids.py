@@ -5,16 +5,26 @@ from __future__ import annotations
 from gbcs.errors import DecodeError
 
 EUI64_LEN = 8
+_HEX = frozenset("0123456789abcdefABCDEF")
 
 
 def parse_eui64(text: str) -> bytes:
-    """'90B3D51F30020000', '90-b3-d5-...' or '90:b3:...' -> 8 bytes. DecodeError naming the input otherwise."""
-    raise NotImplementedError
+    """'90B3D51F30020000', '90-b3-d5-...' or '90:b3:...' -> 8 bytes.
+
+    DecodeError naming the input otherwise."""
+    if not isinstance(text, str):
+        raise DecodeError(f"EUI-64 must be text, got {type(text).__name__}")
+    digits = text.strip()
+    for sep in ("-", ":", " "):
+        digits = digits.replace(sep, "")
+    if len(digits) != 2 * EUI64_LEN or any(c not in _HEX for c in digits):
+        raise DecodeError(f"EUI-64 {text!r} is not 16 hex digits (optionally separated by '-', ':' or ' ')")
+    return bytes.fromhex(digits)
 
 
 def eui64_hex(value: bytes) -> str:
     """8 bytes -> lower-case 16 hex digits (the keystore file naming)."""
-    raise NotImplementedError
+    return check_eui64(bytes(value), "EUI-64").hex()
 
 
 def check_eui64(value: bytes, what: str) -> bytes:

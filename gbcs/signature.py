@@ -2,41 +2,71 @@
 
 from __future__ import annotations
 
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec
+import hashlib
 
-from gbcs.framing import GbcsMessage, GeneralSigningApdu
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
+
+from gbcs.errors import SignatureError
+from gbcs.framing import SIGNATURE_LEN, GbcsMessage, GeneralSigningApdu
+
+_COORD_LEN = SIGNATURE_LEN // 2
 
 
 def signed_digest(signed_range: bytes) -> bytes:
     """SHA-256 of the signed range (what CKM_ECDSA signs in the HSM)."""
-    raise NotImplementedError
+    return hashlib.sha256(bytes(signed_range)).digest()
 
 
 def raw_to_der(signature: bytes) -> bytes:
     """64-byte r‖s -> DER ECDSA-Sig-Value. SignatureError if not 64 bytes."""
-    raise NotImplementedError
+    if len(signature) != SIGNATURE_LEN:
+        raise SignatureError(f"signature must be {SIGNATURE_LEN} bytes r||s, got {len(signature)}")
+    r = int.from_bytes(signature[:_COORD_LEN], "big")
+    s = int.from_bytes(signature[_COORD_LEN:], "big")
+    return encode_dss_signature(r, s)
 
 
 def der_to_raw(signature: bytes) -> bytes:
     """DER ECDSA-Sig-Value -> 64-byte r‖s."""
-    raise NotImplementedError
+    try:
+        r, s = decode_dss_signature(bytes(signature))
+    except ValueError as exc:
+        raise SignatureError(f"not a DER ECDSA-Sig-Value: {exc}") from exc
+    if not (0 <= r < 1 << 256 and 0 <= s < 1 << 256):
+        raise SignatureError("ECDSA r or s does not fit 32 bytes")
+    return r.to_bytes(_COORD_LEN, "big") + s.to_bytes(_COORD_LEN, "big")
 
 
 def sign_apdu(apdu: GeneralSigningApdu, private_key: ec.EllipticCurvePrivateKey) -> GeneralSigningApdu:
     """Software signing (simulator devices, test KRPs): the APDU with its 64-byte signature set."""
-    raise NotImplementedError
+    der = private_key.sign(apdu.signed_bytes(), ec.ECDSA(hashes.SHA256()))
+    return apdu.with_signature(der_to_raw(der))
 
 
 def verify_signature(
     signed_range: bytes, signature: bytes | None, key: ec.EllipticCurvePublicKey | x509.Certificate
 ) -> None:
     """Verify r‖s over signed_range with `cryptography`. SignatureError if absent, malformed or invalid."""
-    raise NotImplementedError
+    if not signature:
+        raise SignatureError("signature absent (no signature-length byte or length 00)")
+    public_key = key.public_key() if isinstance(key, x509.Certificate) else key
+    if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(
+        public_key.curve, ec.SECP256R1
+    ):
+        raise SignatureError("verification key is not an EC P-256 public key")
+    der = raw_to_der(signature)
+    try:
+        public_key.verify(der, bytes(signed_range), ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature as exc:
+        raise SignatureError("signature does not verify over the signed range") from exc
 
 
 def verify_message_signature(
     message: GbcsMessage, key: ec.EllipticCurvePublicKey | x509.Certificate
 ) -> None:
     """verify_signature over the message's signed range as received."""
-    raise NotImplementedError
+    verify_signature(message.signed_range, message.apdu.signature, key)
