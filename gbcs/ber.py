@@ -126,9 +126,7 @@ class SeqReader:
     def done(self) -> None:
         if self.index < len(self.items):
             item = self.items[self.index]
-            raise DecodeError(
-                f"{self.what}: unexpected element tag {item.tag:#04x} at offset {item.offset}"
-            )
+            raise DecodeError(f"{self.what}: unexpected element tag {item.tag:#04x} at offset {item.offset}")
 
 
 # --- writer -------------------------------------------------------------------------------------

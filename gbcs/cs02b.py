@@ -189,9 +189,7 @@ def _sequence_of(item: ber.Tlv, what: str, tag: int) -> list[ber.Tlv]:
 
 
 def _encode_specialist(items: tuple[SpecialistSeqNumber, ...]) -> bytes:
-    return b"".join(
-        ber.sequence(ber.der_int(i.seq_number_usage), ber.der_int(i.seq_number)) for i in items
-    )
+    return b"".join(ber.sequence(ber.der_int(i.seq_number_usage), ber.der_int(i.seq_number)) for i in items)
 
 
 def _decode_specialist(item: ber.Tlv, what: str) -> tuple[SpecialistSeqNumber, ...]:

@@ -24,9 +24,7 @@ KDF_ALGORITHM_ID = bytes.fromhex("60857406080300")
 PeerKey = ec.EllipticCurvePublicKey | x509.Certificate
 
 
-def derive_mac_key(
-    private_key: ec.EllipticCurvePrivateKey, peer: PeerKey, header: GroupingHeader
-) -> bytes:
+def derive_mac_key(private_key: ec.EllipticCurvePrivateKey, peer: PeerKey, header: GroupingHeader) -> bytes:
     """16-byte AES key: first 16 bytes of SHA-256(00000001 ‖ Z ‖ OtherInfo), OtherInfo from the header."""
     public_key = peer.public_key() if isinstance(peer, x509.Certificate) else peer
     if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(

@@ -65,8 +65,6 @@ def verify_signature(
         raise SignatureError("signature does not verify over the signed range") from exc
 
 
-def verify_message_signature(
-    message: GbcsMessage, key: ec.EllipticCurvePublicKey | x509.Certificate
-) -> None:
+def verify_message_signature(message: GbcsMessage, key: ec.EllipticCurvePublicKey | x509.Certificate) -> None:
     """verify_signature over the message's signed range as received."""
     verify_signature(message.signed_range, message.apdu.signature, key)

@@ -33,7 +33,11 @@ def _read_der(path: Path, what: str) -> bytes:
     except OSError as exc:
         raise ConfigError(f"{what} {path} cannot be read") from exc
     try:
-        cert = x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
+        cert = (
+            x509.load_pem_x509_certificate(data)
+            if b"-----BEGIN" in data
+            else x509.load_der_x509_certificate(data)
+        )
     except ValueError as exc:
         raise ConfigError(f"{what} {path} is not a certificate") from exc
     return cert.public_bytes(Encoding.DER)
@@ -90,11 +94,14 @@ def build_server(
         interceptors=[ErrorMappingInterceptor(on_refused_auth=audit_refusal)],
         options=[("grpc.so_reuseport", 1)],
     )
-    custodian_pb2_grpc.add_BenchServiceServicer_to_server(BenchServicer(service, store, anchors), server)
+    custodian_pb2_grpc.add_BenchServiceServicer_to_server(  # type: ignore[no-untyped-call]
+        BenchServicer(service, store, anchors), server
+    )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
     )
     try:
         credentials = grpc.ssl_server_credentials(

@@ -14,7 +14,14 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from labpki.hierarchy import LabHierarchy
 from labpki.smki import CertifiedKey, issue_from_csr, issue_organisation_certificate, new_p256_key
-from labpki.store import atomic_write, export_keystore, read_certificate, read_certified_key, write_certificate, write_certified_key
+from labpki.store import (
+    atomic_write,
+    export_keystore,
+    read_certificate,
+    read_certified_key,
+    write_certificate,
+    write_certified_key,
+)
 from labpki.tls import issue_client_certificate, issue_server_certificate
 from server.domain.values import AREA_NAMES, Area, GenerationStatus, VanillaGeneration
 from server.hsm.keys import ensure_keypair, public_key_of, sign_csr
@@ -85,7 +92,9 @@ def _certify_vanilla(
         # The token's public keys must be the certified ones (a re-made token would not match).
         for label, path in ((ds_label, ds_path), (ka_label, ka_path)):
             if read_certificate(path).public_key() != public_key_of(session, label=label):
-                raise RuntimeError(f"{path} does not certify the token key {label}; the state folder is inconsistent")
+                raise RuntimeError(
+                    f"{path} does not certify the token key {label}; the state folder is inconsistent"
+                )
     return VanillaGeneration(
         generation=generation,
         entity_id=entity,
@@ -105,7 +114,11 @@ def _area_credentials(state: Path, pki: LabHierarchy, area_id: int, report: Boot
         if not (folder / f"{stem}.pem").exists():
             key = new_p256_key()
             cert = issue_organisation_certificate(
-                pki.issuing_ca, key.public_key(), area_entity_id(area_id), NETWORK_OPERATOR_ROLE, usage,
+                pki.issuing_ca,
+                key.public_key(),
+                area_entity_id(area_id),
+                NETWORK_OPERATOR_ROLE,
+                usage,
                 common_name=f"LAB DNO {AREA_NAMES[area_id].upper()}"[:64],
             )
             write_certified_key(folder, stem, CertifiedKey(cert, key))
@@ -180,7 +193,9 @@ def initialise_state(
 
     config = state / "config.toml"
     if not config.exists():
-        atomic_write(config, CONFIG_TEMPLATE.format(module=token.module_path, token=TOKEN_LABEL).encode(), mode=0o644)
+        atomic_write(
+            config, CONFIG_TEMPLATE.format(module=token.module_path, token=TOKEN_LABEL).encode(), mode=0o644
+        )
         report.did("wrote config.toml")
 
     store = open_store(f"sqlite:///{state / 'vdno.db'}")
@@ -198,8 +213,10 @@ def initialise_state(
 
     exported = export_keystore(
         state / "keystore",
-        [x509.load_der_x509_certificate(generation.ds_certificate),
-         x509.load_der_x509_certificate(generation.ka_certificate)]
+        [
+            x509.load_der_x509_certificate(generation.ds_certificate),
+            x509.load_der_x509_certificate(generation.ka_certificate),
+        ]
         + [read_certified_key(state / "areas", f"area-{a.area_id}-{u}") for a in areas for u in ("ds", "ka")],
         include_keys=True,
     )

@@ -90,7 +90,7 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
     if not isinstance(db, str) or not db:
         raise ConfigError("[database] url is required")
     if db.startswith("sqlite:///") and not db.startswith("sqlite:////"):
-        db = "sqlite:///" + str(base / db[len("sqlite:///"):])
+        db = "sqlite:///" + str(base / db[len("sqlite:///") :])
     label = hsm.get("token_label")
     if not isinstance(label, str) or not label:
         raise ConfigError("[hsm] token_label is required")

@@ -55,7 +55,9 @@ def serve(config: Path = typer.Option(..., "--config", help="TOML settings file"
         if settings.listen.endswith(":0"):
             _fail("[server] listen needs a fixed port when processes > 1")
         ctx = multiprocessing.get_context("spawn")
-        workers = [ctx.Process(target=_serve_one, args=(config,), daemon=False) for _ in range(settings.processes)]
+        workers = [
+            ctx.Process(target=_serve_one, args=(config,), daemon=False) for _ in range(settings.processes)
+        ]
         for w in workers:
             w.start()
 

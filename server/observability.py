@@ -9,7 +9,9 @@ import structlog
 
 
 def configure_logging(level: str = "info") -> None:
-    logging.basicConfig(format="%(message)s", stream=sys.stderr, level=getattr(logging, level.upper(), logging.INFO))
+    logging.basicConfig(
+        format="%(message)s", stream=sys.stderr, level=getattr(logging, level.upper(), logging.INFO)
+    )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

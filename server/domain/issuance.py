@@ -24,9 +24,9 @@ from server.domain.errors import (
     OutcomeRejected,
     RequestIdConflict,
     SignatureCheckFailed,
+    Unavailable,
     UnknownArea,
     UnknownIssuance,
-    Unavailable,
     VdnoError,
 )
 from server.domain.policy import (
@@ -40,6 +40,7 @@ from server.domain.ports import CustodyStore, DigestSigner
 from server.domain.values import (
     Area,
     CellState,
+    HandOutRequest,
     IssuanceDraft,
     IssuanceRecord,
     IssuanceStatus,
@@ -47,7 +48,6 @@ from server.domain.values import (
     RecordedOutcome,
     SignedCommand,
     VanillaGeneration,
-    HandOutRequest,
 )
 
 Clock = Callable[[], datetime]
@@ -172,7 +172,9 @@ class HandOutService:
             self._ds_keys[generation.generation] = cert
         return cert
 
-    def _sign_and_store(self, record: IssuanceRecord, generation: VanillaGeneration, area: Area) -> SignedCommand:
+    def _sign_and_store(
+        self, record: IssuanceRecord, generation: VanillaGeneration, area: Area
+    ) -> SignedCommand:
         apdu = build_hand_out_command(
             generation, area, record.device_id, record.counter, self._anchors.issuing_ca
         )

@@ -43,7 +43,9 @@ def check_device_certificate(
     except GbcsError as exc:
         raise InvalidRequest(f"device_certificate is not a usable certificate: {exc}") from exc
     if not cert.is_device or cert.entity_id != device_id:
-        raise DeviceCertificateUntrusted(f"device_certificate is not the certificate of device {device_id.hex()}")
+        raise DeviceCertificateUntrusted(
+            f"device_certificate is not the certificate of device {device_id.hex()}"
+        )
     if cert.key_usage is not KeyUsage.DIGITAL_SIGNATURE:
         raise DeviceCertificateUntrusted("device_certificate is not a digital-signing certificate")
     try:
@@ -62,7 +64,10 @@ def read_network_operator_cells(
     try:
         message = decode_message(credentials_response)
         header = message.apdu.header
-        if header.cra is not Cra.RESPONSE or header.message_code != MessageCode.CS02A_PROVIDE_SECURITY_CREDENTIALS:
+        if (
+            header.cra is not Cra.RESPONSE
+            or header.message_code != MessageCode.CS02A_PROVIDE_SECURITY_CREDENTIALS
+        ):
             raise InvalidRequest("credentials_response is not a CS02a response")
         if header.business_originator_id != device_id:
             raise InvalidRequest("credentials_response was not sent by the device named in device_id")

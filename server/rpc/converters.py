@@ -48,14 +48,20 @@ def outcome_ack(outcome: RecordedOutcome) -> pb.OutcomeAck:
         issuance_id=outcome.issuance_id,
         status=outcome.status.value,
         cells=[
-            pb.CellOutcome(role=role, key_usage=_USAGE_NAMES.get(KeyUsage(usage), str(usage)), status_code=status)
+            pb.CellOutcome(
+                role=role, key_usage=_USAGE_NAMES.get(KeyUsage(usage), str(usage)), status_code=status
+            )
             for role, usage, status in outcome.cell_statuses
         ],
     )
 
 
 def trust_bundle(
-    generations: list[VanillaGeneration], areas: list[Area], root_ca: bytes, issuing_ca: bytes, device_ca: bytes
+    generations: list[VanillaGeneration],
+    areas: list[Area],
+    root_ca: bytes,
+    issuing_ca: bytes,
+    device_ca: bytes,
 ) -> pb.TrustBundle:
     return pb.TrustBundle(
         generations=[

@@ -42,7 +42,7 @@ def bench_identity(context: grpc.ServicerContext) -> str:
     return bytes(names[0]).decode("utf-8", "replace")
 
 
-class ErrorMappingInterceptor(grpc.ServerInterceptor):
+class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, on_refused_auth: Callable[[str, str], None] | None = None) -> None:
         self._log = structlog.get_logger("vdno.rpc")
         self._on_refused_auth = on_refused_auth

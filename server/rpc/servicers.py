@@ -19,7 +19,9 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
         self._store = store
         self._anchors = anchors
 
-    def GetTrustBundle(self, request: pb.GetTrustBundleRequest, context: grpc.ServicerContext) -> pb.TrustBundle:
+    def GetTrustBundle(
+        self, request: pb.GetTrustBundleRequest, context: grpc.ServicerContext
+    ) -> pb.TrustBundle:
         bench_identity(context)
         return converters.trust_bundle(
             self._store.list_generations(),

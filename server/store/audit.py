@@ -23,7 +23,9 @@ def _entry_hash(prev_hash: str, seq: int, at: str, event: str, actor: str, subje
 
 def append_event(conn: Connection, event: AuditEvent, now: datetime | None = None) -> int:
     """Append one entry; the chain head row is locked (FOR UPDATE) so appenders serialise."""
-    head = conn.execute(select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1).with_for_update()).one()
+    head = conn.execute(
+        select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1).with_for_update()
+    ).one()
     seq = int(head.seq) + 1
     at = (now or datetime.now(UTC)).isoformat()
     details = json.dumps(event.details, sort_keys=True, separators=(",", ":"), default=str)
@@ -64,7 +66,9 @@ def verify_chain(engine: Engine) -> AuditVerification:
                 return AuditVerification(count - 1, False, f"entry {row.seq}: prev_hash does not link")
             expect = _entry_hash(prev, row.seq, row.at, row.event, row.actor, row.subject, row.details)
             if row.hash != expect:
-                return AuditVerification(count - 1, False, f"entry {row.seq}: hash does not match its content")
+                return AuditVerification(
+                    count - 1, False, f"entry {row.seq}: hash does not match its content"
+                )
             prev = row.hash
         head = conn.execute(select(audit_head).where(audit_head.c.id == 1)).one()
     if head.seq != count or head.hash != prev:

@@ -43,7 +43,9 @@ generations = Table(
 counters = Table(
     "counters",
     metadata,
-    Column("generation", Integer, ForeignKey("generations.generation"), primary_key=True, autoincrement=False),
+    Column(
+        "generation", Integer, ForeignKey("generations.generation"), primary_key=True, autoincrement=False
+    ),
     Column("last_value", BigInteger, nullable=False),
 )
 

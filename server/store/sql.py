@@ -195,19 +195,37 @@ class SqlCustodyStore:
 
     def get_area(self, area_id: int) -> Area | None:
         row = self._read(lambda c: c.execute(select(areas).where(areas.c.area_id == area_id)).first())
-        return None if row is None else Area(row.area_id, row.name, bytes(row.entity_id),
-                                               bytes(row.ds_certificate), bytes(row.ka_certificate))
+        return (
+            None
+            if row is None
+            else Area(
+                row.area_id,
+                row.name,
+                bytes(row.entity_id),
+                bytes(row.ds_certificate),
+                bytes(row.ka_certificate),
+            )
+        )
 
     def list_areas(self) -> list[Area]:
         rows = self._read(lambda c: c.execute(select(areas).order_by(areas.c.area_id)).all())
-        return [Area(r.area_id, r.name, bytes(r.entity_id), bytes(r.ds_certificate), bytes(r.ka_certificate))
-                for r in rows]
+        return [
+            Area(r.area_id, r.name, bytes(r.entity_id), bytes(r.ds_certificate), bytes(r.ka_certificate))
+            for r in rows
+        ]
 
     def list_generations(self) -> list[VanillaGeneration]:
         rows = self._read(lambda c: c.execute(select(generations).order_by(generations.c.generation)).all())
         return [
-            VanillaGeneration(r.generation, bytes(r.entity_id), r.ds_key_uri, r.ka_key_uri,
-                              bytes(r.ds_certificate), bytes(r.ka_certificate), GenerationStatus(r.status))
+            VanillaGeneration(
+                r.generation,
+                bytes(r.entity_id),
+                r.ds_key_uri,
+                r.ka_key_uri,
+                bytes(r.ds_certificate),
+                bytes(r.ka_certificate),
+                GenerationStatus(r.status),
+            )
             for r in rows
         ]
 
@@ -218,13 +236,17 @@ class SqlCustodyStore:
     def find_issuance(self, bench_id: str, request_id: str) -> IssuanceRecord | None:
         row = self._read(
             lambda c: c.execute(
-                select(issuances).where(issuances.c.bench_id == bench_id, issuances.c.request_id == request_id)
+                select(issuances).where(
+                    issuances.c.bench_id == bench_id, issuances.c.request_id == request_id
+                )
             ).first()
         )
         return None if row is None else _issuance(row)
 
     def get_issuance(self, issuance_id: int) -> IssuanceRecord:
-        row = self._read(lambda c: c.execute(select(issuances).where(issuances.c.issuance_id == issuance_id)).first())
+        row = self._read(
+            lambda c: c.execute(select(issuances).where(issuances.c.issuance_id == issuance_id)).first()
+        )
         if row is None:
             raise UnknownIssuance(f"no issuance {issuance_id}")
         return _issuance(row)
@@ -237,12 +259,20 @@ class SqlCustodyStore:
         row = self._read(lambda c: c.execute(select(devices).where(devices.c.device_id == device_id)).first())
         if row is None:
             return None, None
-        ds = CellState(bytes(row.no_ds_entity), bytes(row.no_ds_ski)) if row.no_ds_entity is not None else None
-        ka = CellState(bytes(row.no_ka_entity), bytes(row.no_ka_ski)) if row.no_ka_entity is not None else None
+        ds = (
+            CellState(bytes(row.no_ds_entity), bytes(row.no_ds_ski)) if row.no_ds_entity is not None else None
+        )
+        ka = (
+            CellState(bytes(row.no_ka_entity), bytes(row.no_ka_ski)) if row.no_ka_entity is not None else None
+        )
         return ds, ka
 
     def counter_value(self, generation: int) -> int | None:
-        row = self._read(lambda c: c.execute(select(counters.c.last_value).where(counters.c.generation == generation)).first())
+        row = self._read(
+            lambda c: c.execute(
+                select(counters.c.last_value).where(counters.c.generation == generation)
+            ).first()
+        )
         return None if row is None else int(row.last_value)
 
     # -- custody writes
@@ -251,8 +281,12 @@ class SqlCustodyStore:
 
     def upsert_area(self, area: Area, actor: str) -> bool:
         def op(c: Connection) -> bool:
-            values = {"name": area.name, "entity_id": area.entity_id,
-                      "ds_certificate": area.ds_certificate, "ka_certificate": area.ka_certificate}
+            values = {
+                "name": area.name,
+                "entity_id": area.entity_id,
+                "ds_certificate": area.ds_certificate,
+                "ka_certificate": area.ka_certificate,
+            }
             existing = c.execute(select(areas).where(areas.c.area_id == area.area_id)).first()
             if existing is not None and all(
                 (bytes(existing._mapping[k]) if isinstance(v, bytes) else existing._mapping[k]) == v
@@ -263,25 +297,49 @@ class SqlCustodyStore:
                 c.execute(insert(areas).values(area_id=area.area_id, **values))
             else:
                 c.execute(update(areas).where(areas.c.area_id == area.area_id).values(**values))
-            append_event(c, AuditEvent("area.registered", actor, f"area:{area.area_id}",
-                                       {"name": area.name, "entity_id": area.entity_id.hex()}))
+            append_event(
+                c,
+                AuditEvent(
+                    "area.registered",
+                    actor,
+                    f"area:{area.area_id}",
+                    {"name": area.name, "entity_id": area.entity_id.hex()},
+                ),
+            )
             return True
 
         return self._writer.submit(op)
 
     def add_generation(self, generation: VanillaGeneration, actor: str) -> bool:
         def op(c: Connection) -> bool:
-            if c.execute(select(generations.c.generation)
-                         .where(generations.c.generation == generation.generation)).first() is not None:
+            if (
+                c.execute(
+                    select(generations.c.generation).where(generations.c.generation == generation.generation)
+                ).first()
+                is not None
+            ):
                 return False
-            c.execute(insert(generations).values(
-                generation=generation.generation, entity_id=generation.entity_id,
-                ds_key_uri=generation.ds_key_uri, ka_key_uri=generation.ka_key_uri,
-                ds_certificate=generation.ds_certificate, ka_certificate=generation.ka_certificate,
-                status=generation.status.value))
+            c.execute(
+                insert(generations).values(
+                    generation=generation.generation,
+                    entity_id=generation.entity_id,
+                    ds_key_uri=generation.ds_key_uri,
+                    ka_key_uri=generation.ka_key_uri,
+                    ds_certificate=generation.ds_certificate,
+                    ka_certificate=generation.ka_certificate,
+                    status=generation.status.value,
+                )
+            )
             c.execute(insert(counters).values(generation=generation.generation, last_value=0))
-            append_event(c, AuditEvent("generation.activated", actor, f"generation:{generation.generation}",
-                                       {"entity_id": generation.entity_id.hex(), "status": generation.status.value}))
+            append_event(
+                c,
+                AuditEvent(
+                    "generation.activated",
+                    actor,
+                    f"generation:{generation.generation}",
+                    {"entity_id": generation.entity_id.hex(), "status": generation.status.value},
+                ),
+            )
             return True
 
         return self._writer.submit(op)
@@ -294,8 +352,11 @@ class SqlCustodyStore:
             if row is None:
                 c.execute(insert(benches).values(bench_id=bench_id, status=status.value, changed_at=_now()))
             else:
-                c.execute(update(benches).where(benches.c.bench_id == bench_id)
-                          .values(status=status.value, changed_at=_now()))
+                c.execute(
+                    update(benches)
+                    .where(benches.c.bench_id == bench_id)
+                    .values(status=status.value, changed_at=_now())
+                )
             append_event(c, AuditEvent(f"bench.{status.value}", actor, f"bench:{bench_id}"))
             return True
 
@@ -310,8 +371,11 @@ class SqlCustodyStore:
     # -- issuance
     def begin_issuance(self, draft: IssuanceDraft, counter_floor: int) -> tuple[IssuanceRecord, bool]:
         def op(c: Connection) -> tuple[IssuanceRecord, bool]:
-            existing = c.execute(select(issuances).where(
-                issuances.c.bench_id == draft.bench_id, issuances.c.request_id == draft.request_id)).first()
+            existing = c.execute(
+                select(issuances).where(
+                    issuances.c.bench_id == draft.bench_id, issuances.c.request_id == draft.request_id
+                )
+            ).first()
             if existing is not None:
                 return _issuance(existing), False
             counter = c.execute(
@@ -321,20 +385,50 @@ class SqlCustodyStore:
                 .returning(counters.c.last_value)
             ).scalar_one()
             now = _now()
-            issuance_id = c.execute(insert(issuances).values(
-                bench_id=draft.bench_id, request_id=draft.request_id,
-                request_fingerprint=draft.request_fingerprint, device_id=draft.device_id,
-                area_id=draft.area_id, generation=draft.generation, counter=counter,
-                device_certificate=draft.device_certificate,
-                status=IssuanceStatus.RECORDED.value, created_at=now,
-            ).returning(issuances.c.issuance_id)).scalar_one()
-            append_event(c, AuditEvent("command.recorded", f"bench:{draft.bench_id}", f"issuance:{issuance_id}",
-                                       {"device": draft.device_id.hex(), "area": draft.area_id,
-                                        "generation": draft.generation, "counter": int(counter),
-                                        "request_id": draft.request_id}))
-            return IssuanceRecord(issuance_id, draft.bench_id, draft.request_id, draft.request_fingerprint,
-                                  draft.device_id, draft.area_id, draft.generation, int(counter),
-                                  draft.device_certificate, IssuanceStatus.RECORDED, now), True
+            issuance_id = c.execute(
+                insert(issuances)
+                .values(
+                    bench_id=draft.bench_id,
+                    request_id=draft.request_id,
+                    request_fingerprint=draft.request_fingerprint,
+                    device_id=draft.device_id,
+                    area_id=draft.area_id,
+                    generation=draft.generation,
+                    counter=counter,
+                    device_certificate=draft.device_certificate,
+                    status=IssuanceStatus.RECORDED.value,
+                    created_at=now,
+                )
+                .returning(issuances.c.issuance_id)
+            ).scalar_one()
+            append_event(
+                c,
+                AuditEvent(
+                    "command.recorded",
+                    f"bench:{draft.bench_id}",
+                    f"issuance:{issuance_id}",
+                    {
+                        "device": draft.device_id.hex(),
+                        "area": draft.area_id,
+                        "generation": draft.generation,
+                        "counter": int(counter),
+                        "request_id": draft.request_id,
+                    },
+                ),
+            )
+            return IssuanceRecord(
+                issuance_id,
+                draft.bench_id,
+                draft.request_id,
+                draft.request_fingerprint,
+                draft.device_id,
+                draft.area_id,
+                draft.generation,
+                int(counter),
+                draft.device_certificate,
+                IssuanceStatus.RECORDED,
+                now,
+            ), True
 
         try:
             return self._writer.submit(op)
@@ -347,52 +441,82 @@ class SqlCustodyStore:
 
     def complete_issuance(self, issuance_id: int, signed_command: bytes) -> IssuanceRecord:
         def op(c: Connection) -> IssuanceRecord:
-            row = c.execute(update(issuances)
-                            .where(issuances.c.issuance_id == issuance_id,
-                                   issuances.c.status.in_([IssuanceStatus.RECORDED.value,
-                                                           IssuanceStatus.FAILED.value]))
-                            .values(status=IssuanceStatus.SIGNED.value, signed_command=signed_command,
-                                    signed_at=_now())
-                            .returning(*issuances.c)).first()
+            row = c.execute(
+                update(issuances)
+                .where(
+                    issuances.c.issuance_id == issuance_id,
+                    issuances.c.status.in_([IssuanceStatus.RECORDED.value, IssuanceStatus.FAILED.value]),
+                )
+                .values(status=IssuanceStatus.SIGNED.value, signed_command=signed_command, signed_at=_now())
+                .returning(*issuances.c)
+            ).first()
             if row is None:
                 raise UnknownIssuance(f"issuance {issuance_id} is not awaiting a signature")
-            append_event(c, AuditEvent("command.issued", f"bench:{row.bench_id}", f"issuance:{issuance_id}",
-                                       {"counter": int(row.counter),
-                                        "sha256": hashlib.sha256(signed_command).hexdigest()}))
+            append_event(
+                c,
+                AuditEvent(
+                    "command.issued",
+                    f"bench:{row.bench_id}",
+                    f"issuance:{issuance_id}",
+                    {"counter": int(row.counter), "sha256": hashlib.sha256(signed_command).hexdigest()},
+                ),
+            )
             return _issuance(row)
 
         return self._writer.submit(op)
 
     def fail_issuance(self, issuance_id: int, reason: str) -> None:
         def op(c: Connection) -> None:
-            c.execute(update(issuances).where(issuances.c.issuance_id == issuance_id,
-                                              issuances.c.status == IssuanceStatus.RECORDED.value)
-                      .values(status=IssuanceStatus.FAILED.value, failure=reason))
-            append_event(c, AuditEvent("command.failed", "service", f"issuance:{issuance_id}", {"reason": reason}))
+            c.execute(
+                update(issuances)
+                .where(
+                    issuances.c.issuance_id == issuance_id,
+                    issuances.c.status == IssuanceStatus.RECORDED.value,
+                )
+                .values(status=IssuanceStatus.FAILED.value, failure=reason)
+            )
+            append_event(
+                c, AuditEvent("command.failed", "service", f"issuance:{issuance_id}", {"reason": reason})
+            )
 
         self._writer.submit(op)
 
     def record_outcome(self, issuance_id: int, outcome: RecordedOutcome, response: bytes, actor: str) -> None:
         def op(c: Connection) -> None:
-            row = c.execute(select(issuances.c.device_id).where(issuances.c.issuance_id == issuance_id)).first()
+            row = c.execute(
+                select(issuances.c.device_id).where(issuances.c.issuance_id == issuance_id)
+            ).first()
             if row is None:
                 raise UnknownIssuance(f"no issuance {issuance_id}")
             now = _now()
-            c.execute(update(issuances).where(issuances.c.issuance_id == issuance_id)
-                      .values(status=outcome.status.value, outcome_response=response, outcome_at=now))
+            c.execute(
+                update(issuances)
+                .where(issuances.c.issuance_id == issuance_id)
+                .values(status=outcome.status.value, outcome_response=response, outcome_at=now)
+            )
             cells: dict[str, Any] = {"last_issuance_id": issuance_id, "updated_at": now}
             if outcome.no_ds is not None:
-                cells.update(no_ds_entity=outcome.no_ds.entity_id, no_ds_ski=outcome.no_ds.subject_key_identifier)
+                cells.update(
+                    no_ds_entity=outcome.no_ds.entity_id, no_ds_ski=outcome.no_ds.subject_key_identifier
+                )
             if outcome.no_ka is not None:
-                cells.update(no_ka_entity=outcome.no_ka.entity_id, no_ka_ski=outcome.no_ka.subject_key_identifier)
+                cells.update(
+                    no_ka_entity=outcome.no_ka.entity_id, no_ka_ski=outcome.no_ka.subject_key_identifier
+                )
             device_id = bytes(row.device_id)
             if c.execute(select(devices.c.device_id).where(devices.c.device_id == device_id)).first() is None:
                 c.execute(insert(devices).values(device_id=device_id, **cells))
             else:
                 c.execute(update(devices).where(devices.c.device_id == device_id).values(**cells))
-            append_event(c, AuditEvent("outcome.reported", actor, f"issuance:{issuance_id}",
-                                       {"status": outcome.status.value,
-                                        "cells": [list(s) for s in outcome.cell_statuses]}))
+            append_event(
+                c,
+                AuditEvent(
+                    "outcome.reported",
+                    actor,
+                    f"issuance:{issuance_id}",
+                    {"status": outcome.status.value, "cells": [list(s) for s in outcome.cell_statuses]},
+                ),
+            )
 
         self._writer.submit(op)
 

@@ -48,8 +48,9 @@ def store(store_url: str) -> Iterator[SqlCustodyStore]:
     s.close()
 
 
-GEN = VanillaGeneration(1, b"VDNO\x00\x00\x00\x01", "pkcs11:object=a", "pkcs11:object=b", b"ds", b"ka",
-                        GenerationStatus.ACTIVE)
+GEN = VanillaGeneration(
+    1, b"VDNO\x00\x00\x00\x01", "pkcs11:object=a", "pkcs11:object=b", b"ds", b"ka", GenerationStatus.ACTIVE
+)
 
 
 def draft(request_id: str, bench: str = "bench-01") -> IssuanceDraft:
@@ -91,8 +92,12 @@ def test_signed_bytes_and_outcome_are_recorded(store: SqlCustodyStore) -> None:
     assert done.status is IssuanceStatus.SIGNED and done.signed_command == b"\xdf signed"
     assert store.find_issuance("bench-01", "r1").signed_command == b"\xdf signed"
     cells = CellState(b"LAB\x00\x00\x03\x00\x0c", b"\x41" * 8)
-    store.record_outcome(rec.issuance_id, RecordedOutcome(rec.issuance_id, IssuanceStatus.APPLIED,
-                                                          ((3, 0, 0), (3, 4, 0)), cells, cells), b"resp", "bench:x")
+    store.record_outcome(
+        rec.issuance_id,
+        RecordedOutcome(rec.issuance_id, IssuanceStatus.APPLIED, ((3, 0, 0), (3, 4, 0)), cells, cells),
+        b"resp",
+        "bench:x",
+    )
     assert store.device_cells(rec.device_id) == (cells, cells)
     assert store.find_issuance("bench-01", "r1").status is IssuanceStatus.APPLIED
     assert verify_chain(store.engine).ok

@@ -102,5 +102,14 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("audit_head", "audit_log", "devices", "issuances", "benches", "counters", "generations", "areas"):
+    for table in (
+        "audit_head",
+        "audit_log",
+        "devices",
+        "issuances",
+        "benches",
+        "counters",
+        "generations",
+        "areas",
+    ):
         op.drop_table(table)

@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pkcs11
+import pytest
+
+from server.hsm import softhsm
+from server.hsm.softhsm import ensure_softhsm_token, find_softhsm_module
+
+USER_PIN = "user-pin-4711"  # same as conftest.USER_PIN
+SO_PIN = "so-pin-0815"
+
+
+def _snapshot(directory: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(directory)): (p.stat().st_mtime_ns, p.stat().st_size)
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_bootstrap_is_idempotent(softhsm_state_dir: Path, softhsm_module: Path, token_label: str) -> None:
+    first = ensure_softhsm_token(softhsm_state_dir, token_label, USER_PIN, SO_PIN, module_path=softhsm_module)
+    assert first.created
+    assert first.conf_path == softhsm_state_dir.resolve() / "softhsm2.conf"
+    assert first.token_dir == softhsm_state_dir.resolve() / "tokens"
+    conf = first.conf_path.read_text()
+    assert f"directories.tokendir = {first.token_dir}\n" in conf
+    assert "objectstore.backend = file" in conf
+    assert "log.level = ERROR" in conf
+    assert "/var/lib/softhsm" not in conf
+    assert os.environ["SOFTHSM2_CONF"] == str(first.conf_path)
+    labels = [t.label for t in pkcs11.lib(str(softhsm_module)).get_tokens()]
+    assert labels.count(token_label) == 1
+
+    before = _snapshot(softhsm_state_dir)
+    second = ensure_softhsm_token(
+        softhsm_state_dir, token_label, USER_PIN, SO_PIN, module_path=softhsm_module
+    )
+    assert not second.created
+    assert second.conf_path == first.conf_path
+    assert _snapshot(softhsm_state_dir) == before
+    labels = [t.label for t in pkcs11.lib(str(softhsm_module)).get_tokens()]
+    assert labels.count(token_label) == 1
+
+
+def test_bootstrap_never_spawns_a_process(
+    softhsm_state_dir: Path, softhsm_module: Path, token_label: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PINs cannot leak through argv when no command is run at all."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("ensure_softhsm_token must not run a command")
+
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    monkeypatch.setattr(os, "system", refuse)
+    token = ensure_softhsm_token(softhsm_state_dir, token_label, USER_PIN, SO_PIN, module_path=softhsm_module)
+    assert token.created
+
+
+def test_second_state_dir_in_one_process_is_refused(
+    softhsm_state_dir: Path, softhsm_module: Path, tmp_path: Path, token_label: str
+) -> None:
+    ensure_softhsm_token(softhsm_state_dir, token_label, USER_PIN, SO_PIN, module_path=softhsm_module)
+    with pytest.raises(RuntimeError, match="reads SOFTHSM2_CONF only at C_Initialize"):
+        ensure_softhsm_token(tmp_path, "other", USER_PIN, SO_PIN, module_path=softhsm_module)
+    # put the process back on the shared state dir
+    softhsm.activate_softhsm_conf(softhsm_state_dir / "softhsm2.conf", softhsm_module)
+
+
+def test_bad_arguments(softhsm_state_dir: Path, softhsm_module: Path) -> None:
+    with pytest.raises(ValueError, match="label"):
+        ensure_softhsm_token(softhsm_state_dir, "x" * 33, USER_PIN, SO_PIN, module_path=softhsm_module)
+    with pytest.raises(ValueError, match="PINs"):
+        ensure_softhsm_token(softhsm_state_dir, "short-pin", "123", SO_PIN, module_path=softhsm_module)
+
+
+def test_find_softhsm_module(softhsm_module: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv(softhsm.MODULE_ENV, raising=False)
+    assert find_softhsm_module().is_file()
+    from server.domain.errors import HsmUnavailable
+
+    monkeypatch.setenv(softhsm.MODULE_ENV, str(tmp_path / "missing.so"))
+    with pytest.raises(HsmUnavailable, match="does not name a file"):
+        find_softhsm_module()
+    monkeypatch.delenv(softhsm.MODULE_ENV)
+    monkeypatch.setattr(softhsm, "MODULE_CANDIDATES", (tmp_path / "nope.so",))
+    with pytest.raises(HsmUnavailable, match=r"libsofthsm2\.so not found"):
+        find_softhsm_module()
