@@ -1,0 +1,126 @@
+"""The custodian's BenchService over mutual TLS, with retries that reuse the request id."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from client.bundle import TrustBundle
+from client.errors import ServiceError
+from vdno.v1 import custodian_pb2, custodian_pb2_grpc
+
+T = TypeVar("T")
+
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
+
+
+class BenchClient:
+    """BenchService client. Every call retries UNAVAILABLE (incl. dropped connections) `attempts` times
+    with exponential backoff, resending the same request (the server is idempotent on (bench, request id)).
+    Failures raise ServiceError(code_name, message)."""
+
+    def __init__(
+        self,
+        target: str,
+        ca_pem: bytes,
+        cert_pem: bytes,
+        key_pem: bytes,
+        server_name_override: str | None = None,
+        *,
+        timeout: float = 30.0,
+        attempts: int = 5,
+        backoff: float = 0.25,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=ca_pem, private_key=key_pem, certificate_chain=cert_pem
+        )
+        options: list[tuple[str, Any]] = []
+        if server_name_override:
+            options.append(("grpc.ssl_target_name_override", server_name_override))
+        self.target = target
+        self.timeout = timeout
+        self.attempts = max(1, attempts)
+        self.backoff = backoff
+        self._sleep = sleep
+        self._channel = grpc.secure_channel(target, credentials, options=options)
+        self._stub = custodian_pb2_grpc.BenchServiceStub(self._channel)  # type: ignore[no-untyped-call]
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> BenchClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- RPCs ---------------------------------------------------------------------------------------
+
+    def trust_bundle_proto(self) -> Any:
+        return self._call(self._stub.GetTrustBundle, custodian_pb2.GetTrustBundleRequest())
+
+    def trust_bundle(self) -> TrustBundle:
+        """GetTrustBundle -> client.bundle.TrustBundle (BundleError if malformed)."""
+        return TrustBundle.from_proto(self.trust_bundle_proto())
+
+    def request_hand_out(
+        self,
+        request_id: str,
+        device_id: str,
+        area_id: int,
+        device_certificate: bytes,
+        credentials_response: bytes,
+    ) -> Any:
+        """RequestHandOut -> vdno.v1.HandOutResponse (command, originator_counter, generation, ...)."""
+        request = custodian_pb2.HandOutRequest(
+            request_id=request_id,
+            device_id=device_id,
+            area_id=area_id,
+            device_certificate=device_certificate,
+            credentials_response=credentials_response,
+        )
+        return self._call(self._stub.RequestHandOut, request)
+
+    def report_outcome(self, request_id: str, response: bytes) -> Any:
+        """ReportOutcome -> vdno.v1.OutcomeAck (status applied | rejected, per-cell outcomes)."""
+        return self._call(
+            self._stub.ReportOutcome, custodian_pb2.OutcomeReport(request_id=request_id, response=response)
+        )
+
+    # -- internals ----------------------------------------------------------------------------------
+
+    def _call(self, method: Callable[..., T], request: Any) -> T:
+        delay = self.backoff
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return method(request, timeout=self.timeout)
+            except grpc.RpcError as exc:
+                code = _code(exc)
+                if code in RETRYABLE and attempt < self.attempts:
+                    self._sleep(delay)
+                    delay *= 2
+                    continue
+                raise ServiceError(code.name if code is not None else "UNKNOWN", _details(exc)) from None
+        raise ServiceError("UNAVAILABLE", "retries exhausted")  # pragma: no cover
+
+
+def _code(exc: grpc.RpcError) -> grpc.StatusCode | None:
+    code = getattr(exc, "code", None)
+    if callable(code):
+        value = code()
+        if isinstance(value, grpc.StatusCode):
+            return value
+    return None
+
+
+def _details(exc: grpc.RpcError) -> str:
+    details = getattr(exc, "details", None)
+    if callable(details):
+        text = details()
+        if text:
+            return str(text)
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,101 @@
+"""The trust bundle a bench pins: vanilla generations, area credentials and the SMKI CA certificates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from client.errors import BundleError
+from gbcs.errors import DecodeError
+from gbcs.ids import eui64_hex, parse_eui64
+
+ACTIVE = "active"
+
+
+@dataclass(frozen=True)
+class VanillaGeneration:
+    generation: int
+    entity_id: bytes  # 8 bytes
+    ds_certificate: bytes  # DER
+    ka_certificate: bytes  # DER
+    status: str  # active | retired | compromised
+
+    @property
+    def active(self) -> bool:
+        return self.status == ACTIVE
+
+
+@dataclass(frozen=True)
+class AreaCredentials:
+    area_id: int
+    name: str
+    entity_id: bytes
+    ds_certificate: bytes
+    ka_certificate: bytes
+
+
+@dataclass(frozen=True)
+class TrustBundle:
+    generations: tuple[VanillaGeneration, ...]
+    areas: tuple[AreaCredentials, ...]
+    issuing_ca_certificate: bytes
+    root_ca_certificate: bytes
+    device_ca_certificate: bytes
+
+    def area(self, area_id: int) -> AreaCredentials:
+        for area in self.areas:
+            if area.area_id == area_id:
+                return area
+        raise BundleError(f"area {area_id} is not in the trust bundle")
+
+    def active_generation(self, entity_id: bytes) -> VanillaGeneration | None:
+        """The ACTIVE vanilla generation whose entity id is `entity_id`, or None."""
+        for generation in self.generations:
+            if generation.active and generation.entity_id == entity_id:
+                return generation
+        return None
+
+    @classmethod
+    def from_proto(cls, message: Any) -> TrustBundle:
+        """From a vdno.v1.TrustBundle. BundleError naming the bad entry."""
+        try:
+            generations = tuple(
+                VanillaGeneration(
+                    generation=int(g.generation),
+                    entity_id=parse_eui64(g.entity_id),
+                    ds_certificate=bytes(g.ds_certificate),
+                    ka_certificate=bytes(g.ka_certificate),
+                    status=str(g.status),
+                )
+                for g in message.generations
+            )
+            areas = tuple(
+                AreaCredentials(
+                    area_id=int(a.area_id),
+                    name=str(a.name),
+                    entity_id=parse_eui64(a.entity_id),
+                    ds_certificate=bytes(a.ds_certificate),
+                    ka_certificate=bytes(a.ka_certificate),
+                )
+                for a in message.areas
+            )
+        except DecodeError as exc:
+            raise BundleError(f"trust bundle: {exc}") from exc
+        return cls(
+            generations=generations,
+            areas=areas,
+            issuing_ca_certificate=bytes(message.issuing_ca_certificate),
+            root_ca_certificate=bytes(message.root_ca_certificate),
+            device_ca_certificate=bytes(message.device_ca_certificate),
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "generations": [
+                {"generation": g.generation, "entityId": eui64_hex(g.entity_id), "status": g.status}
+                for g in self.generations
+            ],
+            "areas": [
+                {"areaId": a.area_id, "name": a.name, "entityId": eui64_hex(a.entity_id)} for a in self.areas
+            ],
+        }

@@ -1,0 +1,226 @@
+"""Local checks a bench makes before applying a signed command and after the meter answers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from client.bundle import TrustBundle, VanillaGeneration
+from client.errors import BundleError, CommandRefused, ResponseRejected
+from gbcs.cells import NO_DS_CELL, NO_KA_CELL, KeyUsage
+from gbcs.cs02b import (
+    ExecutionOutcome,
+    UpdateSecurityCredentialsCommand,
+    UpdateSecurityCredentialsResponse,
+)
+from gbcs.errors import CertificateError, GbcsError, SignatureError
+from gbcs.framing import GENERAL_SIGNING_TAG, SIGNATURE_LEN, Cra, GbcsMessage, GroupingHeader, decode_message
+from gbcs.ids import eui64_hex
+from gbcs.signature import verify_message_signature
+from gbcs.smki import load_certificate
+
+NO_BY_NO_MODE = 3
+NO_BY_NO_MESSAGE_CODE = 0x0103
+NETWORK_OPERATOR_ROLE = 3
+
+
+@dataclass(frozen=True)
+class CheckedCommand:
+    message: GbcsMessage
+    header: GroupingHeader
+    payload: UpdateSecurityCredentialsCommand
+    generation: VanillaGeneration
+
+    @property
+    def counter(self) -> int:
+        return self.header.originator_counter
+
+
+@dataclass(frozen=True)
+class CheckedResponse:
+    message: GbcsMessage
+    payload: UpdateSecurityCredentialsResponse
+    outcome: ExecutionOutcome
+
+
+def check_command(command: bytes, device_id: bytes, area_id: int, bundle: TrustBundle) -> CheckedCommand:
+    """Refuse (CommandRefused with a named reason) anything but a GS-only, KRP-signed CS02b mode-3 command
+    from an active vanilla generation in `bundle`, addressed to `device_id`, installing exactly the area's
+    DS and KA certificates into the NO cells, with the bundle's issuing CA as the path certificate."""
+    try:
+        area = bundle.area(area_id)
+    except BundleError as exc:
+        raise CommandRefused("unknown-area", str(exc)) from exc
+    data = bytes(command)
+    if not data or data[0] != GENERAL_SIGNING_TAG:
+        raise CommandRefused(
+            "not-gs-apdu", "command must be a General-Signing APDU (DF ...) without MAC header"
+        )
+    try:
+        message = decode_message(data)
+    except GbcsError as exc:
+        raise CommandRefused("decode-error", str(exc)) from exc
+    apdu = message.apdu
+    header = apdu.header
+    if apdu.signature is None or len(apdu.signature) != SIGNATURE_LEN:
+        raise CommandRefused("unsigned", "command carries no 64-byte KRP signature")
+    if header.cra != Cra.COMMAND:
+        raise CommandRefused("not-a-command", f"CRA flag {int(header.cra)} is not 1 (command)")
+    if header.message_code != NO_BY_NO_MESSAGE_CODE:
+        raise CommandRefused(
+            "wrong-message-code", f"message code 0x{header.message_code:04X} is not 0x0103 (CS02b NO-by-NO)"
+        )
+    if header.business_target_id != bytes(device_id):
+        raise CommandRefused(
+            "wrong-target",
+            f"Business Target ID {eui64_hex(header.business_target_id)} is not the device "
+            f"{bytes(device_id).hex()}",
+        )
+    try:
+        payload = UpdateSecurityCredentialsCommand.decode(apdu.content)
+    except GbcsError as exc:
+        raise CommandRefused("decode-error", str(exc)) from exc
+    control = payload.control
+    if control.mode != NO_BY_NO_MODE:
+        raise CommandRefused("wrong-mode", f"credentialsReplacementMode {control.mode} is not 3 (NO-by-NO)")
+    if control.ta_cell != NO_DS_CELL:
+        raise CommandRefused(
+            "wrong-ta-cell", f"authorising TA cell {control.ta_cell} is not {{role 3, digitalSignature}}"
+        )
+    if control.seq_number != header.originator_counter:
+        raise CommandRefused(
+            "counter-mismatch",
+            f"authorisingRemotePartySeqNumber {control.seq_number} != Originator Counter "
+            f"{header.originator_counter}",
+        )
+    if control.plaintext_symmetric_key is not None or control.other_seq_number_changes is not None:
+        raise CommandRefused(
+            "unexpected-field", "plaintextSymmetricKey / otherRemotePartySeqNumberChanges present"
+        )
+    if payload.execution_date_time is not None:
+        raise CommandRefused("future-dated", "hand-out commands must execute immediately")
+
+    generation = bundle.active_generation(header.business_originator_id)
+    if generation is None:
+        raise CommandRefused(
+            "unknown-originator",
+            f"Business Originator ID {eui64_hex(header.business_originator_id)} is not an active vanilla "
+            "generation in the pinned bundle",
+        )
+    try:
+        signer = load_certificate(generation.ds_certificate)
+    except CertificateError as exc:
+        raise CommandRefused(
+            "bad-bundle", f"generation {generation.generation} DS certificate: {exc}"
+        ) from exc
+    if (
+        signer.entity_id != generation.entity_id
+        or signer.role != NETWORK_OPERATOR_ROLE
+        or signer.key_usage != KeyUsage.DIGITAL_SIGNATURE
+    ):
+        raise CommandRefused(
+            "bad-bundle",
+            f"generation {generation.generation} DS certificate is not its role-3 DS certificate",
+        )
+    try:
+        verify_message_signature(message, signer.certificate)
+    except SignatureError as exc:
+        raise CommandRefused("bad-signature", f"{exc} (generation {generation.generation})") from exc
+
+    expected = {NO_DS_CELL: area.ds_certificate, NO_KA_CELL: area.ka_certificate}
+    targets = [r.target for r in payload.replacements]
+    if len(payload.replacements) != 2 or set(targets) != set(expected):
+        raise CommandRefused(
+            "wrong-replacements",
+            f"expected exactly two replacements for the NO DS and NO KA cells, got {len(targets)}: {targets}",
+        )
+    for replacement in payload.replacements:
+        if bytes(replacement.certificate) != bytes(expected[replacement.target]):
+            usage = "DS" if replacement.target == NO_DS_CELL else "KA"
+            raise CommandRefused(
+                "wrong-area-certificate",
+                f"the NO {usage} replacement is not area {area_id}'s {usage} certificate from the bundle",
+            )
+    if payload.certification_path_certificates != (bytes(bundle.issuing_ca_certificate),):
+        raise CommandRefused(
+            "wrong-path-certificate", "certificationPathCertificates is not exactly the bundle's issuing CA"
+        )
+    return CheckedCommand(message, header, payload, generation)
+
+
+def check_response(
+    response: bytes, command_header: GroupingHeader, device_certificate: bytes | x509.Certificate
+) -> CheckedResponse:
+    """Verify the meter's signed CS02b response: device signature, addressing, echoed counter and mode,
+    and every replacement outcome status 0. ResponseRejected with a named reason otherwise."""
+    try:
+        message = decode_message(bytes(response))
+    except GbcsError as exc:
+        raise ResponseRejected("decode-error", str(exc)) from exc
+    header = message.apdu.header
+    if header.cra != Cra.RESPONSE:
+        raise ResponseRejected("not-a-response", f"CRA flag {int(header.cra)} is not 2 (response)")
+    if header.message_code != command_header.message_code:
+        raise ResponseRejected(
+            "wrong-message-code",
+            f"message code 0x{header.message_code:04X} != command's 0x{command_header.message_code:04X}",
+        )
+    if header.business_originator_id != command_header.business_target_id:
+        raise ResponseRejected(
+            "wrong-originator",
+            f"response originator {eui64_hex(header.business_originator_id)} is not the device "
+            f"{eui64_hex(command_header.business_target_id)}",
+        )
+    if header.business_target_id != command_header.business_originator_id:
+        raise ResponseRejected(
+            "wrong-target",
+            f"response target {eui64_hex(header.business_target_id)} is not the command originator "
+            f"{eui64_hex(command_header.business_originator_id)}",
+        )
+    if header.originator_counter != command_header.originator_counter:
+        raise ResponseRejected(
+            "counter-mismatch",
+            f"response counter {header.originator_counter} does not echo {command_header.originator_counter}",
+        )
+    try:
+        if isinstance(device_certificate, x509.Certificate):
+            device = load_certificate(device_certificate.public_bytes(Encoding.DER))
+        else:
+            device = load_certificate(bytes(device_certificate))
+    except CertificateError as exc:
+        raise ResponseRejected("bad-device-certificate", str(exc)) from exc
+    if device.is_device and device.entity_id != command_header.business_target_id:
+        raise ResponseRejected(
+            "bad-device-certificate",
+            f"device certificate is for {eui64_hex(device.entity_id)}, not "
+            f"{eui64_hex(command_header.business_target_id)}",
+        )
+    try:
+        verify_message_signature(message, device.certificate)
+    except SignatureError as exc:
+        raise ResponseRejected("bad-signature", str(exc)) from exc
+    try:
+        payload = UpdateSecurityCredentialsResponse.decode(message.apdu.content)
+    except GbcsError as exc:
+        raise ResponseRejected("decode-error", str(exc)) from exc
+    outcome = payload.execution_outcome
+    if outcome is None:
+        raise ResponseRejected("no-execution-outcome", "command accepted but no execution outcome reported")
+    if outcome.seq_number != command_header.originator_counter:
+        raise ResponseRejected(
+            "counter-mismatch",
+            f"executionOutcome seq number {outcome.seq_number} != {command_header.originator_counter}",
+        )
+    if outcome.mode != NO_BY_NO_MODE:
+        raise ResponseRejected("wrong-mode", f"executionOutcome mode {outcome.mode} is not 3")
+    if not outcome.replacement_outcomes:
+        raise ResponseRejected("no-cell-outcomes", "no replacement outcomes reported")
+    failed = [o for o in outcome.replacement_outcomes if o.status != 0]
+    if failed:
+        details = ", ".join(
+            f"role {o.cell.role} {KeyUsage(o.cell.key_usage).name} status {o.status}" for o in failed
+        )
+        raise ResponseRejected("cell-status", f"meter did not replace every cell: {details}")
+    return CheckedResponse(message, payload, outcome)

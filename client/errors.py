@@ -1,0 +1,51 @@
+"""Errors raised by the bench client. Each carries a short, named reason suitable for one stderr line."""
+
+from __future__ import annotations
+
+
+class BenchError(Exception):
+    """Root of every bench-client error."""
+
+
+class TransportError(BenchError):
+    """The device transport failed (connection, framing, unexpected reply)."""
+
+
+class DeviceRefusedError(TransportError):
+    """The device (or simulator) answered with an error frame."""
+
+    def __init__(self, status: int | None, reason: str) -> None:
+        self.status = status
+        self.reason = reason
+        super().__init__(f"device refused (status {status}): {reason}")
+
+
+class ServiceError(BenchError):
+    """A custodian RPC failed; code_name is the gRPC status code name (e.g. UNAVAILABLE)."""
+
+    def __init__(self, code_name: str, message: str) -> None:
+        self.code_name = code_name
+        self.message = message
+        super().__init__(f"{code_name}: {message}")
+
+
+class BundleError(BenchError):
+    """The trust bundle is malformed or lacks something the bench needs (e.g. the area)."""
+
+
+class CommandRefused(BenchError):
+    """check_command refused a signed command; `reason` is a short name, `detail` the specifics."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class ResponseRejected(BenchError):
+    """check_response rejected the meter's response; `reason` is a short name, `detail` the specifics."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)

@@ -1,0 +1,275 @@
+"""One hand-out, end to end (ARCHITECTURE §4): read the meter, ask the custodian, check, apply, report."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from client.bundle import TrustBundle
+from client.checks import check_command, check_response
+from client.errors import BenchError, CommandRefused, ResponseRejected, ServiceError, TransportError
+from client.transport import DeviceTransport
+from gbcs.cells import NO_DS_CELL, KeyUsage, RemotePartyRole
+from gbcs.cs02a import ProvideSecurityCredentialsCommand, ProvideSecurityCredentialsResponse
+from gbcs.cs02e import DeviceCertificateResponse, ProvideDeviceCertificateCommand
+from gbcs.errors import GbcsError
+from gbcs.framing import Cra, GbcsMessage, GeneralSigningApdu, GroupingHeader, MessageCode, decode_message
+from gbcs.ids import eui64_hex
+from gbcs.signature import verify_message_signature
+from gbcs.smki import SmkiCertificate, load_certificate, verify_certification_path
+
+LAB_READER_ID = bytes(8)  # the lab reader's originator id (0000000000000000) for unsigned local reads
+
+APPLIED = "applied"
+REFUSED = "refused"
+FAILED = "failed"
+
+
+class CustodianApi(Protocol):
+    def request_hand_out(
+        self,
+        request_id: str,
+        device_id: str,
+        area_id: int,
+        device_certificate: bytes,
+        credentials_response: bytes,
+    ) -> Any: ...
+
+    def report_outcome(self, request_id: str, response: bytes) -> Any: ...
+
+
+class ReadError(BenchError):
+    """Reading the meter (CS02e / CS02a) failed or its answer did not verify."""
+
+
+@dataclass(frozen=True)
+class HandOutResult:
+    device_id: str  # 16 hex digits
+    area_id: int
+    request_id: str
+    counter: int | None
+    status: str  # applied | refused | failed
+    reason: str
+    command: bytes | None = None
+    generation: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == APPLIED
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "device": self.device_id,
+            "area": self.area_id,
+            "requestId": self.request_id,
+            "counter": self.counter,
+            "generation": self.generation,
+            "status": self.status,
+            "reason": self.reason,
+            "command": None if self.command is None else self.command.hex(),
+        }
+
+
+@dataclass(frozen=True)
+class MeterReading:
+    device_certificate: bytes  # DER, from CS02e, signature-verified and (if the bundle has it) chained
+    credentials_response: bytes  # the signed CS02a response as received
+    credentials: ProvideSecurityCredentialsResponse
+
+
+_counter_lock = threading.Lock()
+_last_counter = 0
+
+
+def next_reader_counter() -> int:
+    """Strictly increasing originator counter for the bench's local reads (microseconds since the epoch)."""
+    global _last_counter
+    with _counter_lock:
+        _last_counter = max(_last_counter + 1, time.time_ns() // 1000)
+        return _last_counter
+
+
+def build_read_command(device_id: bytes, message_code: int, content: bytes, reader_id: bytes) -> bytes:
+    """GS-only APDU, CRA 1, originator = reader, target = device, signature length 00."""
+    header = GroupingHeader(
+        cra=Cra.COMMAND,
+        originator_counter=next_reader_counter(),
+        business_originator_id=reader_id,
+        business_target_id=device_id,
+        message_code=message_code,
+    )
+    return GeneralSigningApdu(header, content, signature=b"").encode()
+
+
+def _check_read_response(
+    response: bytes, command: bytes, device_id: bytes, what: str
+) -> GbcsMessage:
+    try:
+        message = decode_message(response)
+        sent = decode_message(command).apdu.header
+    except GbcsError as exc:
+        raise ReadError(f"{what} response: {exc}") from exc
+    header = message.apdu.header
+    if header.cra != Cra.RESPONSE or header.message_code != sent.message_code:
+        raise ReadError(
+            f"{what} response: CRA {int(header.cra)} / message code 0x{header.message_code:04X} "
+            f"is not a response to 0x{sent.message_code:04X}"
+        )
+    if header.business_originator_id != device_id or header.business_target_id != sent.business_originator_id:
+        raise ReadError(
+            f"{what} response: addressed {eui64_hex(header.business_originator_id)} -> "
+            f"{eui64_hex(header.business_target_id)}, expected the device {eui64_hex(device_id)} -> "
+            f"{eui64_hex(sent.business_originator_id)}"
+        )
+    if header.originator_counter != sent.originator_counter:
+        raise ReadError(
+            f"{what} response: counter {header.originator_counter} does not echo {sent.originator_counter}"
+        )
+    return message
+
+
+def _verify_device_signature(message: GbcsMessage, device: SmkiCertificate, what: str) -> None:
+    try:
+        verify_message_signature(message, device.certificate)
+    except GbcsError as exc:
+        raise ReadError(f"{what} response: device signature: {exc}") from exc
+
+
+def read_meter(
+    transport: DeviceTransport,
+    device_id: bytes,
+    bundle: TrustBundle | None = None,
+    reader_id: bytes = LAB_READER_ID,
+) -> MeterReading:
+    """CS02e (device DS certificate) then CS02a (NO role credentials). Both responses must carry a device
+    signature that verifies with the device certificate; the certificate must be the device's DS
+    certificate and, when the bundle has a device CA, chain to it. ReadError / TransportError otherwise."""
+    cs02e = build_read_command(
+        device_id,
+        MessageCode.CS02E_PROVIDE_DEVICE_CERTIFICATE,
+        ProvideDeviceCertificateCommand(KeyUsage.DIGITAL_SIGNATURE).encode(),
+        reader_id,
+    )
+    e_message = _check_read_response(transport.send(device_id, cs02e), cs02e, device_id, "CS02e")
+    try:
+        e_payload = DeviceCertificateResponse.decode(e_message.apdu.content)
+    except GbcsError as exc:
+        raise ReadError(f"CS02e response: {exc}") from exc
+    if e_payload.certificate is None:
+        raise ReadError(f"CS02e response: device returned response code {e_payload.response_code}")
+    try:
+        device = load_certificate(e_payload.certificate)
+    except GbcsError as exc:
+        raise ReadError(f"CS02e device certificate: {exc}") from exc
+    if not device.is_device or device.entity_id != device_id:
+        raise ReadError(f"CS02e certificate is not a device certificate for {eui64_hex(device_id)}")
+    if device.key_usage != KeyUsage.DIGITAL_SIGNATURE:
+        raise ReadError("CS02e certificate is not the device's digital-signing certificate")
+    if bundle is not None and bundle.device_ca_certificate:
+        try:
+            device_ca = load_certificate(bundle.device_ca_certificate)
+            verify_certification_path(device, (), device_ca, datetime.now(UTC))
+        except GbcsError as exc:
+            raise ReadError(f"device certificate does not chain to the bundle's device CA: {exc}") from exc
+    _verify_device_signature(e_message, device, "CS02e")
+
+    cs02a = build_read_command(
+        device_id,
+        MessageCode.CS02A_PROVIDE_SECURITY_CREDENTIALS,
+        ProvideSecurityCredentialsCommand(NO_DS_CELL, (int(RemotePartyRole.NETWORK_OPERATOR),)).encode(),
+        reader_id,
+    )
+    a_response = transport.send(device_id, cs02a)
+    a_message = _check_read_response(a_response, cs02a, device_id, "CS02a")
+    _verify_device_signature(a_message, device, "CS02a")
+    try:
+        credentials = ProvideSecurityCredentialsResponse.decode(a_message.apdu.content)
+    except GbcsError as exc:
+        raise ReadError(f"CS02a response: {exc}") from exc
+    return MeterReading(device.der, a_response, credentials)
+
+
+def save_command(folder: Path, device_id: bytes, counter: int, command: bytes) -> Path:
+    """`<device>-<counter>.hex`, lower-case hex text."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{eui64_hex(device_id)}-{counter}.hex"
+    path.write_text(command.hex() + "\n")
+    return path
+
+
+def hand_out(
+    api: CustodianApi,
+    transport: DeviceTransport,
+    bundle: TrustBundle,
+    device_id: bytes,
+    area_id: int,
+    request_id: str | None = None,
+    reader_id: bytes = LAB_READER_ID,
+    save_dir: Path | None = None,
+) -> HandOutResult:
+    """Read the meter, request a signed command, check it, apply it, check and report the response.
+    Never raises for meter, service or check failures: they come back as status refused / failed."""
+    request_id = request_id or uuid.uuid4().hex
+    device_hex = eui64_hex(device_id)
+
+    def result(status: str, reason: str, **kw: Any) -> HandOutResult:
+        return HandOutResult(device_hex, area_id, request_id, status=status, reason=reason, **kw)
+
+    try:
+        bundle.area(area_id)
+    except BenchError as exc:
+        return result(FAILED, str(exc), counter=None)
+    try:
+        reading = read_meter(transport, device_id, bundle, reader_id)
+    except (ReadError, TransportError) as exc:
+        return result(FAILED, f"read meter: {exc}", counter=None)
+
+    try:
+        issued = api.request_hand_out(
+            request_id, device_hex, area_id, reading.device_certificate, reading.credentials_response
+        )
+    except ServiceError as exc:
+        return result(FAILED, f"custodian: {exc}", counter=None)
+    command = bytes(issued.command)
+    counter: int | None = int(issued.originator_counter) or None
+    generation: int | None = int(issued.generation) if getattr(issued, "generation", None) else None
+
+    try:
+        checked = check_command(command, device_id, area_id, bundle)
+    except CommandRefused as exc:
+        if save_dir is not None and counter is not None:
+            save_command(save_dir, device_id, counter, command)
+        return result(REFUSED, str(exc), counter=counter, command=command, generation=generation)
+    counter = checked.counter
+    generation = checked.generation.generation
+    if save_dir is not None:
+        save_command(save_dir, device_id, counter, command)
+
+    def done(status: str, reason: str) -> HandOutResult:
+        return result(status, reason, counter=counter, command=command, generation=generation)
+
+    try:
+        response = transport.send(device_id, command)
+    except TransportError as exc:
+        return done(FAILED, f"apply: {exc}")
+
+    local_problem = ""
+    try:
+        check_response(response, checked.header, reading.device_certificate)
+    except ResponseRejected as exc:
+        local_problem = f"response: {exc}"
+    try:
+        ack = api.report_outcome(request_id, response)
+    except ServiceError as exc:
+        return done(FAILED, "; ".join(p for p in (local_problem, f"report outcome: {exc}") if p))
+    if local_problem:
+        return done(FAILED, local_problem)
+    status = str(getattr(ack, "status", ""))
+    if status != APPLIED:
+        return done(FAILED, f"custodian recorded the outcome as {status or 'unknown'}")
+    return done(APPLIED, "")

@@ -1,0 +1,79 @@
+"""Build device profiles from a lab PKI (labpki): fresh device DS/KA keys and device certificates.
+
+Example (the demo's tray of 20 devices whose NO cells hold the custodian's vanilla certificates):
+
+    from labpki.hierarchy import LabHierarchy
+    from simulator.lab import make_device_profile, write_tray
+    from simulator.profile import ROOT_CELL, NO_DS_CELL, NO_KA_CELL, ACB_KA_CELL
+
+    lab = LabHierarchy.load_or_create(folder)
+    cells = {ROOT_CELL: lab.root.certificate, NO_DS_CELL: vanilla_ds_cert, NO_KA_CELL: vanilla_ka_cert,
+             ACB_KA_CELL: acb_ka_cert}
+    profiles = [make_device_profile(bytes.fromhex(f"00db0000000000{i:02x}"), lab.device_ca, cells,
+                                    seq_numbers={3: 0}) for i in range(20)]
+    write_tray(profiles, tray_folder)      # then: vdno-sim serve --profiles tray_folder
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from gbcs.cells import TrustAnchorCellIdentifier
+from labpki.smki import CertifiedKey, issue_device_certificate, new_p256_key
+from simulator.profile import DeviceKey, DeviceProfile, save_profile
+
+Certificate = x509.Certificate | bytes
+
+
+def _der(cert: Certificate) -> bytes:
+    if isinstance(cert, x509.Certificate):
+        return cert.public_bytes(serialization.Encoding.DER)
+    return bytes(cert)
+
+
+def make_device_profile(
+    device_id: bytes,
+    device_ca: CertifiedKey,
+    cells: Mapping[TrustAnchorCellIdentifier, Certificate],
+    seq_numbers: Mapping[int, int] | None = None,
+    require_acb_mac: bool = True,
+    allow_local_reads: bool = False,
+    clock: datetime | None = None,
+    now: datetime | None = None,
+) -> DeviceProfile:
+    """A device with new DS and KA keys certified by device_ca (notBefore = now), and the given cells.
+
+    seq_numbers defaults to 0 for every role that has a cell."""
+    ds_key, ka_key = new_p256_key(), new_p256_key()
+    ds_cert = issue_device_certificate(device_ca, ds_key.public_key(), device_id, "ds", now=now)
+    ka_cert = issue_device_certificate(device_ca, ka_key.public_key(), device_id, "ka", now=now)
+    der_cells = {cell: _der(cert) for cell, cert in cells.items()}
+    if seq_numbers is None:
+        seq_numbers = {int(cell.role): 0 for cell in der_cells if cell.role != 0}
+    return DeviceProfile(
+        device_id=bytes(device_id),
+        cells=der_cells,
+        seq_numbers=dict(seq_numbers),
+        device_ds=DeviceKey(ds_key, _der(ds_cert)),
+        device_ka=DeviceKey(ka_key, _der(ka_cert)),
+        require_acb_mac=require_acb_mac,
+        allow_local_reads=allow_local_reads,
+        clock=clock,
+    )
+
+
+def write_tray(profiles: Iterable[DeviceProfile], folder: Path | str) -> list[Path]:
+    """Save each profile as `<folder>/<device id>.json` (serve them with `vdno-sim serve --profiles`)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for profile in profiles:
+        path = folder / f"{profile.device_id.hex()}.json"
+        save_profile(profile, path)
+        written.append(path)
+    return written

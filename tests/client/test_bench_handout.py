@@ -1,0 +1,314 @@
+"""The hand-out workflow with a fake custodian and a software meter; CLI usage errors; API retries."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from bench_testlib import (
+    AREA_ID,
+    DEVICE_ID,
+    OTHER_DEVICE_ID,
+    FakeCustodian,
+    FakeMeter,
+    LabWorld,
+    with_status,
+)
+from typer.testing import CliRunner
+
+from client.api import BenchClient
+from client.cli import app, parse_tray
+from client.errors import ServiceError
+from client.handout import APPLIED, FAILED, LAB_READER_ID, REFUSED, hand_out
+from gbcs.cells import NO_DS_CELL
+from gbcs.cs02a import ProvideSecurityCredentialsCommand
+from gbcs.framing import MessageCode, decode_message
+
+
+def test_hand_out_applied(world: LabWorld, tmp_path: Path) -> None:
+    api, meter = FakeCustodian(world, counter=6001), FakeMeter(world)
+    result = hand_out(api, meter, world.bundle, DEVICE_ID, AREA_ID, request_id="req-1", save_dir=tmp_path)
+    assert result.status == APPLIED, result.reason
+    assert (result.device_id, result.area_id, result.request_id, result.counter) == (
+        DEVICE_ID.hex(), AREA_ID, "req-1", 6001
+    )
+    assert result.generation == 2
+    # reads: CS02e then CS02a, unsigned GS-only from the lab reader id; then the command as issued
+    e, a, _command = (decode_message(m) for m in meter.sent)
+    assert e.apdu.header.message_code == MessageCode.CS02E_PROVIDE_DEVICE_CERTIFICATE
+    assert e.apdu.signature == b"" and e.mac is None
+    assert e.apdu.header.business_originator_id == LAB_READER_ID
+    assert e.apdu.header.business_target_id == DEVICE_ID
+    cs02a = ProvideSecurityCredentialsCommand.decode(a.apdu.content)
+    assert cs02a.ta_cell == NO_DS_CELL and cs02a.roles == (3,)
+    assert meter.sent[2] == result.command
+    # the custodian got the device certificate and the signed CS02a response; the outcome was reported
+    request = api.requests[0]
+    assert request[:3] == ("req-1", DEVICE_ID.hex(), AREA_ID)
+    assert request[3] == world.device_cert
+    assert api.reports[0][0] == "req-1"
+    saved = tmp_path / f"{DEVICE_ID.hex()}-6001.hex"
+    assert bytes.fromhex(saved.read_text().strip()) == result.command
+    assert saved.read_text().strip() == saved.read_text().strip().lower()
+
+
+def test_hand_out_generates_request_id(world: LabWorld) -> None:
+    result = hand_out(FakeCustodian(world), FakeMeter(world), world.bundle, DEVICE_ID, AREA_ID)
+    assert result.status == APPLIED and len(result.request_id) == 32
+
+
+def test_hand_out_refuses_bad_command(world: LabWorld) -> None:
+    meter = FakeMeter(world)
+    api = FakeCustodian(world, device_id=OTHER_DEVICE_ID)
+    result = hand_out(api, meter, world.bundle, DEVICE_ID, AREA_ID)
+    assert result.status == REFUSED and result.reason.startswith("wrong-target")
+    assert len(meter.sent) == 2  # never applied
+    assert api.reports == []
+
+
+def test_hand_out_refuses_when_generation_not_active(world: LabWorld) -> None:
+    bundle = with_status(world.bundle, "retired")
+    result = hand_out(FakeCustodian(world), FakeMeter(world), bundle, DEVICE_ID, AREA_ID)
+    assert result.status == REFUSED and "unknown-originator" in result.reason
+
+
+def test_hand_out_meter_rejects_cells(world: LabWorld) -> None:
+    api = FakeCustodian(world)
+    result = hand_out(api, FakeMeter(world, statuses=(0, 10)), world.bundle, DEVICE_ID, AREA_ID)
+    assert result.status == FAILED and "cell-status" in result.reason
+    assert len(api.reports) == 1  # still reported: the custodian records the meter's state
+
+
+def test_hand_out_service_error(world: LabWorld) -> None:
+    class Down(FakeCustodian):
+        def request_hand_out(self, *args: Any) -> Any:
+            raise ServiceError("PERMISSION_DENIED", "bench revoked")
+
+    result = hand_out(Down(world), FakeMeter(world), world.bundle, DEVICE_ID, AREA_ID)
+    assert result.status == FAILED and "PERMISSION_DENIED" in result.reason
+
+
+def test_hand_out_custodian_rejects_outcome(world: LabWorld) -> None:
+    api = FakeCustodian(world)
+    api.ack.status = "rejected"
+    result = hand_out(api, FakeMeter(world), world.bundle, DEVICE_ID, AREA_ID)
+    assert result.status == FAILED and "rejected" in result.reason
+
+
+def test_hand_out_read_with_wrong_device_certificate(world: LabWorld) -> None:
+    class Liar(FakeMeter):
+        def send(self, device_id: bytes, message: bytes) -> bytes:
+            return super().send(device_id, message.replace(DEVICE_ID, OTHER_DEVICE_ID))
+
+    result = hand_out(FakeCustodian(world), Liar(world), world.bundle, DEVICE_ID, AREA_ID)
+    assert result.status == FAILED and result.reason.startswith("read meter")
+
+
+def test_hand_out_unknown_area(world: LabWorld) -> None:
+    result = hand_out(FakeCustodian(world), FakeMeter(world), world.bundle, DEVICE_ID, 23)
+    assert result.status == FAILED and "area 23" in result.reason
+
+
+# --- tray files and CLI usage ----------------------------------------------------------------------
+
+
+def test_parse_tray_both_formats(tmp_path: Path) -> None:
+    plain = tmp_path / "tray.txt"
+    plain.write_text("# tray 7\n00db1234567890a0 14\n\n00-db-12-34-56-78-90-a1   23  # last\n")
+    csv = tmp_path / "tray.csv"
+    csv.write_text("device,area\n00db1234567890a0,14\n00db1234567890a1, 10\n")
+    assert [(e.device_id.hex(), e.area_id) for e in parse_tray(plain)] == [
+        ("00db1234567890a0", 14), ("00db1234567890a1", 23)
+    ]
+    assert [(e.device_id.hex(), e.area_id) for e in parse_tray(csv)] == [
+        ("00db1234567890a0", 14), ("00db1234567890a1", 10)
+    ]
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, ["hand-out", *args])
+    return result.exit_code, result.stderr
+
+
+@pytest.fixture
+def pems(tmp_path: Path) -> list[str]:
+    for name in ("ca.pem", "cert.pem", "key.pem"):
+        (tmp_path / name).write_text("x")
+    base = ["--server", "127.0.0.1:1", "--sim", "127.0.0.1:2"]
+    return [*base, "--ca", str(tmp_path / "ca.pem"), "--cert", str(tmp_path / "cert.pem"),
+            "--key", str(tmp_path / "key.pem")]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--device", "00db1234567890zz", "--area", "14"], "--device"),
+        (["--device", "00db1234567890a0", "--area", "9"], "10-23"),
+        (["--device", "00db1234567890a0", "--area", "24"], "10-23"),
+        (["--device", "00db1234567890a0"], "--area"),
+        (["--tray", "/nonexistent/tray.txt"], "tray"),
+    ],
+)
+def test_cli_usage_errors_exit_2(pems: list[str], args: list[str], needle: str) -> None:
+    code, err = _cli(*args, *pems)
+    assert code == 2
+    assert err.count("\n") == 1 and needle in err
+
+
+def test_cli_bad_tray_line(pems: list[str], tmp_path: Path) -> None:
+    tray = tmp_path / "bad.txt"
+    tray.write_text("00db1234567890a0 14\n00db1234567890a1 99\n")
+    code, err = _cli("--tray", str(tray), *pems)
+    assert code == 2 and "line 2" in err and err.count("\n") == 1
+
+
+def test_cli_unreadable_pem(pems: list[str], tmp_path: Path) -> None:
+    args = [a if not a.endswith("key.pem") else str(tmp_path / "missing.pem") for a in pems]
+    code, err = _cli("--device", "00db1234567890a0", "--area", "14", *args)
+    assert code == 2 and "--key" in err
+
+
+def test_cli_missing_settings() -> None:
+    code, err = _cli("--device", "00db1234567890a0", "--area", "14")
+    assert code == 2 and "--server" in err
+
+
+def test_cli_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "bench.toml"
+    config.write_text('[bench]\nserver = "127.0.0.1:1"\nsim = "nohostport"\nca = "ca.pem"\n'
+                      'cert = "cert.pem"\nkey = "key.pem"\n')
+    code, err = _cli("--device", "00db1234567890a0", "--area", "14", "--config", str(config))
+    assert code == 2 and "--sim" in err
+
+
+# --- API retries -----------------------------------------------------------------------------------
+
+
+class _RpcError(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+def test_api_retries_unavailable_with_same_request(world: LabWorld) -> None:
+    sleeps: list[float] = []
+    client = BenchClient("127.0.0.1:1", b"ca", b"cert", b"key", attempts=4, backoff=0.1, sleep=sleeps.append)
+    seen: list[Any] = []
+
+    def flaky(request: Any, timeout: float) -> str:
+        seen.append(request)
+        if len(seen) < 3:
+            raise _RpcError(grpc.StatusCode.UNAVAILABLE, "connection reset")
+        return "ok"
+
+    client._stub.RequestHandOut = flaky
+    assert client.request_hand_out("req-9", DEVICE_ID.hex(), AREA_ID, b"c", b"r") == "ok"
+    assert [r.request_id for r in seen] == ["req-9"] * 3
+    assert sleeps == [0.1, 0.2]
+    client.close()
+
+
+def test_api_maps_errors(world: LabWorld) -> None:
+    client = BenchClient("127.0.0.1:1", b"ca", b"cert", b"key", attempts=2, sleep=lambda _: None)
+
+    def denied(request: Any, timeout: float) -> str:
+        raise _RpcError(grpc.StatusCode.FAILED_PRECONDITION, "device NO cell is not vanilla")
+
+    def down(request: Any, timeout: float) -> str:
+        raise _RpcError(grpc.StatusCode.UNAVAILABLE, "down")
+
+    client._stub.ReportOutcome = denied
+    with pytest.raises(ServiceError) as info:
+        client.report_outcome("req", b"x")
+    assert info.value.code_name == "FAILED_PRECONDITION" and "vanilla" in info.value.message
+    client._stub.GetTrustBundle = down
+    with pytest.raises(ServiceError) as info:
+        client.trust_bundle()
+    assert info.value.code_name == "UNAVAILABLE"
+    client.close()
+
+
+def test_result_as_dict_is_json(world: LabWorld) -> None:
+    result = hand_out(FakeCustodian(world), FakeMeter(world), world.bundle, DEVICE_ID, AREA_ID)
+    doc = json.loads(json.dumps(result.as_dict()))
+    assert doc["status"] == "applied" and doc["device"] == DEVICE_ID.hex()
+
+
+# --- the CLI run with a fake custodian and meter -----------------------------------------------------
+
+
+@pytest.fixture
+def fake_backends(world: LabWorld, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    import client.api
+    import client.transport
+
+    made: dict[str, Any] = {}
+
+    class FakeBenchClient(FakeCustodian):
+        def __init__(
+            self, target: str, ca: bytes, cert: bytes, key: bytes, server_name_override: Any
+        ) -> None:
+            super().__init__(world)
+            made["api"] = self
+
+        def trust_bundle(self) -> Any:
+            return world.bundle
+
+        def __enter__(self) -> Any:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+    class FakeTransport(FakeMeter):
+        def __init__(self, host: str, port: int) -> None:
+            super().__init__(world)
+            made["meter"] = self
+
+        def send(self, device_id: bytes, message: bytes) -> bytes:
+            if device_id != DEVICE_ID:
+                from client.errors import DeviceRefusedError
+
+                raise DeviceRefusedError(None, "unknown device")
+            return super().send(device_id, message)
+
+        def __enter__(self) -> Any:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+    monkeypatch.setattr(client.api, "BenchClient", FakeBenchClient)
+    monkeypatch.setattr(client.transport, "SimulatorTransport", FakeTransport)
+    return made
+
+
+def test_cli_single_device_json(fake_backends: dict[str, Any], pems: list[str], tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, [
+        "hand-out", "--device", DEVICE_ID.hex(), "--area", str(AREA_ID), "--json", "--request-id", "r-42",
+        "--save-commands", str(tmp_path / "cmds"), *pems,
+    ])
+    assert result.exit_code == 0, result.stderr
+    [doc] = json.loads(result.stdout)
+    assert doc["status"] == "applied" and doc["requestId"] == "r-42"
+    assert (tmp_path / "cmds" / f"{DEVICE_ID.hex()}-{doc['counter']}.hex").is_file()
+
+
+def test_cli_tray_table_and_exit_1(fake_backends: dict[str, Any], pems: list[str], tmp_path: Path) -> None:
+    tray = tmp_path / "tray.txt"
+    tray.write_text(f"{DEVICE_ID.hex()} {AREA_ID}\n{OTHER_DEVICE_ID.hex()} {AREA_ID}\n")
+    result = CliRunner().invoke(app, ["hand-out", "--tray", str(tray), *pems])
+    assert result.exit_code == 1
+    assert "Hand-out summary" in result.stdout and "applied" in result.stdout and "failed" in result.stdout
+    assert "1 of 2 meters not applied" in result.stderr
+    result = CliRunner().invoke(app, ["hand-out", "--tray", str(tray), "--json", *pems])
+    assert result.exit_code == 1
+    assert [d["status"] for d in json.loads(result.stdout)] == ["applied", "failed"]
