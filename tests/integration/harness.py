@@ -1,0 +1,103 @@
+"""Runs the real service: `vdno-server init` then `vdno-server serve` as subprocesses (the same entry points
+and build_server function as production), mTLS on 127.0.0.1 with a free port."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+
+from vdno.v1 import custodian_pb2 as pb
+from vdno.v1 import custodian_pb2_grpc as pb_grpc
+
+PYTHON = sys.executable
+
+
+def run_init(state: Path, benches: tuple[str, ...] = ("bench-01",)) -> str:
+    args = [PYTHON, "-m", "server.main", "init", "--state", str(state)]
+    for bench in benches:
+        args += ["--bench", bench]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"vdno-server init failed: {done.stderr[-2000:]}")
+    return done.stdout
+
+
+class ServerProcess:
+    def __init__(self, state: Path, extra_env: dict[str, str] | None = None) -> None:
+        self.state = state
+        self.extra_env = extra_env or {}
+        self.proc: subprocess.Popen[str] | None = None
+        self.port = 0
+        self.log_path = state / "server.log"
+
+    def start(self, timeout: float = 60.0) -> int:
+        env = dict(os.environ)
+        env.update(self.extra_env)
+        env.setdefault("VDNO_LISTEN", "127.0.0.1:0")
+        log = self.log_path.open("a")
+        self.proc = subprocess.Popen(
+            [PYTHON, "-m", "server.main", "serve", "--config", str(self.state / "config.toml")],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            env=env,
+        )
+        deadline = time.monotonic() + timeout
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if "listening on port" not in line:
+            self.proc.kill()
+            raise RuntimeError(f"server did not start: {line!r}; log: {self.log_path.read_text()[-3000:]}")
+        self.port = int(line.rsplit(" ", 1)[1])
+        while time.monotonic() < deadline:
+            if self.healthy():
+                return self.port
+            time.sleep(0.05)
+        raise RuntimeError("server never became healthy")
+
+    def channel(
+        self, bench: str = "bench-01", client_cert: tuple[bytes, bytes] | None = None
+    ) -> grpc.Channel:
+        ca = (self.state / "pki" / "tls-ca.pem").read_bytes()
+        if client_cert is None:
+            key = (self.state / "tls" / f"{bench}.key").read_bytes()
+            cert = (self.state / "tls" / f"{bench}.pem").read_bytes()
+        else:
+            key, cert = client_cert
+        creds = grpc.ssl_channel_credentials(ca, key, cert)
+        return grpc.secure_channel(
+            f"127.0.0.1:{self.port}", creds, options=[("grpc.ssl_target_name_override", "localhost")]
+        )
+
+    def healthy(self) -> bool:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        try:
+            with self.channel() as ch:
+                reply = health_pb2_grpc.HealthStub(ch).Check(
+                    health_pb2.HealthCheckRequest(service=""), timeout=2
+                )
+                return reply.status == health_pb2.HealthCheckResponse.SERVING
+        except grpc.RpcError:
+            return False
+
+    def stub(self, bench: str = "bench-01") -> pb_grpc.BenchServiceStub:
+        return pb_grpc.BenchServiceStub(self.channel(bench))
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+__all__ = ["ServerProcess", "pb", "run_init"]
