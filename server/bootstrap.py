@@ -164,8 +164,13 @@ device_ca = "pki/device-ca.pem"
 
 
 def initialise_state(
-    state: Path, benches: tuple[str, ...] = ("bench-01",), say: Callable[[str], None] = print
+    state: Path,
+    benches: tuple[str, ...] = ("bench-01",),
+    say: Callable[[str], None] = print,
+    database_url: str | None = None,
 ) -> BootstrapReport:
+    """database_url: register areas, generation and benches there instead of the state's SQLite file
+    (e.g. PostgreSQL); config.toml still names the SQLite file, override it with VDNO_DATABASE_URL."""
     state = state.resolve()
     state.mkdir(parents=True, exist_ok=True)
     report = BootstrapReport(state)
@@ -198,7 +203,7 @@ def initialise_state(
         )
         report.did("wrote config.toml")
 
-    store = open_store(f"sqlite:///{state / 'vdno.db'}")
+    store = open_store(database_url or f"sqlite:///{state / 'vdno.db'}")
     try:
         for area in areas:
             if store.upsert_area(area, BOOTSTRAP_ACTOR):

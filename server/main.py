@@ -78,12 +78,15 @@ def serve(config: Path = typer.Option(..., "--config", help="TOML settings file"
 def init(
     state: Path = typer.Option(Path("state"), "--state", help="state folder to create or complete"),
     bench: list[str] = typer.Option(["bench-01"], "--bench", help="bench ids to enrol and certify"),
+    database_url: str | None = typer.Option(
+        None, "--database-url", envvar="VDNO_DATABASE_URL", help="register state in this database instead"
+    ),
 ) -> None:
     """Initialise (idempotently) the embedded default in a state folder."""
     from server.bootstrap import initialise_state
 
     try:
-        initialise_state(state, tuple(bench))
+        initialise_state(state, tuple(bench), database_url=database_url)
     except VdnoError as exc:
         _fail(str(exc))
 
