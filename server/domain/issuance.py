@@ -190,7 +190,7 @@ class HandOutService:
             self._store.fail_issuance(record.issuance_id, type(exc).__name__)
             raise
         command = apdu.with_signature(signature).encode()
-        stored = self._store.complete_issuance(record.issuance_id, command)
+        stored = self._store.complete_issuance(record, command)
         return _signed(stored)
 
     # -- outcome

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, select
 
 from server.domain.values import AuditEvent
 from server.store.schema import audit_head, audit_log
@@ -21,28 +21,32 @@ def _entry_hash(prev_hash: str, seq: int, at: str, event: str, actor: str, subje
     return hashlib.sha256(body.encode()).hexdigest()
 
 
-def append_event(conn: Connection, event: AuditEvent, now: datetime | None = None) -> int:
-    """Append one entry; the chain head row is locked (FOR UPDATE) so appenders serialise."""
+def append_events(conn: Connection, events: list[AuditEvent], now: datetime | None = None) -> int:
+    """Append events in order inside the caller's transaction; the chain head row is locked (FOR UPDATE)
+    so appenders on several replicas serialise. Returns the last sequence number."""
     head = conn.execute(
         select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1).with_for_update()
     ).one()
-    seq = int(head.seq) + 1
+    seq, prev = int(head.seq), str(head.hash)
     at = (now or datetime.now(UTC)).isoformat()
-    details = json.dumps(event.details, sort_keys=True, separators=(",", ":"), default=str)
-    digest = _entry_hash(head.hash, seq, at, event.event, event.actor, event.subject, details)
-    conn.execute(
-        audit_log.insert().values(
-            seq=seq,
-            at=at,
-            event=event.event,
-            actor=event.actor,
-            subject=event.subject,
-            details=details,
-            prev_hash=head.hash,
-            hash=digest,
+    rows = []
+    for event in events:
+        seq += 1
+        details = json.dumps(event.details, sort_keys=True, separators=(",", ":"), default=str)
+        digest = _entry_hash(prev, seq, at, event.event, event.actor, event.subject, details)
+        rows.append((seq, at, event.event, event.actor, event.subject, details, prev, digest))
+        prev = digest
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    mark = "%s" if conn.dialect.paramstyle in ("format", "pyformat") else "?"  # the driver's placeholder
+    try:
+        cursor.executemany(
+            "INSERT INTO audit_log (seq, at, event, actor, subject, details, prev_hash, hash) "
+            f"VALUES ({', '.join([mark] * 8)})",  # noqa: S608 (placeholders only)
+            rows,
         )
-    )
-    conn.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=digest))
+        cursor.execute(f"UPDATE audit_head SET seq = {mark}, hash = {mark} WHERE id = 1", (seq, prev))  # noqa: S608
+    finally:
+        cursor.close()
     return seq
 
 

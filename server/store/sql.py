@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import queue
+import re
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, update
+from sqlalchemy import Connection, DateTime, Engine, create_engine, event, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from server.domain.errors import StoreUnavailable, UnknownIssuance, VdnoError
@@ -35,18 +38,24 @@ from server.domain.values import (
     RecordedOutcome,
     VanillaGeneration,
 )
-from server.store.audit import append_event
+from server.store.audit import append_events
 from server.store.schema import areas, benches, counters, devices, generations, issuances
 
 T = TypeVar("T")
+# A write: runs inside the batch transaction and appends the security events it causes to the list.
+WriteOp = Callable[[Connection, list[AuditEvent]], T]
+REFERENCE_TTL = 1.0  # seconds a replica may serve bench/area/generation data it read earlier
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 MAX_BATCH = 128
 
 
-def make_engine(url: str) -> Engine:
-    """Engine for a SQLAlchemy URL. SQLite: WAL, synchronous FULL, BEGIN IMMEDIATE, busy timeout."""
+def make_engine(url: str, writer: bool = False) -> Engine:
+    """Engine for a SQLAlchemy URL. SQLite: WAL, synchronous FULL, busy timeout; the writer's transactions
+    start with BEGIN IMMEDIATE (take the write lock up front), readers' with a plain deferred BEGIN so
+    they never wait for the writer."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        begin = "BEGIN IMMEDIATE" if writer else "BEGIN"
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -59,7 +68,7 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            conn.exec_driver_sql(begin)
 
         return engine
     return create_engine(url, pool_size=8, max_overflow=8, pool_pre_ping=True)
@@ -86,11 +95,11 @@ class _GroupCommitWriter:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._queue: queue.Queue[tuple[Callable[[Connection], Any], Future[Any]] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[WriteOp[Any], Future[Any]] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, op: Callable[[Connection], T]) -> T:
+    def submit(self, op: WriteOp[T]) -> T:
         fut: Future[T] = Future()
         self._queue.put((op, fut))
         return fut.result()
@@ -119,20 +128,25 @@ class _GroupCommitWriter:
             if stop:
                 return
 
-    def _run_batch(self, batch: list[tuple[Callable[[Connection], Any], Future[Any]]]) -> None:
+    def _run_batch(self, batch: list[tuple[WriteOp[Any], Future[Any]]]) -> None:
         outcomes: list[tuple[Future[Any], Any, BaseException | None]] = []
         try:
             with self._engine.begin() as conn:
+                audit: list[AuditEvent] = []
                 for op, fut in batch:
+                    events: list[AuditEvent] = []
                     savepoint = conn.begin_nested()
                     try:
-                        result = op(conn)
+                        result = op(conn, events)
                     except (VdnoError, SQLAlchemyError) as exc:
                         savepoint.rollback()
                         outcomes.append((fut, None, exc))
                     else:
                         savepoint.commit()
+                        audit.extend(events)
                         outcomes.append((fut, result, None))
+                if audit:  # in the same transaction as the state the events describe
+                    append_events(conn, audit)
         except SQLAlchemyError as exc:
             failure = StoreUnavailable("the database could not commit; nothing was recorded")
             failure.__cause__ = exc
@@ -148,6 +162,39 @@ class _GroupCommitWriter:
                 failure = StoreUnavailable("the database refused the write; nothing was recorded")
                 failure.__cause__ = error
                 fut.set_exception(failure)
+
+
+class _HotPathSql:
+    """The statements every issuance runs, as plain SQL prepared once for the dialect (named parameters,
+    adapted to the driver's style). SQLAlchemy Core statement building costs more than the commit itself
+    at these rates; everything else in this module uses Core."""
+
+    def __init__(self, engine: Engine) -> None:
+        pg = engine.dialect.name == "postgresql"
+
+        def q(template: str) -> str:
+            return re.sub(r":(\w+)", r"%(\1)s", template) if pg else template
+
+        greatest = "GREATEST" if pg else "MAX"
+        self.existing = q(
+            "SELECT issuance_id FROM issuances WHERE bench_id = :bench_id AND request_id = :request_id"
+        )
+        self.allocate = q(
+            f"UPDATE counters SET last_value = {greatest}(last_value + 1, :floor) "  # noqa: S608 (constant)
+            "WHERE generation = :generation RETURNING last_value"
+        )
+        self.record = q(
+            "INSERT INTO issuances (bench_id, request_id, request_fingerprint, device_id, area_id, "
+            "generation, counter, device_certificate, status, created_at) VALUES (:bench_id, :request_id, "
+            ":fingerprint, :device_id, :area_id, :generation, :counter, :device_certificate, :status, :now) "
+            "RETURNING issuance_id"
+        )
+        self.complete = q(
+            "UPDATE issuances SET status = :signed, signed_command = :command, signed_at = :now "
+            "WHERE issuance_id = :issuance_id AND status IN (:recorded, :failed) RETURNING bench_id, counter"
+        )
+        ts = DateTime(timezone=True).bind_processor(engine.dialect)
+        self.timestamp: Callable[[datetime], Any] = ts if ts is not None else (lambda v: v)
 
 
 def _aware(value: datetime) -> datetime:
@@ -176,14 +223,45 @@ def _issuance(row: Any) -> IssuanceRecord:
 class SqlCustodyStore:
     """CustodyStore over SQLAlchemy. Build with `open_store(url)`."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, write_engine: Engine | None = None) -> None:
         self.engine = engine
-        self._writer = _GroupCommitWriter(engine)
+        if write_engine is None:
+            sqlite = engine.dialect.name == "sqlite"
+            write_engine = (
+                make_engine(engine.url.render_as_string(hide_password=False), writer=True)
+                if sqlite
+                else engine
+            )
+        self._write_engine = write_engine
+        self._writer = _GroupCommitWriter(write_engine)
         self._greatest = func.greatest if engine.dialect.name == "postgresql" else func.max
+        self._hot = _HotPathSql(engine)
+        self._cache: dict[object, tuple[float, Any]] = {}
+        self._cache_lock = threading.Lock()
 
     def close(self) -> None:
         self._writer.close()
         self.engine.dispose()
+        self._write_engine.dispose()
+
+    def _cached(self, key: object, load: Callable[[], T]) -> T:
+        """Reference data (benches, areas, generations) for REFERENCE_TTL; own writes invalidate it."""
+        now = time.monotonic()
+        with self._cache_lock:
+            hit = self._cache.get(key)
+        if hit is not None and hit[0] > now:
+            return cast(T, hit[1])
+        value = load()
+        with self._cache_lock:
+            self._cache[key] = (now + REFERENCE_TTL, value)
+        return value
+
+    def _write_reference(self, op: WriteOp[T]) -> T:
+        try:
+            return self._writer.submit(op)
+        finally:
+            with self._cache_lock:
+                self._cache.clear()
 
     # -- reads
     def _read(self, fn: Callable[[Connection], T]) -> T:
@@ -194,20 +272,12 @@ class SqlCustodyStore:
             raise StoreUnavailable("the database cannot be read") from exc
 
     def get_area(self, area_id: int) -> Area | None:
-        row = self._read(lambda c: c.execute(select(areas).where(areas.c.area_id == area_id)).first())
-        return (
-            None
-            if row is None
-            else Area(
-                row.area_id,
-                row.name,
-                bytes(row.entity_id),
-                bytes(row.ds_certificate),
-                bytes(row.ka_certificate),
-            )
-        )
+        return next((a for a in self.list_areas() if a.area_id == area_id), None)
 
     def list_areas(self) -> list[Area]:
+        return self._cached("areas", self._load_areas)
+
+    def _load_areas(self) -> list[Area]:
         rows = self._read(lambda c: c.execute(select(areas).order_by(areas.c.area_id)).all())
         return [
             Area(r.area_id, r.name, bytes(r.entity_id), bytes(r.ds_certificate), bytes(r.ka_certificate))
@@ -215,6 +285,9 @@ class SqlCustodyStore:
         ]
 
     def list_generations(self) -> list[VanillaGeneration]:
+        return self._cached("generations", self._load_generations)
+
+    def _load_generations(self) -> list[VanillaGeneration]:
         rows = self._read(lambda c: c.execute(select(generations).order_by(generations.c.generation)).all())
         return [
             VanillaGeneration(
@@ -230,6 +303,9 @@ class SqlCustodyStore:
         ]
 
     def get_bench(self, bench_id: str) -> Bench | None:
+        return self._cached(("bench", bench_id), lambda: self._load_bench(bench_id))
+
+    def _load_bench(self, bench_id: str) -> Bench | None:
         row = self._read(lambda c: c.execute(select(benches).where(benches.c.bench_id == bench_id)).first())
         return None if row is None else Bench(row.bench_id, BenchStatus(row.status))
 
@@ -277,10 +353,10 @@ class SqlCustodyStore:
 
     # -- custody writes
     def record_event(self, event: AuditEvent) -> None:
-        self._writer.submit(lambda c: append_event(c, event))
+        self._writer.submit(lambda _c, events: events.append(event))
 
     def upsert_area(self, area: Area, actor: str) -> bool:
-        def op(c: Connection) -> bool:
+        def op(c: Connection, events: list[AuditEvent]) -> bool:
             values = {
                 "name": area.name,
                 "entity_id": area.entity_id,
@@ -297,8 +373,7 @@ class SqlCustodyStore:
                 c.execute(insert(areas).values(area_id=area.area_id, **values))
             else:
                 c.execute(update(areas).where(areas.c.area_id == area.area_id).values(**values))
-            append_event(
-                c,
+            events.append(
                 AuditEvent(
                     "area.registered",
                     actor,
@@ -308,10 +383,10 @@ class SqlCustodyStore:
             )
             return True
 
-        return self._writer.submit(op)
+        return self._write_reference(op)
 
     def add_generation(self, generation: VanillaGeneration, actor: str) -> bool:
-        def op(c: Connection) -> bool:
+        def op(c: Connection, events: list[AuditEvent]) -> bool:
             if (
                 c.execute(
                     select(generations.c.generation).where(generations.c.generation == generation.generation)
@@ -331,8 +406,7 @@ class SqlCustodyStore:
                 )
             )
             c.execute(insert(counters).values(generation=generation.generation, last_value=0))
-            append_event(
-                c,
+            events.append(
                 AuditEvent(
                     "generation.activated",
                     actor,
@@ -342,10 +416,10 @@ class SqlCustodyStore:
             )
             return True
 
-        return self._writer.submit(op)
+        return self._write_reference(op)
 
     def _set_bench(self, bench_id: str, status: BenchStatus, actor: str) -> bool:
-        def op(c: Connection) -> bool:
+        def op(c: Connection, events: list[AuditEvent]) -> bool:
             row = c.execute(select(benches.c.status).where(benches.c.bench_id == bench_id)).first()
             if row is not None and row.status == status.value:
                 return False
@@ -357,10 +431,10 @@ class SqlCustodyStore:
                     .where(benches.c.bench_id == bench_id)
                     .values(status=status.value, changed_at=_now())
                 )
-            append_event(c, AuditEvent(f"bench.{status.value}", actor, f"bench:{bench_id}"))
+            events.append(AuditEvent(f"bench.{status.value}", actor, f"bench:{bench_id}"))
             return True
 
-        return self._writer.submit(op)
+        return self._write_reference(op)
 
     def enroll_bench(self, bench_id: str, actor: str) -> bool:
         return self._set_bench(bench_id, BenchStatus.ENROLLED, actor)
@@ -370,39 +444,38 @@ class SqlCustodyStore:
 
     # -- issuance
     def begin_issuance(self, draft: IssuanceDraft, counter_floor: int) -> tuple[IssuanceRecord, bool]:
-        def op(c: Connection) -> tuple[IssuanceRecord, bool]:
-            existing = c.execute(
-                select(issuances).where(
-                    issuances.c.bench_id == draft.bench_id, issuances.c.request_id == draft.request_id
-                )
-            ).first()
-            if existing is not None:
-                return _issuance(existing), False
-            counter = c.execute(
-                update(counters)
-                .where(counters.c.generation == draft.generation)
-                .values(last_value=self._greatest(counters.c.last_value + 1, counter_floor))
-                .returning(counters.c.last_value)
-            ).scalar_one()
+        hot = self._hot
+
+        def op(c: Connection, events: list[AuditEvent]) -> tuple[IssuanceRecord, bool]:
+            key = {"bench_id": draft.bench_id, "request_id": draft.request_id}
+            if c.exec_driver_sql(hot.existing, key).first() is not None:
+                row = c.execute(
+                    select(issuances).where(
+                        issuances.c.bench_id == draft.bench_id, issuances.c.request_id == draft.request_id
+                    )
+                ).one()
+                return _issuance(row), False
+            counter = int(
+                c.exec_driver_sql(
+                    hot.allocate, {"floor": counter_floor, "generation": draft.generation}
+                ).scalar_one()
+            )
             now = _now()
-            issuance_id = c.execute(
-                insert(issuances)
-                .values(
-                    bench_id=draft.bench_id,
-                    request_id=draft.request_id,
-                    request_fingerprint=draft.request_fingerprint,
-                    device_id=draft.device_id,
-                    area_id=draft.area_id,
-                    generation=draft.generation,
-                    counter=counter,
-                    device_certificate=draft.device_certificate,
-                    status=IssuanceStatus.RECORDED.value,
-                    created_at=now,
-                )
-                .returning(issuances.c.issuance_id)
+            issuance_id = c.exec_driver_sql(
+                hot.record,
+                {
+                    **key,
+                    "fingerprint": draft.request_fingerprint,
+                    "device_id": draft.device_id,
+                    "area_id": draft.area_id,
+                    "generation": draft.generation,
+                    "counter": counter,
+                    "device_certificate": draft.device_certificate,
+                    "status": IssuanceStatus.RECORDED.value,
+                    "now": hot.timestamp(now),
+                },
             ).scalar_one()
-            append_event(
-                c,
+            events.append(
                 AuditEvent(
                     "command.recorded",
                     f"bench:{draft.bench_id}",
@@ -411,20 +484,20 @@ class SqlCustodyStore:
                         "device": draft.device_id.hex(),
                         "area": draft.area_id,
                         "generation": draft.generation,
-                        "counter": int(counter),
+                        "counter": counter,
                         "request_id": draft.request_id,
                     },
                 ),
             )
             return IssuanceRecord(
-                issuance_id,
+                int(issuance_id),
                 draft.bench_id,
                 draft.request_id,
                 draft.request_fingerprint,
                 draft.device_id,
                 draft.area_id,
                 draft.generation,
-                int(counter),
+                counter,
                 draft.device_certificate,
                 IssuanceStatus.RECORDED,
                 now,
@@ -439,34 +512,37 @@ class SqlCustodyStore:
                     return found, False
             raise
 
-    def complete_issuance(self, issuance_id: int, signed_command: bytes) -> IssuanceRecord:
-        def op(c: Connection) -> IssuanceRecord:
-            row = c.execute(
-                update(issuances)
-                .where(
-                    issuances.c.issuance_id == issuance_id,
-                    issuances.c.status.in_([IssuanceStatus.RECORDED.value, IssuanceStatus.FAILED.value]),
-                )
-                .values(status=IssuanceStatus.SIGNED.value, signed_command=signed_command, signed_at=_now())
-                .returning(*issuances.c)
+    def complete_issuance(self, record: IssuanceRecord, signed_command: bytes) -> IssuanceRecord:
+        hot = self._hot
+
+        def op(c: Connection, events: list[AuditEvent]) -> IssuanceRecord:
+            row = c.exec_driver_sql(
+                hot.complete,
+                {
+                    "signed": IssuanceStatus.SIGNED.value,
+                    "command": signed_command,
+                    "now": hot.timestamp(_now()),
+                    "issuance_id": record.issuance_id,
+                    "recorded": IssuanceStatus.RECORDED.value,
+                    "failed": IssuanceStatus.FAILED.value,
+                },
             ).first()
             if row is None:
-                raise UnknownIssuance(f"issuance {issuance_id} is not awaiting a signature")
-            append_event(
-                c,
+                raise UnknownIssuance(f"issuance {record.issuance_id} is not awaiting a signature")
+            events.append(
                 AuditEvent(
                     "command.issued",
-                    f"bench:{row.bench_id}",
-                    f"issuance:{issuance_id}",
-                    {"counter": int(row.counter), "sha256": hashlib.sha256(signed_command).hexdigest()},
+                    f"bench:{record.bench_id}",
+                    f"issuance:{record.issuance_id}",
+                    {"counter": record.counter, "sha256": hashlib.sha256(signed_command).hexdigest()},
                 ),
             )
-            return _issuance(row)
+            return replace(record, status=IssuanceStatus.SIGNED, signed_command=signed_command)
 
         return self._writer.submit(op)
 
     def fail_issuance(self, issuance_id: int, reason: str) -> None:
-        def op(c: Connection) -> None:
+        def op(c: Connection, events: list[AuditEvent]) -> None:
             c.execute(
                 update(issuances)
                 .where(
@@ -475,14 +551,14 @@ class SqlCustodyStore:
                 )
                 .values(status=IssuanceStatus.FAILED.value, failure=reason)
             )
-            append_event(
-                c, AuditEvent("command.failed", "service", f"issuance:{issuance_id}", {"reason": reason})
+            events.append(
+                AuditEvent("command.failed", "service", f"issuance:{issuance_id}", {"reason": reason})
             )
 
         self._writer.submit(op)
 
     def record_outcome(self, issuance_id: int, outcome: RecordedOutcome, response: bytes, actor: str) -> None:
-        def op(c: Connection) -> None:
+        def op(c: Connection, events: list[AuditEvent]) -> None:
             row = c.execute(
                 select(issuances.c.device_id).where(issuances.c.issuance_id == issuance_id)
             ).first()
@@ -508,8 +584,7 @@ class SqlCustodyStore:
                 c.execute(insert(devices).values(device_id=device_id, **cells))
             else:
                 c.execute(update(devices).where(devices.c.device_id == device_id).values(**cells))
-            append_event(
-                c,
+            events.append(
                 AuditEvent(
                     "outcome.reported",
                     actor,

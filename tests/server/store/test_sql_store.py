@@ -88,7 +88,7 @@ def test_counters_are_floored_increase_and_idempotent(store: SqlCustodyStore) ->
 def test_signed_bytes_and_outcome_are_recorded(store: SqlCustodyStore) -> None:
     store.add_generation(GEN, "t")
     rec, _ = store.begin_issuance(draft("r1"), counter_floor=1)
-    done = store.complete_issuance(rec.issuance_id, b"\xdf signed")
+    done = store.complete_issuance(rec, b"\xdf signed")
     assert done.status is IssuanceStatus.SIGNED and done.signed_command == b"\xdf signed"
     assert store.find_issuance("bench-01", "r1").signed_command == b"\xdf signed"
     cells = CellState(b"LAB\x00\x00\x03\x00\x0c", b"\x41" * 8)
