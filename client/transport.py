@@ -1,15 +1,14 @@
 """Device transports: how the bench talks to a meter (or the simulator).
 
-The simulator frame protocol (the same as simulator/frames.py): each frame is a 4-byte big-endian length
-then the body. Requests: OP_SEND (0x01) ‖ 8-byte device id ‖ GBCS bytes -> reply 0x81 ‖ response bytes;
-OP_LIST (0x02) -> reply 0x82 ‖ JSON array of 16-hex ids. Any request may be answered with
-RESP_ERROR (0xEE) ‖ JSON {"status": int | null, "reason": str}.
-The framing is implemented here too so the client does not depend on the simulator package.
+SimulatorTransport speaks the tray's frame protocol, which lives in simulator/frames.py (framing, op and
+reply codes, reply-body parsing; that module imports neither grpc nor pkcs11). In short: each frame is a
+4-byte big-endian length then the body. Requests: OP_SEND (0x01) ‖ 8-byte device id ‖ GBCS bytes -> reply
+0x81 ‖ response bytes; OP_LIST (0x02) -> reply 0x82 ‖ JSON array of 16-hex ids. Any request may be answered
+with RESP_ERROR (0xEE) ‖ JSON {"status": int | null, "reason": str}.
 """
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
 from typing import Protocol
@@ -17,13 +16,37 @@ from typing import Protocol
 from client.errors import DeviceRefusedError, TransportError
 from gbcs.errors import DecodeError
 from gbcs.ids import check_eui64, parse_eui64
+from simulator.frames import (
+    MAX_FRAME,
+    OP_LIST,
+    OP_SEND,
+    RESP_ERROR,
+    RESP_GBCS,
+    RESP_LIST,
+    FrameError,
+    Reply,
+    decode_reply,
+    encode_frame,
+    list_body,
+    read_frame,
+    send_body,
+)
 
-OP_SEND = 0x01
-OP_LIST = 0x02
-RESP_SEND = 0x81
-RESP_LIST = 0x82
-RESP_ERROR = 0xEE
-MAX_FRAME = 16 * 1024 * 1024
+RESP_SEND = RESP_GBCS  # the bench's historical name for the reply to OP_SEND
+
+__all__ = [
+    "MAX_FRAME",
+    "OP_LIST",
+    "OP_SEND",
+    "RESP_ERROR",
+    "RESP_LIST",
+    "RESP_SEND",
+    "DeviceTransport",
+    "SimulatorTransport",
+    "encode_frame",
+    "parse_error_body",
+    "read_frame",
+]
 
 
 class DeviceTransport(Protocol):
@@ -36,46 +59,18 @@ class DeviceTransport(Protocol):
         ...
 
 
-def encode_frame(body: bytes) -> bytes:
-    if len(body) > MAX_FRAME:
-        raise TransportError(f"frame body of {len(body)} bytes exceeds {MAX_FRAME}")
-    return len(body).to_bytes(4, "big") + bytes(body)
-
-
-class _ConnectionClosed(TransportError):
-    """The peer closed the connection before sending any byte of the reply."""
-
-
-def _recv_exact(sock: socket.socket, n: int, started: bool) -> bytes:
-    chunks = bytearray()
-    while len(chunks) < n:
-        chunk = sock.recv(n - len(chunks))
-        if not chunk:
-            if not chunks and not started:
-                raise _ConnectionClosed("connection closed by the device transport")
-            raise TransportError(f"connection closed mid-frame ({len(chunks)} of {n} bytes)")
-        chunks.extend(chunk)
-    return bytes(chunks)
-
-
-def read_frame(sock: socket.socket) -> bytes:
-    """One frame body. TransportError on EOF, oversize or truncation."""
-    length = int.from_bytes(_recv_exact(sock, 4, started=False), "big")
-    if length > MAX_FRAME:
-        raise TransportError(f"frame length {length} exceeds {MAX_FRAME}")
-    return _recv_exact(sock, length, started=True) if length else b""
-
-
 def parse_error_body(payload: bytes) -> DeviceRefusedError:
+    """The DeviceRefusedError for the data of a RESP_ERROR reply (the bytes after the 0xEE op)."""
     try:
-        doc = json.loads(payload.decode("utf-8"))
-        status = doc.get("status")
-        reason = str(doc.get("reason", ""))
-        if status is not None and not isinstance(status, int):
-            status = None
-    except (UnicodeDecodeError, ValueError, AttributeError):
+        reply = decode_reply(bytes([RESP_ERROR]) + bytes(payload))
+    except ValueError:
         return DeviceRefusedError(None, f"unparseable error frame {payload[:64].hex()}")
-    return DeviceRefusedError(status, reason)
+    return DeviceRefusedError(reply.status, reply.reason)
+
+
+def _peer_went_away(exc: FrameError) -> bool:
+    """The peer closed or reset the connection before any byte of the reply arrived."""
+    return exc.kind == "eof" or (exc.kind == "io" and isinstance(exc.__cause__, ConnectionResetError))
 
 
 class SimulatorTransport:
@@ -99,16 +94,13 @@ class SimulatorTransport:
             device = check_eui64(bytes(device_id), "device id")
         except DecodeError as exc:
             raise TransportError(str(exc)) from exc
-        return self._request(bytes([OP_SEND]) + device + bytes(message), RESP_SEND)
+        return self._request(send_body(device, bytes(message)), RESP_SEND).data
 
     def list_devices(self) -> list[bytes]:
-        payload = self._request(bytes([OP_LIST]), RESP_LIST)
+        reply = self._request(list_body(), RESP_LIST)
         try:
-            items = json.loads(payload.decode("utf-8"))
-            if not isinstance(items, list):
-                raise ValueError("not a JSON array")
-            return [parse_eui64(str(item)) for item in items]
-        except (UnicodeDecodeError, ValueError, DecodeError) as exc:
+            return [parse_eui64(item) for item in reply.device_ids]
+        except DecodeError as exc:
             raise TransportError(f"bad device list reply: {exc}") from exc
 
     def close(self) -> None:
@@ -123,11 +115,15 @@ class SimulatorTransport:
 
     # -- internals ----------------------------------------------------------------------------------
 
+    @property
+    def _where(self) -> str:
+        return f"{self.host}:{self.port}"
+
     def _connect(self) -> socket.socket:
         try:
             sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
         except OSError as exc:
-            raise TransportError(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
+            raise TransportError(f"cannot connect to {self._where}: {exc}") from exc
         sock.settimeout(self.timeout)
         return sock
 
@@ -138,8 +134,11 @@ class SimulatorTransport:
             finally:
                 self._sock = None
 
-    def _request(self, body: bytes, expected: int) -> bytes:
-        frame = encode_frame(body)
+    def _request(self, body: bytes, expected: int) -> Reply:
+        try:
+            frame = encode_frame(body)
+        except ValueError as exc:
+            raise TransportError(str(exc)) from exc
         with self._lock:
             for attempt in (1, 2):
                 reused = self._sock is not None
@@ -149,31 +148,34 @@ class SimulatorTransport:
                 try:
                     sock.sendall(frame)
                     reply = read_frame(sock)
-                except _ConnectionClosed as exc:
+                except FrameError as exc:
                     self._drop()
-                    if reused and attempt == 1:
+                    if _peer_went_away(exc) and reused and attempt == 1:
                         continue
-                    raise TransportError(f"{self.host}:{self.port}: {exc}") from exc
+                    if exc.kind == "truncated":
+                        raise TransportError(f"{self._where}: reply cut off mid-frame: {exc}") from exc
+                    raise TransportError(f"{self._where}: {exc}") from exc
                 except (BrokenPipeError, ConnectionResetError) as exc:
                     self._drop()
                     if reused and attempt == 1:
                         continue
-                    raise TransportError(f"{self.host}:{self.port}: connection lost: {exc}") from exc
-                except TransportError:
+                    raise TransportError(f"{self._where}: connection lost: {exc}") from exc
+                except OSError as exc:  # includes socket.timeout while sending
                     self._drop()
-                    raise
-                except OSError as exc:  # includes socket.timeout
-                    self._drop()
-                    raise TransportError(f"{self.host}:{self.port}: {exc or type(exc).__name__}") from exc
+                    raise TransportError(f"{self._where}: {exc or type(exc).__name__}") from exc
                 return self._check_reply(reply, expected)
-        raise TransportError(f"{self.host}:{self.port}: no reply")  # pragma: no cover
+        raise TransportError(f"{self._where}: no reply")  # pragma: no cover
 
-    def _check_reply(self, reply: bytes, expected: int) -> bytes:
+    def _check_reply(self, reply: bytes, expected: int) -> Reply:
         if not reply:
             raise TransportError("empty reply frame")
-        op, payload = reply[0], reply[1:]
+        op = reply[0]
         if op == RESP_ERROR:
-            raise parse_error_body(payload)
+            raise parse_error_body(reply[1:])
         if op != expected:
             raise TransportError(f"unexpected reply op {op:#04x} (expected {expected:#04x})")
-        return payload
+        try:
+            return decode_reply(reply)
+        except ValueError as exc:
+            what = "device list" if op == RESP_LIST else f"{op:#04x}"
+            raise TransportError(f"bad {what} reply: {exc}") from exc

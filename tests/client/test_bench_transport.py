@@ -167,7 +167,36 @@ def test_bad_device_id_length() -> None:
         SimulatorTransport("127.0.0.1", 1).send(b"\x01", b"x")
 
 
-def test_frame_encoding_matches_simulator_frames_if_present() -> None:
-    frames = pytest.importorskip("simulator.frames")
-    assert frames.encode_frame(b"\x02") == encode_frame(b"\x02")
-    assert (frames.OP_SEND, frames.OP_LIST, frames.RESP_ERROR) == (0x01, 0x02, 0xEE)
+def test_transport_uses_the_simulator_frame_protocol() -> None:
+    import client.transport as transport
+    import simulator.frames as frames
+
+    assert transport.encode_frame is frames.encode_frame
+    assert transport.read_frame is frames.read_frame
+    assert (transport.OP_SEND, transport.OP_LIST, transport.RESP_SEND, transport.RESP_LIST) == (
+        frames.OP_SEND,
+        frames.OP_LIST,
+        frames.RESP_GBCS,
+        frames.RESP_LIST,
+    )
+    assert encode_frame(b"\x02") == b"\x00\x00\x00\x01\x02"
+
+
+def test_parse_error_body() -> None:
+    from client.transport import parse_error_body
+
+    refused = parse_error_body(json.dumps({"status": 8, "reason": "bad sequence number"}).encode())
+    assert (refused.status, refused.reason) == (8, "bad sequence number")
+    assert parse_error_body(json.dumps({"status": "x", "reason": "r"}).encode()).status is None
+    for junk in (b"\xff\xfe", b"not json", b"[1, 2]"):
+        garbled = parse_error_body(junk)
+        assert garbled.status is None and "unparseable error frame" in garbled.reason
+
+
+def test_oversize_message_is_a_transport_error(server: FramedServer) -> None:
+    from simulator.frames import MAX_FRAME
+
+    with SimulatorTransport("127.0.0.1", server.port, timeout=5) as transport:
+        with pytest.raises(TransportError, match="frame body"):
+            transport.send(DEV, bytes(MAX_FRAME))
+        assert transport.send(DEV, b"ok") == b"ko"
