@@ -77,6 +77,32 @@ def make_readings(state: Path, count: int) -> list[tuple[str, bytes, bytes]]:
     return readings
 
 
+def wait_healthy(port: int, state: Path, server: subprocess.Popen[bytes], timeout: float = 90.0) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    creds = grpc.ssl_channel_credentials(
+        (state / "pki" / "tls-ca.pem").read_bytes(),
+        (state / "tls" / "bench-01.key").read_bytes(),
+        (state / "tls" / "bench-01.pem").read_bytes(),
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"server exited with {server.returncode}; see {state / 'bench-server.log'}")
+        try:
+            with grpc.secure_channel(
+                f"127.0.0.1:{port}", creds, options=[("grpc.ssl_target_name_override", "localhost")]
+            ) as channel:
+                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    time.sleep(1.0)  # let every worker process finish starting
+                    return
+        except grpc.RpcError:
+            pass
+        time.sleep(0.3)
+    raise SystemExit("server did not become healthy")
+
+
 def run_load(
     port: int, state: Path, benches: int, seconds: float, readings: list[tuple[str, bytes, bytes]]
 ) -> dict:
@@ -88,6 +114,14 @@ def run_load(
     barrier = threading.Barrier(benches)
 
     def bench(index: int) -> None:
+        try:
+            run_bench(index)
+        except Exception as exc:  # reported, never silently dropped
+            with lock:
+                errors.append(f"bench {index + 1}: {exc!r:.200}")
+            barrier.abort()
+
+    def run_bench(index: int) -> None:
         name = f"bench-{index + 1:02d}"
         creds = grpc.ssl_channel_credentials(
             ca, (state / "tls" / f"{name}.key").read_bytes(), (state / "tls" / f"{name}.pem").read_bytes()
@@ -99,7 +133,10 @@ def run_load(
             stub.GetTrustBundle(pb.GetTrustBundleRequest())  # handshake outside the timed loop
             mine: list[float] = []
             i = 0
-            barrier.wait()
+            try:
+                barrier.wait()
+            except threading.BrokenBarrierError:
+                return
             while time.perf_counter() < stop_at:
                 device, cert, reading = readings[(index * 7919 + i) % len(readings)]
                 i += 1
@@ -171,16 +208,7 @@ def main() -> int:
         env=env,
     )
     try:
-        time.sleep(1.0)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                run_load(port, state, 1, 0.2, readings)
-                break
-            except Exception:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise
-                time.sleep(0.5)
+        wait_healthy(port, state, server)
         results = []
         for n in (1, 8):
             r = run_load(port, state, n, args.seconds, readings)

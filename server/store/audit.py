@@ -38,7 +38,9 @@ def append_events(conn: Connection, events: list[AuditEvent], now: datetime | No
         prev = digest
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     mark = "%s" if conn.dialect.paramstyle in ("format", "pyformat") else "?"  # the driver's placeholder
-    insert_sql = "INSERT INTO audit_log (seq, at, event, actor, subject, details, prev_hash, hash) VALUES ({})"
+    insert_sql = (
+        "INSERT INTO audit_log (seq, at, event, actor, subject, details, prev_hash, hash) VALUES ({})"
+    )
     try:
         cursor.executemany(insert_sql.format(", ".join([mark] * 8)), rows)
         cursor.execute(f"UPDATE audit_head SET seq = {mark}, hash = {mark} WHERE id = 1", (seq, prev))  # noqa: S608

@@ -7,6 +7,7 @@ not undo its neighbours. A write returns only after its transaction committed.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import queue
 import re
@@ -93,8 +94,11 @@ def _now() -> datetime:
 class _GroupCommitWriter:
     """Owns write transactions for this process; see module docstring."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, lock_path: Path | None = None) -> None:
         self._engine = engine
+        # SQLite across processes: a blocking flock hands the write lock over the moment the other
+        # process commits (SQLite's own busy handler sleeps up to 100 ms between retries).
+        self._lock_file = open(lock_path, "a+b") if lock_path is not None else None  # noqa: SIM115
         self._queue: queue.Queue[tuple[WriteOp[Any], Future[Any]] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
         self._thread.start()
@@ -107,6 +111,8 @@ class _GroupCommitWriter:
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join(timeout=10)
+        if self._lock_file is not None:
+            self._lock_file.close()
 
     def _run(self) -> None:
         while True:
@@ -129,6 +135,16 @@ class _GroupCommitWriter:
                 return
 
     def _run_batch(self, batch: list[tuple[WriteOp[Any], Future[Any]]]) -> None:
+        if self._lock_file is None:
+            self._run_transaction(batch)
+            return
+        fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX)
+        try:
+            self._run_transaction(batch)
+        finally:
+            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
+
+    def _run_transaction(self, batch: list[tuple[WriteOp[Any], Future[Any]]]) -> None:
         outcomes: list[tuple[Future[Any], Any, BaseException | None]] = []
         try:
             with self._engine.begin() as conn:
@@ -233,7 +249,9 @@ class SqlCustodyStore:
                 else engine
             )
         self._write_engine = write_engine
-        self._writer = _GroupCommitWriter(write_engine)
+        database = write_engine.url.database if write_engine.dialect.name == "sqlite" else None
+        lock_path = Path(database + ".writelock") if database and database != ":memory:" else None
+        self._writer = _GroupCommitWriter(write_engine, lock_path)
         self._greatest = func.greatest if engine.dialect.name == "postgresql" else func.max
         self._hot = _HotPathSql(engine)
         self._cache: dict[object, tuple[float, Any]] = {}
