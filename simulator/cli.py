@@ -52,10 +52,7 @@ def serve(
     except OSError as exc:
         typer.echo(f"vdno-sim: cannot listen on 127.0.0.1:{port}: {exc}", err=True)
         raise typer.Exit(1) from exc
-    sys.stdout.write(f"vdno-sim listening on 127.0.0.1:{bound}\n")
-    sys.stdout.write(f"devices: {', '.join(devices.device_ids())}\n")
-    sys.stdout.flush()
-
+    # Handlers before the 'listening' line: a caller may send SIGTERM as soon as it reads it.
     done = threading.Event()
 
     def _stop(signum: int, frame: FrameType | None) -> None:
@@ -63,6 +60,10 @@ def serve(
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    sys.stdout.write(f"vdno-sim listening on 127.0.0.1:{bound}\n")
+    sys.stdout.write(f"devices: {', '.join(devices.device_ids())}\n")
+    sys.stdout.flush()
+
     try:
         while not done.wait(0.5):
             pass

@@ -17,9 +17,7 @@ from vdno.v1 import custodian_pb2_grpc as pb_grpc
 PYTHON = sys.executable
 
 
-def run_init(
-    state: Path, benches: tuple[str, ...] = ("bench-01",), database_url: str | None = None
-) -> str:
+def run_init(state: Path, benches: tuple[str, ...] = ("bench-01",), database_url: str | None = None) -> str:
     """database_url: seed that database (e.g. PostgreSQL) instead of state/vdno.db; start the server with
     extra_env={"VDNO_DATABASE_URL": database_url} to use it."""
     args = [PYTHON, "-m", "server.main", "init", "--state", str(state)]
