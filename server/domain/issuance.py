@@ -109,6 +109,10 @@ class HandOutService:
         self._in_flight_guard = threading.Lock()
         self._ds_keys: dict[int, SmkiCertificate] = {}
 
+    def require_bench(self, bench_id: str) -> None:
+        """BenchNotEnrolled unless the bench is enrolled and not revoked."""
+        require_enrolled(bench_id, self._store.get_bench(bench_id))
+
     # -- hand-out
     def hand_out(self, request: HandOutRequest) -> SignedCommand:
         require_enrolled(request.bench_id, self._store.get_bench(request.bench_id))

@@ -22,7 +22,7 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
     def GetTrustBundle(
         self, request: pb.GetTrustBundleRequest, context: grpc.ServicerContext
     ) -> pb.TrustBundle:
-        bench_identity(context)
+        self._service.require_bench(bench_identity(context))
         return converters.trust_bundle(
             self._store.list_generations(),
             self._store.list_areas(),

@@ -1,0 +1,396 @@
+"""Helpers of the integration tests: a deployed service (state folder + real `vdno-server serve` process +
+its database), fresh simulated vanilla meters, direct reads of the service's database, raw RPCs.
+
+Nothing here loads the PKCS#11 module: SoftHSM reads its configuration once per process, so only the
+server subprocess (and one-off subprocesses, see read_key_attributes) ever touch the token."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from harness import ServerProcess, pb, run_init
+from sqlalchemy import Engine, create_engine, select, text
+
+from client.api import BenchClient
+from client.handout import MeterReading, read_meter
+from gbcs.cs02b import (
+    AuthorisingRemotePartyControl,
+    ReplacementOutcome,
+    TrustAnchorReplacement,
+    UpdateSecurityCredentialsCommand,
+    UpdateSecurityCredentialsResponse,
+)
+from gbcs.framing import Cra, GeneralSigningApdu, GroupingHeader, MessageCode, decode_message
+from gbcs.signature import sign_apdu
+from labpki.store import read_certificate, read_certified_key
+from scripts.lab_tray import InProcessTransport, vanilla_tray_profiles
+from server.store.schema import audit_log, issuances
+from server.store.sql import SqlCustodyStore, make_engine
+from simulator.device import SimulatedDevice
+from simulator.profile import NO_DS_CELL, NO_KA_CELL
+from vdno.v1 import custodian_pb2_grpc as pb_grpc
+
+PYTHON = sys.executable
+BIN = Path(PYTHON).parent
+BENCHES = ("bench-01", "bench-02")
+VANILLA_G1_ENTITY = b"VDNO\x00\x00\x00\x01"
+
+
+def area_entity_id(area_id: int) -> bytes:
+    """The lab DNO entity id `vdno-server init` gives an area: 'LAB' 00 00 03 00 <area>."""
+    return b"LAB\x00\x00\x03" + area_id.to_bytes(2, "big")
+
+
+def ski_of(der: bytes) -> bytes:
+    """subjectKeyIdentifier of a certificate, read with `cryptography` (not our codec)."""
+    cert = x509.load_der_x509_certificate(der)
+    return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+
+
+def der_of(path: Path) -> bytes:
+    return read_certificate(path).public_bytes(Encoding.DER)
+
+
+def new_request_id() -> str:
+    return f"it-{uuid.uuid4().hex}"
+
+
+# -- databases ----------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def postgres_schema(postgres_url: str) -> Iterator[str]:
+    """A throwaway schema on the machine's PostgreSQL; yields a SQLAlchemy URL whose search_path is it."""
+    base = postgres_url.replace("postgresql://", "postgresql+psycopg://", 1)
+    schema = f"it_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield f"{base}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+# -- the deployed service -----------------------------------------------------------------------------
+
+
+@dataclass
+class Deployment:
+    """One state folder, its database and the running `vdno-server serve` process."""
+
+    state: Path
+    backend: str  # sqlite | postgres
+    database_url: str
+    server: ServerProcess
+    _next_meter: int = field(default=1)
+
+    # paths and files of the state folder
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.server.port}"
+
+    @property
+    def tls_ca(self) -> Path:
+        return self.state / "pki" / "tls-ca.pem"
+
+    def bench_cert(self, bench: str) -> Path:
+        return self.state / "tls" / f"{bench}.pem"
+
+    def bench_key(self, bench: str) -> Path:
+        return self.state / "tls" / f"{bench}.key"
+
+    def area_certificates(self, area_id: int) -> tuple[bytes, bytes]:
+        """DER of the area DNO's DS and KA certificates as `init` wrote them."""
+        folder = self.state / "areas"
+        return der_of(folder / f"area-{area_id}-ds.pem"), der_of(folder / f"area-{area_id}-ka.pem")
+
+    def vanilla_certificates(self, generation: int = 1) -> tuple[bytes, bytes]:
+        folder = self.state / "pki"
+        return (
+            der_of(folder / f"vanilla-g{generation}-ds.pem"),
+            der_of(folder / f"vanilla-g{generation}-ka.pem"),
+        )
+
+    @property
+    def server_env(self) -> dict[str, str]:
+        return {"VDNO_DATABASE_URL": self.database_url}
+
+    # clients
+    def client(self, bench: str = "bench-01", attempts: int = 1) -> BenchClient:
+        return BenchClient(
+            self.target,
+            self.tls_ca.read_bytes(),
+            self.bench_cert(bench).read_bytes(),
+            self.bench_key(bench).read_bytes(),
+            server_name_override="localhost",
+            attempts=attempts,
+        )
+
+    def stub(
+        self, bench: str = "bench-01", client_cert: tuple[bytes, bytes] | None = None
+    ) -> tuple[grpc.Channel, pb_grpc.BenchServiceStub]:
+        """A raw stub (status codes as gRPC reports them). client_cert = (key PEM, cert PEM)."""
+        channel = self.server.channel(bench, client_cert)
+        return channel, pb_grpc.BenchServiceStub(channel)
+
+    # meters
+    def meters(self, count: int) -> tuple[InProcessTransport, list[bytes]]:
+        """`count` fresh vanilla meters (new device ids, keys and certificates) in-process."""
+        profiles = vanilla_tray_profiles(self.state, count, first=self._next_meter)
+        self._next_meter += count
+        transport = InProcessTransport(profiles)
+        return transport, [p.device_id for p in profiles]
+
+    # the database, read directly
+    @contextlib.contextmanager
+    def store(self) -> Iterator[SqlCustodyStore]:
+        store = SqlCustodyStore(make_engine(self.database_url))
+        try:
+            yield store
+        finally:
+            store.close()
+
+    @contextlib.contextmanager
+    def engine(self) -> Iterator[Engine]:
+        engine = make_engine(self.database_url)
+        try:
+            yield engine
+        finally:
+            engine.dispose()
+
+    def issuance_rows(self, bench: str | None = None, request_id: str | None = None) -> list[Any]:
+        """Rows of the issuances table (optionally one bench / request id), by issuance_id."""
+        query = select(issuances).order_by(issuances.c.issuance_id)
+        if bench is not None:
+            query = query.where(issuances.c.bench_id == bench)
+        if request_id is not None:
+            query = query.where(issuances.c.request_id == request_id)
+        with self.engine() as engine, engine.connect() as conn:
+            return list(conn.execute(query).all())
+
+    def audit_events(self, event: str | None = None) -> list[Any]:
+        query = select(audit_log).order_by(audit_log.c.seq)
+        if event is not None:
+            query = query.where(audit_log.c.event == event)
+        with self.engine() as engine, engine.connect() as conn:
+            return list(conn.execute(query).all())
+
+    def execute(self, sql: str, **params: Any) -> None:
+        with self.engine() as engine, engine.begin() as conn:
+            conn.execute(text(sql), params)
+
+    # the server
+    def restart(self) -> None:
+        self.server.stop()
+        self.server.start()
+
+    def log_text(self) -> str:
+        return self.server.log_path.read_text(errors="replace")
+
+    def verify_audit(self) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "vdno-server"), "verify-audit", "--config", str(self.state / "config.toml")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, **self.server_env},
+            check=False,
+        )
+
+
+def deploy(
+    state: Path,
+    backend: str,
+    database_url: str | None = None,
+    prepare: Callable[[Deployment], None] | None = None,
+) -> Deployment:
+    """`vdno-server init` a state folder (seeding `database_url` when given, else state/vdno.db), run
+    `prepare` on the database, then start `vdno-server serve` on a free port. Stop with .server.stop()."""
+    run_init(state, BENCHES, database_url=database_url)
+    url = database_url or f"sqlite:///{state / 'vdno.db'}"
+    # GRPC_VERBOSITY=INFO: gRPC core logs TLS handshake failures (with their reason) to the server log.
+    server = ServerProcess(state, extra_env={"VDNO_DATABASE_URL": url, "GRPC_VERBOSITY": "INFO"})
+    deployment = Deployment(state=state, backend=backend, database_url=url, server=server)
+    if prepare is not None:
+        prepare(deployment)
+    server.start()
+    return deployment
+
+
+# -- RPCs ---------------------------------------------------------------------------------------------
+
+
+def hand_out_request(reading: MeterReading, device_id: bytes, area_id: int, request_id: str) -> Any:
+    return pb.HandOutRequest(
+        request_id=request_id,
+        device_id=device_id.hex().upper(),
+        area_id=area_id,
+        device_certificate=reading.device_certificate,
+        credentials_response=reading.credentials_response,
+    )
+
+
+def rpc_error(call: Callable[[], Any]) -> grpc.RpcError:
+    """Run a call that must fail; return its RpcError."""
+    try:
+        call()
+    except grpc.RpcError as exc:
+        return exc
+    raise AssertionError("the call succeeded but had to be refused")
+
+
+def request_command(
+    deployment: Deployment,
+    transport: InProcessTransport,
+    device_id: bytes,
+    area_id: int,
+    bench: str = "bench-01",
+    request_id: str | None = None,
+) -> tuple[Any, MeterReading]:
+    """Read a meter (no bundle checks) and ask the service for its hand-out command; the HandOutResponse."""
+    reading = read_meter(transport, device_id)
+    with deployment.client(bench) as api:
+        reply = api.request_hand_out(
+            request_id or new_request_id(),
+            device_id.hex(),
+            area_id,
+            reading.device_certificate,
+            reading.credentials_response,
+        )
+    return reply, reading
+
+
+# -- meters -------------------------------------------------------------------------------------------
+
+
+def no_cells(device: SimulatedDevice) -> tuple[bytes, bytes]:
+    """DER certificates in the device's NO DS and KA cells."""
+    return device.cells[NO_DS_CELL], device.cells[NO_KA_CELL]
+
+
+def replacement_outcomes(response: bytes) -> tuple[ReplacementOutcome, ...]:
+    """Per-cell outcomes of a meter's signed CS02b response."""
+    payload = UpdateSecurityCredentialsResponse.decode(decode_message(response).apdu.content)
+    assert payload.execution_outcome is not None, "the meter reported no execution outcome"
+    return payload.execution_outcome.replacement_outcomes
+
+
+def hand_in_command(state: Path, area_id: int, device_id: bytes, counter: int, generation: int = 1) -> bytes:
+    """The area DNO's own CS02b mode-3 command putting vanilla `generation` back into a meter's NO cells
+    (the hand-in at a triage facility), signed in software with the lab DNO key `init` made for the area."""
+    dno_key = read_certified_key(state / "areas", f"area-{area_id}-ds")
+    header = GroupingHeader(
+        cra=Cra.COMMAND,
+        originator_counter=counter,
+        business_originator_id=area_entity_id(area_id),
+        business_target_id=device_id,
+        message_code=MessageCode.CS02B_NETWORK_OPERATOR_BY_NETWORK_OPERATOR,
+    )
+    vanilla_ds = der_of(state / "pki" / f"vanilla-g{generation}-ds.pem")
+    vanilla_ka = der_of(state / "pki" / f"vanilla-g{generation}-ka.pem")
+    payload = UpdateSecurityCredentialsCommand(
+        control=AuthorisingRemotePartyControl(
+            mode=3, seq_number=counter, ta_cell=NO_DS_CELL, floor_seq_number=0
+        ),
+        replacements=(
+            TrustAnchorReplacement(vanilla_ds, NO_DS_CELL),
+            TrustAnchorReplacement(vanilla_ka, NO_KA_CELL),
+        ),
+        certification_path_certificates=(der_of(state / "pki" / "issuing-ca.pem"),),
+    )
+    apdu = GeneralSigningApdu(header, payload.encode())
+    return sign_apdu(apdu, dno_key.signing_key).encode()
+
+
+def microseconds_now() -> int:
+    return int(datetime.now(UTC).timestamp() * 1_000_000)
+
+
+# -- the token, from a subprocess ---------------------------------------------------------------------
+
+_READ_ATTRIBUTES = textwrap.dedent(
+    """
+    import dataclasses, json, os, sys
+    from server.hsm.keys import read_private_key_attributes
+    from server.hsm.token import open_token_session
+    module, token, labels = sys.argv[1], sys.argv[2], sys.argv[3:]
+    out = {}
+    with open_token_session(module, token, os.environ["VDNO_TEST_PIN"], rw=False) as session:
+        for label in labels:
+            attrs = dataclasses.asdict(read_private_key_attributes(session, label=label))
+            out[label] = {k: v for k, v in attrs.items() if isinstance(v, (bool, str, int))}
+    print(json.dumps(out))
+    """
+)
+
+
+def read_key_attributes(state: Path, module: Path, labels: list[str]) -> dict[str, dict[str, Any]]:
+    """Custody attributes of private keys, read back from the token in a separate process (the PIN goes
+    through the environment, never argv)."""
+    env = {
+        **os.environ,
+        "SOFTHSM2_CONF": str(state / "softhsm2.conf"),
+        "VDNO_TEST_PIN": (state / "secrets" / "user.pin").read_text().strip(),
+    }
+    done = subprocess.run(
+        [PYTHON, "-c", _READ_ATTRIBUTES, str(module), "vdno", *labels],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result: dict[str, dict[str, Any]] = json.loads(done.stdout)
+    return result
+
+
+def log_events(log_text: str) -> list[dict[str, Any]]:
+    """The JSON events of a server log (other lines, e.g. Alembic's, are skipped)."""
+    events = []
+    for line in log_text.splitlines():
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                events.append(json.loads(line))
+    return events
+
+
+__all__ = [
+    "BENCHES",
+    "BIN",
+    "VANILLA_G1_ENTITY",
+    "Deployment",
+    "area_entity_id",
+    "deploy",
+    "der_of",
+    "hand_in_command",
+    "hand_out_request",
+    "log_events",
+    "microseconds_now",
+    "new_request_id",
+    "no_cells",
+    "postgres_schema",
+    "read_key_attributes",
+    "replacement_outcomes",
+    "request_command",
+    "rpc_error",
+    "ski_of",
+]
