@@ -91,6 +91,14 @@ def read_children(tlv: Tlv, what: str) -> list[Tlv]:
     return items
 
 
+def read_sequence(data: bytes, what: str) -> SeqReader:
+    """A reader over the children of the one SEQUENCE that must span all of data."""
+    outer = read_single(bytes(data), what)
+    if outer.tag != TAG_SEQUENCE:
+        raise DecodeError(f"{what}: expected SEQUENCE (30), got {outer.tag:#04x} at offset 0")
+    return SeqReader(outer, what)
+
+
 class SeqReader:
     """Walks the children of a constructed TLV in order."""
 

@@ -80,10 +80,7 @@ class UpdateSecurityCredentialsCommand:
     def decode(cls, data: bytes) -> UpdateSecurityCredentialsCommand:
         """Lenient BER; the whole of `data` must be one CommandPayload. DecodeError otherwise."""
         what = "CS02b CommandPayload"
-        outer = ber.read_single(bytes(data), what)
-        if outer.tag != ber.TAG_SEQUENCE:
-            raise DecodeError(f"{what}: expected SEQUENCE (30), got {outer.tag:#04x} at offset 0")
-        reader = ber.SeqReader(outer, what)
+        reader = ber.read_sequence(data, what)
         control = _decode_control(reader.next(ber.TAG_SEQUENCE, "authorisingRemotePartyControl"))
         replacements_tlv = reader.next(ber.TAG_SEQUENCE, "replacements")
         replacements = tuple(
@@ -134,10 +131,7 @@ class UpdateSecurityCredentialsResponse:
     @classmethod
     def decode(cls, data: bytes) -> UpdateSecurityCredentialsResponse:
         what = "CS02b ResponsePayload"
-        outer = ber.read_single(bytes(data), what)
-        if outer.tag != ber.TAG_SEQUENCE:
-            raise DecodeError(f"{what}: expected SEQUENCE (30), got {outer.tag:#04x} at offset 0")
-        reader = ber.SeqReader(outer, what)
+        reader = ber.read_sequence(data, what)
         accepted = reader.next(ber.TAG_NULL, "commandAccepted")
         if accepted.content:
             raise DecodeError(f"{what}: commandAccepted NULL has content at offset {accepted.offset}")
@@ -164,10 +158,7 @@ class FutureDatedAlert:
     @classmethod
     def decode(cls, data: bytes) -> FutureDatedAlert:
         what = "CS02b AlertPayload"
-        outer = ber.read_single(bytes(data), what)
-        if outer.tag != ber.TAG_SEQUENCE:
-            raise DecodeError(f"{what}: expected SEQUENCE (30), got {outer.tag:#04x} at offset 0")
-        reader = ber.SeqReader(outer, what)
+        reader = ber.read_sequence(data, what)
         code = ber.decode_int(reader.next(ber.TAG_INTEGER, "alertCode"), "alertCode")
         when = ber.decode_generalized_time(
             reader.next(ber.TAG_GENERALIZED_TIME, "executionDateTime"), "executionDateTime"

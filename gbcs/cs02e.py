@@ -19,10 +19,7 @@ class ProvideDeviceCertificateCommand:
     @classmethod
     def decode(cls, data: bytes) -> ProvideDeviceCertificateCommand:
         what = "CS02e command"
-        outer = ber.read_single(bytes(data), what)
-        if outer.tag != ber.TAG_SEQUENCE:
-            raise DecodeError(f"{what}: expected SEQUENCE (30), got {outer.tag:#04x} at offset 0")
-        reader = ber.SeqReader(outer, what)
+        reader = ber.read_sequence(data, what)
         key_usage = decode_key_usage(reader.next(ber.TAG_BIT_STRING, "keyUsage"), f"{what}.keyUsage")
         reader.done()
         return cls(key_usage)
