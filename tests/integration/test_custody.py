@@ -57,3 +57,22 @@ def test_pin_and_pkcs11_codes_stay_out_of_argv_log_and_replies(
     assert "serve" in argv and pin not in argv
     for message in activity:
         assert "CKR" not in message and pin not in message and "Traceback" not in message
+
+
+def test_bootstrap_run_twice_changes_nothing_and_says_so(deployment: Deployment) -> None:
+    from harness import run_init
+
+    def snapshot() -> dict[str, tuple[int, int]]:
+        return {
+            str(p.relative_to(deployment.state)): (p.stat().st_mtime_ns, p.stat().st_size)
+            for p in deployment.state.rglob("*")
+            if p.is_file()
+            and p.suffix not in (".log", ".db", ".db-wal", ".db-shm", ".writelock")
+            and "keystore" not in p.parts  # the keystore export is rewritten with identical content
+            and "tokens" not in p.parts  # SoftHSM rewrites its own bookkeeping files at every login
+        }
+
+    before = snapshot()
+    output = run_init(deployment.state)
+    assert "already initialised; nothing changed" in output
+    assert snapshot() == before
