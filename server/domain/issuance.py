@@ -35,6 +35,7 @@ from server.domain.policy import (
     find_custodial_generation,
     read_network_operator_cells,
     require_enrolled,
+    within_validity,
 )
 from server.domain.ports import CustodyStore, DigestSigner
 from server.domain.values import (
@@ -55,6 +56,7 @@ Clock = Callable[[], datetime]
 STALE_ATTEMPT = timedelta(seconds=30)
 # New NO's seq-number floor set by a hand-out (GBCS 13.3.5: present when control changes hands).
 HAND_OUT_FLOOR = 0
+CERTIFICATE_MEMO = 4096
 
 
 def counter_floor(now: datetime) -> int:
@@ -107,7 +109,8 @@ class HandOutService:
         self._clock = clock
         self._in_flight: dict[tuple[str, str], threading.Lock] = {}
         self._in_flight_guard = threading.Lock()
-        self._ds_keys: dict[int, SmkiCertificate] = {}
+        self._certificates: dict[bytes, SmkiCertificate] = {}  # parsed certificates by DER
+        self._trusted_devices: dict[bytes, SmkiCertificate] = {}  # device certificates whose chain verified
 
     def require_bench(self, bench_id: str) -> None:
         """BenchNotEnrolled unless the bench is enrolled and not revoked."""
@@ -134,11 +137,11 @@ class HandOutService:
         if area is None:
             raise UnknownArea(f"area {request.area_id} is not registered with this custodian")
         now = self._clock()
-        device_cert = check_device_certificate(
-            request.device_id, request.device_certificate, self._device_ca, now
-        )
+        device_cert = self._device_certificate(request, now)
         no_ds, _ = read_network_operator_cells(request.device_id, request.credentials_response, device_cert)
-        generation = find_custodial_generation(request.device_id, no_ds, self._store.list_generations())
+        generation = find_custodial_generation(
+            request.device_id, no_ds, self._store.list_generations(), self._certificate
+        )
         draft = IssuanceDraft(
             bench_id=request.bench_id,
             request_id=request.request_id,
@@ -169,11 +172,31 @@ class HandOutService:
             raise UnknownArea(f"area {record.area_id} is no longer registered")
         return self._sign_and_store(record, generation, area)
 
-    def _ds_certificate(self, generation: VanillaGeneration) -> SmkiCertificate:
-        cert = self._ds_keys.get(generation.generation)
+    def _certificate(self, der: bytes) -> SmkiCertificate:
+        """Parsed certificates are immutable values: parse each DER once (bounded memo)."""
+        cert = self._certificates.get(der)
         if cert is None:
-            cert = load_certificate(generation.ds_certificate)
-            self._ds_keys[generation.generation] = cert
+            cert = load_certificate(der)
+            if len(self._certificates) >= CERTIFICATE_MEMO:
+                self._certificates.clear()
+            self._certificates[der] = cert
+        return cert
+
+    def _device_certificate(self, request: HandOutRequest, now: datetime) -> SmkiCertificate:
+        """check_device_certificate, remembered per certificate; the validity of the certificate and of the
+        device CA is checked against the clock on every call."""
+        cert = self._trusted_devices.get(request.device_certificate)
+        if (
+            cert is not None
+            and cert.entity_id == request.device_id
+            and within_validity(cert, now)
+            and within_validity(self._device_ca, now)
+        ):
+            return cert
+        cert = check_device_certificate(request.device_id, request.device_certificate, self._device_ca, now)
+        if len(self._trusted_devices) >= CERTIFICATE_MEMO:
+            self._trusted_devices.clear()
+        self._trusted_devices[request.device_certificate] = cert
         return cert
 
     def _sign_and_store(
@@ -186,7 +209,9 @@ class HandOutService:
         try:
             signature = self._signer.sign_digest(generation.ds_key_uri, hashlib.sha256(signed_range).digest())
             # ARCHITECTURE §5.6: verified with the certificate's public key before release.
-            verify_signature(signed_range, signature, self._ds_certificate(generation).certificate)
+            verify_signature(
+                signed_range, signature, self._certificate(generation.ds_certificate).certificate
+            )
         except GbcsError as exc:
             self._store.fail_issuance(record.issuance_id, "signature failed software verification")
             raise SignatureCheckFailed("the HSM signature did not verify; nothing was released") from exc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -32,6 +33,11 @@ class TrustAnchors:
 def require_enrolled(bench_id: str, bench: Bench | None) -> None:
     if bench is None or bench.status is not BenchStatus.ENROLLED:
         raise BenchNotEnrolled(f"bench {bench_id!r} is not enrolled or has been revoked")
+
+
+def within_validity(cert: SmkiCertificate, at: datetime) -> bool:
+    c = cert.certificate
+    return c.not_valid_before_utc <= at <= c.not_valid_after_utc
 
 
 def check_device_certificate(
@@ -92,13 +98,16 @@ def read_network_operator_cells(
 
 
 def find_custodial_generation(
-    device_id: bytes, no_ds: CellState, generations: list[VanillaGeneration]
+    device_id: bytes,
+    no_ds: CellState,
+    generations: list[VanillaGeneration],
+    certificate: Callable[[bytes], SmkiCertificate] = load_certificate,
 ) -> VanillaGeneration:
     """The active vanilla generation whose DS certificate sits in the device's NO DS cell."""
     for generation in generations:
         if generation.status is not GenerationStatus.ACTIVE or generation.entity_id != no_ds.entity_id:
             continue
-        if load_certificate(generation.ds_certificate).subject_key_identifier == no_ds.subject_key_identifier:
+        if certificate(generation.ds_certificate).subject_key_identifier == no_ds.subject_key_identifier:
             return generation
     raise DeviceNotVanilla(
         f"device {device_id.hex()} does not hold an active vanilla generation in its NO cell "

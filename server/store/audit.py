@@ -14,6 +14,8 @@ from server.domain.values import AuditEvent
 from server.store.schema import audit_head, audit_log
 
 GENESIS_HASH = "0" * 64
+HEAD = "SELECT seq, hash FROM audit_head WHERE id = 1"
+HEAD_FOR_UPDATE = HEAD + " FOR UPDATE"
 
 
 def _entry_hash(prev_hash: str, seq: int, at: str, event: str, actor: str, subject: str, details: str) -> str:
@@ -24,10 +26,10 @@ def _entry_hash(prev_hash: str, seq: int, at: str, event: str, actor: str, subje
 def append_events(conn: Connection, events: list[AuditEvent], now: datetime | None = None) -> int:
     """Append events in order inside the caller's transaction; the chain head row is locked (FOR UPDATE)
     so appenders on several replicas serialise. Returns the last sequence number."""
-    head = conn.execute(
-        select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1).with_for_update()
-    ).one()
-    seq, prev = int(head.seq), str(head.hash)
+    # PostgreSQL: lock the head row; SQLite: the writer already holds the database's write lock.
+    read_head = HEAD_FOR_UPDATE if conn.dialect.name == "postgresql" else HEAD
+    head = conn.exec_driver_sql(read_head).one()
+    seq, prev = int(head[0]), str(head[1])
     at = (now or datetime.now(UTC)).isoformat()
     rows = []
     for event in events:

@@ -7,6 +7,7 @@ not undo its neighbours. A write returns only after its transaction committed.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import queue
@@ -100,6 +101,7 @@ class _GroupCommitWriter:
         # process commits (SQLite's own busy handler sleeps up to 100 ms between retries).
         self._lock_file = open(lock_path, "a+b") if lock_path is not None else None  # noqa: SIM115
         self._queue: queue.Queue[tuple[WriteOp[Any], Future[Any]] | None] = queue.Queue()
+        self._conn: Connection | None = None  # owned by the writer thread, kept open between batches
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
         self._thread.start()
 
@@ -115,6 +117,12 @@ class _GroupCommitWriter:
             self._lock_file.close()
 
     def _run(self) -> None:
+        try:
+            self._serve_queue()
+        finally:
+            self._drop_connection()
+
+    def _serve_queue(self) -> None:
         while True:
             item = self._queue.get()
             if item is None:
@@ -144,26 +152,40 @@ class _GroupCommitWriter:
         finally:
             fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
 
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(SQLAlchemyError):
+                self._conn.close()
+            self._conn = None
+
+    def _connection(self) -> Connection:
+        if self._conn is None:
+            self._conn = self._engine.connect()
+        return self._conn
+
     def _run_transaction(self, batch: list[tuple[WriteOp[Any], Future[Any]]]) -> None:
         outcomes: list[tuple[Future[Any], Any, BaseException | None]] = []
         try:
-            with self._engine.begin() as conn:
+            conn = self._connection()
+            with conn.begin():
                 audit: list[AuditEvent] = []
                 for op, fut in batch:
                     events: list[AuditEvent] = []
-                    savepoint = conn.begin_nested()
+                    conn.exec_driver_sql("SAVEPOINT vdno_op")
                     try:
                         result = op(conn, events)
                     except (VdnoError, SQLAlchemyError) as exc:
-                        savepoint.rollback()
+                        conn.exec_driver_sql("ROLLBACK TO SAVEPOINT vdno_op")
+                        conn.exec_driver_sql("RELEASE SAVEPOINT vdno_op")
                         outcomes.append((fut, None, exc))
                     else:
-                        savepoint.commit()
+                        conn.exec_driver_sql("RELEASE SAVEPOINT vdno_op")
                         audit.extend(events)
                         outcomes.append((fut, result, None))
                 if audit:  # in the same transaction as the state the events describe
                     append_events(conn, audit)
         except SQLAlchemyError as exc:
+            self._drop_connection()
             failure = StoreUnavailable("the database could not commit; nothing was recorded")
             failure.__cause__ = exc
             for _, fut in batch:
@@ -328,13 +350,18 @@ class SqlCustodyStore:
         return None if row is None else Bench(row.bench_id, BenchStatus(row.status))
 
     def find_issuance(self, bench_id: str, request_id: str) -> IssuanceRecord | None:
-        row = self._read(
-            lambda c: c.execute(
+        key = {"bench_id": bench_id, "request_id": request_id}
+
+        def load(c: Connection) -> Any:
+            if c.exec_driver_sql(self._hot.existing, key).first() is None:  # the common case: a new request
+                return None
+            return c.execute(
                 select(issuances).where(
                     issuances.c.bench_id == bench_id, issuances.c.request_id == request_id
                 )
             ).first()
-        )
+
+        row = self._read(load)
         return None if row is None else _issuance(row)
 
     def get_issuance(self, issuance_id: int) -> IssuanceRecord:
