@@ -8,6 +8,7 @@ from concurrent import futures
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from cryptography import x509
@@ -23,6 +24,9 @@ from server.rpc.interceptors import ErrorMappingInterceptor
 from server.rpc.servicers import BenchServicer
 from server.store.sql import SqlCustodyStore, open_store
 from vdno.v1 import custodian_pb2, custodian_pb2_grpc
+
+if TYPE_CHECKING:
+    from server.hsm.signer import Pkcs11Signer
 
 SERVICE_NAME = custodian_pb2.DESCRIPTOR.services_by_name["BenchService"].full_name
 
@@ -51,7 +55,7 @@ def load_anchors(settings: Settings) -> TrustAnchors:
     )
 
 
-def open_signer(settings: Settings, environ: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+def open_signer(settings: Settings, environ: dict[str, str] | None = None) -> Pkcs11Signer:
     """The PKCS#11 signer (imported here so a bench install never needs python-pkcs11)."""
     from server.hsm.signer import Pkcs11Signer
 

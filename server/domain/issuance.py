@@ -21,6 +21,7 @@ from gbcs.signature import verify_message_signature, verify_signature
 from gbcs.smki import SmkiCertificate, load_certificate
 from server.domain.errors import (
     InvalidRequest,
+    KeyNotInCustody,
     OutcomeRejected,
     RequestIdConflict,
     SignatureCheckFailed,
@@ -41,6 +42,7 @@ from server.domain.ports import CustodyStore, DigestSigner
 from server.domain.values import (
     Area,
     CellState,
+    GenerationStatus,
     HandOutRequest,
     IssuanceDraft,
     IssuanceRecord,
@@ -167,9 +169,13 @@ class HandOutService:
             raise Unavailable("this request is still being signed; retry with the same request id")
         # A failed or abandoned attempt released nothing: finish it under its recorded counter.
         area = self._store.get_area(record.area_id)
-        generation = next(g for g in self._store.list_generations() if g.generation == record.generation)
         if area is None:
             raise UnknownArea(f"area {record.area_id} is no longer registered")
+        generation = next(
+            (g for g in self._store.list_generations() if g.generation == record.generation), None
+        )
+        if generation is None or generation.status is not GenerationStatus.ACTIVE:
+            raise KeyNotInCustody(f"vanilla generation {record.generation} is no longer active")
         return self._sign_and_store(record, generation, area)
 
     def _certificate(self, der: bytes) -> SmkiCertificate:
