@@ -97,6 +97,12 @@ class _GroupCommitWriter:
 
     def __init__(self, engine: Engine, lock_path: Path | None = None) -> None:
         self._engine = engine
+        # The driver's own errors (hot-path statements run on its cursor, not through SQLAlchemy).
+        self._driver_error: type[Exception] = engine.dialect.loaded_dbapi.Error
+        # SQLite: the writer holds the database's write lock for the whole batch, so a batch is first run
+        # without per-op SAVEPOINTs; if any op fails, the whole transaction is rolled back (nothing was
+        # committed) and the batch is run again with a SAVEPOINT per op. PostgreSQL keeps them always.
+        self._optimistic = engine.dialect.name == "sqlite"
         # SQLite across processes: a blocking flock hands the write lock over the moment the other
         # process commits (SQLite's own busy handler sleeps up to 100 ms between retries).
         self._lock_file = open(lock_path, "a+b") if lock_path is not None else None  # noqa: SIM115
@@ -164,27 +170,15 @@ class _GroupCommitWriter:
         return self._conn
 
     def _run_transaction(self, batch: list[tuple[WriteOp[Any], Future[Any]]]) -> None:
-        outcomes: list[tuple[Future[Any], Any, BaseException | None]] = []
+        errors = (SQLAlchemyError, self._driver_error)
         try:
-            conn = self._connection()
-            with conn.begin():
-                audit: list[AuditEvent] = []
-                for op, fut in batch:
-                    events: list[AuditEvent] = []
-                    conn.exec_driver_sql("SAVEPOINT vdno_op")
-                    try:
-                        result = op(conn, events)
-                    except (VdnoError, SQLAlchemyError) as exc:
-                        conn.exec_driver_sql("ROLLBACK TO SAVEPOINT vdno_op")
-                        conn.exec_driver_sql("RELEASE SAVEPOINT vdno_op")
-                        outcomes.append((fut, None, exc))
-                    else:
-                        conn.exec_driver_sql("RELEASE SAVEPOINT vdno_op")
-                        audit.extend(events)
-                        outcomes.append((fut, result, None))
-                if audit:  # in the same transaction as the state the events describe
-                    append_events(conn, audit)
-        except SQLAlchemyError as exc:
+            outcomes = None
+            if self._optimistic:
+                outcomes = self._attempt(batch, savepoints=False)
+            if outcomes is None:
+                outcomes = self._attempt(batch, savepoints=True)
+            assert outcomes is not None
+        except errors as exc:
             self._drop_connection()
             failure = StoreUnavailable("the database could not commit; nothing was recorded")
             failure.__cause__ = exc
@@ -200,6 +194,42 @@ class _GroupCommitWriter:
                 failure = StoreUnavailable("the database refused the write; nothing was recorded")
                 failure.__cause__ = error
                 fut.set_exception(failure)
+
+    def _attempt(
+        self, batch: list[tuple[WriteOp[Any], Future[Any]]], savepoints: bool
+    ) -> list[tuple[Future[Any], Any, BaseException | None]] | None:
+        """One transaction over the batch. Without savepoints: None (and nothing committed) as soon as an
+        op fails, so that the caller runs the batch again with them."""
+        outcomes: list[tuple[Future[Any], Any, BaseException | None]] = []
+        op_errors = (VdnoError, SQLAlchemyError, self._driver_error)
+        conn = self._connection()
+        with conn.begin() as tx:
+            audit: list[AuditEvent] = []
+            for op, fut in batch:
+                events: list[AuditEvent] = []
+                if not savepoints:
+                    try:
+                        result = op(conn, events)
+                    except op_errors:
+                        tx.rollback()
+                        return None
+                    audit.extend(events)
+                    outcomes.append((fut, result, None))
+                    continue
+                conn.exec_driver_sql("SAVEPOINT vdno_op")
+                try:
+                    result = op(conn, events)
+                except op_errors as exc:
+                    conn.exec_driver_sql("ROLLBACK TO SAVEPOINT vdno_op")
+                    conn.exec_driver_sql("RELEASE SAVEPOINT vdno_op")
+                    outcomes.append((fut, None, exc))
+                else:
+                    conn.exec_driver_sql("RELEASE SAVEPOINT vdno_op")
+                    audit.extend(events)
+                    outcomes.append((fut, result, None))
+            if audit:  # in the same transaction as the state the events describe
+                append_events(conn, audit)
+        return outcomes
 
 
 class _HotPathSql:
@@ -233,6 +263,11 @@ class _HotPathSql:
         )
         ts = DateTime(timezone=True).bind_processor(engine.dialect)
         self.timestamp: Callable[[datetime], Any] = ts if ts is not None else (lambda v: v)
+
+
+def _cursor(c: Connection) -> Any:
+    """The driver's cursor on the writer's connection, inside its current transaction."""
+    return c.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
 
 
 def _aware(value: datetime) -> datetime:
@@ -276,6 +311,8 @@ class SqlCustodyStore:
         self._writer = _GroupCommitWriter(write_engine, lock_path)
         self._greatest = func.greatest if engine.dialect.name == "postgresql" else func.max
         self._hot = _HotPathSql(engine)
+        self._driver_integrity_error: type[Exception] = engine.dialect.loaded_dbapi.IntegrityError
+        self._driver_error: type[Exception] = engine.dialect.loaded_dbapi.Error
         self._cache: dict[object, tuple[float, Any]] = {}
         self._cache_lock = threading.Lock()
 
@@ -350,19 +387,32 @@ class SqlCustodyStore:
         return None if row is None else Bench(row.bench_id, BenchStatus(row.status))
 
     def find_issuance(self, bench_id: str, request_id: str) -> IssuanceRecord | None:
-        key = {"bench_id": bench_id, "request_id": request_id}
-
-        def load(c: Connection) -> Any:
-            if c.exec_driver_sql(self._hot.existing, key).first() is None:  # the common case: a new request
-                return None
-            return c.execute(
+        if not self._issuance_exists(bench_id, request_id):  # the common case: a new request
+            return None
+        row = self._read(
+            lambda c: c.execute(
                 select(issuances).where(
                     issuances.c.bench_id == bench_id, issuances.c.request_id == request_id
                 )
             ).first()
-
-        row = self._read(load)
+        )
         return None if row is None else _issuance(row)
+
+    def _issuance_exists(self, bench_id: str, request_id: str) -> bool:
+        """One indexed lookup on a pooled driver connection (no SQLAlchemy statement machinery)."""
+        try:
+            raw = self.engine.raw_connection()
+            try:
+                cur = raw.cursor()
+                try:
+                    cur.execute(self._hot.existing, {"bench_id": bench_id, "request_id": request_id})
+                    return cur.fetchone() is not None
+                finally:
+                    cur.close()
+            finally:
+                raw.close()  # back to the pool (which ends any transaction the driver opened)
+        except (SQLAlchemyError, self._driver_error) as exc:
+            raise StoreUnavailable("the database cannot be read") from exc
 
     def get_issuance(self, issuance_id: int) -> IssuanceRecord:
         row = self._read(
@@ -493,33 +543,36 @@ class SqlCustodyStore:
 
         def op(c: Connection, events: list[AuditEvent]) -> tuple[IssuanceRecord, bool]:
             key = {"bench_id": draft.bench_id, "request_id": draft.request_id}
-            if c.exec_driver_sql(hot.existing, key).first() is not None:
-                row = c.execute(
-                    select(issuances).where(
-                        issuances.c.bench_id == draft.bench_id, issuances.c.request_id == draft.request_id
-                    )
-                ).one()
-                return _issuance(row), False
-            counter = int(
-                c.exec_driver_sql(
-                    hot.allocate, {"floor": counter_floor, "generation": draft.generation}
-                ).scalar_one()
-            )
-            now = _now()
-            issuance_id = c.exec_driver_sql(
-                hot.record,
-                {
-                    **key,
-                    "fingerprint": draft.request_fingerprint,
-                    "device_id": draft.device_id,
-                    "area_id": draft.area_id,
-                    "generation": draft.generation,
-                    "counter": counter,
-                    "device_certificate": draft.device_certificate,
-                    "status": IssuanceStatus.RECORDED.value,
-                    "now": hot.timestamp(now),
-                },
-            ).scalar_one()
+            cur = _cursor(c)
+            try:
+                cur.execute(hot.existing, key)
+                if cur.fetchone() is not None:
+                    row = c.execute(
+                        select(issuances).where(
+                            issuances.c.bench_id == draft.bench_id, issuances.c.request_id == draft.request_id
+                        )
+                    ).one()
+                    return _issuance(row), False
+                cur.execute(hot.allocate, {"floor": counter_floor, "generation": draft.generation})
+                counter = int(cur.fetchone()[0])
+                now = _now()
+                cur.execute(
+                    hot.record,
+                    {
+                        **key,
+                        "fingerprint": draft.request_fingerprint,
+                        "device_id": draft.device_id,
+                        "area_id": draft.area_id,
+                        "generation": draft.generation,
+                        "counter": counter,
+                        "device_certificate": draft.device_certificate,
+                        "status": IssuanceStatus.RECORDED.value,
+                        "now": hot.timestamp(now),
+                    },
+                )
+                issuance_id = cur.fetchone()[0]
+            finally:
+                cur.close()
             events.append(
                 AuditEvent(
                     "command.recorded",
@@ -551,7 +604,7 @@ class SqlCustodyStore:
         try:
             return self._writer.submit(op)
         except StoreUnavailable as exc:
-            if isinstance(exc.__cause__, IntegrityError):  # a concurrent twin won the unique key
+            if isinstance(exc.__cause__, (IntegrityError, self._driver_integrity_error)):  # a concurrent twin
                 found = self.find_issuance(draft.bench_id, draft.request_id)
                 if found is not None:
                     return found, False
@@ -561,17 +614,22 @@ class SqlCustodyStore:
         hot = self._hot
 
         def op(c: Connection, events: list[AuditEvent]) -> IssuanceRecord:
-            row = c.exec_driver_sql(
-                hot.complete,
-                {
-                    "signed": IssuanceStatus.SIGNED.value,
-                    "command": signed_command,
-                    "now": hot.timestamp(_now()),
-                    "issuance_id": record.issuance_id,
-                    "recorded": IssuanceStatus.RECORDED.value,
-                    "failed": IssuanceStatus.FAILED.value,
-                },
-            ).first()
+            cur = _cursor(c)
+            try:
+                cur.execute(
+                    hot.complete,
+                    {
+                        "signed": IssuanceStatus.SIGNED.value,
+                        "command": signed_command,
+                        "now": hot.timestamp(_now()),
+                        "issuance_id": record.issuance_id,
+                        "recorded": IssuanceStatus.RECORDED.value,
+                        "failed": IssuanceStatus.FAILED.value,
+                    },
+                )
+                row = cur.fetchone()
+            finally:
+                cur.close()
             if row is None:
                 raise UnknownIssuance(f"issuance {record.issuance_id} is not awaiting a signature")
             events.append(
