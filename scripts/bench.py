@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 import grpc  # noqa: E402
 
+from scripts.lab_service import bench_channel, wait_until_serving  # noqa: E402
 from vdno.v1 import custodian_pb2 as pb  # noqa: E402
 from vdno.v1 import custodian_pb2_grpc as pb_grpc  # noqa: E402
 
@@ -77,36 +78,9 @@ def make_readings(state: Path, count: int) -> list[tuple[str, bytes, bytes]]:
     return readings
 
 
-def wait_healthy(port: int, state: Path, server: subprocess.Popen[bytes], timeout: float = 90.0) -> None:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    creds = grpc.ssl_channel_credentials(
-        (state / "pki" / "tls-ca.pem").read_bytes(),
-        (state / "tls" / "bench-01.key").read_bytes(),
-        (state / "tls" / "bench-01.pem").read_bytes(),
-    )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"server exited with {server.returncode}; see {state / 'bench-server.log'}")
-        try:
-            with grpc.secure_channel(
-                f"127.0.0.1:{port}", creds, options=[("grpc.ssl_target_name_override", "localhost")]
-            ) as channel:
-                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    time.sleep(1.0)  # let every worker process finish starting
-                    return
-        except grpc.RpcError:
-            pass
-        time.sleep(0.3)
-    raise SystemExit("server did not become healthy")
-
-
 def run_load(
     port: int, state: Path, benches: int, seconds: float, readings: list[tuple[str, bytes, bytes]]
 ) -> dict:
-    ca = (state / "pki" / "tls-ca.pem").read_bytes()
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
@@ -122,13 +96,7 @@ def run_load(
             barrier.abort()
 
     def run_bench(index: int) -> None:
-        name = f"bench-{index + 1:02d}"
-        creds = grpc.ssl_channel_credentials(
-            ca, (state / "tls" / f"{name}.key").read_bytes(), (state / "tls" / f"{name}.pem").read_bytes()
-        )
-        with grpc.secure_channel(
-            f"127.0.0.1:{port}", creds, options=[("grpc.ssl_target_name_override", "localhost")]
-        ) as channel:
+        with bench_channel(state, port, f"bench-{index + 1:02d}") as channel:
             stub = pb_grpc.BenchServiceStub(channel)
             stub.GetTrustBundle(pb.GetTrustBundleRequest())  # handshake outside the timed loop
             mine: list[float] = []
@@ -208,7 +176,8 @@ def main() -> int:
         env=env,
     )
     try:
-        wait_healthy(port, state, server)
+        wait_until_serving(state, port, server.poll, timeout=90)
+        time.sleep(1.0)  # SERVING came from one worker process; let the others finish starting
         results = []
         for n in (1, 8):
             r = run_load(port, state, n, args.seconds, readings)

@@ -175,33 +175,12 @@ class Child:
 
 def wait_healthy(server: Child, port: int, state: Path) -> None:
     """Poll gRPC health over mTLS (as bench-01) until the server says SERVING."""
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from scripts.lab_service import ServerNotServing, wait_until_serving
 
-    creds = grpc.ssl_channel_credentials(
-        (state / "pki" / "tls-ca.pem").read_bytes(),
-        (state / "tls" / f"{BENCH}.key").read_bytes(),
-        (state / "tls" / f"{BENCH}.pem").read_bytes(),
-    )
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    last = "no answer"
-    while time.monotonic() < deadline:
-        if server.proc.poll() is not None:
-            raise DemoFailed(f"vdno-server exited with {server.proc.returncode} while starting")
-        try:
-            with grpc.secure_channel(
-                f"127.0.0.1:{port}", creds, options=[("grpc.ssl_target_name_override", "localhost")]
-            ) as channel:
-                reply = health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(service=""), timeout=2
-                )
-            if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                return
-            last = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-        except grpc.RpcError as exc:
-            last = f"{exc.code().name}: {exc.details()}"
-        time.sleep(0.2)
-    raise DemoFailed(f"vdno-server not healthy after {STARTUP_TIMEOUT:.0f} s ({last})")
+    try:
+        wait_until_serving(state, port, server.proc.poll, STARTUP_TIMEOUT)
+    except ServerNotServing as exc:
+        raise DemoFailed(str(exc)) from exc
 
 
 # --- 5: hand out and check -------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc
 
+from scripts.lab_service import bench_channel, serving_status
 from vdno.v1 import custodian_pb2 as pb
 from vdno.v1 import custodian_pb2_grpc as pb_grpc
 
@@ -67,28 +68,10 @@ class ServerProcess:
     def channel(
         self, bench: str = "bench-01", client_cert: tuple[bytes, bytes] | None = None
     ) -> grpc.Channel:
-        ca = (self.state / "pki" / "tls-ca.pem").read_bytes()
-        if client_cert is None:
-            key = (self.state / "tls" / f"{bench}.key").read_bytes()
-            cert = (self.state / "tls" / f"{bench}.pem").read_bytes()
-        else:
-            key, cert = client_cert
-        creds = grpc.ssl_channel_credentials(ca, key, cert)
-        return grpc.secure_channel(
-            f"127.0.0.1:{self.port}", creds, options=[("grpc.ssl_target_name_override", "localhost")]
-        )
+        return bench_channel(self.state, self.port, bench, client_cert)
 
     def healthy(self) -> bool:
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        try:
-            with self.channel() as ch:
-                reply = health_pb2_grpc.HealthStub(ch).Check(
-                    health_pb2.HealthCheckRequest(service=""), timeout=2
-                )
-                return reply.status == health_pb2.HealthCheckResponse.SERVING
-        except grpc.RpcError:
-            return False
+        return serving_status(self.state, self.port) == "SERVING"
 
     def stub(self, bench: str = "bench-01") -> pb_grpc.BenchServiceStub:
         return pb_grpc.BenchServiceStub(self.channel(bench))

@@ -1,0 +1,58 @@
+"""Reaching the server of a `vdno-server init` state folder as one of its benches, over mTLS.
+Used by the demo, the benchmark and the integration tests."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+class ServerNotServing(RuntimeError):
+    """The server exited, or did not report SERVING in time; the message says which and why."""
+
+
+def bench_channel(
+    state: Path, port: int, bench: str = "bench-01", client_cert: tuple[bytes, bytes] | None = None
+) -> grpc.Channel:
+    """A channel to 127.0.0.1:port with the bench's certificate (or client_cert = (key PEM, cert PEM))."""
+    if client_cert is None:
+        client_cert = (
+            (state / "tls" / f"{bench}.key").read_bytes(),
+            (state / "tls" / f"{bench}.pem").read_bytes(),
+        )
+    key, cert = client_cert
+    credentials = grpc.ssl_channel_credentials((state / "pki" / "tls-ca.pem").read_bytes(), key, cert)
+    return grpc.secure_channel(
+        f"127.0.0.1:{port}", credentials, options=[("grpc.ssl_target_name_override", "localhost")]
+    )
+
+
+def serving_status(state: Path, port: int) -> str:
+    """'SERVING', another health status name, or the reason the check failed."""
+    try:
+        with bench_channel(state, port) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+    except grpc.RpcError as exc:
+        return f"{exc.code().name}: {exc.details()}"
+
+
+def wait_until_serving(
+    state: Path, port: int, exit_code: Callable[[], int | None], timeout: float, poll: float = 0.2
+) -> None:
+    """Poll health until SERVING. exit_code() returns the server process's exit code once it has ended."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        code = exit_code()
+        if code is not None:
+            raise ServerNotServing(f"vdno-server exited with {code} while starting")
+        last = serving_status(state, port)
+        if last == "SERVING":
+            return
+        time.sleep(poll)
+    raise ServerNotServing(f"vdno-server not serving after {timeout:.0f} s ({last})")
