@@ -9,6 +9,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from rtds_vectors import read_hex
 
 from gbcs.cs02a import ProvideSecurityCredentialsCommand, ProvideSecurityCredentialsResponse
 from gbcs.cs02b import FutureDatedAlert, UpdateSecurityCredentialsCommand, UpdateSecurityCredentialsResponse
@@ -31,10 +32,6 @@ class Vector:
     sig_pem: str | None  # keystore file expected to verify the signature (from INDEX.md), None if unsigned
     sig_none_reason: str  # "precommand" / "length00" / "" when signed
     mac_ka_pem: str | None  # device KA pem for the MAC check, None if not MAC-framed
-
-
-def read_hex(path: Path) -> bytes:
-    return bytes.fromhex(path.read_text().strip())
 
 
 def load_vectors(vectors_dir: Path) -> list[Vector]:

@@ -7,9 +7,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from gbcs_testlib import read_hex
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from rtds_vectors import read_hex
 
 from gbcs.cells import CellUsage, KeyUsage, TrustAnchorCellIdentifier
 from gbcs.cs02a import (

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from gbcs_testlib import ACB_ID, Vector, expected_payload_type, load_cert, load_key, read_hex
+from gbcs_testlib import ACB_ID, Vector, expected_payload_type, load_cert, load_key
+from rtds_vectors import read_hex
 
 from gbcs import mac, signature
 from gbcs.cells import NO_DS_CELL, NO_KA_CELL

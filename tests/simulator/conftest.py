@@ -3,7 +3,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sim_testlib import NOBYNO, World, make_world, read_hex
+from rtds_vectors import read_hex
+from sim_testlib import NOBYNO, World, make_world
 
 
 @pytest.fixture(scope="session")

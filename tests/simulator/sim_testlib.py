@@ -58,10 +58,6 @@ RTDS_CLOCK = datetime(2020, 1, 1, tzinfo=UTC)  # inside every RTDS certificate's
 NOBYNO = "6.15.1_CS02bNOByNO/CS02bNOByNO_6.15.1_SUCCESS_{}_GBCS.HEX"
 
 
-def read_hex(path: Path) -> bytes:
-    return bytes.fromhex(path.read_text().strip())
-
-
 def pem_to_der(path: Path) -> bytes:
     return x509.load_pem_x509_certificate(path.read_bytes()).public_bytes(serialization.Encoding.DER)
 

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from rtds_vectors import read_hex
 from sim_testlib import (
     RTDS_DEVICE,
     RTDS_NO,
@@ -13,7 +14,6 @@ from sim_testlib import (
     assert_unchanged_outcomes,
     load_key,
     pem_to_der,
-    read_hex,
     response_payload,
     rtds_profile,
     snapshot,

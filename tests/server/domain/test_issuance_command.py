@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
+from rtds_vectors import read_hex
 
 from gbcs.framing import decode_message
 from gbcs.signature import sign_apdu, verify_message_signature
@@ -20,10 +21,6 @@ RTDS_ESME = bytes.fromhex("00DB1234567890A0")
 
 def der(path: Path) -> bytes:
     return x509.load_pem_x509_certificate(path.read_bytes()).public_bytes(Encoding.DER)
-
-
-def read_hex(path: Path) -> bytes:
-    return bytes.fromhex("".join(path.read_text().split()))
 
 
 @pytest.fixture
