@@ -216,7 +216,8 @@ def initialise_state(
     finally:
         store.close()
 
-    exported = export_keystore(
+    # Rewritten each run with identical content.
+    export_keystore(
         state / "keystore",
         [
             x509.load_der_x509_certificate(generation.ds_certificate),
@@ -225,7 +226,6 @@ def initialise_state(
         + [read_certified_key(state / "areas", f"area-{a.area_id}-{u}") for a in areas for u in ("ds", "ka")],
         include_keys=True,
     )
-    del exported  # rewritten each run with identical content
     if report.changes:
         say(f"initialised {state}:")
         for change in report.changes:

@@ -20,7 +20,6 @@ from gbcs.framing import Cra, GeneralSigningApdu, GroupingHeader, MessageCode, d
 from gbcs.signature import verify_message_signature, verify_signature
 from gbcs.smki import SmkiCertificate, load_certificate
 from server.domain.errors import (
-    InvalidRequest,
     KeyNotInCustody,
     OutcomeRejected,
     RequestIdConflict,
@@ -164,7 +163,7 @@ class HandOutService:
                 f"request id {request.request_id!r} was already used for another device or area"
             )
         if record.signed_command is not None:
-            return _signed(record)
+            return _signed(record, record.signed_command)
         if record.status is IssuanceStatus.RECORDED and self._clock() - record.created_at < STALE_ATTEMPT:
             raise Unavailable("this request is still being signed; retry with the same request id")
         # A failed or abandoned attempt released nothing: finish it under its recorded counter.
@@ -226,7 +225,7 @@ class HandOutService:
             raise
         command = apdu.with_signature(signature).encode()
         stored = self._store.complete_issuance(record, command)
-        return _signed(stored)
+        return _signed(stored, command)
 
     # -- outcome
     def report_outcome(self, report: OutcomeReport) -> RecordedOutcome:
@@ -297,14 +296,12 @@ class HandOutService:
         return RecordedOutcome(record.issuance_id, status, tuple(cells), no_ds, no_ka)
 
 
-def _signed(record: IssuanceRecord) -> SignedCommand:
-    if record.signed_command is None:
-        raise InvalidRequest("issuance has no signed command")
+def _signed(record: IssuanceRecord, command: bytes) -> SignedCommand:
     return SignedCommand(
         issuance_id=record.issuance_id,
         device_id=record.device_id,
         area_id=record.area_id,
         generation=record.generation,
         counter=record.counter,
-        command=record.signed_command,
+        command=command,
     )

@@ -10,7 +10,6 @@ from server.domain.values import (
     Area,
     AuditEvent,
     Bench,
-    CellState,
     IssuanceDraft,
     IssuanceRecord,
     RecordedOutcome,
@@ -69,4 +68,3 @@ class CustodyStore(Protocol):
     def record_outcome(
         self, issuance_id: int, outcome: RecordedOutcome, response: bytes, actor: str
     ) -> None: ...
-    def device_cells(self, device_id: bytes) -> tuple[CellState | None, CellState | None]: ...

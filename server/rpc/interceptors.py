@@ -34,12 +34,17 @@ def status_for(error: e.VdnoError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def _peer_common_name(context: grpc.ServicerContext) -> str | None:
+    names = context.auth_context().get("x509_common_name") or []
+    return bytes(names[0]).decode("utf-8", "replace") if names else None
+
+
 def bench_identity(context: grpc.ServicerContext) -> str:
     """The bench id is the CN of the verified client certificate (mTLS is enforced by the TLS layer)."""
-    names = context.auth_context().get("x509_common_name") or []
-    if not names:
+    name = _peer_common_name(context)
+    if name is None:
         raise e.Unauthenticated("a client certificate naming the bench is required")
-    return bytes(names[0]).decode("utf-8", "replace")
+    return name
 
 
 class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
@@ -60,10 +65,8 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 
         def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
             request_id = uuid.uuid4().hex
-            names = context.auth_context().get("x509_common_name") or [b"?"]
-            structlog.contextvars.bind_contextvars(
-                rpc_id=request_id, method=method, bench=bytes(names[0]).decode("utf-8", "replace")
-            )
+            bench = _peer_common_name(context) or "?"
+            structlog.contextvars.bind_contextvars(rpc_id=request_id, method=method, bench=bench)
             started = time.perf_counter()
             try:
                 response = inner(request, context)
@@ -73,7 +76,7 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 code = status_for(error)
                 log.warning("rpc.refused", code=code.name, error=type(error).__name__, reason=str(error))
                 if on_refused is not None and isinstance(error, (e.Unauthenticated, e.BenchNotEnrolled)):
-                    on_refused(bytes(names[0]).decode("utf-8", "replace"), type(error).__name__)
+                    on_refused(bench, type(error).__name__)
                 context.abort(code, str(error))
             except Exception:
                 log.exception("rpc.internal_error")

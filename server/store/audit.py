@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -79,9 +78,3 @@ def verify_chain(engine: Engine) -> AuditVerification:
     if head.seq != count or head.hash != prev:
         return AuditVerification(count, False, "chain head does not name the last entry (truncated log?)")
     return AuditVerification(count, True)
-
-
-def iter_events(engine: Engine) -> Iterator[dict[str, object]]:
-    with engine.connect() as conn:
-        for row in conn.execute(select(audit_log).order_by(audit_log.c.seq)):
-            yield dict(row._mapping)

@@ -23,7 +23,7 @@ from typing import Any, TypeVar, cast
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, DateTime, Engine, create_engine, event, func, insert, select, update
+from sqlalchemy import Connection, DateTime, Engine, create_engine, event, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from server.domain.errors import StoreUnavailable, UnknownIssuance, VdnoError
@@ -309,7 +309,6 @@ class SqlCustodyStore:
         database = write_engine.url.database if write_engine.dialect.name == "sqlite" else None
         lock_path = Path(database + ".writelock") if database and database != ":memory:" else None
         self._writer = _GroupCommitWriter(write_engine, lock_path)
-        self._greatest = func.greatest if engine.dialect.name == "postgresql" else func.max
         self._hot = _HotPathSql(engine)
         self._driver_integrity_error: type[Exception] = engine.dialect.loaded_dbapi.IntegrityError
         self._driver_error: type[Exception] = engine.dialect.loaded_dbapi.Error
@@ -414,14 +413,6 @@ class SqlCustodyStore:
         except (SQLAlchemyError, self._driver_error) as exc:
             raise StoreUnavailable("the database cannot be read") from exc
 
-    def get_issuance(self, issuance_id: int) -> IssuanceRecord:
-        row = self._read(
-            lambda c: c.execute(select(issuances).where(issuances.c.issuance_id == issuance_id)).first()
-        )
-        if row is None:
-            raise UnknownIssuance(f"no issuance {issuance_id}")
-        return _issuance(row)
-
     def list_issuances(self) -> list[IssuanceRecord]:
         rows = self._read(lambda c: c.execute(select(issuances).order_by(issuances.c.issuance_id)).all())
         return [_issuance(r) for r in rows]
@@ -438,15 +429,6 @@ class SqlCustodyStore:
         )
         return ds, ka
 
-    def counter_value(self, generation: int) -> int | None:
-        row = self._read(
-            lambda c: c.execute(
-                select(counters.c.last_value).where(counters.c.generation == generation)
-            ).first()
-        )
-        return None if row is None else int(row.last_value)
-
-    # -- custody writes
     def record_event(self, event: AuditEvent) -> None:
         self._writer.submit(lambda _c, events: events.append(event))
 
