@@ -70,10 +70,12 @@ class RunningServer:
     server: grpc.Server
     port: int
     store: SqlCustodyStore
+    service: HandOutService
     close_signer: Callable[[], None]
 
     def stop(self, grace: float = 1.0) -> None:
         self.server.stop(grace).wait()
+        self.service.close()
         self.close_signer()
         self.store.close()
 
@@ -121,4 +123,4 @@ def build_server(
     server.start()
     health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, store, signer.close)
+    return RunningServer(server, port, store, service, signer.close)

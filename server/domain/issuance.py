@@ -1,34 +1,31 @@
-"""Hand-out issuance: validate -> allocate counter and record -> build -> sign in the HSM -> verify in
-software -> store the signed bytes -> release (ARCHITECTURE §4, §5 rules 2-6)."""
+"""Hand-out issuance: validate here, then record -> build -> sign in the HSM -> verify in software ->
+store the signed bytes -> release in the issuance pipeline (server/domain/pipeline.py); retries, twins
+and outcomes (ARCHITECTURE §4, §5 rules 2-6)."""
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from gbcs.cells import NO_DS_CELL, NO_KA_CELL, CredentialsReplacementMode, KeyUsage, StatusCode
+from gbcs.cells import NO_DS_CELL, NO_KA_CELL, KeyUsage, StatusCode
 from gbcs.cs02b import (
-    AuthorisingRemotePartyControl,
-    TrustAnchorReplacement,
-    UpdateSecurityCredentialsCommand,
     UpdateSecurityCredentialsResponse,
 )
 from gbcs.errors import GbcsError
-from gbcs.framing import Cra, GeneralSigningApdu, GroupingHeader, MessageCode, decode_message
-from gbcs.signature import verify_message_signature, verify_signature
+from gbcs.framing import Cra, MessageCode, decode_message
+from gbcs.signature import verify_message_signature
 from gbcs.smki import SmkiCertificate, load_certificate
 from server.domain.errors import (
     KeyNotInCustody,
     OutcomeRejected,
     RequestIdConflict,
-    SignatureCheckFailed,
     Unavailable,
     UnknownArea,
     UnknownIssuance,
     VdnoError,
 )
+from server.domain.pipeline import IssuancePipeline, NewIssuance, UnfinishedIssuance
 from server.domain.policy import (
     TrustAnchors,
     check_device_certificate,
@@ -49,14 +46,11 @@ from server.domain.values import (
     OutcomeReport,
     RecordedOutcome,
     SignedCommand,
-    VanillaGeneration,
 )
 
 Clock = Callable[[], datetime]
 # A RECORDED issuance untouched for this long belongs to an attempt that died; a retry may finish it.
 STALE_ATTEMPT = timedelta(seconds=30)
-# New NO's seq-number floor set by a hand-out (GBCS 13.3.5: present when control changes hands).
-HAND_OUT_FLOOR = 0
 CERTIFICATE_MEMO = 4096
 
 
@@ -64,33 +58,6 @@ def counter_floor(now: datetime) -> int:
     """Microseconds since the epoch: counters never fall behind this, so a restore from an old backup
     cannot reuse a counter (ARCHITECTURE §5.4)."""
     return int(now.timestamp() * 1_000_000)
-
-
-def build_hand_out_command(
-    generation: VanillaGeneration, area: Area, device_id: bytes, counter: int, issuing_ca: bytes
-) -> GeneralSigningApdu:
-    """The unsigned CS02b mode-3 command moving the device's NO cells from `generation` to `area`."""
-    header = GroupingHeader(
-        cra=Cra.COMMAND,
-        originator_counter=counter,
-        business_originator_id=generation.entity_id,
-        business_target_id=device_id,
-        message_code=MessageCode.CS02B_NETWORK_OPERATOR_BY_NETWORK_OPERATOR,
-    )
-    payload = UpdateSecurityCredentialsCommand(
-        control=AuthorisingRemotePartyControl(
-            mode=CredentialsReplacementMode.NETWORK_OPERATOR_BY_NETWORK_OPERATOR,
-            seq_number=counter,  # ARCHITECTURE §5.4: authorisingRemotePartySeqNumber = originator counter
-            ta_cell=NO_DS_CELL,
-            floor_seq_number=HAND_OUT_FLOOR,
-        ),
-        replacements=(
-            TrustAnchorReplacement(area.ds_certificate, NO_DS_CELL),
-            TrustAnchorReplacement(area.ka_certificate, NO_KA_CELL),
-        ),
-        certification_path_certificates=(issuing_ca,),
-    )
-    return GeneralSigningApdu(header=header, content=payload.encode())
 
 
 class HandOutService:
@@ -104,7 +71,6 @@ class HandOutService:
         clock: Clock,
     ) -> None:
         self._store = store
-        self._signer = signer
         self._anchors = anchors
         self._device_ca = load_certificate(anchors.device_ca)
         self._clock = clock
@@ -112,6 +78,11 @@ class HandOutService:
         self._in_flight_guard = threading.Lock()
         self._certificates: dict[bytes, SmkiCertificate] = {}  # parsed certificates by DER
         self._trusted_devices: dict[bytes, SmkiCertificate] = {}  # device certificates whose chain verified
+        self._pipeline = IssuancePipeline(store, signer, anchors.issuing_ca, self._certificate)
+
+    def close(self) -> None:
+        """Finish the hand-outs in flight (stored and released), then stop issuing."""
+        self._pipeline.close()
 
     def require_bench(self, bench_id: str) -> None:
         """BenchNotEnrolled unless the bench is enrolled and not revoked."""
@@ -131,9 +102,26 @@ class HandOutService:
                 self._in_flight.pop(key, None)
 
     def _hand_out_once(self, request: HandOutRequest) -> SignedCommand:
-        existing = self._store.find_issuance(request.bench_id, request.request_id)
-        if existing is not None:
+        # A new request id is the common case: validate first; the pipeline's write step finds a retry.
+        try:
+            work = self._validate(request)
+        except VdnoError as refusal:
+            # A retry of a request released earlier gets its bytes even if its inputs no longer pass.
+            try:
+                existing = self._store.find_issuance(request.bench_id, request.request_id)
+            except Unavailable:
+                raise refusal from None
+            if existing is None:
+                raise
             return self._resume(existing, request)
+        outcome = self._pipeline.issue(work)
+        if isinstance(outcome, SignedCommand):
+            return outcome
+        return self._resume(outcome, request)
+
+    def _validate(self, request: HandOutRequest) -> NewIssuance:
+        """ARCHITECTURE §5.2: everything the command is built from comes from validated inputs and the
+        allow-list."""
         area = self._store.get_area(request.area_id)
         if area is None:
             raise UnknownArea(f"area {request.area_id} is not registered with this custodian")
@@ -152,10 +140,7 @@ class HandOutService:
             generation=generation.generation,
             device_certificate=request.device_certificate,
         )
-        record, created = self._store.begin_issuance(draft, counter_floor(now))
-        if not created:
-            return self._resume(record, request)
-        return self._sign_and_store(record, generation, area)
+        return NewIssuance(draft, counter_floor(now), generation, area)
 
     def _resume(self, record: IssuanceRecord, request: HandOutRequest) -> SignedCommand:
         if record.request_fingerprint != request.fingerprint():
@@ -163,7 +148,7 @@ class HandOutService:
                 f"request id {request.request_id!r} was already used for another device or area"
             )
         if record.signed_command is not None:
-            return _signed(record, record.signed_command)
+            return SignedCommand.of(record, record.signed_command)
         if record.status is IssuanceStatus.RECORDED and self._clock() - record.created_at < STALE_ATTEMPT:
             raise Unavailable("this request is still being signed; retry with the same request id")
         # A failed or abandoned attempt released nothing: finish it under its recorded counter.
@@ -175,7 +160,7 @@ class HandOutService:
         )
         if generation is None or generation.status is not GenerationStatus.ACTIVE:
             raise KeyNotInCustody(f"vanilla generation {record.generation} is no longer active")
-        return self._sign_and_store(record, generation, area)
+        return self._pipeline.finish(UnfinishedIssuance(record, generation, area))
 
     def _certificate(self, der: bytes) -> SmkiCertificate:
         """Parsed certificates are immutable values: parse each DER once (bounded memo)."""
@@ -203,29 +188,6 @@ class HandOutService:
             self._trusted_devices.clear()
         self._trusted_devices[request.device_certificate] = cert
         return cert
-
-    def _sign_and_store(
-        self, record: IssuanceRecord, generation: VanillaGeneration, area: Area
-    ) -> SignedCommand:
-        apdu = build_hand_out_command(
-            generation, area, record.device_id, record.counter, self._anchors.issuing_ca
-        )
-        signed_range = apdu.signed_bytes()
-        try:
-            signature = self._signer.sign_digest(generation.ds_key_uri, hashlib.sha256(signed_range).digest())
-            # ARCHITECTURE §5.6: verified with the certificate's public key before release.
-            verify_signature(
-                signed_range, signature, self._certificate(generation.ds_certificate).certificate
-            )
-        except GbcsError as exc:
-            self._store.fail_issuance(record.issuance_id, "signature failed software verification")
-            raise SignatureCheckFailed("the HSM signature did not verify; nothing was released") from exc
-        except VdnoError as exc:
-            self._store.fail_issuance(record.issuance_id, type(exc).__name__)
-            raise
-        command = apdu.with_signature(signature).encode()
-        stored = self._store.complete_issuance(record, command)
-        return _signed(stored, command)
 
     # -- outcome
     def report_outcome(self, report: OutcomeReport) -> RecordedOutcome:
@@ -294,14 +256,3 @@ class HandOutService:
             applied = False
         status = IssuanceStatus.APPLIED if applied else IssuanceStatus.REJECTED
         return RecordedOutcome(record.issuance_id, status, tuple(cells), no_ds, no_ka)
-
-
-def _signed(record: IssuanceRecord, command: bytes) -> SignedCommand:
-    return SignedCommand(
-        issuance_id=record.issuance_id,
-        device_id=record.device_id,
-        area_id=record.area_id,
-        generation=record.generation,
-        counter=record.counter,
-        command=command,
-    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -12,6 +13,7 @@ from server.domain.values import (
     Bench,
     IssuanceDraft,
     IssuanceRecord,
+    IssuanceStep,
     RecordedOutcome,
     VanillaGeneration,
 )
@@ -27,6 +29,10 @@ class DigestSigner(Protocol):
 
     def sign_digest(self, key: str, digest: bytes) -> bytes:
         """Return the 64-byte raw r‖s signature of the 32-byte digest."""
+        ...
+
+    def sign_digests(self, key: str, digests: Sequence[bytes]) -> list[bytes]:
+        """sign_digest for several digests with one key, in one trip to the token."""
         ...
 
     def public_key(self, key: str) -> ec.EllipticCurvePublicKey:
@@ -54,17 +60,23 @@ class CustodyStore(Protocol):
 
     # issuance (ARCHITECTURE §5.3-5.5)
     def find_issuance(self, bench_id: str, request_id: str) -> IssuanceRecord | None: ...
-    def begin_issuance(self, draft: IssuanceDraft, counter_floor: int) -> tuple[IssuanceRecord, bool]:
-        """Allocate the generation's next counter, max(last + 1, counter_floor), and record the issuance.
-        Returns (record, created); created is False when (bench, request id) already exists (the existing
-        record is returned and nothing is written)."""
+    def write_issuance_step(
+        self,
+        signed: Sequence[tuple[IssuanceRecord, bytes]],
+        failed: Sequence[tuple[int, str]],
+        drafts: Sequence[tuple[IssuanceDraft, int]],
+    ) -> IssuanceStep:
+        """One durable write for the issuance pipeline, returning only after it committed:
+        - `signed`: store each verified signed command (status SIGNED); UnknownIssuance if the record is
+          not awaiting a signature;
+        - `failed`: mark each (issuance id, reason) FAILED if still RECORDED (best effort: an error leaves
+          the record RECORDED, which a retry may finish once it is stale);
+        - `drafts`: per (draft, counter floor), allocate the generation's next counter,
+          max(last + 1, floor), and record the issuance; (existing record, False) when (bench, request id)
+          is already recorded, and nothing is written for it.
+        Writes that the caller hands in together commit together whenever the store can do so."""
         ...
 
-    def complete_issuance(self, record: IssuanceRecord, signed_command: bytes) -> IssuanceRecord:
-        """Store the verified signed bytes (status SIGNED); returns only after the commit."""
-        ...
-
-    def fail_issuance(self, issuance_id: int, reason: str) -> None: ...
     def record_outcome(
         self, issuance_id: int, outcome: RecordedOutcome, response: bytes, actor: str
     ) -> None: ...

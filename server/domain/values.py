@@ -9,7 +9,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from server.domain.errors import InvalidRequest
+from server.domain.errors import InvalidRequest, VdnoError
 
 # MPAS distributor ids of the 14 GB DNO areas and their names.
 AREA_NAMES: dict[int, str] = {
@@ -175,6 +175,16 @@ class IssuanceRecord:
 
 
 @dataclass(frozen=True)
+class IssuanceStep:
+    """What one write step of the issuance pipeline did, item by item, in the order given; an item's
+    error (a VdnoError) does not undo its neighbours. `stored`: the signed commands now durable (status
+    SIGNED). `begun`: (record, created) per draft, created False when the request id already had one."""
+
+    stored: tuple[IssuanceRecord | VdnoError, ...]
+    begun: tuple[tuple[IssuanceRecord, bool] | VdnoError, ...]
+
+
+@dataclass(frozen=True)
 class SignedCommand:
     """A released CS02b mode-3 command: GS APDU with the KRP signature, no MAC header."""
 
@@ -184,6 +194,12 @@ class SignedCommand:
     generation: int
     counter: int
     command: bytes
+
+    @classmethod
+    def of(cls, record: IssuanceRecord, command: bytes) -> SignedCommand:
+        return cls(
+            record.issuance_id, record.device_id, record.area_id, record.generation, record.counter, command
+        )
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -37,6 +37,7 @@ from server.domain.values import (
     IssuanceDraft,
     IssuanceRecord,
     IssuanceStatus,
+    IssuanceStep,
     RecordedOutcome,
     VanillaGeneration,
 )
@@ -106,15 +107,20 @@ class _GroupCommitWriter:
         # SQLite across processes: a blocking flock hands the write lock over the moment the other
         # process commits (SQLite's own busy handler sleeps up to 100 ms between retries).
         self._lock_file = open(lock_path, "a+b") if lock_path is not None else None  # noqa: SIM115
-        self._queue: queue.Queue[tuple[WriteOp[Any], Future[Any]] | None] = queue.Queue()
+        self._queue: queue.Queue[list[tuple[WriteOp[Any], Future[Any]]] | None] = queue.Queue()
         self._conn: Connection | None = None  # owned by the writer thread, kept open between batches
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
         self._thread.start()
 
     def submit(self, op: WriteOp[T]) -> T:
-        fut: Future[T] = Future()
-        self._queue.put((op, fut))
-        return fut.result()
+        return cast(T, self.submit_group([op])[0].result())
+
+    def submit_group(self, ops: Sequence[WriteOp[Any]]) -> list[Future[Any]]:
+        """Queue ops so that the writer takes them together (one transaction unless MAX_BATCH splits them);
+        each op still succeeds or fails on its own. Returns one Future per op, in order."""
+        futures: list[Future[Any]] = [Future() for _ in ops]
+        self._queue.put(list(zip(ops, futures, strict=True)))
+        return futures
 
     def close(self) -> None:
         self._queue.put(None)
@@ -130,10 +136,10 @@ class _GroupCommitWriter:
 
     def _serve_queue(self) -> None:
         while True:
-            item = self._queue.get()
-            if item is None:
+            group = self._queue.get()
+            if group is None:
                 return
-            batch = [item]
+            batch = list(group)
             stop = False
             while len(batch) < MAX_BATCH:
                 try:
@@ -143,7 +149,7 @@ class _GroupCommitWriter:
                 if nxt is None:
                     stop = True
                     break
-                batch.append(nxt)
+                batch.extend(nxt)
             self._run_batch(batch)
             if stop:
                 return
@@ -521,6 +527,38 @@ class SqlCustodyStore:
 
     # -- issuance
     def begin_issuance(self, draft: IssuanceDraft, counter_floor: int) -> tuple[IssuanceRecord, bool]:
+        return _unwrap(self.write_issuance_step((), (), ((draft, counter_floor),)).begun[0])
+
+    def complete_issuance(self, record: IssuanceRecord, signed_command: bytes) -> IssuanceRecord:
+        return _unwrap(self.write_issuance_step(((record, signed_command),), (), ()).stored[0])
+
+    def fail_issuance(self, issuance_id: int, reason: str) -> None:
+        self._writer.submit(self._fail_op(issuance_id, reason))
+
+    def write_issuance_step(
+        self,
+        signed: Sequence[tuple[IssuanceRecord, bytes]],
+        failed: Sequence[tuple[int, str]],
+        drafts: Sequence[tuple[IssuanceDraft, int]],
+    ) -> IssuanceStep:
+        ops: list[WriteOp[Any]] = [self._complete_op(record, command) for record, command in signed]
+        ops += [self._fail_op(issuance_id, reason) for issuance_id, reason in failed]
+        ops += [self._begin_op(draft, floor) for draft, floor in drafts]
+        futures = self._writer.submit_group(ops)
+        outcomes = [_outcome(f) for f in futures]
+        stored = outcomes[: len(signed)]
+        begun = outcomes[len(signed) + len(failed) :]
+        for i, (draft, _) in enumerate(drafts):
+            error = begun[i]
+            if isinstance(error, StoreUnavailable) and isinstance(
+                error.__cause__, (IntegrityError, self._driver_integrity_error)
+            ):  # a concurrent twin (another process) recorded this request first
+                found = self.find_issuance(draft.bench_id, draft.request_id)
+                if found is not None:
+                    begun[i] = (found, False)
+        return IssuanceStep(stored=tuple(stored), begun=tuple(begun))
+
+    def _begin_op(self, draft: IssuanceDraft, counter_floor: int) -> WriteOp[tuple[IssuanceRecord, bool]]:
         hot = self._hot
 
         def op(c: Connection, events: list[AuditEvent]) -> tuple[IssuanceRecord, bool]:
@@ -583,16 +621,9 @@ class SqlCustodyStore:
                 now,
             ), True
 
-        try:
-            return self._writer.submit(op)
-        except StoreUnavailable as exc:
-            if isinstance(exc.__cause__, (IntegrityError, self._driver_integrity_error)):  # a concurrent twin
-                found = self.find_issuance(draft.bench_id, draft.request_id)
-                if found is not None:
-                    return found, False
-            raise
+        return op
 
-    def complete_issuance(self, record: IssuanceRecord, signed_command: bytes) -> IssuanceRecord:
+    def _complete_op(self, record: IssuanceRecord, signed_command: bytes) -> WriteOp[IssuanceRecord]:
         hot = self._hot
 
         def op(c: Connection, events: list[AuditEvent]) -> IssuanceRecord:
@@ -624,9 +655,9 @@ class SqlCustodyStore:
             )
             return replace(record, status=IssuanceStatus.SIGNED, signed_command=signed_command)
 
-        return self._writer.submit(op)
+        return op
 
-    def fail_issuance(self, issuance_id: int, reason: str) -> None:
+    def _fail_op(self, issuance_id: int, reason: str) -> WriteOp[None]:
         def op(c: Connection, events: list[AuditEvent]) -> None:
             c.execute(
                 update(issuances)
@@ -640,7 +671,7 @@ class SqlCustodyStore:
                 AuditEvent("command.failed", "service", f"issuance:{issuance_id}", {"reason": reason})
             )
 
-        self._writer.submit(op)
+        return op
 
     def record_outcome(self, issuance_id: int, outcome: RecordedOutcome, response: bytes, actor: str) -> None:
         def op(c: Connection, events: list[AuditEvent]) -> None:
@@ -679,6 +710,18 @@ class SqlCustodyStore:
             )
 
         self._writer.submit(op)
+
+
+def _outcome(future: Future[Any]) -> Any:
+    """The op's result, or the VdnoError it ended with (the writer turns every other error into one)."""
+    error = future.exception()
+    return error if error is not None else future.result()
+
+
+def _unwrap(outcome: T | VdnoError) -> T:
+    if isinstance(outcome, VdnoError):
+        raise outcome
+    return outcome
 
 
 def open_store(url: str, run_migrations: bool = True) -> SqlCustodyStore:

@@ -12,7 +12,8 @@ from rtds_vectors import read_hex
 
 from gbcs.framing import decode_message
 from gbcs.signature import sign_apdu, verify_message_signature
-from server.domain.issuance import build_hand_out_command, counter_floor
+from server.domain.commands import build_hand_out_command
+from server.domain.issuance import counter_floor
 from server.domain.values import Area, GenerationStatus, VanillaGeneration
 
 RTDS_NO = bytes.fromhex("90B3D51F30020000")

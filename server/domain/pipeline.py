@@ -1,0 +1,225 @@
+"""The issuance pipeline: ARCHITECTURE §5 rules 3 and 6 at one durable write per step instead of two
+per issuance.
+
+One thread per process runs steps. A step is one store write (CustodyStore.write_issuance_step) that
+stores the signed bytes of the commands signed in the previous step, marks the previous step's failed
+attempts FAILED, and records the drafts that arrived since (counter allocated, issuance recorded). Once
+it has committed, the previous step's commands are released (and its failures reported), and the newly
+recorded issuances are built, signed in one HSM job per key and verified with the certificate's public
+key; they wait for the next step. So:
+- an issuance is durable before its signature exists, and its signed bytes are durable before release;
+- a store that is down means no signature, or no release of one already made (UNAVAILABLE);
+- a failed attempt is marked FAILED before its caller hears of it, so a retry may finish it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from gbcs.errors import GbcsError
+from gbcs.signature import verify_signature
+from gbcs.smki import SmkiCertificate
+from server.domain.commands import build_hand_out_command
+from server.domain.errors import SignatureCheckFailed, Unavailable, VdnoError
+from server.domain.ports import CustodyStore, DigestSigner
+from server.domain.values import (
+    Area,
+    IssuanceDraft,
+    IssuanceRecord,
+    SignedCommand,
+    VanillaGeneration,
+)
+
+MAX_DRAFTS_PER_STEP = 48
+
+
+@dataclass(frozen=True)
+class NewIssuance:
+    """A validated hand-out: record it under a fresh counter, then sign it."""
+
+    draft: IssuanceDraft
+    counter_floor: int
+    generation: VanillaGeneration
+    area: Area
+
+
+@dataclass(frozen=True)
+class UnfinishedIssuance:
+    """A recorded issuance whose attempt failed or was abandoned: sign it under its recorded counter."""
+
+    record: IssuanceRecord
+    generation: VanillaGeneration
+    area: Area
+
+
+Work = NewIssuance | UnfinishedIssuance
+# What a caller gets: the released command, or (NewIssuance only) the record its request id already had.
+Outcome = SignedCommand | IssuanceRecord
+
+
+@dataclass(frozen=True)
+class _Signed:
+    future: Future[Outcome]
+    record: IssuanceRecord
+    command: bytes
+
+
+@dataclass(frozen=True)
+class _Failed:
+    future: Future[Outcome]
+    issuance_id: int
+    reason: str
+    error: BaseException
+
+
+class IssuancePipeline:
+    """Thread-safe: any number of request threads submit; one pipeline thread runs the steps."""
+
+    def __init__(
+        self,
+        store: CustodyStore,
+        signer: DigestSigner,
+        issuing_ca: bytes,
+        certificate: Callable[[bytes], SmkiCertificate],
+    ) -> None:
+        self._store = store
+        self._signer = signer
+        self._issuing_ca = issuing_ca
+        self._certificate = certificate
+        self._queue: queue.SimpleQueue[tuple[Work, Future[Outcome]] | None] = queue.SimpleQueue()
+        self._state_lock = threading.Lock()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="issuance-pipeline", daemon=True)
+        self._thread.start()
+
+    def issue(self, work: NewIssuance) -> Outcome:
+        return self._submit(work)
+
+    def finish(self, work: UnfinishedIssuance) -> SignedCommand:
+        outcome = self._submit(work)
+        assert isinstance(outcome, SignedCommand)  # only a draft can meet an existing record
+        return outcome
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Finish the work already submitted (its signed commands are stored and released), then stop."""
+        with self._state_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _submit(self, work: Work) -> Outcome:
+        future: Future[Outcome] = Future()
+        with self._state_lock:
+            if self._closed or not self._thread.is_alive():
+                raise Unavailable("the service is shutting down")
+            self._queue.put((work, future))
+        return future.result()
+
+    # -- pipeline thread
+    def _run(self) -> None:
+        signed: list[_Signed] = []
+        failed: list[_Failed] = []
+        closing = False
+        while not closing or signed or failed:
+            incoming: list[tuple[Work, Future[Outcome]]] = []
+            if not closing:
+                closing = self._take(incoming, block=not (signed or failed))
+            signed, failed = self._step(signed, failed, incoming)
+
+    def _take(self, into: list[tuple[Work, Future[Outcome]]], block: bool) -> bool:
+        """Move waiting work into `into`; True once close() was called."""
+        while len(into) < MAX_DRAFTS_PER_STEP:
+            try:
+                item = self._queue.get() if block and not into else self._queue.get_nowait()
+            except queue.Empty:
+                return False
+            if item is None:
+                return True
+            into.append(item)
+        return False
+
+    def _step(
+        self, signed: list[_Signed], failed: list[_Failed], incoming: list[tuple[Work, Future[Outcome]]]
+    ) -> tuple[list[_Signed], list[_Failed]]:
+        drafts = [(w, f) for w, f in incoming if isinstance(w, NewIssuance)]
+        to_sign = [
+            (f, w.record, w.generation, w.area) for w, f in incoming if isinstance(w, UnfinishedIssuance)
+        ]
+        try:
+            step = self._store.write_issuance_step(
+                [(s.record, s.command) for s in signed],
+                [(x.issuance_id, x.reason) for x in failed],
+                [(w.draft, w.counter_floor) for w, _ in drafts],
+            )
+        except Exception as exc:  # nothing of this step is durable: nothing is released or signed
+            for s in signed:
+                s.future.set_exception(exc)
+            for x in failed:
+                x.future.set_exception(x.error)
+            for _, f in incoming:
+                f.set_exception(exc)
+            return [], []
+        for s, stored in zip(signed, step.stored, strict=True):
+            if isinstance(stored, VdnoError):
+                s.future.set_exception(stored)
+            else:
+                s.future.set_result(SignedCommand.of(stored, s.command))
+        for x in failed:
+            x.future.set_exception(x.error)
+        for (work, future), begun in zip(drafts, step.begun, strict=True):
+            if isinstance(begun, VdnoError):
+                future.set_exception(begun)
+            elif not begun[1]:
+                future.set_result(begun[0])  # the request id is already recorded: the caller resumes it
+            else:
+                to_sign.append((future, begun[0], work.generation, work.area))
+        return self._sign(to_sign)
+
+    def _sign(
+        self, work: list[tuple[Future[Outcome], IssuanceRecord, VanillaGeneration, Area]]
+    ) -> tuple[list[_Signed], list[_Failed]]:
+        signed: list[_Signed] = []
+        failed: list[_Failed] = []
+        by_key: dict[str, list[tuple[Future[Outcome], IssuanceRecord, VanillaGeneration, Any]]] = {}
+        for future, record, generation, area in work:
+            try:
+                apdu = build_hand_out_command(
+                    generation, area, record.device_id, record.counter, self._issuing_ca
+                )
+            except Exception as exc:  # e.g. an area certificate the codec cannot place
+                failed.append(_Failed(future, record.issuance_id, "command could not be built", exc))
+                continue
+            by_key.setdefault(generation.ds_key_uri, []).append((future, record, generation, apdu))
+        for key, items in by_key.items():
+            try:
+                signatures = self._signer.sign_digests(
+                    key, [hashlib.sha256(apdu.signed_bytes()).digest() for *_, apdu in items]
+                )
+            except Exception as exc:
+                failed += [_Failed(f, r.issuance_id, type(exc).__name__, exc) for f, r, _, _ in items]
+                continue
+            for (future, record, generation, apdu), signature in zip(items, signatures, strict=True):
+                try:
+                    # ARCHITECTURE §5.6: verified with the certificate's public key before release.
+                    verify_signature(
+                        apdu.signed_bytes(),
+                        signature,
+                        self._certificate(generation.ds_certificate).certificate,
+                    )
+                except GbcsError as exc:
+                    error = SignatureCheckFailed("the HSM signature did not verify; nothing was released")
+                    error.__cause__ = exc
+                    failed.append(
+                        _Failed(future, record.issuance_id, "signature failed software verification", error)
+                    )
+                    continue
+                signed.append(_Signed(future, record, apdu.with_signature(signature).encode()))
+        return signed, failed
