@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
+import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from server.config import ConfigError, Settings
+from server.domain.errors import HsmUnavailable
 from server.domain.issuance import HandOutService
 from server.domain.policy import TrustAnchors
 from server.domain.values import AuditEvent
@@ -90,6 +92,10 @@ def build_server(
     anchors = load_anchors(settings)
     store = open_store(settings.database_url)
     signer = open_signer(settings, environ)
+    try:
+        signer.check()  # open and log in now, not on the first hand-out
+    except HsmUnavailable as exc:
+        structlog.get_logger("vdno.server").warning("hsm.not_ready", reason=str(exc))
     service = HandOutService(store, signer, anchors, clock or (lambda: datetime.now(UTC)))
 
     def audit_refusal(bench: str, reason: str) -> None:

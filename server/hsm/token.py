@@ -44,7 +44,23 @@ def load_module(module_path: str) -> Any:
 
 
 def find_token(module_path: str, token_label: str) -> Any:
+    """The token labelled `token_label`. SoftHSM lists tokens from what it read at C_Initialize, and
+    another process logging in rewrites the token's files: a token caught mid-rewrite stays unreadable
+    to this process until the module is initialised again. So on failure, reinitialise once and retry
+    (this closes any other session of this process on the module; callers reconnect)."""
     lib = load_module(module_path)
+    try:
+        return _token_labelled(lib, module_path, token_label)
+    except HsmUnavailable:
+        with _lib_lock:
+            try:
+                lib.reinitialize()
+            except p11e.PKCS11Error as exc:
+                raise HsmUnavailable(f"cannot reinitialise the PKCS#11 module {module_path}") from exc
+        return _token_labelled(lib, module_path, token_label)
+
+
+def _token_labelled(lib: Any, module_path: str, token_label: str) -> Any:
     try:
         return lib.get_token(token_label=token_label)
     except p11e.NoSuchToken as exc:

@@ -2,13 +2,14 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pkcs11
 import pytest
 
 from server.hsm import softhsm
-from server.hsm.softhsm import ensure_softhsm_token, find_softhsm_module
+from server.hsm.softhsm import SoftHsmToken, ensure_softhsm_token, find_softhsm_module
 
 USER_PIN = "user-pin-4711"  # same as conftest.USER_PIN
 SO_PIN = "so-pin-0815"
@@ -90,3 +91,50 @@ def test_find_softhsm_module(softhsm_module: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(softhsm, "MODULE_CANDIDATES", (tmp_path / "nope.so",))
     with pytest.raises(HsmUnavailable, match=r"libsofthsm2\.so not found"):
         find_softhsm_module()
+
+
+_CHILD_SEES_TORN_TOKEN = """
+import sys
+from pathlib import Path
+from server.hsm.token import connect, load_module
+module, label, path, pin = sys.argv[1:5]
+token_object = Path(path)
+data = token_object.read_bytes()
+token_object.write_bytes(b"")  # another process's login caught mid-rewrite
+load_module(module)  # C_Initialize reads the token list now
+token_object.write_bytes(data)
+connect(module, label, pin).close()
+print("connected")
+"""
+
+
+def test_a_token_file_caught_mid_rewrite_at_start_up_is_found_again(
+    hsm_token: SoftHsmToken, softhsm_module: Path, user_pin: str
+) -> None:
+    """SoftHSM keeps the token list it read at C_Initialize: a token whose file another process was
+    rewriting then stays invisible to this process until the module is initialised again."""
+    token_object = next(
+        p for p in hsm_token.token_dir.glob("*/token.object") if hsm_token.label.encode() in p.read_bytes()
+    )
+    saved = token_object.read_bytes()
+    try:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _CHILD_SEES_TORN_TOKEN,
+                str(softhsm_module),
+                hsm_token.label,
+                str(token_object),
+                user_pin,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=dict(os.environ, SOFTHSM2_CONF=str(hsm_token.conf_path)),
+            cwd=Path(__file__).resolve().parents[3],
+        )
+    finally:
+        token_object.write_bytes(saved)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "connected"
