@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 import grpc
@@ -39,9 +40,13 @@ def _peer_common_name(context: grpc.ServicerContext) -> str | None:
     return bytes(names[0]).decode("utf-8", "replace") if names else None
 
 
+# The calling bench's CN, read once per call by the interceptor (auth_context() copies every TLS property).
+_CALLER: ContextVar[str | None] = ContextVar("vdno_caller", default=None)
+
+
 def bench_identity(context: grpc.ServicerContext) -> str:
     """The bench id is the CN of the verified client certificate (mTLS is enforced by the TLS layer)."""
-    name = _peer_common_name(context)
+    name = _CALLER.get() or _peer_common_name(context)
     if name is None:
         raise e.Unauthenticated("a client certificate naming the bench is required")
     return name
@@ -51,21 +56,32 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, on_refused_auth: Callable[[str, str], None] | None = None) -> None:
         self._log = structlog.get_logger("vdno.rpc")
         self._on_refused_auth = on_refused_auth
+        self._wrapped: dict[str, Any] = {}  # method -> wrapped handler (handlers are fixed at start-up)
 
     def intercept_service(self, continuation: Callable[..., Any], handler_call_details: Any) -> Any:
+        method = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is not None:
+            return wrapped
         handler = continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
-        method = handler_call_details.method
         if method.startswith("/grpc."):  # health and reflection are not ours to wrap
             return handler
+        wrapped = self._wrap(method, handler)
+        self._wrapped[method] = wrapped
+        return wrapped
+
+    def _wrap(self, method: str, handler: Any) -> Any:
         inner = handler.unary_unary
         log = self._log
         on_refused = self._on_refused_auth
 
         def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
             request_id = uuid.uuid4().hex
-            bench = _peer_common_name(context) or "?"
+            caller = _peer_common_name(context)
+            bench = caller or "?"
+            caller_token = _CALLER.set(caller)
             structlog.contextvars.bind_contextvars(rpc_id=request_id, method=method, bench=bench)
             started = time.perf_counter()
             try:
@@ -82,6 +98,7 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 log.exception("rpc.internal_error")
                 context.abort(grpc.StatusCode.INTERNAL, f"internal error (reference {request_id})")
             finally:
+                _CALLER.reset(caller_token)
                 structlog.contextvars.clear_contextvars()
 
         return grpc.unary_unary_rpc_method_handler(
