@@ -57,14 +57,21 @@ def load_anchors(settings: Settings) -> TrustAnchors:
     )
 
 
-def open_signer(settings: Settings, environ: dict[str, str] | None = None) -> Pkcs11Signer:
+def open_signer(
+    settings: Settings, environ: dict[str, str] | None = None, worker_thread: bool = True
+) -> Pkcs11Signer:
     """The PKCS#11 signer (imported here so a bench install never needs python-pkcs11)."""
     from server.hsm.signer import Pkcs11Signer
 
     env = dict(os.environ) if environ is None else environ
     if settings.hsm.softhsm_conf is not None:
         os.environ["SOFTHSM2_CONF"] = str(settings.hsm.softhsm_conf)
-    return Pkcs11Signer(str(settings.hsm.module), settings.hsm.token_label, settings.hsm.read_pin(env))
+    return Pkcs11Signer(
+        str(settings.hsm.module),
+        settings.hsm.token_label,
+        settings.hsm.read_pin(env),
+        worker_thread=worker_thread,
+    )
 
 
 @dataclass
@@ -91,7 +98,8 @@ def build_server(
     (use port 0 for a free port; the bound port is returned)."""
     anchors = load_anchors(settings)
     store = open_store(settings.database_url)
-    signer = open_signer(settings, environ)
+    # The issuance pipeline's thread is the one caller: it owns the session, no hand-off per batch.
+    signer = open_signer(settings, environ, worker_thread=False)
     try:
         signer.check()  # open and log in now, not on the first hand-out
     except HsmUnavailable as exc:
