@@ -5,16 +5,19 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 from sqlalchemy import text
 
+from server.domain.errors import UnknownIssuance
 from server.domain.values import (
     Area,
     AuditEvent,
     CellState,
     GenerationStatus,
     IssuanceDraft,
+    IssuanceRecord,
     IssuanceStatus,
     RecordedOutcome,
     VanillaGeneration,
@@ -100,6 +103,28 @@ def test_signed_bytes_and_outcome_are_recorded(store: SqlCustodyStore) -> None:
     )
     assert store.device_cells(rec.device_id) == (cells, cells)
     assert store.find_issuance("bench-01", "r1").status is IssuanceStatus.APPLIED
+    assert verify_chain(store.engine).ok
+
+
+def test_one_issuance_step_stores_fails_and_records_each_item_on_its_own(store: SqlCustodyStore) -> None:
+    store.add_generation(GEN, "t")
+    signed, _ = store.begin_issuance(draft("r1"), counter_floor=1)
+    failing, _ = store.begin_issuance(draft("r2"), counter_floor=1)
+    stale = replace(signed, issuance_id=signed.issuance_id + 1000)  # no such record awaits a signature
+    step = store.write_issuance_step(
+        [(signed, b"\xdf one"), (stale, b"\xdf two")],
+        [(failing.issuance_id, "HsmUnavailable")],
+        [(draft("r3"), 1), (draft("r1"), 1)],
+    )
+    stored, not_stored = step.stored
+    assert isinstance(stored, IssuanceRecord) and stored.signed_command == b"\xdf one"
+    assert isinstance(not_stored, UnknownIssuance)
+    (new, created), (existing, again) = step.begun
+    assert created and new.counter == failing.counter + 1 and new.status is IssuanceStatus.RECORDED
+    assert not again and existing.issuance_id == signed.issuance_id
+    by_request = {r.request_id: r for r in store.list_issuances()}
+    assert by_request["r1"].signed_command == b"\xdf one"
+    assert by_request["r2"].status is IssuanceStatus.FAILED
     assert verify_chain(store.engine).ok
 
 

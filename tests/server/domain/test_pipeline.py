@@ -1,0 +1,233 @@
+"""The issuance pipeline against a real SQLite store, signing with a software P-256 key (the DigestSigner
+port; the PKCS#11 signer is tested in tests/server/hsm and end to end in tests/integration)."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, decode_dss_signature
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from gbcs.framing import decode_message
+from gbcs.signature import verify_message_signature
+from gbcs.smki import load_certificate
+from labpki.smki import (
+    CertifiedKey,
+    KeyUsageName,
+    issue_organisation_certificate,
+    make_issuing_ca,
+    make_root_ca,
+    new_p256_key,
+)
+from server.domain.errors import HsmUnavailable, SignatureCheckFailed, StoreUnavailable, Unavailable
+from server.domain.pipeline import IssuancePipeline, NewIssuance, UnfinishedIssuance
+from server.domain.values import (
+    Area,
+    GenerationStatus,
+    IssuanceDraft,
+    IssuanceRecord,
+    IssuanceStatus,
+    SignedCommand,
+    VanillaGeneration,
+)
+from server.store.sql import SqlCustodyStore, open_store
+
+VANILLA = bytes.fromhex("564E4F0000000001")
+AREA = bytes.fromhex("564E4F0000000010")
+DEVICE = bytes.fromhex("00DB1234567890A0")
+
+
+class SoftwareSigner:
+    """DigestSigner over a software key; `fail` makes the next sign raise, `corrupt` return a bad r||s."""
+
+    def __init__(self, key: ec.EllipticCurvePrivateKey) -> None:
+        self._key = key
+        self.fail = False
+        self.corrupt = False
+        self.jobs = 0
+
+    def sign_digest(self, key: str, digest: bytes) -> bytes:
+        return self.sign_digests(key, [digest])[0]
+
+    def sign_digests(self, key: str, digests: Sequence[bytes]) -> list[bytes]:
+        self.jobs += 1
+        if self.fail:
+            raise HsmUnavailable("the test token is unplugged")
+        out = []
+        for digest in digests:
+            r, s = decode_dss_signature(self._key.sign(digest, ec.ECDSA(Prehashed(hashes.SHA256()))))
+            raw = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+            out.append(bytes(64 - len(raw)) + raw[::-1] if self.corrupt else raw)
+        return out
+
+    def public_key(self, key: str) -> ec.EllipticCurvePublicKey:
+        return self._key.public_key()
+
+
+def _der(cert: CertifiedKey) -> bytes:
+    return cert.certificate.public_bytes(Encoding.DER)
+
+
+@pytest.fixture(scope="module")
+def parties() -> tuple[VanillaGeneration, Area, bytes, ec.EllipticCurvePrivateKey]:
+    root = make_root_ca()
+    issuing = make_issuing_ca(root)
+    vanilla_key = new_p256_key()
+
+    def org(key: ec.EllipticCurvePrivateKey, entity: bytes, usage: KeyUsageName) -> bytes:
+        cert = issue_organisation_certificate(issuing, key.public_key(), entity, 3, usage)
+        return cert.public_bytes(Encoding.DER)
+
+    generation = VanillaGeneration(
+        1,
+        VANILLA,
+        "pkcs11:object=vanilla-ds",
+        "pkcs11:object=vanilla-ka",
+        org(vanilla_key, VANILLA, "ds"),
+        org(new_p256_key(), VANILLA, "ka"),
+        GenerationStatus.ACTIVE,
+    )
+    area = Area(
+        10,
+        "North Scotland",
+        AREA,
+        org(new_p256_key(), AREA, "ds"),
+        org(new_p256_key(), AREA, "ka"),
+    )
+    return generation, area, _der(issuing), vanilla_key
+
+
+@pytest.fixture
+def store(tmp_path: Path, parties) -> Iterator[SqlCustodyStore]:
+    generation, area, _, _ = parties
+    s = open_store(f"sqlite:///{tmp_path / 'vdno.db'}")
+    s.add_generation(generation, "test")
+    s.upsert_area(area, "test")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def signer(parties) -> SoftwareSigner:
+    return SoftwareSigner(parties[3])
+
+
+@pytest.fixture
+def pipeline(store: SqlCustodyStore, signer: SoftwareSigner, parties) -> Iterator[IssuancePipeline]:
+    _, _, issuing_ca, _ = parties
+    p = IssuancePipeline(store, signer, issuing_ca, load_certificate)
+    yield p
+    p.close()
+
+
+def _new(parties, request_id: str | None = None, floor: int = 1) -> NewIssuance:
+    generation, area, _, _ = parties
+    draft = IssuanceDraft("bench-01", request_id or uuid.uuid4().hex, "fp", DEVICE, area.area_id, 1, b"cert")
+    return NewIssuance(draft, floor, generation, area)
+
+
+def _verify(command: SignedCommand, parties) -> None:
+    generation = parties[0]
+    message = decode_message(command.command)
+    assert message.apdu.header.originator_counter == command.counter
+    verify_message_signature(message, load_certificate(generation.ds_certificate).certificate)
+
+
+def test_concurrent_issuance_is_recorded_signed_stored_and_verifiable(
+    pipeline: IssuancePipeline, store: SqlCustodyStore, signer: SoftwareSigner, parties
+) -> None:
+    with ThreadPoolExecutor(16) as pool:
+        outcomes = list(pool.map(lambda _: pipeline.issue(_new(parties)), range(120)))
+    assert all(isinstance(o, SignedCommand) for o in outcomes)
+    commands = [o for o in outcomes if isinstance(o, SignedCommand)]
+    assert len({c.counter for c in commands}) == 120
+    for command in commands:
+        _verify(command, parties)  # by `cryptography`, with the generation's certificate
+    stored = {r.issuance_id: r for r in store.list_issuances()}
+    for command in commands:
+        record = stored[command.issuance_id]
+        assert record.status is IssuanceStatus.SIGNED
+        assert record.signed_command == command.command  # stored before it was released
+    in_issuance_order = [stored[i].counter for i in sorted(stored)]
+    assert in_issuance_order == sorted(in_issuance_order)
+    assert signer.jobs < 120  # batched: one HSM job per step, not per issuance
+
+
+def test_a_recorded_request_id_comes_back_as_its_record(pipeline: IssuancePipeline, parties) -> None:
+    first = pipeline.issue(_new(parties, "r-1"))
+    again = pipeline.issue(_new(parties, "r-1"))
+    assert isinstance(first, SignedCommand)
+    assert isinstance(again, IssuanceRecord)
+    assert again.issuance_id == first.issuance_id and again.signed_command == first.command
+
+
+def test_hsm_failure_is_marked_failed_before_the_caller_hears_and_a_retry_finishes_it(
+    pipeline: IssuancePipeline, store: SqlCustodyStore, signer: SoftwareSigner, parties
+) -> None:
+    signer.fail = True
+    with pytest.raises(HsmUnavailable):
+        pipeline.issue(_new(parties, "r-hsm"))
+    (record,) = store.list_issuances()
+    assert record.status is IssuanceStatus.FAILED and record.signed_command is None
+    signer.fail = False
+    generation, area, _, _ = parties
+    done = pipeline.finish(UnfinishedIssuance(record, generation, area))
+    assert done.counter == record.counter  # finished under its recorded counter
+    _verify(done, parties)
+    assert store.list_issuances()[0].signed_command == done.command
+
+
+def test_a_signature_that_does_not_verify_is_never_released(
+    pipeline: IssuancePipeline, store: SqlCustodyStore, signer: SoftwareSigner, parties
+) -> None:
+    signer.corrupt = True
+    with pytest.raises(SignatureCheckFailed, match="nothing was released"):
+        pipeline.issue(_new(parties, "r-bad"))
+    (record,) = store.list_issuances()
+    assert record.status is IssuanceStatus.FAILED and record.signed_command is None
+
+
+def test_store_down_means_no_signature(
+    pipeline: IssuancePipeline, store: SqlCustodyStore, signer: SoftwareSigner, parties, tmp_path: Path
+) -> None:
+    with store.engine.begin() as conn:  # the schema is gone: every write fails
+        conn.exec_driver_sql("DROP TABLE counters")
+    with pytest.raises(StoreUnavailable):
+        pipeline.issue(_new(parties))
+    assert signer.jobs == 0
+
+
+def test_close_finishes_what_was_submitted_then_refuses(
+    store: SqlCustodyStore, signer: SoftwareSigner, parties
+) -> None:
+    pipeline = IssuancePipeline(store, signer, parties[2], load_certificate)
+    results: list[object] = []
+
+    def bench() -> None:
+        try:
+            results.append(pipeline.issue(_new(parties)))
+        except Unavailable as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=bench) for _ in range(16)]
+    for t in threads:
+        t.start()
+    pipeline.close()  # while requests are in flight
+    for t in threads:
+        t.join()
+    released = [r for r in results if isinstance(r, SignedCommand)]
+    refused = [r for r in results if isinstance(r, Unavailable)]
+    assert len(released) + len(refused) == 16
+    assert all("shutting down" in str(r) for r in refused)
+    stored = {r.issuance_id: r for r in store.list_issuances()}
+    assert all(stored[c.issuance_id].signed_command == c.command for c in released)
+    assert all(r.status is IssuanceStatus.SIGNED for r in stored.values())  # nothing left half-done
+    with pytest.raises(Unavailable, match="shutting down"):
+        pipeline.issue(_new(parties))
