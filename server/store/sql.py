@@ -1,8 +1,13 @@
 """SQL implementation of the CustodyStore port: SQLite by default, PostgreSQL in production, same code.
 
-Writes go through one writer thread per process that groups concurrent operations into one transaction
-(group commit: one fsync for many issuances); each operation runs in its own SAVEPOINT so one refusal does
-not undo its neighbours. A write returns only after its transaction committed.
+Writes run in batches, one transaction (one fsync) per batch, on a connection of their own:
+- the issuance pipeline's steps (write_issuance_step) run in the pipeline's thread, which gathers its
+  own batches;
+- every other write goes through a writer thread that groups concurrent callers' operations (group
+  commit).
+An operation that fails does not undo its neighbours (it is re-run under its own SAVEPOINT), and a write
+returns only after its transaction committed. On SQLite a flock on `<db>.writelock` hands the write
+lock between these writers and between processes.
 """
 
 from __future__ import annotations
