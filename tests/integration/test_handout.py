@@ -103,6 +103,32 @@ def test_same_request_id_twice_returns_identical_bytes_and_one_issuance(deployme
     assert len(deployment.issuance_rows("bench-02", request_id)) == 1
 
 
+def test_retry_after_the_meter_applied_its_command_still_gets_the_same_bytes(deployment: Deployment) -> None:
+    transport, [device_id] = deployment.meters(1)
+    meter = transport.devices[device_id]
+    request_id = new_request_id()
+    channel, stub = deployment.stub()
+    with channel:
+        first = stub.RequestHandOut(
+            hand_out_request(read_meter(transport, device_id), device_id, 18, request_id), timeout=30
+        )
+        assert statuses(meter.process(first.command)) == {StatusCode.SUCCESS}
+        # The bench lost the reply and retries with a fresh reading. The NO cell now holds the area, so a
+        # new request is refused; the recorded one still returns its bytes.
+        retry = stub.RequestHandOut(
+            hand_out_request(read_meter(transport, device_id), device_id, 18, request_id), timeout=30
+        )
+        fresh = rpc_error(
+            lambda: stub.RequestHandOut(
+                hand_out_request(read_meter(transport, device_id), device_id, 18, new_request_id()),
+                timeout=30,
+            )
+        )
+    assert retry.command == first.command and retry.issuance_id == first.issuance_id
+    assert fresh.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "does not hold an active vanilla generation" in fresh.details()
+
+
 def test_request_id_reused_for_another_device_is_already_exists(deployment: Deployment) -> None:
     transport, [first_device, second_device] = deployment.meters(2)
     request_id = new_request_id()
