@@ -1,10 +1,12 @@
 """Pkcs11Signer: the DigestSigner (server/domain/ports.py) backed by a PKCS#11 token.
 
-python-pkcs11 crashes when two threads call into one token at once (ARCHITECTURE §5.7), so ONE
-dedicated worker thread owns the single session: every call, from any thread, becomes a job on a
-queue that the worker runs while the caller waits on a concurrent.futures.Future. To scale, run more
-processes, or more signers (each owns its own session and thread; they may share a token: login is
-done so that closing one never logs the others out, see server/hsm/_cki.py).
+python-pkcs11 crashes when two threads call into one token at once (ARCHITECTURE §5.7), so the single
+session has one owner and calls are serialised. By default a dedicated worker thread owns it: every
+call, from any thread, becomes a job on a queue that the worker runs while the caller waits on a
+concurrent.futures.Future. With worker_thread=False (the server: the issuance pipeline's thread is the
+only caller), jobs run in the calling thread under a lock, without the two hand-offs. To scale, run more
+processes, or more signers (each owns its own session; they may share a token: login is done so that
+closing one never logs the others out, see server/hsm/_cki.py).
 
 PKCS#11 errors are translated once, here, into server.domain.errors (HsmUnavailable for token, login
 and session trouble; KeyNotInCustody for a key that is missing or fails its attribute checks). A lost
@@ -57,7 +59,7 @@ class _Secret:
 
 
 class Pkcs11Signer:
-    """Thread-safe signer over one PKCS#11 session owned by one worker thread."""
+    """Thread-safe signer over one PKCS#11 session, used by one thread at a time (see module docstring)."""
 
     def __init__(
         self,
