@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import Connection, Engine, select
+from sqlalchemy.exc import NoResultFound
 
 from server.domain.values import AuditEvent
 from server.store.schema import audit_head, audit_log
@@ -27,22 +28,25 @@ def append_events(conn: Connection, events: list[AuditEvent], now: datetime | No
     so appenders on several replicas serialise. Returns the last sequence number."""
     # PostgreSQL: lock the head row; SQLite: the writer already holds the database's write lock.
     read_head = HEAD_FOR_UPDATE if conn.dialect.name == "postgresql" else HEAD
-    head = conn.exec_driver_sql(read_head).one()
-    seq, prev = int(head[0]), str(head[1])
-    at = (now or datetime.now(UTC)).isoformat()
-    rows = []
-    for event in events:
-        seq += 1
-        details = json.dumps(event.details, sort_keys=True, separators=(",", ":"), default=str)
-        digest = _entry_hash(prev, seq, at, event.event, event.actor, event.subject, details)
-        rows.append((seq, at, event.event, event.actor, event.subject, details, prev, digest))
-        prev = digest
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     mark = "%s" if conn.dialect.paramstyle in ("format", "pyformat") else "?"  # the driver's placeholder
     insert_sql = (
         "INSERT INTO audit_log (seq, at, event, actor, subject, details, prev_hash, hash) VALUES ({})"
     )
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
+        cursor.execute(read_head)
+        head = cursor.fetchone()
+        if head is None:
+            raise NoResultFound("audit_head row 1 is missing (the initial migration creates it)")
+        seq, prev = int(head[0]), str(head[1])
+        at = (now or datetime.now(UTC)).isoformat()
+        rows = []
+        for event in events:
+            seq += 1
+            details = json.dumps(event.details, sort_keys=True, separators=(",", ":"), default=str)
+            digest = _entry_hash(prev, seq, at, event.event, event.actor, event.subject, details)
+            rows.append((seq, at, event.event, event.actor, event.subject, details, prev, digest))
+            prev = digest
         cursor.executemany(insert_sql.format(", ".join([mark] * 8)), rows)
         cursor.execute(f"UPDATE audit_head SET seq = {mark}, hash = {mark} WHERE id = 1", (seq, prev))  # noqa: S608
     finally:

@@ -76,7 +76,7 @@ def make_engine(url: str, writer: bool = False) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:
-            conn.exec_driver_sql(begin)
+            conn.connection.dbapi_connection.execute(begin)  # type: ignore[union-attr]  # straight to the driver
 
         return engine
     return create_engine(url, pool_size=8, max_overflow=8, pool_pre_ping=True)
