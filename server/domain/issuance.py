@@ -78,7 +78,9 @@ class HandOutService:
         self._in_flight_guard = threading.Lock()
         self._certificates: dict[bytes, SmkiCertificate] = {}  # parsed certificates by DER
         self._trusted_devices: dict[bytes, SmkiCertificate] = {}  # device certificates whose chain verified
-        self._pipeline = IssuancePipeline(store, signer, anchors.issuing_ca, self._certificate)
+        self._pipeline = IssuancePipeline(
+            store, signer, anchors.issuing_ca, self._certificate, self._validate_in_pipeline
+        )
 
     def close(self) -> None:
         """Finish the hand-outs in flight (stored and released), then stop issuing."""
@@ -104,20 +106,25 @@ class HandOutService:
     def _hand_out_once(self, request: HandOutRequest) -> SignedCommand:
         # A new request id is the common case: validate first; the pipeline's write step finds a retry.
         try:
-            work = self._validate(request)
-        except VdnoError as refusal:
+            outcome = self._pipeline.issue(request)
+        except _Refusal as refusal:
             # A retry of a request released earlier gets its bytes even if its inputs no longer pass.
             try:
                 existing = self._store.find_issuance(request.bench_id, request.request_id)
             except Unavailable:
-                raise refusal from None
+                raise refusal.error from None
             if existing is None:
-                raise
+                raise refusal.error from None
             return self._resume(existing, request)
-        outcome = self._pipeline.issue(work)
         if isinstance(outcome, SignedCommand):
             return outcome
         return self._resume(outcome, request)
+
+    def _validate_in_pipeline(self, request: HandOutRequest) -> NewIssuance:
+        try:
+            return self._validate(request)
+        except VdnoError as exc:
+            raise _Refusal(exc) from exc
 
     def _validate(self, request: HandOutRequest) -> NewIssuance:
         """ARCHITECTURE §5.2: everything the command is built from comes from validated inputs and the
@@ -256,3 +263,12 @@ class HandOutService:
             applied = False
         status = IssuanceStatus.APPLIED if applied else IssuanceStatus.REJECTED
         return RecordedOutcome(record.issuance_id, status, tuple(cells), no_ds, no_ka)
+
+
+class _Refusal(Exception):
+    """A request refused by validation (carries the error for the caller), as opposed to a failure of
+    recording, signing or storing."""
+
+    def __init__(self, error: VdnoError) -> None:
+        super().__init__(str(error))
+        self.error = error

@@ -1,7 +1,9 @@
 """The issuance pipeline: ARCHITECTURE §5 rules 3 and 6 at one durable write per step instead of two
 per issuance.
 
-One thread per process runs steps. A step is one store write (CustodyStore.write_issuance_step) that
+One thread per process runs steps, and it also validates the requests it takes (the caller's checks of
+the readings): one thread does a process's per-request Python work, so request threads do not compete
+with it for the interpreter lock. A step is one store write (CustodyStore.write_issuance_step) that
 stores the signed bytes of the commands signed in the previous step, marks the previous step's failed
 attempts FAILED, and records the drafts that arrived since (counter allocated, issuance recorded). Once
 it has committed, the previous step's commands are released (and its failures reported), and the newly
@@ -30,6 +32,7 @@ from server.domain.errors import SignatureCheckFailed, Unavailable, VdnoError
 from server.domain.ports import CustodyStore, DigestSigner
 from server.domain.values import (
     Area,
+    HandOutRequest,
     IssuanceDraft,
     IssuanceRecord,
     SignedCommand,
@@ -58,7 +61,7 @@ class UnfinishedIssuance:
     area: Area
 
 
-Work = NewIssuance | UnfinishedIssuance
+Work = HandOutRequest | UnfinishedIssuance
 # What a caller gets: the released command, or (NewIssuance only) the record its request id already had.
 Outcome = SignedCommand | IssuanceRecord
 
@@ -87,8 +90,10 @@ class IssuancePipeline:
         signer: DigestSigner,
         issuing_ca: bytes,
         certificate: Callable[[bytes], SmkiCertificate],
+        validate: Callable[[HandOutRequest], NewIssuance],
     ) -> None:
         self._store = store
+        self._validate = validate
         self._signer = signer
         self._issuing_ca = issuing_ca
         self._certificate = certificate
@@ -98,8 +103,10 @@ class IssuancePipeline:
         self._thread = threading.Thread(target=self._run, name="issuance-pipeline", daemon=True)
         self._thread.start()
 
-    def issue(self, work: NewIssuance) -> Outcome:
-        return self._submit(work)
+    def issue(self, request: HandOutRequest) -> Outcome:
+        """Validate the request (its errors are raised as `validate` raised them), record, sign, verify,
+        store, release."""
+        return self._submit(request)
 
     def finish(self, work: UnfinishedIssuance) -> SignedCommand:
         outcome = self._submit(work)
@@ -149,7 +156,13 @@ class IssuancePipeline:
     def _step(
         self, signed: list[_Signed], failed: list[_Failed], incoming: list[tuple[Work, Future[Outcome]]]
     ) -> tuple[list[_Signed], list[_Failed]]:
-        drafts = [(w, f) for w, f in incoming if isinstance(w, NewIssuance)]
+        drafts: list[tuple[NewIssuance, Future[Outcome]]] = []
+        for work, future in incoming:
+            if isinstance(work, HandOutRequest):
+                try:
+                    drafts.append((self._validate(work), future))
+                except Exception as exc:
+                    future.set_exception(exc)
         to_sign = [
             (f, w.record, w.generation, w.area) for w, f in incoming if isinstance(w, UnfinishedIssuance)
         ]
@@ -164,8 +177,11 @@ class IssuancePipeline:
                 s.future.set_exception(exc)
             for x in failed:
                 x.future.set_exception(x.error)
-            for _, f in incoming:
+            for _, f in drafts:
                 f.set_exception(exc)
+            for w, f in incoming:
+                if isinstance(w, UnfinishedIssuance):
+                    f.set_exception(exc)
             return [], []
         for s, stored in zip(signed, step.stored, strict=True):
             if isinstance(stored, VdnoError):
@@ -174,13 +190,13 @@ class IssuancePipeline:
                 s.future.set_result(SignedCommand.of(stored, s.command))
         for x in failed:
             x.future.set_exception(x.error)
-        for (work, future), begun in zip(drafts, step.begun, strict=True):
+        for (new, future), begun in zip(drafts, step.begun, strict=True):
             if isinstance(begun, VdnoError):
                 future.set_exception(begun)
             elif not begun[1]:
                 future.set_result(begun[0])  # the request id is already recorded: the caller resumes it
             else:
-                to_sign.append((future, begun[0], work.generation, work.area))
+                to_sign.append((future, begun[0], new.generation, new.area))
         return self._sign(to_sign)
 
     def _sign(

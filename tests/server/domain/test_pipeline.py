@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,11 +26,18 @@ from labpki.smki import (
     make_root_ca,
     new_p256_key,
 )
-from server.domain.errors import HsmUnavailable, SignatureCheckFailed, StoreUnavailable, Unavailable
+from server.domain.errors import (
+    DeviceNotVanilla,
+    HsmUnavailable,
+    SignatureCheckFailed,
+    StoreUnavailable,
+    Unavailable,
+)
 from server.domain.pipeline import IssuancePipeline, NewIssuance, UnfinishedIssuance
 from server.domain.values import (
     Area,
     GenerationStatus,
+    HandOutRequest,
     IssuanceDraft,
     IssuanceRecord,
     IssuanceStatus,
@@ -122,15 +129,34 @@ def signer(parties) -> SoftwareSigner:
 @pytest.fixture
 def pipeline(store: SqlCustodyStore, signer: SoftwareSigner, parties) -> Iterator[IssuancePipeline]:
     _, _, issuing_ca, _ = parties
-    p = IssuancePipeline(store, signer, issuing_ca, load_certificate)
+    p = IssuancePipeline(store, signer, issuing_ca, load_certificate, _validator(parties))
     yield p
     p.close()
 
 
-def _new(parties, request_id: str | None = None, floor: int = 1) -> NewIssuance:
+def _request(request_id: str | None = None, readings: bytes = b"cs02a") -> HandOutRequest:
+    return HandOutRequest("bench-01", request_id or uuid.uuid4().hex, DEVICE, 10, b"cert", readings)
+
+
+def _validator(parties) -> Callable[[HandOutRequest], NewIssuance]:
+    """Stands in for HandOutService's checks of the readings (tested in tests/integration)."""
     generation, area, _, _ = parties
-    draft = IssuanceDraft("bench-01", request_id or uuid.uuid4().hex, "fp", DEVICE, area.area_id, 1, b"cert")
-    return NewIssuance(draft, floor, generation, area)
+
+    def validate(request: HandOutRequest) -> NewIssuance:
+        if request.credentials_response == b"not vanilla":
+            raise DeviceNotVanilla("device 00db1234567890a0 does not hold an active vanilla generation")
+        draft = IssuanceDraft(
+            request.bench_id,
+            request.request_id,
+            request.fingerprint(),
+            request.device_id,
+            area.area_id,
+            generation.generation,
+            request.device_certificate,
+        )
+        return NewIssuance(draft, 1, generation, area)
+
+    return validate
 
 
 def _verify(command: SignedCommand, parties) -> None:
@@ -144,7 +170,7 @@ def test_concurrent_issuance_is_recorded_signed_stored_and_verifiable(
     pipeline: IssuancePipeline, store: SqlCustodyStore, signer: SoftwareSigner, parties
 ) -> None:
     with ThreadPoolExecutor(16) as pool:
-        outcomes = list(pool.map(lambda _: pipeline.issue(_new(parties)), range(120)))
+        outcomes = list(pool.map(lambda _: pipeline.issue(_request()), range(120)))
     assert all(isinstance(o, SignedCommand) for o in outcomes)
     commands = [o for o in outcomes if isinstance(o, SignedCommand)]
     assert len({c.counter for c in commands}) == 120
@@ -161,8 +187,8 @@ def test_concurrent_issuance_is_recorded_signed_stored_and_verifiable(
 
 
 def test_a_recorded_request_id_comes_back_as_its_record(pipeline: IssuancePipeline, parties) -> None:
-    first = pipeline.issue(_new(parties, "r-1"))
-    again = pipeline.issue(_new(parties, "r-1"))
+    first = pipeline.issue(_request("r-1"))
+    again = pipeline.issue(_request("r-1"))
     assert isinstance(first, SignedCommand)
     assert isinstance(again, IssuanceRecord)
     assert again.issuance_id == first.issuance_id and again.signed_command == first.command
@@ -173,7 +199,7 @@ def test_hsm_failure_is_marked_failed_before_the_caller_hears_and_a_retry_finish
 ) -> None:
     signer.fail = True
     with pytest.raises(HsmUnavailable):
-        pipeline.issue(_new(parties, "r-hsm"))
+        pipeline.issue(_request("r-hsm"))
     (record,) = store.list_issuances()
     assert record.status is IssuanceStatus.FAILED and record.signed_command is None
     signer.fail = False
@@ -184,12 +210,22 @@ def test_hsm_failure_is_marked_failed_before_the_caller_hears_and_a_retry_finish
     assert store.list_issuances()[0].signed_command == done.command
 
 
+def test_a_refused_request_gets_its_error_and_nothing_is_recorded(
+    pipeline: IssuancePipeline, store: SqlCustodyStore, signer: SoftwareSigner
+) -> None:
+    with pytest.raises(DeviceNotVanilla):
+        pipeline.issue(_request(readings=b"not vanilla"))
+    good = pipeline.issue(_request())  # its neighbours are not affected
+    assert isinstance(good, SignedCommand)
+    assert [r.issuance_id for r in store.list_issuances()] == [good.issuance_id]
+
+
 def test_a_signature_that_does_not_verify_is_never_released(
     pipeline: IssuancePipeline, store: SqlCustodyStore, signer: SoftwareSigner, parties
 ) -> None:
     signer.corrupt = True
     with pytest.raises(SignatureCheckFailed, match="nothing was released"):
-        pipeline.issue(_new(parties, "r-bad"))
+        pipeline.issue(_request("r-bad"))
     (record,) = store.list_issuances()
     assert record.status is IssuanceStatus.FAILED and record.signed_command is None
 
@@ -200,19 +236,19 @@ def test_store_down_means_no_signature(
     with store.engine.begin() as conn:  # the schema is gone: every write fails
         conn.exec_driver_sql("DROP TABLE counters")
     with pytest.raises(StoreUnavailable):
-        pipeline.issue(_new(parties))
+        pipeline.issue(_request())
     assert signer.jobs == 0
 
 
 def test_close_finishes_what_was_submitted_then_refuses(
     store: SqlCustodyStore, signer: SoftwareSigner, parties
 ) -> None:
-    pipeline = IssuancePipeline(store, signer, parties[2], load_certificate)
+    pipeline = IssuancePipeline(store, signer, parties[2], load_certificate, _validator(parties))
     results: list[object] = []
 
     def bench() -> None:
         try:
-            results.append(pipeline.issue(_new(parties)))
+            results.append(pipeline.issue(_request()))
         except Unavailable as exc:
             results.append(exc)
 
@@ -230,4 +266,4 @@ def test_close_finishes_what_was_submitted_then_refuses(
     assert all(stored[c.issuance_id].signed_command == c.command for c in released)
     assert all(r.status is IssuanceStatus.SIGNED for r in stored.values())  # nothing left half-done
     with pytest.raises(Unavailable, match="shutting down"):
-        pipeline.issue(_new(parties))
+        pipeline.issue(_request())
