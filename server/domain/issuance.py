@@ -109,12 +109,13 @@ class HandOutService:
             outcome = self._pipeline.issue(request)
         except _Refusal as refusal:
             # A retry of a request released earlier gets its bytes even if its inputs no longer pass.
+            error = refusal.error
             try:
                 existing = self._store.find_issuance(request.bench_id, request.request_id)
             except Unavailable:
-                raise refusal.error from None
+                raise error from error.__cause__
             if existing is None:
-                raise refusal.error from None
+                raise error from error.__cause__
             return self._resume(existing, request)
         if isinstance(outcome, SignedCommand):
             return outcome
