@@ -24,7 +24,6 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from gbcs.errors import GbcsError
 from gbcs.signature import verify_signature
 from gbcs.smki import SmkiCertificate
 from server.domain.commands import build_hand_out_command
@@ -135,11 +134,31 @@ class IssuancePipeline:
         signed: list[_Signed] = []
         failed: list[_Failed] = []
         closing = False
-        while not closing or signed or failed:
-            incoming: list[tuple[Work, Future[Outcome]]] = []
-            if not closing:
-                closing = self._take(incoming, block=not (signed or failed))
-            signed, failed = self._step(signed, failed, incoming)
+        try:
+            while not closing or signed or failed:
+                incoming: list[tuple[Work, Future[Outcome]]] = []
+                if not closing:
+                    closing = self._take(incoming, block=not (signed or failed))
+                try:
+                    signed, failed = self._step(signed, failed, incoming)
+                except Exception as exc:  # a defect: fail this step's callers (nothing unstored is released)
+                    waiting = (
+                        [s.future for s in signed] + [x.future for x in failed] + [f for _, f in incoming]
+                    )
+                    for future in waiting:
+                        if not future.done():
+                            future.set_exception(exc)
+                    signed, failed = [], []
+        finally:
+            with self._state_lock:
+                self._closed = True  # nothing new is queued; anything already queued is refused
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    item[1].set_exception(Unavailable("the service is shutting down"))
 
     def _take(self, into: list[tuple[Work, Future[Outcome]]], block: bool) -> bool:
         """Move waiting work into `into`; True once close() was called."""
@@ -230,7 +249,7 @@ class IssuancePipeline:
                         signature,
                         self._certificate(generation.ds_certificate).certificate,
                     )
-                except GbcsError as exc:
+                except Exception as exc:  # GbcsError: does not verify; anything else: cannot be checked
                     error = SignatureCheckFailed("the HSM signature did not verify; nothing was released")
                     error.__cause__ = exc
                     failed.append(

@@ -41,10 +41,11 @@ from server.domain.values import (
     IssuanceDraft,
     IssuanceRecord,
     IssuanceStatus,
+    IssuanceStep,
     SignedCommand,
     VanillaGeneration,
 )
-from server.store.sql import SqlCustodyStore, open_store
+from server.store.sql import SqlCustodyStore, make_engine, migrate, open_store
 
 VANILLA = bytes.fromhex("564E4F0000000001")
 AREA = bytes.fromhex("564E4F0000000010")
@@ -267,3 +268,55 @@ def test_close_finishes_what_was_submitted_then_refuses(
     assert all(r.status is IssuanceStatus.SIGNED for r in stored.values())  # nothing left half-done
     with pytest.raises(Unavailable, match="shutting down"):
         pipeline.issue(_request())
+
+
+def test_a_verification_that_cannot_run_fails_that_request_only(
+    store: SqlCustodyStore, signer: SoftwareSigner, parties
+) -> None:
+    def certificate(der: bytes):
+        raise ValueError("certificate store unreadable")
+
+    pipeline = IssuancePipeline(store, signer, parties[2], certificate, _validator(parties))
+    try:
+        with pytest.raises(SignatureCheckFailed):
+            pipeline.issue(_request("r-unverifiable"))
+        (record,) = store.list_issuances()
+        assert record.status is IssuanceStatus.FAILED and record.signed_command is None
+    finally:
+        pipeline.close()
+
+
+class _StoreWithOneBrokenStep(SqlCustodyStore):
+    """The real store, except that one step answers with the wrong number of items (a defect)."""
+
+    broken = True
+
+    def write_issuance_step(self, signed, failed, drafts):  # type: ignore[no-untyped-def]
+        step = super().write_issuance_step(signed, failed, drafts)
+        if self.broken and drafts:
+            self.broken = False
+            return IssuanceStep(stored=step.stored, begun=())
+        return step
+
+
+def test_a_defect_in_a_step_fails_its_callers_and_the_pipeline_keeps_serving(
+    tmp_path: Path, signer: SoftwareSigner, parties
+) -> None:
+    generation, area, issuing_ca, _ = parties
+    engine = make_engine(f"sqlite:///{tmp_path / 'vdno.db'}")
+    migrate(engine)
+    store = _StoreWithOneBrokenStep(engine)
+    store.add_generation(generation, "test")
+    store.upsert_area(area, "test")
+    pipeline = IssuancePipeline(store, signer, issuing_ca, load_certificate, _validator(parties))
+    try:
+        with pytest.raises(ValueError):
+            pipeline.issue(_request("r-defect"))
+        after = pipeline.issue(_request("r-after"))
+        assert isinstance(after, SignedCommand)
+        _verify(after, parties)
+        by_request = {r.request_id: r for r in store.list_issuances()}
+        assert by_request["r-defect"].signed_command is None  # recorded, never signed or released
+    finally:
+        pipeline.close()
+        store.close()
