@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from cryptography.hazmat.primitives.asymmetric import ec
-
 from server.domain.values import (
     Area,
     AuditEvent,
@@ -27,17 +25,8 @@ class DigestSigner(Protocol):
     many threads. Errors: HsmUnavailable (token down, login refused), KeyNotInCustody (no such key).
     """
 
-    def sign_digest(self, key: str, digest: bytes) -> bytes:
-        """Return the 64-byte raw r‖s signature of the 32-byte digest."""
-        ...
-
     def sign_digests(self, key: str, digests: Sequence[bytes]) -> list[bytes]:
-        """sign_digest for several digests with one key, in one trip to the token."""
-        ...
-
-    def public_key(self, key: str) -> ec.EllipticCurvePublicKey:
-        """The public half of the key pair named by `key` (a private-key URI; the public object shares
-        its id/label)."""
+        """The 64-byte raw r‖s signature of each 32-byte digest, in order, in one trip to the token."""
         ...
 
 

@@ -548,15 +548,6 @@ class SqlCustodyStore:
         return self._set_bench(bench_id, BenchStatus.REVOKED, actor)
 
     # -- issuance
-    def begin_issuance(self, draft: IssuanceDraft, counter_floor: int) -> tuple[IssuanceRecord, bool]:
-        return _unwrap(self.write_issuance_step((), (), ((draft, counter_floor),)).begun[0])
-
-    def complete_issuance(self, record: IssuanceRecord, signed_command: bytes) -> IssuanceRecord:
-        return _unwrap(self.write_issuance_step(((record, signed_command),), (), ()).stored[0])
-
-    def fail_issuance(self, issuance_id: int, reason: str) -> None:
-        self._writer.submit(self._fail_op(issuance_id, reason))
-
     def write_issuance_step(
         self,
         signed: Sequence[tuple[IssuanceRecord, bytes]],
@@ -738,12 +729,6 @@ def _outcome(future: Future[Any]) -> Any:
     """The op's result, or the VdnoError it ended with (the writer turns every other error into one)."""
     error = future.exception()
     return error if error is not None else future.result()
-
-
-def _unwrap(outcome: T | VdnoError) -> T:
-    if isinstance(outcome, VdnoError):
-        raise outcome
-    return outcome
 
 
 def open_store(url: str, run_migrations: bool = True) -> SqlCustodyStore:

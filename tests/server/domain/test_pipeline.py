@@ -61,9 +61,6 @@ class SoftwareSigner:
         self.corrupt = False
         self.jobs = 0
 
-    def sign_digest(self, key: str, digest: bytes) -> bytes:
-        return self.sign_digests(key, [digest])[0]
-
     def sign_digests(self, key: str, digests: Sequence[bytes]) -> list[bytes]:
         self.jobs += 1
         if self.fail:
@@ -74,9 +71,6 @@ class SoftwareSigner:
             raw = r.to_bytes(32, "big") + s.to_bytes(32, "big")
             out.append(bytes(64 - len(raw)) + raw[::-1] if self.corrupt else raw)
         return out
-
-    def public_key(self, key: str) -> ec.EllipticCurvePublicKey:
-        return self._key.public_key()
 
 
 def _der(cert: CertifiedKey) -> bytes:

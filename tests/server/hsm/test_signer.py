@@ -11,7 +11,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from server.domain.errors import HsmUnavailable, KeyNotInCustody
-from server.domain.ports import DigestSigner
 from server.hsm.keys import ensure_keypair, raw_to_der_signature
 from server.hsm.signer import Pkcs11Signer
 from server.hsm.softhsm import SoftHsmToken
@@ -30,11 +29,6 @@ def signer(hsm_token: SoftHsmToken, user_pin: str, request: pytest.FixtureReques
     """Both ways of owning the session: a worker thread, or the caller's thread under a lock."""
     with Pkcs11Signer(hsm_token.module_path, hsm_token.label, user_pin, worker_thread=request.param) as s:
         yield s
-
-
-def test_is_a_digest_signer(signer: Pkcs11Signer) -> None:
-    port: DigestSigner = signer
-    assert port is signer
 
 
 def test_sign_digest_verifies(signer: Pkcs11Signer, signing_key: tuple[str, bytes, str]) -> None:

@@ -60,6 +60,20 @@ def draft(request_id: str, bench: str = "bench-01") -> IssuanceDraft:
     return IssuanceDraft(bench, request_id, "fp", b"\x00\xdb\x12\x34\x56\x78\x90\xa0", 12, 1, b"cert")
 
 
+def begin(store: SqlCustodyStore, d: IssuanceDraft, counter_floor: int) -> tuple[IssuanceRecord, bool]:
+    (begun,) = store.write_issuance_step((), (), ((d, counter_floor),)).begun
+    if isinstance(begun, Exception):
+        raise begun
+    return begun
+
+
+def complete(store: SqlCustodyStore, record: IssuanceRecord, command: bytes) -> IssuanceRecord:
+    (stored,) = store.write_issuance_step(((record, command),), (), ()).stored
+    if isinstance(stored, Exception):
+        raise stored
+    return stored
+
+
 def test_reference_data_is_idempotent_and_audited(store: SqlCustodyStore) -> None:
     area = Area(12, "London", b"LAB\x00\x00\x03\x00\x0c", b"d", b"k")
     assert store.upsert_area(area, "t") is True
@@ -78,20 +92,20 @@ def test_reference_data_is_idempotent_and_audited(store: SqlCustodyStore) -> Non
 
 def test_counters_are_floored_increase_and_idempotent(store: SqlCustodyStore) -> None:
     store.add_generation(GEN, "t")
-    first, created = store.begin_issuance(draft("r1"), counter_floor=1_000)
+    first, created = begin(store, draft("r1"), counter_floor=1_000)
     assert created and first.counter == 1_000 and first.status is IssuanceStatus.RECORDED
-    again, created = store.begin_issuance(draft("r1"), counter_floor=5_000)
+    again, created = begin(store, draft("r1"), counter_floor=5_000)
     assert not created and again.issuance_id == first.issuance_id and again.counter == 1_000
-    second, _ = store.begin_issuance(draft("r2"), counter_floor=10)  # floor behind: last + 1
+    second, _ = begin(store, draft("r2"), counter_floor=10)  # floor behind: last + 1
     assert second.counter == 1_001
-    third, _ = store.begin_issuance(draft("r3"), counter_floor=9_000)  # floor ahead (restored backup)
+    third, _ = begin(store, draft("r3"), counter_floor=9_000)  # floor ahead (restored backup)
     assert third.counter == 9_000
 
 
 def test_signed_bytes_and_outcome_are_recorded(store: SqlCustodyStore) -> None:
     store.add_generation(GEN, "t")
-    rec, _ = store.begin_issuance(draft("r1"), counter_floor=1)
-    done = store.complete_issuance(rec, b"\xdf signed")
+    rec, _ = begin(store, draft("r1"), counter_floor=1)
+    done = complete(store, rec, b"\xdf signed")
     assert done.status is IssuanceStatus.SIGNED and done.signed_command == b"\xdf signed"
     assert store.find_issuance("bench-01", "r1").signed_command == b"\xdf signed"
     cells = CellState(b"LAB\x00\x00\x03\x00\x0c", b"\x41" * 8)
@@ -108,8 +122,8 @@ def test_signed_bytes_and_outcome_are_recorded(store: SqlCustodyStore) -> None:
 
 def test_one_issuance_step_stores_fails_and_records_each_item_on_its_own(store: SqlCustodyStore) -> None:
     store.add_generation(GEN, "t")
-    signed, _ = store.begin_issuance(draft("r1"), counter_floor=1)
-    failing, _ = store.begin_issuance(draft("r2"), counter_floor=1)
+    signed, _ = begin(store, draft("r1"), counter_floor=1)
+    failing, _ = begin(store, draft("r2"), counter_floor=1)
     stale = replace(signed, issuance_id=signed.issuance_id + 1000)  # no such record awaits a signature
     step = store.write_issuance_step(
         [(signed, b"\xdf one"), (stale, b"\xdf two")],
@@ -134,7 +148,7 @@ def test_concurrent_allocation_never_reuses_a_counter(store: SqlCustodyStore) ->
     lock = threading.Lock()
 
     def work(i: int) -> None:
-        rec, _ = store.begin_issuance(draft(f"r{i}"), counter_floor=1)
+        rec, _ = begin(store, draft(f"r{i}"), counter_floor=1)
         with lock:
             results.append(rec.counter)
 
@@ -152,11 +166,11 @@ def test_concurrent_allocation_never_reuses_a_counter(store: SqlCustodyStore) ->
 def test_counters_survive_reopen(store_url: str) -> None:
     s = open_store(store_url)
     s.add_generation(GEN, "t")
-    s.begin_issuance(draft("r1"), counter_floor=777)
+    begin(s, draft("r1"), counter_floor=777)
     s.close()
     s = open_store(store_url)  # migrations are idempotent
     try:
-        rec, _ = s.begin_issuance(draft("r2"), counter_floor=1)
+        rec, _ = begin(s, draft("r2"), counter_floor=1)
         assert rec.counter == 778
     finally:
         s.close()
@@ -180,5 +194,5 @@ def test_store_down_means_unavailable(tmp_path) -> None:
     with s.engine.begin() as c:
         c.execute(text("DROP TABLE counters"))
     with pytest.raises(StoreUnavailable):
-        s.begin_issuance(draft("r1"), counter_floor=1)
+        begin(s, draft("r1"), counter_floor=1)
     s.close()
