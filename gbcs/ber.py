@@ -208,13 +208,6 @@ def decode_int(item: Tlv, field: str) -> int:
     return int.from_bytes(item.content, "big", signed=True)
 
 
-def decode_uint(item: Tlv, field: str) -> int:
-    value = decode_int(item, field)
-    if value < 0:
-        raise DecodeError(f"{field}: negative value {value} at offset {item.offset}")
-    return value
-
-
 def decode_single_bit(item: Tlv, field: str) -> int:
     """BIT STRING with exactly one bit set -> its bit number (0 = MSB of the first byte)."""
     content = item.content

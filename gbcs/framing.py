@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from enum import IntEnum
 
+from gbcs import ber
 from gbcs.errors import DecodeError, EncodeError
 
 GENERAL_SIGNING_TAG = 0xDF
@@ -51,11 +52,7 @@ def encode_length(n: int) -> bytes:
     """README §2: 00-7F one byte; 81 nn; 82 nn nn. EncodeError if n < 0 or n > 0xFFFF."""
     if not isinstance(n, int) or n < 0 or n > 0xFFFF:
         raise EncodeError(f"length {n!r} outside 0..65535")
-    if n < 0x80:
-        return bytes([n])
-    if n <= 0xFF:
-        return bytes([0x81, n])
-    return bytes([0x82]) + n.to_bytes(2, "big")
+    return ber.der_length(n)
 
 
 def read_length(data: bytes, offset: int) -> tuple[int, int]:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.concatkdf import ConcatKDFHash
 
 from gbcs.errors import EncodeError, MacError
 from gbcs.framing import (
@@ -44,7 +45,8 @@ def derive_mac_key(private_key: ec.EllipticCurvePrivateKey, peer: PeerKey, heade
         + header.originator_counter.to_bytes(8, "big")
         + bytes(header.business_target_id)
     )
-    return hashlib.sha256(b"\x00\x00\x00\x01" + z + other_info).digest()[:16]
+    # NIST SP 800-56A single-step KDF with SHA-256, one round (counter 00000001)
+    return ConcatKDFHash(hashes.SHA256(), 16, other_info).derive(z)
 
 
 def compute_mac(

@@ -14,11 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtensionOID, NameOID
 
 from gbcs import ber
-from gbcs.cells import KeyUsage, TrustAnchorCellIdentifier
+from gbcs.cells import KeyUsage, StatusCode, TrustAnchorCellIdentifier
 from gbcs.errors import CertificateError, DecodeError
-
-STATUS_BAD_CERTIFICATE = 5
-STATUS_NO_TRUST_ANCHOR = 10
 
 X500_UNIQUE_IDENTIFIER = x509.ObjectIdentifier("2.5.4.45")
 HARDWARE_MODULE_NAME = x509.ObjectIdentifier("1.3.6.1.5.5.7.8.4")
@@ -192,20 +189,20 @@ def check_replacement_for_cell(cert: SmkiCertificate, cell: TrustAnchorCellIdent
     """README §9.5: OU (role) equals the cell's role, key usage equals the cell's, not a CA/device cert.
     CertificateError(status_code=5 badCertificate) otherwise."""
     if cert.is_ca:
-        raise CertificateError("replacement certificate is a CA certificate", STATUS_BAD_CERTIFICATE)
+        raise CertificateError("replacement certificate is a CA certificate", StatusCode.BAD_CERTIFICATE)
     if cert.is_device:
-        raise CertificateError("replacement certificate is a device certificate", STATUS_BAD_CERTIFICATE)
+        raise CertificateError("replacement certificate is a device certificate", StatusCode.BAD_CERTIFICATE)
     if cert.role != cell.role:
         raise CertificateError(
             f"replacement certificate OU role {cert.role} does not match the cell role {cell.role}",
-            STATUS_BAD_CERTIFICATE,
+            StatusCode.BAD_CERTIFICATE,
         )
     if cert.key_usage != cell.key_usage:
         got = "none" if cert.key_usage is None else cert.key_usage.name
         raise CertificateError(
             f"replacement certificate key usage {got} does not match the cell's "
             f"{KeyUsage(cell.key_usage).name}",
-            STATUS_BAD_CERTIFICATE,
+            StatusCode.BAD_CERTIFICATE,
         )
 
 
@@ -233,7 +230,7 @@ def verify_certification_path(
                 f"no chain from {current.certificate.subject.rfc4514_string() or 'device cert'} "
                 f"(issuer {current.certificate.issuer.rfc4514_string()}) to the trust anchor "
                 f"{root.certificate.subject.rfc4514_string()}",
-                STATUS_NO_TRUST_ANCHOR,
+                StatusCode.NO_TRUST_ANCHOR,
             )
         unused.remove(parent)
         chain.append(parent)
@@ -244,23 +241,25 @@ def verify_certification_path(
     for depth, issuer in enumerate(chain[1:]):
         name = issuer.certificate.subject.rfc4514_string()
         if not issuer.is_ca:
-            raise CertificateError(f"issuer {name} is not a CA (basicConstraints)", STATUS_BAD_CERTIFICATE)
+            raise CertificateError(
+                f"issuer {name} is not a CA (basicConstraints)", StatusCode.BAD_CERTIFICATE
+            )
         bc = issuer.certificate.extensions.get_extension_for_oid(ExtensionOID.BASIC_CONSTRAINTS).value
         assert isinstance(bc, x509.BasicConstraints)
         if bc.path_length is not None and depth > bc.path_length:
-            raise CertificateError(f"issuer {name} pathLenConstraint exceeded", STATUS_BAD_CERTIFICATE)
+            raise CertificateError(f"issuer {name} pathLenConstraint exceeded", StatusCode.BAD_CERTIFICATE)
         try:
             ku = issuer.certificate.extensions.get_extension_for_oid(ExtensionOID.KEY_USAGE).value
             assert isinstance(ku, x509.KeyUsage)
             if not ku.key_cert_sign:
-                raise CertificateError(f"issuer {name} lacks keyCertSign", STATUS_BAD_CERTIFICATE)
+                raise CertificateError(f"issuer {name} lacks keyCertSign", StatusCode.BAD_CERTIFICATE)
         except x509.ExtensionNotFound:
             pass
 
     policy = SMKI_DEVICE_POLICY if cert.is_device else SMKI_ORG_POLICY
     if policy not in _policies(cert.certificate):
         raise CertificateError(
-            f"certificate lacks the SMKI policy {policy.dotted_string}", STATUS_BAD_CERTIFICATE
+            f"certificate lacks the SMKI policy {policy.dotted_string}", StatusCode.BAD_CERTIFICATE
         )
 
     if check_time:
@@ -272,7 +271,7 @@ def verify_certification_path(
                     f"certificate {c.subject.rfc4514_string() or 'device cert'} (serial {c.serial_number:x}) "
                     f"not valid at {when.isoformat()} (valid {c.not_valid_before_utc.isoformat()} .. "
                     f"{c.not_valid_after_utc.isoformat()})",
-                    STATUS_BAD_CERTIFICATE,
+                    StatusCode.BAD_CERTIFICATE,
                 )
 
 

@@ -16,15 +16,14 @@ key; they wait for the next step. So:
 
 from __future__ import annotations
 
-import hashlib
 import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
 
-from gbcs.signature import verify_signature
+from gbcs.framing import GeneralSigningApdu
+from gbcs.signature import signed_digest, verify_signature
 from gbcs.smki import SmkiCertificate
 from server.domain.commands import build_hand_out_command
 from server.domain.errors import SignatureCheckFailed, Unavailable, VdnoError
@@ -70,6 +69,12 @@ class _Signed:
     future: Future[Outcome]
     record: IssuanceRecord
     command: bytes
+
+
+@dataclass(frozen=True)
+class _Unsigned:
+    apdu: GeneralSigningApdu
+    signed_range: bytes  # what the HSM signs (as a SHA-256 digest) and what is verified
 
 
 @dataclass(frozen=True)
@@ -223,7 +228,7 @@ class IssuancePipeline:
     ) -> tuple[list[_Signed], list[_Failed]]:
         signed: list[_Signed] = []
         failed: list[_Failed] = []
-        by_key: dict[str, list[tuple[Future[Outcome], IssuanceRecord, VanillaGeneration, Any]]] = {}
+        by_key: dict[str, list[tuple[Future[Outcome], IssuanceRecord, VanillaGeneration, _Unsigned]]] = {}
         for future, record, generation, area in work:
             try:
                 apdu = build_hand_out_command(
@@ -232,20 +237,21 @@ class IssuancePipeline:
             except Exception as exc:  # e.g. an area certificate the codec cannot place
                 failed.append(_Failed(future, record.issuance_id, "command could not be built", exc))
                 continue
-            by_key.setdefault(generation.ds_key_uri, []).append((future, record, generation, apdu))
+            unsigned = _Unsigned(apdu, apdu.signed_bytes())
+            by_key.setdefault(generation.ds_key_uri, []).append((future, record, generation, unsigned))
         for key, items in by_key.items():
             try:
                 signatures = self._signer.sign_digests(
-                    key, [hashlib.sha256(apdu.signed_bytes()).digest() for *_, apdu in items]
+                    key, [signed_digest(u.signed_range) for *_, u in items]
                 )
             except Exception as exc:
                 failed += [_Failed(f, r.issuance_id, type(exc).__name__, exc) for f, r, _, _ in items]
                 continue
-            for (future, record, generation, apdu), signature in zip(items, signatures, strict=True):
+            for (future, record, generation, unsigned), signature in zip(items, signatures, strict=True):
                 try:
                     # ARCHITECTURE §5.6: verified with the certificate's public key before release.
                     verify_signature(
-                        apdu.signed_bytes(),
+                        unsigned.signed_range,
                         signature,
                         self._certificate(generation.ds_certificate).certificate,
                     )
@@ -256,5 +262,5 @@ class IssuancePipeline:
                         _Failed(future, record.issuance_id, "signature failed software verification", error)
                     )
                     continue
-                signed.append(_Signed(future, record, apdu.with_signature(signature).encode()))
+                signed.append(_Signed(future, record, unsigned.apdu.with_signature(signature).encode()))
         return signed, failed

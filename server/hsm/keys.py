@@ -19,11 +19,11 @@ from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11e
 from pkcs11.util.ec import encode_named_curve_parameters
 
+from gbcs.signature import raw_to_der
 from server.domain.errors import HsmUnavailable, KeyNotInCustody
 from server.hsm.token import SESSION_LOST_ERRORS
 
@@ -232,13 +232,6 @@ def sign_digest_with(private_key: Any, digest: bytes) -> bytes:
     return signature
 
 
-def raw_to_der_signature(raw: bytes) -> bytes:
-    """64-byte r||s -> DER ECDSA-Sig-Value (SEQUENCE { r INTEGER, s INTEGER })."""
-    if len(raw) != 64:
-        raise ValueError("a raw P-256 signature is 64 bytes")
-    return encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
-
-
 SubjectLike: TypeAlias = asn1_x509.Name | x509.Name | Sequence[tuple[Any, Any]]
 
 
@@ -315,7 +308,7 @@ def sign_csr(
         {
             "certification_request_info": info,
             "signature_algorithm": {"algorithm": "sha256_ecdsa"},
-            "signature": raw_to_der_signature(raw),
+            "signature": raw_to_der(raw),
         }
     )
     return bytes(request.dump())

@@ -77,10 +77,16 @@ class LabWorld:
     def __post_init__(self) -> None:
         self.bundle = TrustBundle(
             generations=(
-                VanillaGeneration(1, self.other_vanilla.entity_id, self.other_vanilla.ds_cert,
-                                  self.other_vanilla.ka_cert, "retired"),
-                VanillaGeneration(2, self.vanilla.entity_id, self.vanilla.ds_cert, self.vanilla.ka_cert,
-                                  "active"),
+                VanillaGeneration(
+                    1,
+                    self.other_vanilla.entity_id,
+                    self.other_vanilla.ds_cert,
+                    self.other_vanilla.ka_cert,
+                    "retired",
+                ),
+                VanillaGeneration(
+                    2, self.vanilla.entity_id, self.vanilla.ds_cert, self.vanilla.ka_cert, "active"
+                ),
             ),
             areas=tuple(
                 AreaCredentials(area_id, f"area {area_id}", keys.entity_id, keys.ds_cert, keys.ka_cert)
@@ -115,8 +121,15 @@ def make_world() -> LabWorld:
         OTHER_AREA_ID: _org(issuing, bytes.fromhex("0d00000000000015")),
     }
     return LabWorld(
-        root, issuing, device_ca, _org(issuing, VANILLA_ID), _org(issuing, OTHER_VANILLA_ID), areas,
-        device_key, device_cert, device_ka,
+        root,
+        issuing,
+        device_ca,
+        _org(issuing, VANILLA_ID),
+        _org(issuing, OTHER_VANILLA_ID),
+        areas,
+        device_key,
+        device_cert,
+        device_ka,
     )
 
 
@@ -171,14 +184,16 @@ def device_response(
     header = sent.header
     outcomes = tuple(
         ReplacementOutcome(
-            r.target, status, header.business_originator_id, b"\x01" * 8,
-            load_certificate(r.certificate).entity_id, load_certificate(r.certificate).subject_key_identifier,
+            r.target,
+            status,
+            header.business_originator_id,
+            b"\x01" * 8,
+            load_certificate(r.certificate).entity_id,
+            load_certificate(r.certificate).subject_key_identifier,
         )
         for r, status in zip(payload.replacements, statuses, strict=False)
     )
-    outcome = ExecutionOutcome(
-        header.originator_counter, 3, (RemotePartySeqNumberChange(3, 0),), outcomes
-    )
+    outcome = ExecutionOutcome(header.originator_counter, 3, (RemotePartySeqNumberChange(3, 0),), outcomes)
     return _respond(world, header, UpdateSecurityCredentialsResponse(outcome).encode(), counter)
 
 
@@ -247,7 +262,11 @@ class FakeCustodian:
         self.ack = FakeAck()
 
     def request_hand_out(
-        self, request_id: str, device_id: str, area_id: int, device_certificate: bytes,
+        self,
+        request_id: str,
+        device_id: str,
+        area_id: int,
+        device_certificate: bytes,
         credentials_response: bytes,
     ) -> FakeIssued:
         self.requests.append((request_id, device_id, area_id, device_certificate, credentials_response))

@@ -33,7 +33,10 @@ def test_hand_out_applied(world: LabWorld, tmp_path: Path) -> None:
     result = hand_out(api, meter, world.bundle, DEVICE_ID, AREA_ID, request_id="req-1", save_dir=tmp_path)
     assert result.status == APPLIED, result.reason
     assert (result.device_id, result.area_id, result.request_id, result.counter) == (
-        DEVICE_ID.hex(), AREA_ID, "req-1", 6001
+        DEVICE_ID.hex(),
+        AREA_ID,
+        "req-1",
+        6001,
     )
     assert result.generation == 2
     # reads: CS02e then CS02a, unsigned GS-only from the lab reader id; then the command as issued
@@ -121,10 +124,12 @@ def test_parse_tray_both_formats(tmp_path: Path) -> None:
     csv = tmp_path / "tray.csv"
     csv.write_text("device,area\n00db1234567890a0,14\n00db1234567890a1, 10\n")
     assert [(e.device_id.hex(), e.area_id) for e in parse_tray(plain)] == [
-        ("00db1234567890a0", 14), ("00db1234567890a1", 23)
+        ("00db1234567890a0", 14),
+        ("00db1234567890a1", 23),
     ]
     assert [(e.device_id.hex(), e.area_id) for e in parse_tray(csv)] == [
-        ("00db1234567890a0", 14), ("00db1234567890a1", 10)
+        ("00db1234567890a0", 14),
+        ("00db1234567890a1", 10),
     ]
 
 
@@ -138,8 +143,15 @@ def pems(tmp_path: Path) -> list[str]:
     for name in ("ca.pem", "cert.pem", "key.pem"):
         (tmp_path / name).write_text("x")
     base = ["--server", "127.0.0.1:1", "--sim", "127.0.0.1:2"]
-    return [*base, "--ca", str(tmp_path / "ca.pem"), "--cert", str(tmp_path / "cert.pem"),
-            "--key", str(tmp_path / "key.pem")]
+    return [
+        *base,
+        "--ca",
+        str(tmp_path / "ca.pem"),
+        "--cert",
+        str(tmp_path / "cert.pem"),
+        "--key",
+        str(tmp_path / "key.pem"),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -178,8 +190,10 @@ def test_cli_missing_settings() -> None:
 
 def test_cli_config_file(tmp_path: Path) -> None:
     config = tmp_path / "bench.toml"
-    config.write_text('[bench]\nserver = "127.0.0.1:1"\nsim = "nohostport"\nca = "ca.pem"\n'
-                      'cert = "cert.pem"\nkey = "key.pem"\n')
+    config.write_text(
+        '[bench]\nserver = "127.0.0.1:1"\nsim = "nohostport"\nca = "ca.pem"\n'
+        'cert = "cert.pem"\nkey = "key.pem"\n'
+    )
     code, err = _cli("--device", "00db1234567890a0", "--area", "14", "--config", str(config))
     assert code == 2 and "--sim" in err
 
@@ -292,10 +306,22 @@ def fake_backends(world: LabWorld, monkeypatch: pytest.MonkeyPatch) -> dict[str,
 
 
 def test_cli_single_device_json(fake_backends: dict[str, Any], pems: list[str], tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, [
-        "hand-out", "--device", DEVICE_ID.hex(), "--area", str(AREA_ID), "--json", "--request-id", "r-42",
-        "--save-commands", str(tmp_path / "cmds"), *pems,
-    ])
+    result = CliRunner().invoke(
+        app,
+        [
+            "hand-out",
+            "--device",
+            DEVICE_ID.hex(),
+            "--area",
+            str(AREA_ID),
+            "--json",
+            "--request-id",
+            "r-42",
+            "--save-commands",
+            str(tmp_path / "cmds"),
+            *pems,
+        ],
+    )
     assert result.exit_code == 0, result.stderr
     [doc] = json.loads(result.stdout)
     assert doc["status"] == "applied" and doc["requestId"] == "r-42"

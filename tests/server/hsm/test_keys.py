@@ -8,6 +8,7 @@ from cryptography.x509.oid import NameOID
 from pkcs11 import Attribute, KeyType, ObjectClass
 from pkcs11 import exceptions as p11e
 
+from gbcs.signature import raw_to_der
 from server.domain.errors import HsmUnavailable, KeyNotInCustody
 from server.hsm.keys import (
     P256_PARAMS,
@@ -15,7 +16,6 @@ from server.hsm.keys import (
     find_key,
     generate_signing_keypair,
     public_key_of,
-    raw_to_der_signature,
     read_private_key_attributes,
     sign_csr,
     sign_digest_with,
@@ -91,7 +91,7 @@ def test_hsm_signature_verifies(hsm_token: SoftHsmToken, user_pin: str) -> None:
             digest.update(message)
             raw = sign_digest_with(private, digest.finalize())
             assert len(raw) == 64
-            made.public_key.verify(raw_to_der_signature(raw), message, ec.ECDSA(hashes.SHA256()))
+            made.public_key.verify(raw_to_der(raw), message, ec.ECDSA(hashes.SHA256()))
 
 
 @pytest.mark.parametrize("form", ["pairs", "cryptography"])

@@ -10,8 +10,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
+from gbcs.signature import raw_to_der
 from server.domain.errors import HsmUnavailable, KeyNotInCustody
-from server.hsm.keys import ensure_keypair, raw_to_der_signature
+from server.hsm.keys import ensure_keypair
 from server.hsm.signer import Pkcs11Signer
 from server.hsm.softhsm import SoftHsmToken
 from server.hsm.token import open_token_session
@@ -21,7 +22,7 @@ PREHASHED = ec.ECDSA(Prehashed(hashes.SHA256()))
 
 def _verify(public: ec.EllipticCurvePublicKey, digest: bytes, raw: bytes) -> None:
     assert len(raw) == 64
-    public.verify(raw_to_der_signature(raw), digest, PREHASHED)
+    public.verify(raw_to_der(raw), digest, PREHASHED)
 
 
 @pytest.fixture(params=[True, False], ids=["worker-thread", "in-caller"])
