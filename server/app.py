@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING
 
 import grpc
 import structlog
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from gbcs.errors import GbcsError
+from gbcs.smki import load_certificate
 from server.config import ConfigError, Settings
 from server.domain.errors import HsmUnavailable
 from server.domain.issuance import HandOutService
@@ -39,14 +39,9 @@ def _read_der(path: Path, what: str) -> bytes:
     except OSError as exc:
         raise ConfigError(f"{what} {path} cannot be read") from exc
     try:
-        cert = (
-            x509.load_pem_x509_certificate(data)
-            if b"-----BEGIN" in data
-            else x509.load_der_x509_certificate(data)
-        )
-    except ValueError as exc:
-        raise ConfigError(f"{what} {path} is not a certificate") from exc
-    return cert.public_bytes(Encoding.DER)
+        return load_certificate(data).der
+    except GbcsError as exc:
+        raise ConfigError(f"{what} {path} is not an SMKI CA certificate: {exc}") from exc
 
 
 def load_anchors(settings: Settings) -> TrustAnchors:
@@ -62,10 +57,14 @@ def open_signer(
 ) -> Pkcs11Signer:
     """The PKCS#11 signer (imported here so a bench install never needs python-pkcs11)."""
     from server.hsm.signer import Pkcs11Signer
+    from server.hsm.softhsm import activate_softhsm_conf
 
     env = dict(os.environ) if environ is None else environ
     if settings.hsm.softhsm_conf is not None:
-        os.environ["SOFTHSM2_CONF"] = str(settings.hsm.softhsm_conf)
+        try:
+            activate_softhsm_conf(settings.hsm.softhsm_conf, settings.hsm.module)
+        except RuntimeError as exc:
+            raise ConfigError(str(exc)) from exc
     return Pkcs11Signer(
         str(settings.hsm.module),
         settings.hsm.token_label,

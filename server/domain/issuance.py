@@ -4,6 +4,7 @@ and outcomes (ARCHITECTURE §4, §5 rules 2-6)."""
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -23,7 +24,6 @@ from server.domain.errors import (
     Unavailable,
     UnknownArea,
     UnknownIssuance,
-    VdnoError,
 )
 from server.domain.pipeline import IssuancePipeline, NewIssuance, UnfinishedIssuance
 from server.domain.policy import (
@@ -76,10 +76,13 @@ class HandOutService:
         self._clock = clock
         self._in_flight: dict[tuple[str, str], threading.Lock] = {}
         self._in_flight_guard = threading.Lock()
-        self._certificates: dict[bytes, SmkiCertificate] = {}  # parsed certificates by DER
+        # Parsed certificates are immutable values: parse each DER once.
+        self._certificate: Callable[[bytes], SmkiCertificate] = functools.lru_cache(CERTIFICATE_MEMO)(
+            load_certificate
+        )
         self._trusted_devices: dict[bytes, SmkiCertificate] = {}  # device certificates whose chain verified
         self._pipeline = IssuancePipeline(
-            store, signer, anchors.issuing_ca, self._certificate, self._validate_in_pipeline
+            store, signer, anchors.issuing_ca, self._certificate, self._validate
         )
 
     def close(self) -> None:
@@ -105,27 +108,19 @@ class HandOutService:
 
     def _hand_out_once(self, request: HandOutRequest) -> SignedCommand:
         # A new request id is the common case: validate first; the pipeline's write step finds a retry.
-        try:
-            outcome = self._pipeline.issue(request)
-        except _Refusal as refusal:
-            # A retry of a request released earlier gets its bytes even if its inputs no longer pass.
-            error = refusal.error
-            try:
-                existing = self._store.find_issuance(request.bench_id, request.request_id)
-            except Unavailable:
-                raise error from error.__cause__
-            if existing is None:
-                raise error from error.__cause__
-            return self._resume(existing, request)
+        outcome = self._pipeline.issue(request)
         if isinstance(outcome, SignedCommand):
             return outcome
-        return self._resume(outcome, request)
-
-    def _validate_in_pipeline(self, request: HandOutRequest) -> NewIssuance:
+        if isinstance(outcome, IssuanceRecord):
+            return self._resume(outcome, request)
+        # Refused. A retry of a request released earlier gets its bytes even if its inputs no longer pass.
         try:
-            return self._validate(request)
-        except VdnoError as exc:
-            raise _Refusal(exc) from exc
+            existing = self._store.find_issuance(request.bench_id, request.request_id)
+        except Unavailable:
+            existing = None
+        if existing is None:
+            raise outcome.error
+        return self._resume(existing, request)
 
     def _validate(self, request: HandOutRequest) -> NewIssuance:
         """ARCHITECTURE §5.2: everything the command is built from comes from validated inputs and the
@@ -170,16 +165,6 @@ class HandOutService:
             raise KeyNotInCustody(f"vanilla generation {record.generation} is no longer active")
         return self._pipeline.finish(UnfinishedIssuance(record, generation, area))
 
-    def _certificate(self, der: bytes) -> SmkiCertificate:
-        """Parsed certificates are immutable values: parse each DER once (bounded memo)."""
-        cert = self._certificates.get(der)
-        if cert is None:
-            cert = load_certificate(der)
-            if len(self._certificates) >= CERTIFICATE_MEMO:
-                self._certificates.clear()
-            self._certificates[der] = cert
-        return cert
-
     def _device_certificate(self, request: HandOutRequest, now: datetime) -> SmkiCertificate:
         """check_device_certificate, remembered per certificate; the validity of the certificate and of the
         device CA is checked against the clock on every call."""
@@ -216,7 +201,7 @@ class HandOutService:
 
     def _check_response(self, record: IssuanceRecord, area: Area, response: bytes) -> RecordedOutcome:
         try:
-            device_cert = load_certificate(record.device_certificate)
+            device_cert = self._certificate(record.device_certificate)
             message = decode_message(response)
             header = message.apdu.header
             if header.cra is not Cra.RESPONSE:
@@ -238,8 +223,8 @@ class HandOutService:
         no_ds: CellState | None = None
         no_ka: CellState | None = None
         expected = {
-            KeyUsage.DIGITAL_SIGNATURE: load_certificate(area.ds_certificate).subject_key_identifier,
-            KeyUsage.KEY_AGREEMENT: load_certificate(area.ka_certificate).subject_key_identifier,
+            KeyUsage.DIGITAL_SIGNATURE: self._certificate(area.ds_certificate).subject_key_identifier,
+            KeyUsage.KEY_AGREEMENT: self._certificate(area.ka_certificate).subject_key_identifier,
         }
         applied = True
         for item in result.replacement_outcomes:
@@ -264,12 +249,3 @@ class HandOutService:
             applied = False
         status = IssuanceStatus.APPLIED if applied else IssuanceStatus.REJECTED
         return RecordedOutcome(record.issuance_id, status, tuple(cells), no_ds, no_ka)
-
-
-class _Refusal(Exception):
-    """A request refused by validation (carries the error for the caller), as opposed to a failure of
-    recording, signing or storing."""
-
-    def __init__(self, error: VdnoError) -> None:
-        super().__init__(str(error))
-        self.error = error

@@ -59,9 +59,17 @@ class UnfinishedIssuance:
     area: Area
 
 
+@dataclass(frozen=True)
+class Refused:
+    """Validation refused the request; the caller decides (a retry may still be owed its stored bytes)."""
+
+    error: VdnoError
+
+
 Work = HandOutRequest | UnfinishedIssuance
-# What a caller gets: the released command, or (NewIssuance only) the record its request id already had.
-Outcome = SignedCommand | IssuanceRecord
+# What a caller gets: the released command, or for a new request the record its request id already had,
+# or the refusal of its validation.
+Outcome = SignedCommand | IssuanceRecord | Refused
 
 
 @dataclass(frozen=True)
@@ -185,6 +193,8 @@ class IssuancePipeline:
             if isinstance(work, HandOutRequest):
                 try:
                     drafts.append((self._validate(work), future))
+                except VdnoError as exc:
+                    future.set_result(Refused(exc))
                 except Exception as exc:
                     future.set_exception(exc)
         to_sign = [
