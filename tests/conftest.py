@@ -33,18 +33,17 @@ def vectors_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def softhsm_module() -> Path:
-    """Path of libsofthsm2.so; the token itself is made per test in a temporary folder."""
-    candidates = [
-        Path("/usr/lib/softhsm/libsofthsm2.so"),
-        Path("/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so"),
-        Path("/usr/local/lib/softhsm/libsofthsm2.so"),
-    ]
-    found = next((p for p in candidates if p.is_file()), None)
-    require_part(
-        "SoftHSM",
-        found is not None and shutil.which("softhsm2-util") is not None,
-        "install the Debian package softhsm2 (make setup does)",
-    )
+    """Path of libsofthsm2.so, found the way the server finds it; tokens are made per test."""
+    from server.domain.errors import HsmUnavailable
+    from server.hsm.softhsm import find_softhsm_module
+
+    try:
+        found: Path | None = find_softhsm_module()
+    except HsmUnavailable as exc:
+        found, why = None, str(exc)
+    else:
+        why = "softhsm2-util is missing: install the Debian package softhsm2 (make setup does)"
+    require_part("SoftHSM", found is not None and shutil.which("softhsm2-util") is not None, why)
     assert found is not None
     return found
 

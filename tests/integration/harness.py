@@ -4,6 +4,7 @@ and build_server function as production), mTLS on 127.0.0.1 with a free port."""
 from __future__ import annotations
 
 import os
+import select
 import subprocess
 import sys
 import time
@@ -11,9 +12,8 @@ from pathlib import Path
 
 import grpc
 
-from scripts.lab_service import bench_channel, serving_status
+from scripts.lab_service import bench_channel, wait_until_serving
 from vdno.v1 import custodian_pb2 as pb
-from vdno.v1 import custodian_pb2_grpc as pb_grpc
 
 PYTHON = sys.executable
 
@@ -44,37 +44,29 @@ class ServerProcess:
         env = dict(os.environ)
         env.update(self.extra_env)
         env.setdefault("VDNO_LISTEN", "127.0.0.1:0")
-        log = self.log_path.open("a")
-        self.proc = subprocess.Popen(
-            [PYTHON, "-m", "server.main", "serve", "--config", str(self.state / "config.toml")],
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-            env=env,
-        )
+        with self.log_path.open("a") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                [PYTHON, "-m", "server.main", "serve", "--config", str(self.state / "config.toml")],
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                env=env,
+            )
         deadline = time.monotonic() + timeout
         assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)  # the bound port, or give up
+        line = self.proc.stdout.readline() if ready else ""
         if "listening on port" not in line:
             self.proc.kill()
             raise RuntimeError(f"server did not start: {line!r}; log: {self.log_path.read_text()[-3000:]}")
         self.port = int(line.rsplit(" ", 1)[1])
-        while time.monotonic() < deadline:
-            if self.healthy():
-                return self.port
-            time.sleep(0.05)
-        raise RuntimeError("server never became healthy")
+        wait_until_serving(self.state, self.port, self.proc.poll, max(deadline - time.monotonic(), 1.0))
+        return self.port
 
     def channel(
         self, bench: str = "bench-01", client_cert: tuple[bytes, bytes] | None = None
     ) -> grpc.Channel:
         return bench_channel(self.state, self.port, bench, client_cert)
-
-    def healthy(self) -> bool:
-        return serving_status(self.state, self.port) == "SERVING"
-
-    def stub(self, bench: str = "bench-01") -> pb_grpc.BenchServiceStub:
-        return pb_grpc.BenchServiceStub(self.channel(bench))
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
