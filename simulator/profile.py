@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from gbcs.cells import CellUsage, KeyUsage, RemotePartyRole, TrustAnchorCellIdentifier
 from gbcs.errors import DecodeError
 from gbcs.ids import parse_eui64
+from labpki.store import atomic_write
 from simulator.errors import ProfileError
 
 PROFILE_FORMAT = "vdno-sim-device/1"
@@ -130,9 +131,7 @@ def save_profile(profile: DeviceProfile, path: Path | str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(profile_to_dict(profile), indent=2) + "\n"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    atomic_write(path, text.encode("utf-8"), 0o600)  # holds private keys
 
 
 def profile_to_dict(profile: DeviceProfile) -> dict[str, Any]:

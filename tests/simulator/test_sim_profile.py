@@ -56,6 +56,7 @@ def test_round_trip_lab_profile(world: World, tmp_path: Path) -> None:
     assert profile.seq_numbers == {3: 0}
     path = tmp_path / "d.json"
     save_profile(profile, path)
+    assert path.stat().st_mode & 0o777 == 0o600  # it holds the device's private keys
     loaded = load_profile(path)
     _same(profile, loaded)
     data = json.loads(path.read_text())
