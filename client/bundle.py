@@ -7,7 +7,7 @@ from typing import Any
 
 from client.errors import BundleError
 from gbcs.errors import DecodeError
-from gbcs.ids import eui64_hex, parse_eui64
+from gbcs.ids import parse_eui64
 
 ACTIVE = "active"
 
@@ -88,14 +88,3 @@ class TrustBundle:
             root_ca_certificate=bytes(message.root_ca_certificate),
             device_ca_certificate=bytes(message.device_ca_certificate),
         )
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "generations": [
-                {"generation": g.generation, "entityId": eui64_hex(g.entity_id), "status": g.status}
-                for g in self.generations
-            ],
-            "areas": [
-                {"areaId": a.area_id, "name": a.name, "entityId": eui64_hex(a.entity_id)} for a in self.areas
-            ],
-        }

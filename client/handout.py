@@ -58,10 +58,6 @@ class HandOutResult:
     command: bytes | None = None
     generation: int | None = None
 
-    @property
-    def ok(self) -> bool:
-        return self.status == APPLIED
-
     def as_dict(self) -> dict[str, Any]:
         return {
             "device": self.device_id,
@@ -106,9 +102,7 @@ def build_read_command(device_id: bytes, message_code: int, content: bytes, read
     return GeneralSigningApdu(header, content, signature=b"").encode()
 
 
-def _check_read_response(
-    response: bytes, command: bytes, device_id: bytes, what: str
-) -> GbcsMessage:
+def _check_read_response(response: bytes, command: bytes, device_id: bytes, what: str) -> GbcsMessage:
     try:
         message = decode_message(response)
         sent = decode_message(command).apdu.header

@@ -32,15 +32,12 @@ from simulator.frames import (
     send_body,
 )
 
-RESP_SEND = RESP_GBCS  # the bench's historical name for the reply to OP_SEND
-
 __all__ = [
     "MAX_FRAME",
     "OP_LIST",
     "OP_SEND",
     "RESP_ERROR",
     "RESP_LIST",
-    "RESP_SEND",
     "DeviceTransport",
     "SimulatorTransport",
     "encode_frame",
@@ -94,7 +91,7 @@ class SimulatorTransport:
             device = check_eui64(bytes(device_id), "device id")
         except DecodeError as exc:
             raise TransportError(str(exc)) from exc
-        return self._request(send_body(device, bytes(message)), RESP_SEND).data
+        return self._request(send_body(device, bytes(message)), RESP_GBCS).data
 
     def list_devices(self) -> list[bytes]:
         reply = self._request(list_body(), RESP_LIST)

@@ -185,10 +185,6 @@ class SimulatedDevice:
     # --- state ------------------------------------------------------------------------------------
 
     @property
-    def device_id_hex(self) -> str:
-        return self.device_id.hex()
-
-    @property
     def ds_public_key(self) -> ec.EllipticCurvePublicKey:
         """The key that verifies this device's responses."""
         return self._signing_key.public_key()

@@ -60,20 +60,6 @@ ACB_KA_CELL = TrustAnchorCellIdentifier(RemotePartyRole.ACCESS_CONTROL_BROKER, K
 WAN_PROVIDER_DS_CELL = TrustAnchorCellIdentifier(RemotePartyRole.WAN_PROVIDER, KeyUsage.DIGITAL_SIGNATURE)
 TRANS_COS_DS_CELL = TrustAnchorCellIdentifier(RemotePartyRole.TRANSITIONAL_COS, KeyUsage.DIGITAL_SIGNATURE)
 
-ALL_CELLS = (
-    ROOT_CELL,
-    RECOVERY_CELL,
-    SUPPLIER_DS_CELL,
-    SUPPLIER_KA_CELL,
-    SUPPLIER_PP_KA_CELL,
-    NO_DS_CELL,
-    NO_KA_CELL,
-    ACB_DS_CELL,
-    ACB_KA_CELL,
-    WAN_PROVIDER_DS_CELL,
-    TRANS_COS_DS_CELL,
-)
-
 _KEY_USAGE_NAMES = {
     "ds": KeyUsage.DIGITAL_SIGNATURE,
     "ka": KeyUsage.KEY_AGREEMENT,
@@ -107,10 +93,6 @@ class DeviceProfile:
             raise ProfileError(f"device_id must be 8 bytes, got {len(self.device_id)}")
         if self.clock is not None and self.clock.tzinfo is None:
             object.__setattr__(self, "clock", self.clock.replace(tzinfo=UTC))
-
-    @property
-    def device_id_hex(self) -> str:
-        return self.device_id.hex()
 
 
 # --- JSON -----------------------------------------------------------------------------------------

@@ -204,14 +204,6 @@ class TrayServer:
         self._thread.start()
         return self.port
 
-    def serve_forever(self) -> None:
-        """Block until stop() is called from another thread (or KeyboardInterrupt)."""
-        if self._thread is None:
-            self.start()
-        assert self._thread is not None
-        while self._thread.is_alive():
-            self._thread.join(0.5)
-
     def stop(self) -> None:
         server, thread = self._server, self._thread
         if server is None:

@@ -167,19 +167,10 @@ def test_bad_device_id_length() -> None:
         SimulatorTransport("127.0.0.1", 1).send(b"\x01", b"x")
 
 
-def test_transport_uses_the_simulator_frame_protocol() -> None:
-    import client.transport as transport
-    import simulator.frames as frames
-
-    assert transport.encode_frame is frames.encode_frame
-    assert transport.read_frame is frames.read_frame
-    assert (transport.OP_SEND, transport.OP_LIST, transport.RESP_SEND, transport.RESP_LIST) == (
-        frames.OP_SEND,
-        frames.OP_LIST,
-        frames.RESP_GBCS,
-        frames.RESP_LIST,
-    )
+def test_frame_wire_format() -> None:
+    """4-byte big-endian length, then the body (the in-test server above frames by hand)."""
     assert encode_frame(b"\x02") == b"\x00\x00\x00\x01\x02"
+    assert encode_frame(bytes(300))[:4] == b"\x00\x00\x01\x2c"
 
 
 def test_parse_error_body() -> None:
