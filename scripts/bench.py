@@ -50,7 +50,7 @@ settings = load_settings(__import__('pathlib').Path({str(state / "config.toml")!
 store = open_store(settings.database_url)
 uri = store.list_generations()[0].ds_key_uri
 store.close()
-signer = open_signer(settings)
+signer = open_signer(settings, worker_thread=False)  # as the server's pipeline owns it
 digest = hashlib.sha256(b"bench").digest()
 for _ in range(50):
     signer.sign_digest(uri, digest)
@@ -84,8 +84,12 @@ def run_load(
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
-    stop_at = time.perf_counter() + seconds
-    barrier = threading.Barrier(benches)
+    stop_at = [0.0]  # set once every bench has its channel up, so the window is all hand-outs
+
+    def start_window() -> None:
+        stop_at[0] = time.perf_counter() + seconds
+
+    barrier = threading.Barrier(benches, action=start_window)
 
     def bench(index: int) -> None:
         try:
@@ -105,7 +109,7 @@ def run_load(
                 barrier.wait()
             except threading.BrokenBarrierError:
                 return
-            while time.perf_counter() < stop_at:
+            while time.perf_counter() < stop_at[0]:
                 device, cert, reading = readings[(index * 7919 + i) % len(readings)]
                 i += 1
                 request = pb.HandOutRequest(
@@ -126,13 +130,11 @@ def run_load(
             with lock:
                 latencies.extend(mine)
 
-    started = time.perf_counter()
     threads = [threading.Thread(target=bench, args=(i,)) for i in range(benches)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    elapsed = time.perf_counter() - started
     latencies.sort()
     q = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) > 1 else [0.0] * 99
     return {
@@ -140,7 +142,7 @@ def run_load(
         "signed": len(latencies),
         "errors": len(errors),
         "first_error": errors[0] if errors else None,
-        "signed_per_s": round(len(latencies) / min(elapsed, seconds + 0.5), 1),
+        "signed_per_s": round(len(latencies) / seconds, 1),
         "p50_ms": round(q[49] * 1000, 2),
         "p99_ms": round(q[98] * 1000, 2),
     }

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from client.errors import DeviceRefusedError
 from labpki.hierarchy import LabHierarchy
 from labpki.store import read_certificate
 from simulator.device import SimulatedDevice
+from simulator.errors import DeviceRefused
 from simulator.lab import make_device_profile
 from simulator.profile import NO_DS_CELL, NO_KA_CELL, ROOT_CELL, DeviceProfile
 
@@ -41,13 +43,20 @@ def vanilla_tray_profiles(
 
 
 class InProcessTransport:
-    """The bench client's DeviceTransport over in-process simulated devices."""
+    """The bench client's DeviceTransport over in-process simulated devices; refusals come back as the
+    tray server reports them over the wire (client.errors.DeviceRefusedError)."""
 
     def __init__(self, profiles: list[DeviceProfile]) -> None:
         self.devices = {p.device_id: SimulatedDevice(p) for p in profiles}
 
     def send(self, device_id: bytes, message: bytes) -> bytes:
-        return self.devices[device_id].process(message)
+        device = self.devices.get(device_id)
+        if device is None:
+            raise DeviceRefusedError(None, f"unknown device {device_id.hex()}")
+        try:
+            return device.process(message)
+        except DeviceRefused as exc:
+            raise DeviceRefusedError(exc.status, f"device {device_id.hex()} refused: {exc.reason}") from exc
 
     def list_devices(self) -> list[bytes]:
         return list(self.devices)

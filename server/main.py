@@ -29,11 +29,12 @@ def _settings(config: Path) -> Settings:
         raise
 
 
-def _serve_one(config: Path, ready: object = None) -> None:
+def _serve_one(settings: Settings) -> None:
+    """One server process; `settings` were built once by `serve` (they hold no secret, only where the PIN
+    is read from)."""
     from server.app import build_server
     from server.observability import configure_logging
 
-    settings = _settings(config)
     configure_logging(settings.log_level)
     running = build_server(settings)
     stop = threading.Event()
@@ -50,13 +51,13 @@ def serve(config: Path = typer.Option(..., "--config", help="TOML settings file"
     settings = _settings(config)
     try:
         if settings.processes == 1:
-            _serve_one(config)
+            _serve_one(settings)
             return
         if settings.listen.endswith(":0"):
             _fail("[server] listen needs a fixed port when processes > 1")
         ctx = multiprocessing.get_context("spawn")
         workers = [
-            ctx.Process(target=_serve_one, args=(config,), daemon=False) for _ in range(settings.processes)
+            ctx.Process(target=_serve_one, args=(settings,), daemon=False) for _ in range(settings.processes)
         ]
         for w in workers:
             w.start()

@@ -63,10 +63,6 @@ class Pkcs11Uri:
                 f"PKCS#11 URI: unknown object type {self.type!r} (expected one of {sorted(OBJECT_TYPES)})"
             )
 
-    @classmethod
-    def parse(cls, text: str) -> Pkcs11Uri:
-        return parse_pkcs11_uri(text)
-
     def __str__(self) -> str:
         path: list[str] = []
         for name in _PATH_ATTRS:
@@ -86,20 +82,6 @@ class Pkcs11Uri:
         if query:
             rendered += "?" + "&".join(query)
         return rendered
-
-    def with_type(self, object_type: str) -> Pkcs11Uri:
-        """The same object selection with another object class (e.g. the public half of a key pair)."""
-        return Pkcs11Uri(
-            token=self.token,
-            manufacturer=self.manufacturer,
-            serial=self.serial,
-            model=self.model,
-            object=self.object,
-            id=self.id,
-            type=object_type,
-            module_path=self.module_path,
-            pin_source=self.pin_source,
-        )
 
 
 def parse_pkcs11_uri(text: str) -> Pkcs11Uri:

@@ -44,9 +44,10 @@ def _peer_common_name(context: grpc.ServicerContext) -> str | None:
 _CALLER: ContextVar[str | None] = ContextVar("vdno_caller", default=None)
 
 
-def bench_identity(context: grpc.ServicerContext) -> str:
-    """The bench id is the CN of the verified client certificate (mTLS is enforced by the TLS layer)."""
-    name = _CALLER.get() or _peer_common_name(context)
+def bench_identity() -> str:
+    """The calling bench's id: the CN of its verified client certificate (mTLS is enforced by the TLS layer),
+    as ErrorMappingInterceptor read it for this call."""
+    name = _CALLER.get()
     if name is None:
         raise e.Unauthenticated("a client certificate naming the bench is required")
     return name

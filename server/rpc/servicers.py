@@ -22,7 +22,7 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
     def GetTrustBundle(
         self, request: pb.GetTrustBundleRequest, context: grpc.ServicerContext
     ) -> pb.TrustBundle:
-        self._service.require_bench(bench_identity(context))
+        self._service.require_bench(bench_identity())
         return converters.trust_bundle(
             self._store.list_generations(),
             self._store.list_areas(),
@@ -32,9 +32,9 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
         )
 
     def RequestHandOut(self, request: pb.HandOutRequest, context: grpc.ServicerContext) -> pb.HandOutResponse:
-        command = self._service.hand_out(converters.hand_out_request(bench_identity(context), request))
+        command = self._service.hand_out(converters.hand_out_request(bench_identity(), request))
         return converters.hand_out_response(command)
 
     def ReportOutcome(self, request: pb.OutcomeReport, context: grpc.ServicerContext) -> pb.OutcomeAck:
-        outcome = self._service.report_outcome(converters.outcome_report(bench_identity(context), request))
+        outcome = self._service.report_outcome(converters.outcome_report(bench_identity(), request))
         return converters.outcome_ack(outcome)

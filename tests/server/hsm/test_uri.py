@@ -40,11 +40,6 @@ def test_render_is_canonical_and_round_trips() -> None:
     assert parse_pkcs11_uri("pkcs11:") == Pkcs11Uri()
 
 
-def test_with_type_names_the_public_half() -> None:
-    uri = parse_pkcs11_uri("pkcs11:object=k;type=private")
-    assert str(uri.with_type("public")) == "pkcs11:object=k;type=public"
-
-
 _text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
 
 
