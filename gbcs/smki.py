@@ -21,7 +21,6 @@ X500_UNIQUE_IDENTIFIER = x509.ObjectIdentifier("2.5.4.45")
 HARDWARE_MODULE_NAME = x509.ObjectIdentifier("1.3.6.1.5.5.7.8.4")
 SMKI_ORG_POLICY = x509.ObjectIdentifier("1.2.826.0.1.8641679.1.2.1.4")
 SMKI_DEVICE_POLICY = x509.ObjectIdentifier("1.2.826.0.1.1800000.1.2.1.4")
-SMKI_HW_TYPE = x509.ObjectIdentifier("1.2.826.0.1.8641679.1.2.2.1")
 
 
 def subject_key_identifier_for(public_key: ec.EllipticCurvePublicKey) -> bytes:

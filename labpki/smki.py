@@ -10,7 +10,6 @@ The extension order of each certificate kind is that of the RTDS certificates.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -18,20 +17,21 @@ from typing import Literal
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID
 
+from gbcs.smki import (
+    HARDWARE_MODULE_NAME,
+    SMKI_DEVICE_POLICY,
+    SMKI_ORG_POLICY,
+    X500_UNIQUE_IDENTIFIER,
+)
+from gbcs.smki import subject_key_identifier_for as subject_key_identifier
 from labpki.errors import LabPkiError
 
 KeyUsageName = Literal["ds", "ka"]
-
-X500_UNIQUE_IDENTIFIER = x509.ObjectIdentifier("2.5.4.45")
-HARDWARE_MODULE_NAME = x509.ObjectIdentifier("1.3.6.1.5.5.7.8.4")
-SMKI_ORG_POLICY = x509.ObjectIdentifier("1.2.826.0.1.8641679.1.2.1.4")
-SMKI_DEVICE_POLICY = x509.ObjectIdentifier("1.2.826.0.1.1800000.1.2.1.4")
-SMKI_HW_TYPE = x509.ObjectIdentifier("1.2.826.0.1.8641679.1.2.2.1")
 
 ROOT_ROLE = 0x00
 ISSUING_CA_ROLE = 0x07
@@ -55,17 +55,6 @@ class CertifiedKey:
 
 def new_p256_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
-
-
-def subject_key_identifier(public_key: ec.EllipticCurvePublicKey) -> bytes:
-    """8 bytes: 0100 ‖ low 60 bits of SHA-1(subjectPublicKey BIT STRING contents), RFC 5280 method 2.
-
-    For an EC key the BIT STRING contents (after the unused-bits octet) are the uncompressed point."""
-    point = public_key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
-    digest = hashlib.sha1(point, usedforsecurity=False).digest()
-    low = bytearray(digest[-8:])
-    low[0] = 0x40 | (low[0] & 0x0F)
-    return bytes(low)
 
 
 def random_serial() -> int:

@@ -12,8 +12,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from gbcs.smki import subject_key_identifier_for as subject_key_identifier
 from labpki.errors import LabPkiError
-from labpki.smki import CertifiedKey, new_p256_key, random_serial, subject_key_identifier
+from labpki.smki import CertifiedKey, new_p256_key, random_serial
 
 CLOCK_SKEW = timedelta(minutes=5)
 

@@ -28,7 +28,6 @@ from labpki.smki import (
     make_issuing_ca,
     make_root_ca,
     new_p256_key,
-    subject_key_identifier,
 )
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
@@ -72,16 +71,6 @@ def issuing(root: CertifiedKey) -> CertifiedKey:
 @pytest.fixture(scope="module")
 def device_ca(root: CertifiedKey) -> CertifiedKey:
     return make_device_ca(root, now=NOW)
-
-
-def test_ski_reproduces_every_rtds_keystore_certificate(vectors_dir: Path) -> None:
-    for path in keystore_certs(vectors_dir):
-        cert = load(path)
-        ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
-        public_key = cert.public_key()
-        assert isinstance(public_key, ec.EllipticCurvePublicKey)
-        assert subject_key_identifier(public_key) == ski, path.name
-        assert len(ski) == 8 and ski[0] >> 4 == 0b0100
 
 
 def test_entity_id_and_usage_of_rtds_certificates(vectors_dir: Path) -> None:
