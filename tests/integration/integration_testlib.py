@@ -38,6 +38,7 @@ from gbcs.framing import Cra, GeneralSigningApdu, GroupingHeader, MessageCode, d
 from gbcs.signature import sign_apdu
 from labpki.store import read_certificate, read_certified_key
 from scripts.lab_tray import InProcessTransport, vanilla_tray_profiles
+from server.bootstrap import area_entity_id, vanilla_entity_id
 from server.store.schema import audit_log, issuances
 from server.store.sql import SqlCustodyStore, make_engine
 from simulator.device import SimulatedDevice
@@ -47,12 +48,7 @@ from vdno.v1 import custodian_pb2_grpc as pb_grpc
 PYTHON = sys.executable
 BIN = Path(PYTHON).parent
 BENCHES = ("bench-01", "bench-02")
-VANILLA_G1_ENTITY = b"VDNO\x00\x00\x00\x01"
-
-
-def area_entity_id(area_id: int) -> bytes:
-    """The lab DNO entity id `vdno-server init` gives an area: 'LAB' 00 00 03 00 <area>."""
-    return b"LAB\x00\x00\x03" + area_id.to_bytes(2, "big")
+VANILLA_G1_ENTITY = vanilla_entity_id(1)
 
 
 def ski_of(der: bytes) -> bytes:
