@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from bench_testlib import (
     FakeCustodian,
     FakeMeter,
     LabWorld,
+    der,
     with_status,
 )
 from typer.testing import CliRunner
@@ -26,6 +28,7 @@ from client.handout import APPLIED, FAILED, LAB_READER_ID, REFUSED, hand_out
 from gbcs.cells import NO_DS_CELL
 from gbcs.cs02a import ProvideSecurityCredentialsCommand
 from gbcs.framing import MessageCode, decode_message
+from labpki.smki import issue_device_certificate, make_device_ca
 
 
 def test_hand_out_applied(world: LabWorld, tmp_path: Path) -> None:
@@ -101,13 +104,37 @@ def test_hand_out_custodian_rejects_outcome(world: LabWorld) -> None:
     assert result.status == FAILED and "rejected" in result.reason
 
 
-def test_hand_out_read_with_wrong_device_certificate(world: LabWorld) -> None:
+def test_hand_out_read_answered_for_another_device(world: LabWorld) -> None:
     class Liar(FakeMeter):
         def send(self, device_id: bytes, message: bytes) -> bytes:
             return super().send(device_id, message.replace(DEVICE_ID, OTHER_DEVICE_ID))
 
     result = hand_out(FakeCustodian(world), Liar(world), world.bundle, DEVICE_ID, AREA_ID)
     assert result.status == FAILED and result.reason.startswith("read meter")
+
+
+@pytest.mark.parametrize(
+    ("which", "reason"),
+    [
+        ("ka", "not the device's digital-signing certificate"),
+        ("other-device", "not a device certificate for"),
+        ("other-ca", "does not chain to the bundle's device CA"),
+    ],
+)
+def test_hand_out_read_with_wrong_device_certificate(world: LabWorld, which: str, reason: str) -> None:
+    key = world.device_key.public_key()
+    if which == "ka":
+        certificate = world.device_ka_cert
+    elif which == "other-device":
+        certificate = der(issue_device_certificate(world.device_ca, key, OTHER_DEVICE_ID, "ds"))
+    else:
+        certificate = der(issue_device_certificate(make_device_ca(world.root), key, DEVICE_ID, "ds"))
+    meter = FakeMeter(world)
+    meter.world = replace(world, device_cert=certificate)  # the meter answers CS02e with it
+
+    result = hand_out(FakeCustodian(world), meter, world.bundle, DEVICE_ID, AREA_ID)
+    assert result.status == FAILED and reason in result.reason, result.reason
+    assert len(meter.sent) == 1  # nothing after the CS02e read
 
 
 def test_hand_out_unknown_area(world: LabWorld) -> None:
