@@ -382,14 +382,14 @@ class SimulatedDevice:
         return required
 
     def _check_mac(self, msg: GbcsMessage, required: bool) -> None:
-        acb = self.cell_certificate(ACB_KA_CELL)
-        ka_key = self.device_ka.private_key
         if msg.mac is None:
             if required:
                 raise _Reject(
                     StatusCode.BAD_SIGNATURE, "ACB-SMD MAC required but the command is not MAC-framed"
                 )
             return
+        acb = self.cell_certificate(ACB_KA_CELL)
+        ka_key = self.device_ka.private_key
         if acb is None or ka_key is None:
             if required:
                 raise _Reject(

@@ -9,6 +9,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from gbcs.errors import DecodeError
+from gbcs.ids import parse_eui64
 from server.domain.errors import InvalidRequest, VdnoError
 
 # MPAS distributor ids of the 14 GB DNO areas and their names.
@@ -31,15 +33,14 @@ AREA_NAMES: dict[int, str] = {
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
 _BENCH_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
-_HEX16 = re.compile(r"^[0-9A-Fa-f]{16}$")
 
 
 def parse_entity_id(text: str, what: str) -> bytes:
     """An EUI-64 as 16 hex digits (separators '-', ':' or ' ' allowed) -> 8 bytes."""
-    compact = re.sub(r"[-: ]", "", text or "")
-    if not _HEX16.match(compact):
-        raise InvalidRequest(f"{what} must be an EUI-64 of 16 hex digits, got {text!r:.40}")
-    return bytes.fromhex(compact)
+    try:
+        return parse_eui64(text)
+    except DecodeError:
+        raise InvalidRequest(f"{what} must be an EUI-64 of 16 hex digits, got {text!r:.40}") from None
 
 
 def parse_area_id(value: int) -> int:
