@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from rtds_vectors import vectors_path
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,7 +27,7 @@ def require_part(what: str, available: bool, how: str) -> None:
 
 @pytest.fixture(scope="session")
 def vectors_dir() -> Path:
-    path = Path(os.environ.get("VDNO_VECTORS", ROOT.parent / "shared" / "gbcs" / "vectors"))
+    path = vectors_path()
     require_part("the RTDS vectors", (path / "INDEX.md").is_file(), f"expected at {path}")
     return path
 

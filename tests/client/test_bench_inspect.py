@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
+from rtds_vectors import vectors_path
 from typer.testing import CliRunner
 
 from client.cli import app
@@ -21,8 +21,7 @@ from client.inspect import (
 )
 
 ACB = "90b3d51f30000002"
-_DEFAULT_VECTORS = Path(__file__).resolve().parents[3] / "shared" / "gbcs" / "vectors"
-VECTORS = Path(os.environ.get("VDNO_VECTORS", _DEFAULT_VECTORS))
+VECTORS = vectors_path()
 NO_BY_NO = "6.15.1_CS02bNOByNO/CS02bNOByNO_6.15.1_SUCCESS_COMMAND_GBCS.HEX"
 
 
