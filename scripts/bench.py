@@ -2,10 +2,14 @@
 
 Measured in one run on this machine (client and server share it):
   1. raw: one Pkcs11Signer session signing SHA-256 digests back to back with the vanilla key;
-  2. end to end: `vdno-server serve` (subprocess(es), SQLite durable, group commit) answering
+  2. baseline: a bare mTLS gRPC server (same TLS files, same token and key, same number of processes)
+     that does one SoftHSM signature per call and nothing else, driven by the same client loop with
+     requests of the same size; the issue's yardstick for what this machine can do at all;
+  3. end to end: `vdno-server serve` (subprocess(es), SQLite durable, group commit) answering
      RequestHandOut from 1 and from 8 concurrent benches, each call a new request id, so every call
      allocates a counter, records the issuance, signs in the HSM, verifies, stores, releases.
-Prints signed/s, p50/p99 latency and the ratio end-to-end / raw; writes them as JSON to --out.
+Prints signed/s, p50/p99 latency, the ratios end-to-end / raw and end-to-end / baseline, and the share
+of CPU time the hypervisor took away (steal) during each phase; writes them as JSON to --out.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,6 +35,8 @@ import grpc  # noqa: E402
 from scripts.lab_service import bench_channel, wait_until_serving  # noqa: E402
 from vdno.v1 import custodian_pb2 as pb  # noqa: E402
 from vdno.v1 import custodian_pb2_grpc as pb_grpc  # noqa: E402
+
+BASELINE_METHOD = "/vdno.bench.Baseline/Sign"
 
 
 def free_port() -> int:
@@ -78,16 +85,93 @@ def make_readings(state: Path, count: int) -> list[tuple[str, bytes, bytes]]:
     return readings
 
 
+def cpu_steal_share() -> Callable[[], float | None]:
+    """Start counting; the returned function gives the share of all CPU time the hypervisor stole since
+    (the `steal` column of /proc/stat), or None where the kernel does not report it."""
+
+    def read() -> tuple[int, int] | None:
+        try:
+            fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        except (OSError, ValueError):
+            return None
+        return (fields[7], sum(fields[:8])) if len(fields) >= 8 else None
+
+    before = read()
+
+    def since() -> float | None:
+        after = read()
+        if before is None or after is None or after[1] == before[1]:
+            return None
+        return round(100 * (after[0] - before[0]) / (after[1] - before[1]), 1)
+
+    return since
+
+
+Call = Callable[[grpc.Channel], Callable[[int], object]]
+
+
+def hand_out_call(readings: list[tuple[str, bytes, bytes]], index: int) -> Call:
+    """RequestHandOut with a new request id each time: every call is a new issuance."""
+
+    def bind(channel: grpc.Channel) -> Callable[[int], object]:
+        stub = pb_grpc.BenchServiceStub(channel)
+        stub.GetTrustBundle(pb.GetTrustBundleRequest())  # handshake outside the timed loop
+
+        def call(i: int) -> object:
+            device, cert, reading = readings[(index * 7919 + i) % len(readings)]
+            request = pb.HandOutRequest(
+                request_id=uuid.uuid4().hex,
+                device_id=device,
+                area_id=10 + (i % 14),
+                device_certificate=cert,
+                credentials_response=reading,
+            )
+            return stub.RequestHandOut(request, timeout=10)
+
+        return call
+
+    return bind
+
+
+def baseline_call(readings: list[tuple[str, bytes, bytes]], index: int) -> Call:
+    """The bare server's one method, sent a request of the same size as a hand-out."""
+
+    def bind(channel: grpc.Channel) -> Callable[[int], object]:
+        sign = channel.unary_unary(BASELINE_METHOD)
+        sign(b"handshake", timeout=10)
+
+        def call(i: int) -> object:
+            device, cert, reading = readings[(index * 7919 + i) % len(readings)]
+            body = pb.HandOutRequest(
+                request_id=uuid.uuid4().hex,
+                device_id=device,
+                area_id=10 + (i % 14),
+                device_certificate=cert,
+                credentials_response=reading,
+            ).SerializeToString()
+            return sign(body, timeout=10)
+
+        return call
+
+    return bind
+
+
 def run_load(
-    port: int, state: Path, benches: int, seconds: float, readings: list[tuple[str, bytes, bytes]]
+    port: int,
+    state: Path,
+    benches: int,
+    seconds: float,
+    make_call: Callable[[int], Call],
 ) -> dict:
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
     stop_at = [0.0]  # set once every bench has its channel up, so the window is all hand-outs
+    steal: list[Callable[[], float | None]] = []
 
     def start_window() -> None:
         stop_at[0] = time.perf_counter() + seconds
+        steal.append(cpu_steal_share())
 
     barrier = threading.Barrier(benches, action=start_window)
 
@@ -101,8 +185,7 @@ def run_load(
 
     def run_bench(index: int) -> None:
         with bench_channel(state, port, f"bench-{index + 1:02d}") as channel:
-            stub = pb_grpc.BenchServiceStub(channel)
-            stub.GetTrustBundle(pb.GetTrustBundleRequest())  # handshake outside the timed loop
+            call = make_call(index)(channel)
             mine: list[float] = []
             i = 0
             try:
@@ -110,18 +193,10 @@ def run_load(
             except threading.BrokenBarrierError:
                 return
             while time.perf_counter() < stop_at[0]:
-                device, cert, reading = readings[(index * 7919 + i) % len(readings)]
                 i += 1
-                request = pb.HandOutRequest(
-                    request_id=uuid.uuid4().hex,
-                    device_id=device,
-                    area_id=10 + (i % 14),
-                    device_certificate=cert,
-                    credentials_response=reading,
-                )
                 t0 = time.perf_counter()
                 try:
-                    stub.RequestHandOut(request, timeout=10)
+                    call(i)
                 except grpc.RpcError as exc:
                     with lock:
                         errors.append(f"{exc.code().name}: {exc.details()}")
@@ -145,7 +220,74 @@ def run_load(
         "signed_per_s": round(len(latencies) / seconds, 1),
         "p50_ms": round(q[49] * 1000, 2),
         "p99_ms": round(q[98] * 1000, 2),
+        "cpu_steal_percent": steal[0]() if steal else None,
     }
+
+
+def serve_baseline(state: Path, port: int) -> None:
+    """The bare server (one process): mTLS, one SoftHSM signature of the request's SHA-256 per call."""
+    import hashlib
+    from concurrent import futures
+
+    from server.app import open_signer
+    from server.config import load_settings
+    from server.store.sql import open_store
+
+    settings = load_settings(state / "config.toml")
+    store = open_store(settings.database_url)
+    key = store.list_generations()[0].ds_key_uri
+    store.close()
+    signer = open_signer(settings, worker_thread=False)
+    signer.sign_digest(key, hashlib.sha256(b"warm up").digest())
+
+    def sign(request: bytes, context: grpc.ServicerContext) -> bytes:
+        return signer.sign_digest(key, hashlib.sha256(request).digest())
+
+    handler = grpc.method_handlers_generic_handler(
+        BASELINE_METHOD.split("/")[1], {"Sign": grpc.unary_unary_rpc_method_handler(sign)}
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(settings.threads))
+    server.add_generic_rpc_handlers((handler,))
+    tls = settings.tls
+    credentials = grpc.ssl_server_credentials(
+        [(tls.server_key.read_bytes(), tls.server_certificate.read_bytes())],
+        root_certificates=tls.client_ca.read_bytes(),
+        require_client_auth=True,
+    )
+    server.add_secure_port(f"127.0.0.1:{port}", credentials)
+    server.start()
+    print("serving", flush=True)
+    server.wait_for_termination()
+
+
+def measure_baseline(state: Path, processes: int, seconds: float, readings: list) -> list[dict]:
+    port = free_port()
+    servers = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--state", str(state), "--serve-baseline", str(port)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(processes)  # gRPC sets SO_REUSEPORT: the processes share the port
+    ]
+    try:
+        for server in servers:
+            if server.stdout is None or server.stdout.readline().strip() != "serving":
+                raise RuntimeError("the baseline server did not start")
+        results = []
+        for n in (1, 8):
+            r = run_load(port, state, n, seconds, lambda i: baseline_call(readings, i))
+            results.append(r)
+            print(
+                f"baseline (bare mTLS gRPC + one SoftHSM signature), {n} client(s): "
+                f"{r['signed_per_s']:,.0f} calls/s, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
+                f"CPU steal {r['cpu_steal_percent']}%, errors {r['errors']}"
+            )
+        return results
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=30)
 
 
 def main() -> int:
@@ -156,8 +298,12 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results.json")
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--processes", type=int, default=2, help="server processes sharing the port")
+    parser.add_argument("--serve-baseline", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     state = args.state.resolve()
+    if args.serve_baseline is not None:
+        serve_baseline(state, args.serve_baseline)
+        return 0
     benches = tuple(f"bench-{i:02d}" for i in range(1, 9))
     init = [sys.executable, "-m", "server.main", "init", "--state", str(state)]
     for b in benches:
@@ -167,6 +313,7 @@ def main() -> int:
     raw = measure_raw_hsm(state, args.seconds / 2)
     print(f"raw HSM (one session, CKM_ECDSA P-256): {raw:,.0f} signs/s")
     readings = make_readings(state, 64)
+    baseline = measure_baseline(state, args.processes, args.seconds, readings)
 
     port = free_port()
     env = dict(os.environ, VDNO_LISTEN=f"127.0.0.1:{port}", VDNO_PROCESSES=str(args.processes))
@@ -181,13 +328,16 @@ def main() -> int:
         wait_until_serving(state, port, server.poll, timeout=90)
         time.sleep(1.0)  # SERVING came from one worker process; let the others finish starting
         results = []
-        for n in (1, 8):
-            r = run_load(port, state, n, args.seconds, readings)
+        for n, base in zip((1, 8), baseline, strict=True):
+            r = run_load(port, state, n, args.seconds, lambda i: hand_out_call(readings, i))
+            r["ratio_to_raw_hsm"] = round(r["signed_per_s"] / raw, 3)
+            r["ratio_to_baseline"] = round(r["signed_per_s"] / base["signed_per_s"], 3)
             results.append(r)
             print(
                 f"end to end, {n} bench(es): {r['signed_per_s']:,.0f} signed/s, p50 {r['p50_ms']} ms, "
-                f"p99 {r['p99_ms']} ms, ratio to raw HSM {r['signed_per_s'] / raw:.2f}, errors {r['errors']}"
-                + (f" (first: {r['first_error']})" if r["first_error"] else "")
+                f"p99 {r['p99_ms']} ms, ratio to raw HSM {r['ratio_to_raw_hsm']:.2f}, "
+                f"ratio to baseline {r['ratio_to_baseline']:.2f}, CPU steal {r['cpu_steal_percent']}%, "
+                f"errors {r['errors']}" + (f" (first: {r['first_error']})" if r["first_error"] else "")
             )
     finally:
         server.terminate()
@@ -195,15 +345,32 @@ def main() -> int:
     report = {
         "raw_hsm_signs_per_s": round(raw, 1),
         "server_processes": args.processes,
+        "baseline": [
+            {k: b[k] for k in ("p50_ms", "p99_ms", "errors", "cpu_steal_percent")}
+            | {"clients": b["benches"], "calls_per_s": b["signed_per_s"]}
+            for b in baseline
+        ],
         "end_to_end": [
-            {k: r[k] for k in ("benches", "signed_per_s", "p50_ms", "p99_ms", "signed", "errors")}
-            | {"ratio_to_raw_hsm": round(r["signed_per_s"] / raw, 3)}
+            {
+                k: r[k]
+                for k in (
+                    "benches",
+                    "signed_per_s",
+                    "p50_ms",
+                    "p99_ms",
+                    "signed",
+                    "errors",
+                    "ratio_to_raw_hsm",
+                    "ratio_to_baseline",
+                    "cpu_steal_percent",
+                )
+            }
             for r in results
         ],
     }
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
-    return 0 if all(r["errors"] == 0 for r in results) else 1
+    return 0 if all(r["errors"] == 0 for r in results + baseline) else 1
 
 
 if __name__ == "__main__":
