@@ -7,8 +7,8 @@ multi-byte (high-number) tags, truncation and trailing bytes with DecodeError na
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from gbcs.errors import DecodeError, EncodeError
 
@@ -24,8 +24,9 @@ TAG_SEQUENCE = 0x30
 _MAX_LEN_BYTES = 4
 
 
-@dataclass(frozen=True)
-class Tlv:
+class Tlv(NamedTuple):
+    """One element as read. A NamedTuple: immutable, and cheap to build on the hot decode path."""
+
     tag: int
     content: bytes
     offset: int  # absolute offset of the tag byte (relative to the outermost buffer decoded)
@@ -40,16 +41,16 @@ class Tlv:
 def read_tlv(data: bytes, pos: int, what: str, base: int = 0) -> tuple[Tlv, int]:
     """Read one TLV at data[pos]; returns (tlv, position after it). Offsets in messages are base+pos."""
     start = pos
-    if pos >= len(data):
-        raise DecodeError(f"{what}: truncated, expected a tag at offset {base + pos}")
+    size = len(data)
+    if pos + 1 >= size:
+        if pos >= size:
+            raise DecodeError(f"{what}: truncated, expected a tag at offset {base + pos}")
+        raise DecodeError(f"{what}: truncated, expected a length at offset {base + pos + 1}")
     tag = data[pos]
     if tag & 0x1F == 0x1F:
         raise DecodeError(f"{what}: unsupported high-number tag {tag:#04x} at offset {base + pos}")
-    pos += 1
-    if pos >= len(data):
-        raise DecodeError(f"{what}: truncated, expected a length at offset {base + pos}")
-    first = data[pos]
-    pos += 1
+    first = data[pos + 1]
+    pos += 2
     if first < 0x80:
         length = first
     elif first == 0x80:
@@ -58,16 +59,19 @@ def read_tlv(data: bytes, pos: int, what: str, base: int = 0) -> tuple[Tlv, int]
         n = first & 0x7F
         if n > _MAX_LEN_BYTES:
             raise DecodeError(f"{what}: length of {n} bytes too long at offset {base + pos - 1}")
-        if pos + n > len(data):
+        if pos + n > size:
             raise DecodeError(f"{what}: truncated length at offset {base + pos - 1}")
         length = int.from_bytes(data[pos : pos + n], "big")
         pos += n
     end = pos + length
-    if end > len(data):
+    if end > size:
         raise DecodeError(
             f"{what}: value of {length} bytes at offset {base + pos} runs past the end "
-            f"({len(data) - pos} bytes left)"
+            f"({size - pos} bytes left)"
         )
+    # Slicing bytes gives bytes; a bytearray or memoryview input is copied so a Tlv never aliases it.
+    if type(data) is bytes:
+        return Tlv(tag, data[pos:end], base + start, base + pos, data[start:end]), end
     return Tlv(tag, bytes(data[pos:end]), base + start, base + pos, bytes(data[start:end])), end
 
 
