@@ -204,9 +204,7 @@ def hand_out_command(
     ] = None,
     key: Annotated[Path | None, typer.Option("--key", metavar="PEM", help="bench client private key")] = None,
     sim: Annotated[str | None, typer.Option("--sim", metavar="HOST:PORT", help="device transport")] = None,
-    server_name: Annotated[
-        str | None, typer.Option("--server-name", help="TLS server name override")
-    ] = None,
+    server_name: Annotated[str | None, typer.Option("--server-name", help="TLS server name override")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="print a JSON list of results")] = False,
     request_id: Annotated[
         str | None, typer.Option("--request-id", metavar="ID", help="request id (single device; to retry)")
@@ -242,8 +240,17 @@ def hand_out_command(
         if tray is not None
         else [TrayEntry(_eui(str(device), "--device"), _area(int(area or 0), "--area"))]
     )
-    missing = [name for name, value in (("--server", server), ("--ca", ca), ("--cert", cert),
-                                        ("--key", key), ("--sim", sim)) if not value]
+    missing = [
+        name
+        for name, value in (
+            ("--server", server),
+            ("--ca", ca),
+            ("--cert", cert),
+            ("--key", key),
+            ("--sim", sim),
+        )
+        if not value
+    ]
     if missing:
         _fail(f"missing {', '.join(missing)} (on the command line or in --config)")
     target_host, target_port = _host_port(str(server), "--server")
@@ -262,9 +269,12 @@ def hand_out_command(
     from client.transport import SimulatorTransport
 
     results: list[HandOutResult] = []
-    with BenchClient(
-        f"{target_host}:{target_port}", ca_pem, cert_pem, key_pem, server_name_override=server_name
-    ) as api, SimulatorTransport(sim_host, sim_port) as transport:
+    with (
+        BenchClient(
+            f"{target_host}:{target_port}", ca_pem, cert_pem, key_pem, server_name_override=server_name
+        ) as api,
+        SimulatorTransport(sim_host, sim_port) as transport,
+    ):
         try:
             bundle = api.trust_bundle()
         except BenchError as exc:
@@ -272,13 +282,22 @@ def hand_out_command(
 
         def run(entry: TrayEntry) -> HandOutResult:
             return hand_out(
-                api, transport, bundle, entry.device_id, entry.area_id,
-                request_id=request_id, reader_id=reader, save_dir=save_dir,
+                api,
+                transport,
+                bundle,
+                entry.device_id,
+                entry.area_id,
+                request_id=request_id,
+                reader_id=reader,
+                save_dir=save_dir,
             )
 
         if tray is not None and not json_output:
             columns = (
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
             )
             with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
                 task = progress.add_task("handing out", total=len(entries))

@@ -151,8 +151,9 @@ def check_signature(decoded: DecodedMessage, keystore: Keystore) -> Check:
     ds_candidates = keystore.ds_certificates(signer)
     if not ds_candidates:
         return Check(
-            "missing-key", f"no DS certificate {eui64_hex(signer)}-ds.pem for the Business Originator ID "
-            f"in {keystore.folder}"
+            "missing-key",
+            f"no DS certificate {eui64_hex(signer)}-ds.pem for the Business Originator ID "
+            f"in {keystore.folder}",
         )
     problems = []
     for path in ds_candidates:
