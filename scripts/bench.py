@@ -112,48 +112,36 @@ def cpu_steal_share() -> Callable[[], float | None]:
 Call = Callable[[grpc.Channel], Callable[[int], object]]
 
 
+def hand_out_request(readings: list[tuple[str, bytes, bytes]], index: int, i: int) -> pb.HandOutRequest:
+    """Bench `index`'s i-th request: a new request id, so every call is a new issuance."""
+    device, cert, reading = readings[(index * 7919 + i) % len(readings)]
+    return pb.HandOutRequest(
+        request_id=uuid.uuid4().hex,
+        device_id=device,
+        area_id=10 + (i % 14),
+        device_certificate=cert,
+        credentials_response=reading,
+    )
+
+
 def hand_out_call(readings: list[tuple[str, bytes, bytes]], index: int) -> Call:
-    """RequestHandOut with a new request id each time: every call is a new issuance."""
+    """RequestHandOut."""
 
     def bind(channel: grpc.Channel) -> Callable[[int], object]:
         stub = pb_grpc.BenchServiceStub(channel)
         stub.GetTrustBundle(pb.GetTrustBundleRequest())  # handshake outside the timed loop
-
-        def call(i: int) -> object:
-            device, cert, reading = readings[(index * 7919 + i) % len(readings)]
-            request = pb.HandOutRequest(
-                request_id=uuid.uuid4().hex,
-                device_id=device,
-                area_id=10 + (i % 14),
-                device_certificate=cert,
-                credentials_response=reading,
-            )
-            return stub.RequestHandOut(request, timeout=10)
-
-        return call
+        return lambda i: stub.RequestHandOut(hand_out_request(readings, index, i), timeout=10)
 
     return bind
 
 
 def baseline_call(readings: list[tuple[str, bytes, bytes]], index: int) -> Call:
-    """The bare server's one method, sent a request of the same size as a hand-out."""
+    """The bare server's one method, sent the same bytes a hand-out request would carry."""
 
     def bind(channel: grpc.Channel) -> Callable[[int], object]:
         sign = channel.unary_unary(BASELINE_METHOD)
         sign(b"handshake", timeout=10)
-
-        def call(i: int) -> object:
-            device, cert, reading = readings[(index * 7919 + i) % len(readings)]
-            body = pb.HandOutRequest(
-                request_id=uuid.uuid4().hex,
-                device_id=device,
-                area_id=10 + (i % 14),
-                device_certificate=cert,
-                credentials_response=reading,
-            ).SerializeToString()
-            return sign(body, timeout=10)
-
-        return call
+        return lambda i: sign(hand_out_request(readings, index, i).SerializeToString(), timeout=10)
 
     return bind
 
