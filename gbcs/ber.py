@@ -40,6 +40,8 @@ class Tlv(NamedTuple):
 
 def read_tlv(data: bytes, pos: int, what: str, base: int = 0) -> tuple[Tlv, int]:
     """Read one TLV at data[pos]; returns (tlv, position after it). Offsets in messages are base+pos."""
+    if type(data) is not bytes:  # a bytearray or memoryview: a Tlv never aliases mutable input
+        data = bytes(data)
     start = pos
     size = len(data)
     if pos + 1 >= size:
@@ -69,10 +71,7 @@ def read_tlv(data: bytes, pos: int, what: str, base: int = 0) -> tuple[Tlv, int]
             f"{what}: value of {length} bytes at offset {base + pos} runs past the end "
             f"({size - pos} bytes left)"
         )
-    # Slicing bytes gives bytes; a bytearray or memoryview input is copied so a Tlv never aliases it.
-    if type(data) is bytes:
-        return Tlv(tag, data[pos:end], base + start, base + pos, data[start:end]), end
-    return Tlv(tag, bytes(data[pos:end]), base + start, base + pos, bytes(data[start:end])), end
+    return Tlv(tag, data[pos:end], base + start, base + pos, data[start:end]), end
 
 
 def read_single(data: bytes, what: str, base: int = 0) -> Tlv:
