@@ -16,6 +16,7 @@ of CPU time the hypervisor took away (steal) during each phase; writes them as J
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import socket
@@ -28,6 +29,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -47,29 +49,45 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def open_vanilla_signer(settings: Any) -> tuple[Any, str]:
+    """(signer, key URI): the first vanilla DS key on a session used in the calling thread, as the server's
+    issuance pipeline uses it. In a child process: SoftHSM reads its config once per process."""
+    from server.app import open_signer
+    from server.store.sql import open_store
+
+    store = open_store(settings.database_url)
+    try:
+        key = store.list_generations()[0].ds_key_uri
+    finally:
+        store.close()
+    return open_signer(settings, worker_thread=False), key
+
+
+def sign_back_to_back(state: Path, seconds: float) -> float:
+    """Signs per second of one session signing one digest over and over (after a warm-up)."""
+    from server.config import load_settings
+
+    signer, key = open_vanilla_signer(load_settings(state / "config.toml"))
+    digest = hashlib.sha256(b"bench").digest()
+    try:
+        for _ in range(50):
+            signer.sign_digest(key, digest)
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            signer.sign_digest(key, digest)
+            n += 1
+        return n / (time.perf_counter() - start)
+    finally:
+        signer.close()
+
+
 def measure_raw_hsm(state: Path, seconds: float) -> float:
-    """In a child process: SoftHSM reads its config once per process."""
-    code = f"""
-import hashlib, os, time, sys
-sys.path.insert(0, {str(ROOT)!r})
-from server.config import load_settings
-from server.app import open_signer
-from server.store.sql import open_store
-settings = load_settings(__import__('pathlib').Path({str(state / "config.toml")!r}))
-store = open_store(settings.database_url)
-uri = store.list_generations()[0].ds_key_uri
-store.close()
-signer = open_signer(settings, worker_thread=False)  # as the server's pipeline owns it
-digest = hashlib.sha256(b"bench").digest()
-for _ in range(50):
-    signer.sign_digest(uri, digest)
-n, start = 0, time.perf_counter()
-while time.perf_counter() - start < {seconds}:
-    signer.sign_digest(uri, digest); n += 1
-print(n / (time.perf_counter() - start))
-signer.close()
-"""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--state", str(state), "--raw-hsm", str(seconds)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -233,18 +251,13 @@ def summarise(benches: int, windows: list[Window]) -> dict:
 
 def serve_baseline(state: Path, port: int) -> None:
     """The bare server (one process): mTLS, one SoftHSM signature of the request's SHA-256 per call."""
-    import hashlib
     from concurrent import futures
 
-    from server.app import open_signer
+    from server.app import mtls_credentials
     from server.config import load_settings
-    from server.store.sql import open_store
 
     settings = load_settings(state / "config.toml")
-    store = open_store(settings.database_url)
-    key = store.list_generations()[0].ds_key_uri
-    store.close()
-    signer = open_signer(settings, worker_thread=False)
+    signer, key = open_vanilla_signer(settings)
     signer.sign_digest(key, hashlib.sha256(b"warm up").digest())
 
     def sign(request: bytes, context: grpc.ServicerContext) -> bytes:
@@ -255,13 +268,7 @@ def serve_baseline(state: Path, port: int) -> None:
     )
     server = grpc.server(futures.ThreadPoolExecutor(settings.threads))
     server.add_generic_rpc_handlers((handler,))
-    tls = settings.tls
-    credentials = grpc.ssl_server_credentials(
-        [(tls.server_key.read_bytes(), tls.server_certificate.read_bytes())],
-        root_certificates=tls.client_ca.read_bytes(),
-        require_client_auth=True,
-    )
-    server.add_secure_port(f"127.0.0.1:{port}", credentials)
+    server.add_secure_port(f"127.0.0.1:{port}", mtls_credentials(settings.tls))
     server.start()
     print("serving", flush=True)
     server.wait_for_termination()
@@ -302,10 +309,14 @@ def main() -> int:
     parser.add_argument("--processes", type=int, default=2, help="server processes sharing the port")
     parser.add_argument("--rounds", type=int, default=4, help="baseline / end-to-end turns per bench count")
     parser.add_argument("--serve-baseline", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--raw-hsm", type=float, metavar="SECONDS", help=argparse.SUPPRESS)
     args = parser.parse_args()
     state = args.state.resolve()
     if args.serve_baseline is not None:
         serve_baseline(state, args.serve_baseline)
+        return 0
+    if args.raw_hsm is not None:
+        print(sign_back_to_back(state, args.raw_hsm))
         return 0
     benches = tuple(f"bench-{i:02d}" for i in range(1, 9))
     init = [sys.executable, "-m", "server.main", "init", "--state", str(state)]

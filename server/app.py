@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from gbcs.errors import GbcsError
 from gbcs.smki import load_certificate
-from server.config import ConfigError, Settings
+from server.config import ConfigError, Settings, TlsSettings
 from server.domain.errors import HsmUnavailable
 from server.domain.issuance import HandOutService
 from server.domain.policy import TrustAnchors
@@ -88,6 +88,18 @@ class RunningServer:
         self.store.close()
 
 
+def mtls_credentials(tls: TlsSettings) -> grpc.ServerCredentials:
+    """Server credentials that require a client certificate from the configured bench CA."""
+    try:
+        return grpc.ssl_server_credentials(
+            [(tls.server_key.read_bytes(), tls.server_certificate.read_bytes())],
+            root_certificates=tls.client_ca.read_bytes(),
+            require_client_auth=True,
+        )
+    except OSError as exc:
+        raise ConfigError("tls certificate, key or client CA cannot be read") from exc
+
+
 def build_server(
     settings: Settings,
     clock: Callable[[], datetime] | None = None,
@@ -122,15 +134,7 @@ def build_server(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
-    try:
-        credentials = grpc.ssl_server_credentials(
-            [(settings.tls.server_key.read_bytes(), settings.tls.server_certificate.read_bytes())],
-            root_certificates=settings.tls.client_ca.read_bytes(),
-            require_client_auth=True,
-        )
-    except OSError as exc:
-        raise ConfigError("tls certificate, key or client CA cannot be read") from exc
-    port = server.add_secure_port(settings.listen, credentials)
+    port = server.add_secure_port(settings.listen, mtls_credentials(settings.tls))
     if port == 0:
         raise ConfigError(f"cannot listen on {settings.listen}")
     server.start()
