@@ -52,23 +52,18 @@ def load_anchors(settings: Settings) -> TrustAnchors:
     )
 
 
-def open_signer(
-    settings: Settings, environ: dict[str, str] | None = None, worker_thread: bool = True
-) -> Pkcs11Signer:
-    """The PKCS#11 signer (imported here so a bench install never needs python-pkcs11)."""
+def open_signer(settings: Settings, worker_thread: bool = True) -> Pkcs11Signer:
+    """The PKCS#11 signer (imported here so a bench install never needs python-pkcs11); the PIN is read
+    from the file or the environment variable the settings name."""
     from server.hsm.signer import Pkcs11Signer
     from server.hsm.softhsm import activate_softhsm_conf
 
-    env = dict(os.environ) if environ is None else environ
     if settings.hsm.softhsm_conf is not None:
-        try:
-            activate_softhsm_conf(settings.hsm.softhsm_conf, settings.hsm.module)
-        except RuntimeError as exc:
-            raise ConfigError(str(exc)) from exc
+        activate_softhsm_conf(settings.hsm.softhsm_conf, settings.hsm.module)
     return Pkcs11Signer(
         str(settings.hsm.module),
         settings.hsm.token_label,
-        settings.hsm.read_pin(env),
+        settings.hsm.read_pin(os.environ),
         worker_thread=worker_thread,
     )
 
@@ -100,22 +95,19 @@ def mtls_credentials(tls: TlsSettings) -> grpc.ServerCredentials:
         raise ConfigError("tls certificate, key or client CA cannot be read") from exc
 
 
-def build_server(
-    settings: Settings,
-    clock: Callable[[], datetime] | None = None,
-    environ: dict[str, str] | None = None,
-) -> RunningServer:
+def build_server(settings: Settings) -> RunningServer:
     """Open store and HSM, wire the domain, bind with mandatory mTLS, start. Binds settings.listen
-    (use port 0 for a free port; the bound port is returned)."""
+    (use port 0 for a free port; the bound port is returned). The schema is migrated beforehand, once,
+    by `vdno-server serve` (server.store.sql.migrate_database)."""
     anchors = load_anchors(settings)
-    store = open_store(settings.database_url)
+    store = open_store(settings.database_url, run_migrations=False)
     # The issuance pipeline's thread is the one caller: it owns the session, no hand-off per batch.
-    signer = open_signer(settings, environ, worker_thread=False)
+    signer = open_signer(settings, worker_thread=False)
     try:
         signer.check()  # open and log in now, not on the first hand-out
     except HsmUnavailable as exc:
         structlog.get_logger("vdno.server").warning("hsm.not_ready", reason=str(exc))
-    service = HandOutService(store, signer, anchors, clock or (lambda: datetime.now(UTC)))
+    service = HandOutService(store, signer, anchors, lambda: datetime.now(UTC))
 
     def audit_refusal(bench: str, reason: str) -> None:
         store.record_event(AuditEvent("auth.refused", f"bench:{bench}", "rpc", {"reason": reason}))

@@ -23,6 +23,7 @@ from labpki.store import (
     write_certified_key,
 )
 from labpki.tls import issue_client_certificate, issue_server_certificate
+from server.config import ConfigError
 from server.domain.values import AREA_NAMES, Area, GenerationStatus, VanillaGeneration
 from server.hsm.keys import ensure_keypair, public_key_of, sign_csr
 from server.hsm.softhsm import ensure_softhsm_token
@@ -92,7 +93,7 @@ def _certify_vanilla(
         # The token's public keys must be the certified ones (a re-made token would not match).
         for label, path in ((ds_label, ds_path), (ka_label, ka_path)):
             if read_certificate(path).public_key() != public_key_of(session, label=label):
-                raise RuntimeError(
+                raise ConfigError(
                     f"{path} does not certify the token key {label}; the state folder is inconsistent"
                 )
     return VanillaGeneration(

@@ -50,6 +50,9 @@ def serve(config: Path = typer.Option(..., "--config", help="TOML settings file"
     """Run the service. With [server] processes > 1, that many processes share the port (SO_REUSEPORT)."""
     settings = _settings(config)
     try:
+        from server.store.sql import migrate_database
+
+        migrate_database(settings.database_url)  # once, here: worker processes must not race to migrate
         if settings.processes == 1:
             _serve_one(settings)
             return

@@ -28,6 +28,8 @@ import pkcs11
 from pkcs11 import TokenFlag
 from pkcs11 import exceptions as p11e
 
+from labpki.store import atomic_write
+from server.config import ConfigError
 from server.domain.errors import HsmUnavailable
 from server.hsm import _cki
 from server.hsm.token import load_module
@@ -94,20 +96,15 @@ def write_conf(state_dir: Path) -> tuple[Path, Path]:
     conf_path = state_dir / "softhsm2.conf"
     text = render_conf(token_dir)
     if not conf_path.is_file() or conf_path.read_text() != text:
-        tmp = conf_path.with_name(conf_path.name + ".tmp")
-        tmp.write_text(text)
-        tmp.chmod(0o600)
-        os.replace(tmp, conf_path)
+        atomic_write(conf_path, text.encode(), mode=0o600)
     return conf_path, token_dir
 
 
-def activate_softhsm_conf(conf_path: Path, module_path: Path, *, allow_reinitialize: bool = False) -> None:
+def activate_softhsm_conf(conf_path: Path, module_path: Path) -> None:
     """Point this process's SoftHSM at conf_path (SOFTHSM2_CONF), before the module is initialised.
 
     If the module is already initialised in this process with another configuration, SoftHSM would
-    silently keep using the old token directory: raise, unless allow_reinitialize, which calls
-    C_Finalize + C_Initialize and thereby invalidates EVERY open session on that module in this
-    process (tests only).
+    silently keep using the old token directory: ConfigError instead.
     """
     key = str(module_path)
     conf_path = Path(conf_path).resolve()
@@ -119,12 +116,10 @@ def activate_softhsm_conf(conf_path: Path, module_path: Path, *, allow_reinitial
             previous = Path(env).resolve() if env else Path("/etc/softhsm/softhsm2.conf")
         os.environ["SOFTHSM2_CONF"] = str(conf_path)
         if loaded and previous != conf_path:
-            if not allow_reinitialize:
-                raise RuntimeError(
-                    f"SoftHSM in this process was initialised with {previous}; it reads SOFTHSM2_CONF only "
-                    f"at C_Initialize, so {conf_path} cannot take effect. Use one state dir per process."
-                )
-            load_module(key).reinitialize()
+            raise ConfigError(
+                f"SoftHSM in this process was initialised with {previous}; it reads SOFTHSM2_CONF only "
+                f"at C_Initialize, so {conf_path} cannot take effect. Use one state dir per process."
+            )
         _initialised_with[key] = conf_path
 
 
@@ -135,7 +130,6 @@ def ensure_softhsm_token(
     so_pin: str,
     *,
     module_path: Path | None = None,
-    allow_reinitialize: bool = False,
 ) -> SoftHsmToken:
     """Idempotently make a SoftHSM token `label` under state_dir (see the module docstring)."""
     encoded = label.encode("utf-8")
@@ -145,7 +139,7 @@ def ensure_softhsm_token(
         raise ValueError("SoftHSM PINs are 4 to 255 characters long")
     module = Path(module_path) if module_path is not None else find_softhsm_module()
     conf_path, token_dir = write_conf(Path(state_dir))
-    activate_softhsm_conf(conf_path, module, allow_reinitialize=allow_reinitialize)
+    activate_softhsm_conf(conf_path, module)
     lib = load_module(str(module))
     module_key = str(module)
     created = False

@@ -732,7 +732,17 @@ def _outcome(future: Future[Any]) -> Any:
 
 
 def open_store(url: str, run_migrations: bool = True) -> SqlCustodyStore:
+    """The store at `url`; with run_migrations, its schema is brought to the newest revision first."""
     engine = make_engine(url)
     if run_migrations:
         migrate(engine)
     return SqlCustodyStore(engine)
+
+
+def migrate_database(url: str) -> None:
+    """Bring the database at `url` to the newest revision, once, before any server process opens it."""
+    engine = make_engine(url)
+    try:
+        migrate(engine)
+    finally:
+        engine.dispose()

@@ -8,6 +8,7 @@ from pathlib import Path
 import pkcs11
 import pytest
 
+from server.config import ConfigError
 from server.hsm import softhsm
 from server.hsm.softhsm import SoftHsmToken, ensure_softhsm_token, find_softhsm_module
 
@@ -66,7 +67,7 @@ def test_second_state_dir_in_one_process_is_refused(
     softhsm_state_dir: Path, softhsm_module: Path, tmp_path: Path, token_label: str
 ) -> None:
     ensure_softhsm_token(softhsm_state_dir, token_label, USER_PIN, SO_PIN, module_path=softhsm_module)
-    with pytest.raises(RuntimeError, match="reads SOFTHSM2_CONF only at C_Initialize"):
+    with pytest.raises(ConfigError, match="reads SOFTHSM2_CONF only at C_Initialize"):
         ensure_softhsm_token(tmp_path, "other", USER_PIN, SO_PIN, module_path=softhsm_module)
     # put the process back on the shared state dir
     softhsm.activate_softhsm_conf(softhsm_state_dir / "softhsm2.conf", softhsm_module)
