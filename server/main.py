@@ -7,6 +7,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 
@@ -16,7 +17,7 @@ from server.domain.errors import VdnoError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="vdno: the vanilla DNO custodian service")
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
     typer.echo(f"vdno-server: {message}", err=True)
     raise typer.Exit(code)
 
@@ -26,7 +27,6 @@ def _settings(config: Path) -> Settings:
         return load_settings(config)
     except VdnoError as exc:
         _fail(str(exc))
-        raise
 
 
 def _serve_one(settings: Settings) -> None:

@@ -338,7 +338,6 @@ class SqlCustodyStore:
         self._step_writer = _GroupCommitWriter(write_engine, lock_path, threaded=False)
         self._hot = _HotPathSql(engine)
         self._driver_integrity_error: type[Exception] = engine.dialect.loaded_dbapi.IntegrityError
-        self._driver_error: type[Exception] = engine.dialect.loaded_dbapi.Error
         self._cache: dict[object, tuple[float, Any]] = {}
         self._cache_lock = threading.Lock()
 
@@ -414,8 +413,6 @@ class SqlCustodyStore:
         return None if row is None else Bench(row.bench_id, BenchStatus(row.status))
 
     def find_issuance(self, bench_id: str, request_id: str) -> IssuanceRecord | None:
-        if not self._issuance_exists(bench_id, request_id):  # the common case: a new request
-            return None
         row = self._read(
             lambda c: c.execute(
                 select(issuances).where(
@@ -424,22 +421,6 @@ class SqlCustodyStore:
             ).first()
         )
         return None if row is None else _issuance(row)
-
-    def _issuance_exists(self, bench_id: str, request_id: str) -> bool:
-        """One indexed lookup on a pooled driver connection (no SQLAlchemy statement machinery)."""
-        try:
-            raw = self.engine.raw_connection()
-            try:
-                cur = raw.cursor()
-                try:
-                    cur.execute(self._hot.existing, {"bench_id": bench_id, "request_id": request_id})
-                    return cur.fetchone() is not None
-                finally:
-                    cur.close()
-            finally:
-                raw.close()  # back to the pool (which ends any transaction the driver opened)
-        except (SQLAlchemyError, self._driver_error) as exc:
-            raise StoreUnavailable("the database cannot be read") from exc
 
     def list_issuances(self) -> list[IssuanceRecord]:
         rows = self._read(lambda c: c.execute(select(issuances).order_by(issuances.c.issuance_id)).all())
