@@ -14,8 +14,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from gbcs.cells import KeyUsage
+from gbcs.errors import CertificateError
+from gbcs.smki import load_certificate
 from labpki.errors import LabPkiError
-from labpki.smki import CertifiedKey, eui_of, key_usage_of
+from labpki.smki import CertifiedKey, KeyUsageName
 
 KEY_MODE = 0o600
 CERT_MODE = 0o644
@@ -99,9 +102,23 @@ def read_certified_key(folder: Path, stem: str, require_key: bool = True) -> Cer
     return CertifiedKey(certificate, key)
 
 
+_KEYSTORE_USAGE: dict[KeyUsage, KeyUsageName] = {
+    KeyUsage.DIGITAL_SIGNATURE: "ds",
+    KeyUsage.KEY_AGREEMENT: "ka",
+}
+
+
 def keystore_stem(certificate: x509.Certificate) -> str:
-    """RTDS keystore naming `<eui>-ds` / `<eui>-ka` (eui: 16 lower-case hex digits of the id)."""
-    return f"{eui_of(certificate)}-{key_usage_of(certificate)}"
+    """RTDS keystore naming `<eui>-ds` / `<eui>-ka` (eui: 16 lower-case hex digits of the organisation's
+    x500UniqueIdentifier or the device's hwSerialNum). LabPkiError for a CA or a non-SMKI certificate."""
+    try:
+        parsed = load_certificate(certificate.public_bytes(serialization.Encoding.DER))
+    except CertificateError as exc:
+        raise LabPkiError(f"no keystore name for {certificate.subject.rfc4514_string()!r}: {exc}") from exc
+    usage = _KEYSTORE_USAGE.get(parsed.key_usage) if parsed.key_usage is not None else None
+    if usage is None or not parsed.entity_id:
+        raise LabPkiError(f"no keystore name for CA certificate {certificate.subject.rfc4514_string()!r}")
+    return f"{parsed.entity_id.hex()}-{usage}"
 
 
 def export_keystore(

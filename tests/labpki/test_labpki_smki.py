@@ -12,18 +12,18 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
 
+from gbcs.cells import KeyUsage
+from gbcs.smki import SmkiCertificate, load_certificate
 from labpki.errors import LabPkiError
 from labpki.smki import (
     DEVICE_NOT_AFTER,
     SMKI_DEVICE_POLICY,
     SMKI_ORG_POLICY,
     CertifiedKey,
-    entity_id_of,
     hardware_module_name,
     issue_device_certificate,
     issue_from_csr,
     issue_organisation_certificate,
-    key_usage_of,
     make_device_ca,
     make_issuing_ca,
     make_root_ca,
@@ -37,6 +37,13 @@ DEVICE_ID = bytes.fromhex("00db1234567890a0")
 
 def load(path: Path) -> x509.Certificate:
     return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def parsed(cert: x509.Certificate) -> SmkiCertificate:
+    return load_certificate(cert.public_bytes(serialization.Encoding.DER))
+
+
+USAGE = {"ds": KeyUsage.DIGITAL_SIGNATURE, "ka": KeyUsage.KEY_AGREEMENT}
 
 
 def keystore_certs(vectors_dir: Path) -> list[Path]:
@@ -78,8 +85,8 @@ def test_entity_id_and_usage_of_rtds_certificates(vectors_dir: Path) -> None:
         if path.name.startswith("Z1"):
             continue
         cert = load(path)
-        assert entity_id_of(cert).hex() == path.name[:16]
-        assert key_usage_of(cert) == ("ds" if "-ds" in path.name else "ka")
+        assert parsed(cert).entity_id.hex() == path.name[:16]
+        assert parsed(cert).key_usage == USAGE["ds" if "-ds" in path.name else "ka"]
 
 
 def test_organisation_certificate_matches_rtds_profile(vectors_dir: Path, issuing: CertifiedKey) -> None:
@@ -111,8 +118,9 @@ def test_organisation_certificate_matches_rtds_profile(vectors_dir: Path, issuin
         issuer_ski = issuing.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
         assert aki.key_identifier == issuer_ski.value.digest
         assert aki.authority_cert_issuer is None and aki.authority_cert_serial_number is None
-        assert key_usage_of(ours) == usage
-        assert entity_id_of(ours) == NO_ID
+        assert parsed(ours).key_usage == USAGE[usage]
+        assert parsed(ours).entity_id == NO_ID
+        assert parsed(ours).role == 0x03
         # 16-byte positive serial, UTCTime validity (two 17 0D), 10 years less a second.
         assert 0 < ours.serial_number < 1 << 127 and ours.serial_number.bit_length() > 120
         assert ours.tbs_certificate_bytes.count(b"\x17\x0d") == 2
@@ -196,8 +204,9 @@ def test_device_certificate_matches_rtds(vectors_dir: Path, device_ca: Certified
         assert ours.not_valid_before_utc == NOW
         assert ours.not_valid_after_utc == DEVICE_NOT_AFTER == rtds.not_valid_after_utc
         assert b"\x18\x0f99991231235959Z" in ours.tbs_certificate_bytes
-        assert entity_id_of(ours) == DEVICE_ID
-        assert key_usage_of(ours) == usage
+        assert parsed(ours).entity_id == DEVICE_ID
+        assert parsed(ours).key_usage == USAGE[usage]
+        assert parsed(ours).is_device
     assert hardware_module_name(DEVICE_ID).hex().upper().endswith("040800DB1234567890A0")
 
 
@@ -247,7 +256,7 @@ def test_issue_from_csr(issuing: CertifiedKey) -> None:
     cert = issue_from_csr(issuing, make_csr(key), NO_ID, 0x03, "ka", now=NOW)
     assert cert.public_key() == key.public_key()
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME) == []
-    assert entity_id_of(cert) == NO_ID and key_usage_of(cert) == "ka"
+    assert parsed(cert).entity_id == NO_ID and parsed(cert).key_usage == KeyUsage.KEY_AGREEMENT
     cert.verify_directly_issued_by(issuing.certificate)
 
 

@@ -19,7 +19,7 @@ from labpki.smki import (
     make_root_ca,
     new_p256_key,
 )
-from labpki.store import export_keystore, read_certified_key, write_certified_key
+from labpki.store import export_keystore, keystore_stem, read_certified_key, write_certified_key
 
 
 def mode(path: Path) -> int:
@@ -96,3 +96,10 @@ def test_export_with_keys(tmp_path: Path) -> None:
     assert [p.name for p in no_keys] == ["90b3d51f30ab0000-ka.pem"]
     with pytest.raises(LabPkiError, match="both"):
         export_keystore(tmp_path / "dup", [org, org])
+
+
+def test_keystore_stem_refuses_ca_certificates() -> None:
+    root = make_root_ca()
+    for ca in (root, make_issuing_ca(root), make_device_ca(root)):
+        with pytest.raises(LabPkiError, match="no keystore name"):
+            keystore_stem(ca.certificate)
