@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Dialect, Engine, select
 from sqlalchemy.exc import NoResultFound
 
 from server.domain.values import AuditEvent
@@ -15,7 +15,6 @@ from server.store.schema import audit_head, audit_log
 
 GENESIS_HASH = "0" * 64
 HEAD = "SELECT seq, hash FROM audit_head WHERE id = 1"
-HEAD_FOR_UPDATE = HEAD + " FOR UPDATE"
 
 
 def _entry_hash(prev_hash: str, seq: int, at: str, event: str, actor: str, subject: str, details: str) -> str:
@@ -23,35 +22,39 @@ def _entry_hash(prev_hash: str, seq: int, at: str, event: str, actor: str, subje
     return hashlib.sha256(body.encode()).hexdigest()
 
 
-def append_events(conn: Connection, events: list[AuditEvent], now: datetime | None = None) -> int:
-    """Append events in order inside the caller's transaction; the chain head row is locked (FOR UPDATE)
-    so appenders on several replicas serialise. Returns the last sequence number."""
-    # PostgreSQL: lock the head row; SQLite: the writer already holds the database's write lock.
-    read_head = HEAD_FOR_UPDATE if conn.dialect.name == "postgresql" else HEAD
-    mark = "%s" if conn.dialect.paramstyle in ("format", "pyformat") else "?"  # the driver's placeholder
-    insert_sql = (
-        "INSERT INTO audit_log (seq, at, event, actor, subject, details, prev_hash, hash) VALUES ({})"
-    )
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        cursor.execute(read_head)
-        head = cursor.fetchone()
-        if head is None:
-            raise NoResultFound("audit_head row 1 is missing (the initial migration creates it)")
-        seq, prev = int(head[0]), str(head[1])
-        at = (now or datetime.now(UTC)).isoformat()
-        rows = []
-        for event in events:
-            seq += 1
-            details = json.dumps(event.details, sort_keys=True, separators=(",", ":"), default=str)
-            digest = _entry_hash(prev, seq, at, event.event, event.actor, event.subject, details)
-            rows.append((seq, at, event.event, event.actor, event.subject, details, prev, digest))
-            prev = digest
-        cursor.executemany(insert_sql.format(", ".join([mark] * 8)), rows)
-        cursor.execute(f"UPDATE audit_head SET seq = {mark}, hash = {mark} WHERE id = 1", (seq, prev))  # noqa: S608
-    finally:
-        cursor.close()
-    return seq
+class AuditAppender:
+    """Appends events inside the caller's transaction (ARCHITECTURE §5.9), with its SQL prepared once for
+    the dialect. The chain head row serialises appenders: PostgreSQL locks it (FOR UPDATE) so replicas
+    take turns; on SQLite the writer already holds the database's write lock."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        mark = "%s" if dialect.paramstyle in ("format", "pyformat") else "?"  # the driver's placeholder
+        self._read_head = HEAD + (" FOR UPDATE" if dialect.name == "postgresql" else "")
+        marks = ", ".join([mark] * 8)
+        self._insert = f"INSERT INTO audit_log (seq, at, event, actor, subject, details, prev_hash, hash) VALUES ({marks})"  # noqa: S608, E501
+        self._update_head = f"UPDATE audit_head SET seq = {mark}, hash = {mark} WHERE id = 1"  # noqa: S608
+
+    def append(self, conn: Connection, events: list[AuditEvent]) -> None:
+        """Append events in order after the chain head."""
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(self._read_head)
+            head = cursor.fetchone()
+            if head is None:
+                raise NoResultFound("audit_head row 1 is missing (the initial migration creates it)")
+            seq, prev = int(head[0]), str(head[1])
+            at = datetime.now(UTC).isoformat()
+            rows = []
+            for event in events:
+                seq += 1
+                details = json.dumps(event.details, sort_keys=True, separators=(",", ":"), default=str)
+                digest = _entry_hash(prev, seq, at, event.event, event.actor, event.subject, details)
+                rows.append((seq, at, event.event, event.actor, event.subject, details, prev, digest))
+                prev = digest
+            cursor.executemany(self._insert, rows)
+            cursor.execute(self._update_head, (seq, prev))
+        finally:
+            cursor.close()
 
 
 @dataclass(frozen=True)

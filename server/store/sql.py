@@ -46,7 +46,7 @@ from server.domain.values import (
     RecordedOutcome,
     VanillaGeneration,
 )
-from server.store.audit import append_events
+from server.store.audit import AuditAppender
 from server.store.schema import areas, benches, counters, devices, generations, issuances
 
 T = TypeVar("T")
@@ -112,6 +112,7 @@ class _GroupCommitWriter:
         # without per-op SAVEPOINTs; if any op fails, the whole transaction is rolled back (nothing was
         # committed) and the batch is run again with a SAVEPOINT per op. PostgreSQL keeps them always.
         self._optimistic = engine.dialect.name == "sqlite"
+        self._audit = AuditAppender(engine.dialect)
         # SQLite across processes: a blocking flock hands the write lock over the moment the other
         # process commits (SQLite's own busy handler sleeps up to 100 ms between retries).
         self._lock_file = open(lock_path, "a+b") if lock_path is not None else None  # noqa: SIM115
@@ -254,7 +255,7 @@ class _GroupCommitWriter:
                     audit.extend(events)
                     outcomes.append((fut, result, None))
             if audit:  # in the same transaction as the state the events describe
-                append_events(conn, audit)
+                self._audit.append(conn, audit)
         return outcomes
 
 
