@@ -36,6 +36,8 @@ from server.hsm.uri import Pkcs11Uri, parse_pkcs11_uri
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# Seconds a caller waits for the worker thread to run its job before the token counts as unavailable.
+JOB_TIMEOUT = 60.0
 
 # A cached key handle went stale (object deleted/recreated): forget the cache and look it up again.
 _STALE_HANDLE_ERRORS: tuple[type[BaseException], ...] = (p11e.KeyHandleInvalid, p11e.ObjectHandleInvalid)
@@ -67,15 +69,11 @@ class Pkcs11Signer:
         token_label: str,
         pin: str,
         *,
-        check_attributes: bool = True,
-        job_timeout: float | None = 60.0,
         worker_thread: bool = True,
     ) -> None:
         self._module_path = str(module_path)
         self._token_label = token_label
         self._pin = _Secret(pin)
-        self._check_attributes = check_attributes
-        self._job_timeout = job_timeout
         # Worker-thread state only.
         self._session: Any = None
         self._private_keys: dict[str, Any] = {}
@@ -164,7 +162,7 @@ class Pkcs11Signer:
                 raise HsmUnavailable("the PKCS#11 signer thread has stopped")
             self._queue.put((job, future))
         try:
-            return future.result(timeout=self._job_timeout)
+            return future.result(timeout=JOB_TIMEOUT)
         except TimeoutError as exc:
             future.cancel()  # dropped if the worker has not started it yet
             raise HsmUnavailable(f"PKCS#11 token {self._token_label!r} did not answer in time") from exc
@@ -249,8 +247,7 @@ class Pkcs11Signer:
         if handle is None:
             uri = self._parse(key)
             handle = hsm_keys.find_key(session, ObjectClass.PRIVATE_KEY, uri.object, uri.id)
-            if self._check_attributes:
-                hsm_keys.check_custody(handle, key)
+            hsm_keys.check_custody(handle, key)
             self._private_keys[key] = handle
         return handle
 
