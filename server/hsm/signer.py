@@ -238,6 +238,24 @@ class Pkcs11Signer:
             raise KeyNotInCustody(
                 f"the key URI names token {uri.token!r}, but this signer holds token {self._token_label!r}"
             )
+        # The signer serves the configured module and token; a URI that narrows by anything else would
+        # be silently served by them, so it is refused.
+        unchecked = [
+            name
+            for name, value in (
+                ("manufacturer", uri.manufacturer),
+                ("serial", uri.serial),
+                ("model", uri.model),
+                ("module-path", uri.module_path),
+                ("pin-source", uri.pin_source),
+            )
+            if value is not None
+        ]
+        if unchecked:
+            raise KeyNotInCustody(
+                f"the key URI {key!r} names {', '.join(unchecked)}; key URIs may name only token, object, "
+                "id and type (the module and PIN come from the [hsm] settings)"
+            )
         if uri.object is None and uri.id is None:
             raise KeyNotInCustody(f"the key URI {key!r} names no object (object= or id=)")
         return uri

@@ -108,10 +108,6 @@ def parse_pkcs11_uri(text: str) -> Pkcs11Uri:
     if query_part:
         for item in query_part.split("&"):
             name, value = _split_attr(item, "query")
-            if name == "pin-value":
-                raise InvalidRequest(
-                    "PKCS#11 URI: 'pin-value' is not allowed; PINs come from a file or the environment"
-                )
             if name not in _QUERY_ATTRS:
                 _refuse_name(name, "query")
             if name in values:

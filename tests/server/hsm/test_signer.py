@@ -114,6 +114,11 @@ def test_unknown_key_is_not_in_custody(signer: Pkcs11Signer, signing_key, hsm_to
         ("pkcs11:token=elsewhere;object=no-dno-test-gen1", "names token 'elsewhere'"),
         ("pkcs11:object=no-dno-test-gen1;type=public", "not a private key"),
         (f"pkcs11:token={hsm_token.label}", "names no object"),
+        ("pkcs11:serial=0123;object=no-dno-test-gen1", "names serial"),
+        (
+            "pkcs11:object=no-dno-test-gen1?module-path=/elsewhere/libp11.so&pin-source=file:/pin",
+            "names module-path, pin-source",
+        ),
         ("not a uri", "not usable"),
     ):
         with pytest.raises(KeyNotInCustody, match=message) as info:
