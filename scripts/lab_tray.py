@@ -8,12 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from client.errors import DeviceRefusedError
+from gbcs.cells import NO_DS_CELL, NO_KA_CELL
 from labpki.hierarchy import LabHierarchy
 from labpki.store import read_certificate
 from simulator.device import SimulatedDevice
 from simulator.errors import DeviceRefused
 from simulator.lab import make_device_profile
-from simulator.profile import NO_DS_CELL, NO_KA_CELL, ROOT_CELL, DeviceProfile
+from simulator.profile import ROOT_CELL, DeviceProfile
 
 
 def tray_device_id(index: int) -> bytes:

@@ -61,6 +61,7 @@ from datetime import UTC, datetime
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gbcs.cells import (
+    NO_DS_CELL,
     CredentialsReplacementMode,
     KeyUsage,
     RemotePartyRole,
@@ -92,19 +93,15 @@ from gbcs.smki import (
     verify_certification_path,
 )
 from simulator.errors import DeviceRefused
-from simulator.profile import ACB_KA_CELL, ROOT_CELL, DeviceKey, DeviceProfile
+from simulator.profile import ACB_KA_CELL, RECOVERY_CELL, ROOT_CELL, DeviceKey, DeviceProfile
 
 CS02B_FIRST = int(MessageCode.CS02B_ROOT_BY_SUPPLIER)
 CS02B_LAST = int(MessageCode.CS02B_ANY_BY_CONTINGENCY)
 
 # Which authorising cell each supported mode requires, and which roles it may replace.
 _MODE_AUTHORISER = {
-    CredentialsReplacementMode.NETWORK_OPERATOR_BY_NETWORK_OPERATOR: TrustAnchorCellIdentifier(
-        RemotePartyRole.NETWORK_OPERATOR, KeyUsage.DIGITAL_SIGNATURE
-    ),
-    CredentialsReplacementMode.ANY_EXCEPT_ABNORMAL_ROOT_BY_RECOVERY: TrustAnchorCellIdentifier(
-        RemotePartyRole.RECOVERY, KeyUsage.DIGITAL_SIGNATURE
-    ),
+    CredentialsReplacementMode.NETWORK_OPERATOR_BY_NETWORK_OPERATOR: NO_DS_CELL,
+    CredentialsReplacementMode.ANY_EXCEPT_ABNORMAL_ROOT_BY_RECOVERY: RECOVERY_CELL,
 }
 _MODE_TARGET_ROLES = {
     CredentialsReplacementMode.NETWORK_OPERATOR_BY_NETWORK_OPERATOR: frozenset(

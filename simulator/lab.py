@@ -4,7 +4,8 @@ Example (the demo's tray of 20 devices whose NO cells hold the custodian's vanil
 
     from labpki.hierarchy import LabHierarchy
     from simulator.lab import make_device_profile, write_tray
-    from simulator.profile import ROOT_CELL, NO_DS_CELL, NO_KA_CELL, ACB_KA_CELL
+    from gbcs.cells import NO_DS_CELL, NO_KA_CELL
+    from simulator.profile import ROOT_CELL, ACB_KA_CELL
 
     lab = LabHierarchy.load_or_create(folder)
     cells = {ROOT_CELL: lab.root.certificate, NO_DS_CELL: vanilla_ds_cert, NO_KA_CELL: vanilla_ka_cert,

@@ -37,6 +37,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from gbcs.cells import NO_DS_CELL as NO_DS_CELL  # re-exported beside the other cells; defined in gbcs.cells
+from gbcs.cells import NO_KA_CELL as NO_KA_CELL
 from gbcs.cells import CellUsage, KeyUsage, RemotePartyRole, TrustAnchorCellIdentifier
 from gbcs.errors import DecodeError
 from gbcs.ids import parse_eui64
@@ -45,7 +47,7 @@ from simulator.errors import ProfileError
 
 PROFILE_FORMAT = "vdno-sim-device/1"
 
-# The trust-anchor cells of a SMETS2 device (README §5, §9).
+# The trust-anchor cells of a SMETS2 device (README §5, §9); the NO cells come from gbcs.cells.
 ROOT_CELL = TrustAnchorCellIdentifier(RemotePartyRole.ROOT, KeyUsage.KEY_CERT_SIGN)
 RECOVERY_CELL = TrustAnchorCellIdentifier(RemotePartyRole.RECOVERY, KeyUsage.DIGITAL_SIGNATURE)
 SUPPLIER_DS_CELL = TrustAnchorCellIdentifier(RemotePartyRole.SUPPLIER, KeyUsage.DIGITAL_SIGNATURE)
@@ -53,8 +55,6 @@ SUPPLIER_KA_CELL = TrustAnchorCellIdentifier(RemotePartyRole.SUPPLIER, KeyUsage.
 SUPPLIER_PP_KA_CELL = TrustAnchorCellIdentifier(
     RemotePartyRole.SUPPLIER, KeyUsage.KEY_AGREEMENT, CellUsage.PREPAYMENT_TOP_UP
 )
-NO_DS_CELL = TrustAnchorCellIdentifier(RemotePartyRole.NETWORK_OPERATOR, KeyUsage.DIGITAL_SIGNATURE)
-NO_KA_CELL = TrustAnchorCellIdentifier(RemotePartyRole.NETWORK_OPERATOR, KeyUsage.KEY_AGREEMENT)
 ACB_DS_CELL = TrustAnchorCellIdentifier(RemotePartyRole.ACCESS_CONTROL_BROKER, KeyUsage.DIGITAL_SIGNATURE)
 ACB_KA_CELL = TrustAnchorCellIdentifier(RemotePartyRole.ACCESS_CONTROL_BROKER, KeyUsage.KEY_AGREEMENT)
 WAN_PROVIDER_DS_CELL = TrustAnchorCellIdentifier(RemotePartyRole.WAN_PROVIDER, KeyUsage.DIGITAL_SIGNATURE)

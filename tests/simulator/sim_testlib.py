@@ -10,7 +10,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gbcs.cells import KeyUsage, TrustAnchorCellIdentifier
+from gbcs.cells import NO_DS_CELL, NO_KA_CELL, KeyUsage, TrustAnchorCellIdentifier
 from gbcs.cs02a import ProvideSecurityCredentialsCommand
 from gbcs.cs02b import (
     AuthorisingRemotePartyControl,
@@ -38,8 +38,6 @@ from simulator.lab import make_device_profile
 from simulator.profile import (
     ACB_DS_CELL,
     ACB_KA_CELL,
-    NO_DS_CELL,
-    NO_KA_CELL,
     RECOVERY_CELL,
     ROOT_CELL,
     SUPPLIER_DS_CELL,

@@ -25,7 +25,7 @@ from sim_testlib import (
     with_mac,
 )
 
-from gbcs.cells import KeyUsage, StatusCode
+from gbcs.cells import NO_DS_CELL, NO_KA_CELL, KeyUsage, StatusCode
 from gbcs.cs02a import ProvideSecurityCredentialsResponse
 from gbcs.cs02b import RemotePartySeqNumberChange
 from gbcs.cs02e import DeviceCertificateResponse
@@ -38,8 +38,6 @@ from simulator.device import SimulatedDevice
 from simulator.errors import DeviceRefused
 from simulator.profile import (
     ACB_DS_CELL,
-    NO_DS_CELL,
-    NO_KA_CELL,
     RECOVERY_CELL,
     ROOT_CELL,
     SUPPLIER_DS_CELL,

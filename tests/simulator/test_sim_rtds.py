@@ -19,14 +19,13 @@ from sim_testlib import (
     snapshot,
 )
 
-from gbcs.cells import StatusCode
+from gbcs.cells import NO_DS_CELL, NO_KA_CELL, StatusCode
 from gbcs.cs02a import ProvideSecurityCredentialsResponse
 from gbcs.framing import Cra, decode_apdu, decode_message
 from gbcs.signature import sign_apdu, verify_message_signature
 from gbcs.smki import load_certificate
 from simulator.device import SimulatedDevice, dlms_date_time
 from simulator.errors import DeviceRefused
-from simulator.profile import NO_DS_CELL, NO_KA_CELL
 
 
 def _device(vectors_dir: Path, **kw: object) -> SimulatedDevice:

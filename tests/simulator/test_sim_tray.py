@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from sim_testlib import LAB_DEVICE, NO_A, RTDS_DEVICE, World, cs02a, lab_device, rtds_profile
 
+from gbcs.cells import NO_DS_CELL
 from gbcs.cs02b import UpdateSecurityCredentialsResponse
 from gbcs.framing import decode_message
 from simulator.device import SimulatedDevice
@@ -35,7 +36,7 @@ from simulator.frames import (
     send_body,
 )
 from simulator.lab import write_tray
-from simulator.profile import NO_DS_CELL, save_profile
+from simulator.profile import save_profile
 from simulator.tray import Tray, TrayServer
 
 
