@@ -21,6 +21,17 @@ TAG_ENUMERATED = 0x0A
 TAG_GENERALIZED_TIME = 0x18
 TAG_SEQUENCE = 0x30
 
+_TAG_NAMES = {
+    TAG_INTEGER: "INTEGER",
+    TAG_BIT_STRING: "BIT STRING",
+    TAG_OCTET_STRING: "OCTET STRING",
+    TAG_NULL: "NULL",
+    TAG_OID: "OBJECT IDENTIFIER",
+    TAG_ENUMERATED: "ENUMERATED",
+    TAG_GENERALIZED_TIME: "GeneralizedTime",
+    TAG_SEQUENCE: "SEQUENCE",
+}
+
 _MAX_LEN_BYTES = 4
 
 
@@ -74,12 +85,15 @@ def read_tlv(data: bytes, pos: int, what: str, base: int = 0) -> tuple[Tlv, int]
     return Tlv(tag, data[pos:end], base + start, base + pos, data[start:end]), end
 
 
-def read_single(data: bytes, what: str, base: int = 0) -> Tlv:
-    """Exactly one TLV spanning all of data."""
-    tlv, end = read_tlv(data, 0, what, base)
+def read_single(data: bytes, what: str, tag: int | None = None, base: int = 0) -> Tlv:
+    """Exactly one TLV spanning all of data, with the given tag unless tag is None."""
+    item, end = read_tlv(data, 0, what, base)
     if end != len(data):
         raise DecodeError(f"{what}: {len(data) - end} trailing bytes at offset {base + end}")
-    return tlv
+    if tag is not None and item.tag != tag:
+        name = _TAG_NAMES.get(tag, "tag")
+        raise DecodeError(f"{what}: expected {name} ({tag:02x}), got {item.tag:#04x} at offset {item.offset}")
+    return item
 
 
 def read_children(tlv: Tlv, what: str) -> list[Tlv]:
@@ -96,10 +110,7 @@ def read_children(tlv: Tlv, what: str) -> list[Tlv]:
 
 def read_sequence(data: bytes, what: str) -> SeqReader:
     """A reader over the children of the one SEQUENCE that must span all of data."""
-    outer = read_single(bytes(data), what)
-    if outer.tag != TAG_SEQUENCE:
-        raise DecodeError(f"{what}: expected SEQUENCE (30), got {outer.tag:#04x} at offset 0")
-    return SeqReader(outer, what)
+    return SeqReader(read_single(data, what, TAG_SEQUENCE), what)
 
 
 class SeqReader:
@@ -192,11 +203,9 @@ def generalized_time(value: datetime) -> bytes:
 def check_der_element(data: bytes, what: str, tag: int = TAG_SEQUENCE) -> bytes:
     """For encoding: data must be exactly one TLV with the given tag (e.g. a Certificate)."""
     try:
-        item = read_single(data, what)
+        read_single(data, what, tag)
     except DecodeError as exc:
         raise EncodeError(str(exc)) from exc
-    if item.tag != tag:
-        raise EncodeError(f"{what}: expected tag {tag:#04x}, got {item.tag:#04x}")
     return data
 
 

@@ -66,10 +66,7 @@ class ProvideSecurityCredentialsResponse:
 
 
 def _outer(data: bytes, what: str) -> ber.Tlv:
-    outer = ber.read_single(bytes(data), what)
-    if outer.tag != ber.TAG_SEQUENCE:
-        raise DecodeError(f"{what}: expected SEQUENCE (30), got {outer.tag:#04x} at offset 0")
-    return outer
+    return ber.read_single(data, what, ber.TAG_SEQUENCE)
 
 
 def _encode_role(role: RoleCredentials) -> bytes:

@@ -43,7 +43,7 @@ class DeviceCertificateResponse:
     @classmethod
     def decode(cls, data: bytes) -> DeviceCertificateResponse:
         what = "CS02e response"
-        item = ber.read_single(bytes(data), what)
+        item = ber.read_single(data, what)
         if item.tag == ber.TAG_SEQUENCE:
             return cls(certificate=item.raw)
         if item.tag == ber.TAG_INTEGER:
@@ -64,11 +64,7 @@ class UpdateDeviceCertificateCommand:
 
     @classmethod
     def decode(cls, data: bytes) -> UpdateDeviceCertificateCommand:
-        what = "CS02d command"
-        item = ber.read_single(bytes(data), what)
-        if item.tag != ber.TAG_SEQUENCE:
-            raise DecodeError(f"{what}: expected Certificate (30), got {item.tag:#04x} at offset 0")
-        return cls(item.raw)
+        return cls(ber.read_single(data, "CS02d command Certificate", ber.TAG_SEQUENCE).raw)
 
 
 @dataclass(frozen=True)
@@ -81,7 +77,4 @@ class UpdateDeviceCertificateResponse:
     @classmethod
     def decode(cls, data: bytes) -> UpdateDeviceCertificateResponse:
         what = "CS02d response"
-        item = ber.read_single(bytes(data), what)
-        if item.tag != ber.TAG_INTEGER:
-            raise DecodeError(f"{what}: expected INTEGER (02), got {item.tag:#04x} at offset 0")
-        return cls(ber.decode_int(item, f"{what}.responseCode"))
+        return cls(ber.decode_int(ber.read_single(data, what, ber.TAG_INTEGER), f"{what}.responseCode"))

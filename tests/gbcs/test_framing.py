@@ -76,6 +76,9 @@ def test_ber_lenient_and_strict() -> None:
         ber.read_single(bytes.fromhex("3005050100"), "x")  # truncated
     with pytest.raises(DecodeError):
         ber.read_single(bytes.fromhex("300005"), "x")  # trailing
+    assert ber.read_single(bytes.fromhex("020101"), "x", ber.TAG_INTEGER).content == b"\x01"
+    with pytest.raises(DecodeError, match=r"x: expected INTEGER \(02\), got 0x30 at offset 0"):
+        ber.read_single(bytes.fromhex("3000"), "x", ber.TAG_INTEGER)
     assert ber.der_int(1200) == bytes.fromhex("020204B0")
     assert ber.der_int(0x8F66) == bytes.fromhex("0203008F66")
     assert ber.der_int(0) == bytes.fromhex("020100")
