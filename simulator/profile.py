@@ -42,7 +42,7 @@ from gbcs.cells import NO_KA_CELL as NO_KA_CELL
 from gbcs.cells import CellUsage, KeyUsage, RemotePartyRole, TrustAnchorCellIdentifier
 from gbcs.errors import DecodeError
 from gbcs.ids import parse_eui64
-from labpki.store import atomic_write
+from labpki.store import atomic_write, certificate_pem, private_key_pem
 from simulator.errors import ProfileError
 
 PROFILE_FORMAT = "vdno-sim-device/1"
@@ -304,16 +304,11 @@ def _device_key_to_dict(key: DeviceKey) -> dict[str, Any] | None:
         return None
     out: dict[str, Any] = {}
     if key.private_key is not None:
-        out["private_key_pem"] = key.private_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ).decode("ascii")
+        out["private_key_pem"] = private_key_pem(key.private_key).decode("ascii")
     if key.certificate is not None:
         out["certificate_pem"] = _cert_pem(key.certificate)
     return out
 
 
 def _cert_pem(der: bytes) -> str:
-    cert = x509.load_der_x509_certificate(der)
-    return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
+    return certificate_pem(x509.load_der_x509_certificate(der)).decode("ascii")
