@@ -108,6 +108,17 @@ def read_children(tlv: Tlv, what: str) -> list[Tlv]:
     return items
 
 
+def read_sequence_of(tlv: Tlv, what: str, tag: int) -> list[Tlv]:
+    """The elements of a constructed TLV holding a SEQUENCE OF: every one must carry `tag`."""
+    items = read_children(tlv, what)
+    for item in items:
+        if item.tag != tag:
+            raise DecodeError(
+                f"{what}: element tag {item.tag:#04x} (expected {tag:#04x}) at offset {item.offset}"
+            )
+    return items
+
+
 def read_sequence(data: bytes, what: str) -> SeqReader:
     """A reader over the children of the one SEQUENCE that must span all of data."""
     return SeqReader(read_single(data, what, TAG_SEQUENCE), what)

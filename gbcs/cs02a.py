@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 from gbcs import ber
 from gbcs.cells import CellUsage, TrustAnchorCellIdentifier, decode_key_usage, encode_key_usage
-from gbcs.errors import DecodeError
 
 
 @dataclass(frozen=True)
@@ -20,19 +19,17 @@ class ProvideSecurityCredentialsCommand:
     @classmethod
     def decode(cls, data: bytes) -> ProvideSecurityCredentialsCommand:
         what = "CS02a command"
-        reader = ber.SeqReader(_outer(data, what), what)
+        reader = ber.read_sequence(data, what)
         cell = TrustAnchorCellIdentifier.decode_tlv(
             reader.next(ber.TAG_SEQUENCE, "authorisingRemotePartyTACellIdentifier"),
             f"{what}.authorisingRemotePartyTACellIdentifier",
         )
         roles_tlv = reader.next(ber.TAG_SEQUENCE, "remotePartyRolesCredentialsRequired")
         reader.done()
-        roles = []
-        for item in ber.read_children(roles_tlv, f"{what}.roles"):
-            if item.tag != ber.TAG_INTEGER:
-                raise DecodeError(f"{what}: role entry tag {item.tag:#04x} is not INTEGER at {item.offset}")
-            roles.append(ber.decode_int(item, f"{what}.role"))
-        return cls(cell, tuple(roles))
+        roles = ber.read_sequence_of(
+            roles_tlv, f"{what}.remotePartyRolesCredentialsRequired", ber.TAG_INTEGER
+        )
+        return cls(cell, tuple(ber.decode_int(item, f"{what}.role") for item in roles))
 
 
 @dataclass(frozen=True)
@@ -61,12 +58,9 @@ class ProvideSecurityCredentialsResponse:
     @classmethod
     def decode(cls, data: bytes) -> ProvideSecurityCredentialsResponse:
         what = "CS02a response"
-        outer = _outer(data, what)
-        return cls(tuple(_decode_role(item) for item in ber.read_children(outer, what)))
-
-
-def _outer(data: bytes, what: str) -> ber.Tlv:
-    return ber.read_single(data, what, ber.TAG_SEQUENCE)
+        outer = ber.read_single(data, what, ber.TAG_SEQUENCE)
+        roles = ber.read_sequence_of(outer, f"{what}.roles", ber.TAG_SEQUENCE)
+        return cls(tuple(_decode_role(item) for item in roles))
 
 
 def _encode_role(role: RoleCredentials) -> bytes:
@@ -89,8 +83,6 @@ def _encode_cell(cell: TrustAnchorCellDetails) -> bytes:
 
 def _decode_role(item: ber.Tlv) -> RoleCredentials:
     what = "CS02a role credentials"
-    if item.tag != ber.TAG_SEQUENCE:
-        raise DecodeError(f"{what}: expected SEQUENCE, got {item.tag:#04x} at offset {item.offset}")
     reader = ber.SeqReader(item, what)
     role = ber.decode_int(reader.next(ber.TAG_INTEGER, "remotePartyRole"), f"{what}.remotePartyRole")
     status = ber.decode_int(
@@ -101,7 +93,8 @@ def _decode_role(item: ber.Tlv) -> RoleCredentials:
     reader.done()
     cells = None
     if cells_tlv is not None:
-        cells = tuple(_decode_cell(c) for c in ber.read_children(cells_tlv, f"{what}.trustAnchorCellDetails"))
+        details = ber.read_sequence_of(cells_tlv, f"{what}.trustAnchorCellDetails", ber.TAG_SEQUENCE)
+        cells = tuple(_decode_cell(c) for c in details)
     return RoleCredentials(
         role, status, None if seq_tlv is None else ber.decode_int(seq_tlv, f"{what}.currentSeqNumber"), cells
     )
@@ -109,8 +102,6 @@ def _decode_role(item: ber.Tlv) -> RoleCredentials:
 
 def _decode_cell(item: ber.Tlv) -> TrustAnchorCellDetails:
     what = "CS02a trustAnchorCellDetails"
-    if item.tag != ber.TAG_SEQUENCE:
-        raise DecodeError(f"{what}: expected SEQUENCE, got {item.tag:#04x} at offset {item.offset}")
     reader = ber.SeqReader(item, what)
     key_usage = decode_key_usage(reader.next(ber.TAG_BIT_STRING, "keyUsage"), f"{what}.keyUsage")
     usage_tlv = reader.optional(ber.TAG_INTEGER, "cellUsage")

@@ -85,11 +85,12 @@ class UpdateSecurityCredentialsCommand:
         replacements_tlv = reader.next(ber.TAG_SEQUENCE, "replacements")
         replacements = tuple(
             _decode_replacement(item)
-            for item in _sequence_of(replacements_tlv, "replacements", ber.TAG_SEQUENCE)
+            for item in ber.read_sequence_of(replacements_tlv, "replacements", ber.TAG_SEQUENCE)
         )
         path_tlv = reader.next(ber.TAG_SEQUENCE, "certificationPathCertificates")
         path = tuple(
-            item.raw for item in _sequence_of(path_tlv, "certificationPathCertificates", ber.TAG_SEQUENCE)
+            item.raw
+            for item in ber.read_sequence_of(path_tlv, "certificationPathCertificates", ber.TAG_SEQUENCE)
         )
         time_tlv = reader.optional(ber.TAG_GENERALIZED_TIME, "executionDateTime")
         reader.done()
@@ -171,21 +172,13 @@ class FutureDatedAlert:
 # --- helpers ------------------------------------------------------------------------------------
 
 
-def _sequence_of(item: ber.Tlv, what: str, tag: int) -> list[ber.Tlv]:
-    children = ber.read_children(item, what)
-    for child in children:
-        if child.tag != tag:
-            raise DecodeError(f"{what}: element tag {child.tag:#04x} (expected {tag:#04x}) at {child.offset}")
-    return children
-
-
 def _encode_specialist(items: tuple[SpecialistSeqNumber, ...]) -> bytes:
     return b"".join(ber.sequence(ber.der_int(i.seq_number_usage), ber.der_int(i.seq_number)) for i in items)
 
 
 def _decode_specialist(item: ber.Tlv, what: str) -> tuple[SpecialistSeqNumber, ...]:
     result = []
-    for child in _sequence_of(item, what, ber.TAG_SEQUENCE):
+    for child in ber.read_sequence_of(item, what, ber.TAG_SEQUENCE):
         reader = ber.SeqReader(child, f"{what} entry")
         usage = ber.decode_int(reader.next(ber.TAG_INTEGER, "seqNumberUsage"), f"{what}.seqNumberUsage")
         number = ber.decode_int(reader.next(ber.TAG_INTEGER, "seqNumber"), f"{what}.seqNumber")
@@ -203,7 +196,7 @@ def _encode_change(change: RemotePartySeqNumberChange) -> bytes:
 
 def _decode_changes(item: ber.Tlv, what: str) -> tuple[RemotePartySeqNumberChange, ...]:
     result = []
-    for child in _sequence_of(item, what, ber.TAG_SEQUENCE):
+    for child in ber.read_sequence_of(item, what, ber.TAG_SEQUENCE):
         reader = ber.SeqReader(child, f"{what} entry")
         role = ber.decode_int(reader.next(ber.TAG_INTEGER, "remotePartyRole"), f"{what}.remotePartyRole")
         floor = ber.decode_int(reader.next(ber.TAG_INTEGER, "floorSeqNumber"), f"{what}.floorSeqNumber")
@@ -301,7 +294,7 @@ def _decode_outcome(item: ber.Tlv) -> ExecutionOutcome:
     reader.done()
     outcomes = tuple(
         _decode_replacement_outcome(o)
-        for o in _sequence_of(outcomes_tlv, f"{what}.replacementOutcomes", ber.TAG_SEQUENCE)
+        for o in ber.read_sequence_of(outcomes_tlv, f"{what}.replacementOutcomes", ber.TAG_SEQUENCE)
     )
     return ExecutionOutcome(seq, mode, changes, outcomes)
 

@@ -4,6 +4,7 @@ import pytest
 
 from gbcs import ber
 from gbcs.cells import NO_DS_CELL, NO_KA_CELL, KeyUsage, TrustAnchorCellIdentifier
+from gbcs.cs02a import ProvideSecurityCredentialsCommand, ProvideSecurityCredentialsResponse
 from gbcs.errors import DecodeError, EncodeError
 from gbcs.framing import (
     Cra,
@@ -86,6 +87,24 @@ def test_ber_lenient_and_strict() -> None:
     assert ber.der_int(128) == bytes.fromhex("02020080")
     assert ber.der_int(-1) == bytes.fromhex("0201FF")
     assert ber.der_int(-129) == bytes.fromhex("0202FF7F")
+
+
+def test_sequence_of_checks_every_element_tag() -> None:
+    good = ProvideSecurityCredentialsCommand(NO_DS_CELL, (3, 4))
+    assert ProvideSecurityCredentialsCommand.decode(good.encode()) == good
+    octets_role = ber.sequence(
+        NO_DS_CELL.encode(), ber.sequence(ber.der_int(3), ber.tlv(ber.TAG_OCTET_STRING, b"\x04"))
+    )
+    with pytest.raises(
+        DecodeError,
+        match=r"^CS02a command.remotePartyRolesCredentialsRequired: "
+        r"element tag 0x04 \(expected 0x02\) at offset 16$",
+    ):
+        ProvideSecurityCredentialsCommand.decode(octets_role)
+    with pytest.raises(
+        DecodeError, match=r"^CS02a response.roles: element tag 0x02 \(expected 0x30\) at offset 2$"
+    ):
+        ProvideSecurityCredentialsResponse.decode(ber.sequence(ber.der_int(3)))
 
 
 def _header(**kw: object) -> GroupingHeader:
