@@ -118,7 +118,7 @@ def build_server(settings: Settings) -> RunningServer:
         options=[("grpc.so_reuseport", 1)],
     )
     custodian_pb2_grpc.add_BenchServiceServicer_to_server(  # type: ignore[no-untyped-call]
-        BenchServicer(service, store, anchors), server
+        BenchServicer(service), server
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -28,6 +28,7 @@ from server.domain.errors import (
 from server.domain.pipeline import IssuancePipeline, NewIssuance, UnfinishedIssuance
 from server.domain.policy import (
     TrustAnchors,
+    TrustBundle,
     check_device_certificate,
     find_custodial_generation,
     read_network_operator_cells,
@@ -93,9 +94,16 @@ class HandOutService:
         """BenchNotEnrolled unless the bench is enrolled and not revoked."""
         require_enrolled(bench_id, self._store.get_bench(bench_id))
 
+    def trust_bundle(self, bench_id: str) -> TrustBundle:
+        """What an enrolled bench pins before it checks any command."""
+        self.require_bench(bench_id)
+        return TrustBundle(
+            tuple(self._store.list_generations()), tuple(self._store.list_areas()), self._anchors
+        )
+
     # -- hand-out
     def hand_out(self, request: HandOutRequest) -> SignedCommand:
-        require_enrolled(request.bench_id, self._store.get_bench(request.bench_id))
+        self.require_bench(request.bench_id)
         key = (request.bench_id, request.request_id)
         with self._in_flight_guard:
             lock = self._in_flight.setdefault(key, threading.Lock())
@@ -184,7 +192,7 @@ class HandOutService:
 
     # -- outcome
     def report_outcome(self, report: OutcomeReport) -> RecordedOutcome:
-        require_enrolled(report.bench_id, self._store.get_bench(report.bench_id))
+        self.require_bench(report.bench_id)
         record = self._store.find_issuance(report.bench_id, report.request_id)
         if record is None or record.signed_command is None:
             raise UnknownIssuance(f"no signed hand-out for request id {report.request_id!r}")

@@ -18,7 +18,7 @@ from server.domain.errors import (
     DeviceNotVanilla,
     InvalidRequest,
 )
-from server.domain.values import Bench, BenchStatus, CellState, GenerationStatus, VanillaGeneration
+from server.domain.values import Area, Bench, BenchStatus, CellState, GenerationStatus, VanillaGeneration
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,15 @@ class TrustAnchors:
     root_ca: bytes
     issuing_ca: bytes
     device_ca: bytes
+
+
+@dataclass(frozen=True)
+class TrustBundle:
+    """What a bench pins: the vanilla generations, the registered area sets and the SMKI anchors."""
+
+    generations: tuple[VanillaGeneration, ...]
+    areas: tuple[Area, ...]
+    anchors: TrustAnchors
 
 
 def require_enrolled(bench_id: str, bench: Bench | None) -> None:

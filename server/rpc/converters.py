@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from gbcs.cells import KeyUsage
+from server.domain.policy import TrustBundle
 from server.domain.values import (
-    Area,
     HandOutRequest,
     OutcomeReport,
     RecordedOutcome,
     SignedCommand,
-    VanillaGeneration,
 )
 from vdno.v1 import custodian_pb2 as pb
 
@@ -56,13 +55,7 @@ def outcome_ack(outcome: RecordedOutcome) -> pb.OutcomeAck:
     )
 
 
-def trust_bundle(
-    generations: list[VanillaGeneration],
-    areas: list[Area],
-    root_ca: bytes,
-    issuing_ca: bytes,
-    device_ca: bytes,
-) -> pb.TrustBundle:
+def trust_bundle(bundle: TrustBundle) -> pb.TrustBundle:
     return pb.TrustBundle(
         generations=[
             pb.VanillaGeneration(
@@ -72,7 +65,7 @@ def trust_bundle(
                 ka_certificate=g.ka_certificate,
                 status=g.status.value,
             )
-            for g in generations
+            for g in bundle.generations
         ],
         areas=[
             pb.AreaCredentials(
@@ -82,9 +75,9 @@ def trust_bundle(
                 ds_certificate=a.ds_certificate,
                 ka_certificate=a.ka_certificate,
             )
-            for a in areas
+            for a in bundle.areas
         ],
-        root_ca_certificate=root_ca,
-        issuing_ca_certificate=issuing_ca,
-        device_ca_certificate=device_ca,
+        root_ca_certificate=bundle.anchors.root_ca,
+        issuing_ca_certificate=bundle.anchors.issuing_ca,
+        device_ca_certificate=bundle.anchors.device_ca,
     )

@@ -5,8 +5,6 @@ from __future__ import annotations
 import grpc
 
 from server.domain.issuance import HandOutService
-from server.domain.policy import TrustAnchors
-from server.domain.ports import CustodyStore
 from server.rpc import converters
 from server.rpc.interceptors import bench_identity
 from vdno.v1 import custodian_pb2 as pb
@@ -14,22 +12,13 @@ from vdno.v1 import custodian_pb2_grpc as pb_grpc
 
 
 class BenchServicer(pb_grpc.BenchServiceServicer):
-    def __init__(self, service: HandOutService, store: CustodyStore, anchors: TrustAnchors) -> None:
+    def __init__(self, service: HandOutService) -> None:
         self._service = service
-        self._store = store
-        self._anchors = anchors
 
     def GetTrustBundle(
         self, request: pb.GetTrustBundleRequest, context: grpc.ServicerContext
     ) -> pb.TrustBundle:
-        self._service.require_bench(bench_identity())
-        return converters.trust_bundle(
-            self._store.list_generations(),
-            self._store.list_areas(),
-            self._anchors.root_ca,
-            self._anchors.issuing_ca,
-            self._anchors.device_ca,
-        )
+        return converters.trust_bundle(self._service.trust_bundle(bench_identity()))
 
     def RequestHandOut(self, request: pb.HandOutRequest, context: grpc.ServicerContext) -> pb.HandOutResponse:
         command = self._service.hand_out(converters.hand_out_request(bench_identity(), request))
