@@ -64,7 +64,8 @@ def random_serial() -> int:
     return int.from_bytes(raw, "big")
 
 
-def _utc_now(now: datetime | None) -> datetime:
+def utc_now(now: datetime | None) -> datetime:
+    """`now` (naive means UTC; None means the current time) in UTC, whole seconds: a notBefore value."""
     if now is None:
         now = datetime.now(UTC)
     elif now.tzinfo is None:
@@ -81,11 +82,12 @@ def _add_years(when: datetime, years: int) -> datetime:
 
 def _validity(now: datetime | None, years: int) -> tuple[datetime, datetime]:
     """Like RTDS: notAfter = notBefore + years - 1 s (2015-10-30 00:00:00 -> 2025-10-29 23:59:59)."""
-    start = _utc_now(now)
+    start = utc_now(now)
     return start, _add_years(start, years) - timedelta(seconds=1)
 
 
-def _key_usage(usage: KeyUsageName | None) -> x509.KeyUsage:
+def key_usage_extension(usage: KeyUsageName | None) -> x509.KeyUsage:
+    """keyUsage with exactly digitalSignature ("ds") or keyAgreement ("ka"); None: keyCertSign + cRLSign."""
     if usage not in ("ds", "ka", None):
         raise LabPkiError(f"key usage must be 'ds' or 'ka', not {usage!r}")
     return x509.KeyUsage(
@@ -105,7 +107,7 @@ def _policies(oid: x509.ObjectIdentifier) -> x509.CertificatePolicies:
     return x509.CertificatePolicies([x509.PolicyInformation(oid, None)])
 
 
-def _aki(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
+def authority_key_identifier(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
     """keyIdentifier only, copied from the issuer's SKI extension (computed when it has none)."""
     try:
         key_id = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
@@ -191,7 +193,7 @@ def make_root_ca(name: str = "VDNO-LAB-ROOT", now: datetime | None = None, years
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .public_key(key.public_key())
-        .add_extension(_key_usage(None), critical=True)
+        .add_extension(key_usage_extension(None), critical=True)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(_policies(SMKI_ORG_POLICY), critical=True)
         .add_extension(x509.SubjectKeyIdentifier(subject_key_identifier(key.public_key())), critical=False)
@@ -213,11 +215,11 @@ def make_issuing_ca(
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .public_key(key.public_key())
-        .add_extension(_key_usage(None), critical=True)
+        .add_extension(key_usage_extension(None), critical=True)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(_policies(SMKI_ORG_POLICY), critical=True)
         .add_extension(x509.SubjectKeyIdentifier(subject_key_identifier(key.public_key())), critical=False)
-        .add_extension(_aki(root.certificate), critical=False)
+        .add_extension(authority_key_identifier(root.certificate), critical=False)
     )
     return CertifiedKey(_sign(builder, root.signing_key), key)
 
@@ -243,10 +245,10 @@ def issue_organisation_certificate(
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .public_key(public_key)
-        .add_extension(_key_usage(key_usage), critical=True)
+        .add_extension(key_usage_extension(key_usage), critical=True)
         .add_extension(x509.SubjectKeyIdentifier(subject_key_identifier(public_key)), critical=False)
         .add_extension(_policies(SMKI_ORG_POLICY), critical=True)
-        .add_extension(_aki(issuer.certificate), critical=False)
+        .add_extension(authority_key_identifier(issuer.certificate), critical=False)
     )
     return _sign(builder, issuer.signing_key)
 
@@ -313,13 +315,13 @@ def make_device_ca(
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .public_key(key.public_key())
-        .add_extension(_key_usage(None), critical=True)
+        .add_extension(key_usage_extension(None), critical=True)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(_policies(SMKI_DEVICE_POLICY), critical=True)
         .add_extension(x509.SubjectKeyIdentifier(subject_key_identifier(key.public_key())), critical=False)
     )
     if root is not None:
-        builder = builder.add_extension(_aki(root.certificate), critical=False)
+        builder = builder.add_extension(authority_key_identifier(root.certificate), critical=False)
     return CertifiedKey(_sign(builder, key if root is None else root.signing_key), key)
 
 
@@ -348,13 +350,13 @@ def issue_device_certificate(
         .serial_number(random_serial())
         .issuer_name(device_ca.certificate.subject)
         .subject_name(x509.Name([]))
-        .not_valid_before(_utc_now(now))
+        .not_valid_before(utc_now(now))
         .not_valid_after(DEVICE_NOT_AFTER)
         .public_key(public_key)
-        .add_extension(_key_usage(key_usage), critical=True)
+        .add_extension(key_usage_extension(key_usage), critical=True)
         .add_extension(x509.SubjectKeyIdentifier(subject_key_identifier(public_key)), critical=False)
         .add_extension(san, critical=True)
         .add_extension(_policies(SMKI_DEVICE_POLICY), critical=True)
-        .add_extension(_aki(device_ca.certificate), critical=False)
+        .add_extension(authority_key_identifier(device_ca.certificate), critical=False)
     )
     return _sign(builder, device_ca.signing_key)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -14,28 +14,27 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gbcs.smki import subject_key_identifier_for as subject_key_identifier
 from labpki.errors import LabPkiError
-from labpki.smki import CertifiedKey, new_p256_key, random_serial
+from labpki.smki import (
+    CertifiedKey,
+    authority_key_identifier,
+    key_usage_extension,
+    new_p256_key,
+    random_serial,
+    utc_now,
+)
 
 CLOCK_SKEW = timedelta(minutes=5)
 
 
 def _start(now: datetime | None) -> datetime:
-    if now is None:
-        now = datetime.now(UTC)
-    elif now.tzinfo is None:
-        now = now.replace(tzinfo=UTC)
-    return now.astimezone(UTC).replace(microsecond=0) - CLOCK_SKEW
+    """notBefore: `now` less CLOCK_SKEW, so a peer whose clock is a little behind accepts the certificate."""
+    return utc_now(now) - CLOCK_SKEW
 
 
 def _name(common_name: str) -> x509.Name:
     if not common_name:
         raise LabPkiError("a TLS certificate needs a non-empty common name")
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _ca_ski(ca: CertifiedKey) -> x509.AuthorityKeyIdentifier:
-    ski = ca.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
 
 
 def make_tls_ca(name: str = "VDNO-LAB-TLS-CA", now: datetime | None = None, days: int = 3650) -> CertifiedKey:
@@ -52,20 +51,7 @@ def make_tls_ca(name: str = "VDNO-LAB-TLS-CA", now: datetime | None = None, days
         .not_valid_after(start + timedelta(days=days))
         .public_key(key.public_key())
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(key_usage_extension(None), critical=True)
         .add_extension(x509.SubjectKeyIdentifier(subject_key_identifier(key.public_key())), critical=False)
     )
     return CertifiedKey(builder.sign(key, hashes.SHA256()), key)
@@ -90,23 +76,10 @@ def _issue(
         .not_valid_after(start + timedelta(days=days))
         .public_key(key.public_key())
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(key_usage_extension("ds"), critical=True)
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         .add_extension(x509.SubjectKeyIdentifier(subject_key_identifier(key.public_key())), critical=False)
-        .add_extension(_ca_ski(ca), critical=False)
+        .add_extension(authority_key_identifier(ca.certificate), critical=False)
     )
     if san is not None:
         builder = builder.add_extension(san, critical=False)

@@ -42,8 +42,17 @@ def test_certificate_contents() -> None:
     assert san.get_values_for_type(x509.DNSName) == ["localhost", "vdno"]
     assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1", "::1"]
     assert client_common_name(client.certificate) == "bench-01"
+    ca_ku = ca.certificate.extensions.get_extension_for_class(x509.KeyUsage)
+    assert ca_ku.critical and ca_ku.value.key_cert_sign and ca_ku.value.crl_sign
+    assert not ca_ku.value.digital_signature
+    ca_ski = ca.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
     for ck in (server, client):
         ck.certificate.verify_directly_issued_by(ca.certificate)
+        ku = ck.certificate.extensions.get_extension_for_class(x509.KeyUsage)
+        assert ku.critical and ku.value.digital_signature
+        assert not (ku.value.key_agreement or ku.value.key_cert_sign or ku.value.crl_sign)
+        aki = ck.certificate.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+        assert aki.key_identifier == ca_ski and aki.authority_cert_issuer is None
 
 
 def server_context(pki: Path) -> ssl.SSLContext:
