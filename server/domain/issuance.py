@@ -31,7 +31,7 @@ from server.domain.policy import (
     TrustBundle,
     check_device_certificate,
     find_custodial_generation,
-    read_network_operator_cells,
+    read_network_operator_signing_cell,
     require_enrolled,
     within_validity,
 )
@@ -138,7 +138,9 @@ class HandOutService:
             raise UnknownArea(f"area {request.area_id} is not registered with this custodian")
         now = self._clock()
         device_cert = self._device_certificate(request, now)
-        no_ds, _ = read_network_operator_cells(request.device_id, request.credentials_response, device_cert)
+        no_ds = read_network_operator_signing_cell(
+            request.device_id, request.credentials_response, device_cert
+        )
         generation = find_custodial_generation(
             request.device_id, no_ds, self._store.list_generations(), self._certificate
         )

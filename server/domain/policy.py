@@ -72,10 +72,10 @@ def check_device_certificate(
     return cert
 
 
-def read_network_operator_cells(
+def read_network_operator_signing_cell(
     device_id: bytes, credentials_response: bytes, device_certificate: SmkiCertificate
-) -> tuple[CellState, CellState | None]:
-    """Authenticate the meter's CS02a response and return what its NO DS (and KA) cells hold."""
+) -> CellState:
+    """Authenticate the meter's CS02a response and return what its NO DS cell holds."""
     try:
         message = decode_message(credentials_response)
         header = message.apdu.header
@@ -90,27 +90,20 @@ def read_network_operator_cells(
         payload = ProvideSecurityCredentialsResponse.decode(message.apdu.content)
     except GbcsError as exc:
         raise InvalidRequest(f"credentials_response is not a valid signed CS02a response: {exc}") from exc
-    ds: CellState | None = None
-    ka: CellState | None = None
     for role in payload.roles:
         if role.role != RemotePartyRole.NETWORK_OPERATOR or not role.cells:
             continue
         for cell in role.cells:
-            state = CellState(cell.subject_unique_id, cell.subject_key_identifier)
             if cell.key_usage == KeyUsage.DIGITAL_SIGNATURE:
-                ds = state
-            elif cell.key_usage == KeyUsage.KEY_AGREEMENT:
-                ka = state
-    if ds is None:
-        raise DeviceNotVanilla(f"device {device_id.hex()} reported no network-operator signing cell")
-    return ds, ka
+                return CellState(cell.subject_unique_id, cell.subject_key_identifier)
+    raise DeviceNotVanilla(f"device {device_id.hex()} reported no network-operator signing cell")
 
 
 def find_custodial_generation(
     device_id: bytes,
     no_ds: CellState,
     generations: list[VanillaGeneration],
-    certificate: Callable[[bytes], SmkiCertificate] = load_certificate,
+    certificate: Callable[[bytes], SmkiCertificate],
 ) -> VanillaGeneration:
     """The active vanilla generation whose DS certificate sits in the device's NO DS cell."""
     for generation in generations:
