@@ -9,21 +9,25 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from client.bundle import TrustBundle, VanillaGeneration
 from client.errors import BundleError, CommandRefused, ResponseRejected
-from gbcs.cells import NO_DS_CELL, NO_KA_CELL, KeyUsage
+from gbcs.cells import NO_DS_CELL, NO_KA_CELL, CredentialsReplacementMode, KeyUsage, RemotePartyRole
 from gbcs.cs02b import (
     ExecutionOutcome,
     UpdateSecurityCredentialsCommand,
     UpdateSecurityCredentialsResponse,
 )
 from gbcs.errors import CertificateError, GbcsError, SignatureError
-from gbcs.framing import GENERAL_SIGNING_TAG, SIGNATURE_LEN, Cra, GbcsMessage, GroupingHeader, decode_message
+from gbcs.framing import (
+    GENERAL_SIGNING_TAG,
+    SIGNATURE_LEN,
+    Cra,
+    GbcsMessage,
+    GroupingHeader,
+    MessageCode,
+    decode_message,
+)
 from gbcs.ids import eui64_hex
 from gbcs.signature import verify_message_signature
 from gbcs.smki import load_certificate
-
-NO_BY_NO_MODE = 3
-NO_BY_NO_MESSAGE_CODE = 0x0103
-NETWORK_OPERATOR_ROLE = 3
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,7 @@ def check_command(command: bytes, device_id: bytes, area_id: int, bundle: TrustB
         raise CommandRefused("unsigned", "command carries no 64-byte KRP signature")
     if header.cra != Cra.COMMAND:
         raise CommandRefused("not-a-command", f"CRA flag {int(header.cra)} is not 1 (command)")
-    if header.message_code != NO_BY_NO_MESSAGE_CODE:
+    if header.message_code != MessageCode.CS02B_NETWORK_OPERATOR_BY_NETWORK_OPERATOR:
         raise CommandRefused(
             "wrong-message-code", f"message code 0x{header.message_code:04X} is not 0x0103 (CS02b NO-by-NO)"
         )
@@ -83,7 +87,7 @@ def check_command(command: bytes, device_id: bytes, area_id: int, bundle: TrustB
     except GbcsError as exc:
         raise CommandRefused("decode-error", str(exc)) from exc
     control = payload.control
-    if control.mode != NO_BY_NO_MODE:
+    if control.mode != CredentialsReplacementMode.NETWORK_OPERATOR_BY_NETWORK_OPERATOR:
         raise CommandRefused("wrong-mode", f"credentialsReplacementMode {control.mode} is not 3 (NO-by-NO)")
     if control.ta_cell != NO_DS_CELL:
         raise CommandRefused(
@@ -117,7 +121,7 @@ def check_command(command: bytes, device_id: bytes, area_id: int, bundle: TrustB
         ) from exc
     if (
         signer.entity_id != generation.entity_id
-        or signer.role != NETWORK_OPERATOR_ROLE
+        or signer.role != RemotePartyRole.NETWORK_OPERATOR
         or signer.key_usage != KeyUsage.DIGITAL_SIGNATURE
     ):
         raise CommandRefused(
@@ -213,7 +217,7 @@ def check_response(
             "counter-mismatch",
             f"executionOutcome seq number {outcome.seq_number} != {command_header.originator_counter}",
         )
-    if outcome.mode != NO_BY_NO_MODE:
+    if outcome.mode != CredentialsReplacementMode.NETWORK_OPERATOR_BY_NETWORK_OPERATOR:
         raise ResponseRejected("wrong-mode", f"executionOutcome mode {outcome.mode} is not 3")
     if not outcome.replacement_outcomes:
         raise ResponseRejected("no-cell-outcomes", "no replacement outcomes reported")
