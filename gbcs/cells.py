@@ -84,12 +84,6 @@ class TrustAnchorCellIdentifier:
         return tuple(parts)
 
     @classmethod
-    def decode_content(cls, content: bytes) -> TrustAnchorCellIdentifier:
-        """Decode the contents of the SEQUENCE (lenient BER). DecodeError otherwise."""
-        wrapper = ber.Tlv(ber.TAG_SEQUENCE, bytes(content), 0, 0, b"")
-        return cls.decode_tlv(wrapper)
-
-    @classmethod
     def decode_tlv(cls, item: ber.Tlv, what: str = "TrustAnchorCellIdentifier") -> TrustAnchorCellIdentifier:
         """Decode a constructed TLV (SEQUENCE or IMPLICIT [2]) holding a cell identifier."""
         reader = ber.SeqReader(item, what)

@@ -63,9 +63,11 @@ def test_cells_encoding() -> None:
     assert root.encode() == bytes.fromhex("300702010003020204")
     pp = TrustAnchorCellIdentifier(2, KeyUsage.KEY_AGREEMENT, 1)
     assert pp.encode() == bytes.fromhex("300a02010203020308020101")
-    assert TrustAnchorCellIdentifier.decode_content(pp.encode()[2:]) == pp
-    with pytest.raises(DecodeError):
-        TrustAnchorCellIdentifier.decode_content(bytes.fromhex("020103030207c0"))  # two bits
+    assert TrustAnchorCellIdentifier.decode_tlv(ber.read_single(pp.encode(), "cell")) == pp
+    for bits, error in (("030207c0", "bits set in unused positions"), ("030206c0", "exactly one bit set")):
+        cell = ber.read_single(bytes.fromhex("3007020103" + bits), "cell")
+        with pytest.raises(DecodeError, match=error):
+            TrustAnchorCellIdentifier.decode_tlv(cell)
 
 
 def test_ber_lenient_and_strict() -> None:
