@@ -116,8 +116,9 @@ class IssuancePipeline:
         self._thread.start()
 
     def issue(self, request: HandOutRequest) -> Outcome:
-        """Validate the request (its errors are raised as `validate` raised them), record, sign, verify,
-        store, release."""
+        """Validate the request, record, sign, verify, store, release. A VdnoError from `validate` comes
+        back as Refused (a retry may still be owed its stored bytes); a recorded request id comes back as
+        its IssuanceRecord."""
         return self._submit(request)
 
     def finish(self, work: UnfinishedIssuance) -> SignedCommand:
