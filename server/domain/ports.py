@@ -7,7 +7,6 @@ from typing import Protocol
 
 from server.domain.values import (
     Area,
-    AuditEvent,
     Bench,
     IssuanceDraft,
     IssuanceRecord,
@@ -31,7 +30,8 @@ class DigestSigner(Protocol):
 
 
 class CustodyStore(Protocol):
-    """Durable state. Every write also appends its security event to the hash-chained audit log in the same
+    """What the domain reads and writes (bootstrap and officers' custody writes use the concrete store).
+    Every write also appends its security event to the hash-chained audit log in the same
     transaction (ARCHITECTURE §5.9). Errors: StoreUnavailable when nothing could be made durable."""
 
     # reference data
@@ -39,13 +39,6 @@ class CustodyStore(Protocol):
     def list_areas(self) -> list[Area]: ...
     def list_generations(self) -> list[VanillaGeneration]: ...
     def get_bench(self, bench_id: str) -> Bench | None: ...
-
-    # custody writes (bootstrap, officers)
-    def upsert_area(self, area: Area, actor: str) -> bool: ...
-    def add_generation(self, generation: VanillaGeneration, actor: str) -> bool: ...
-    def enroll_bench(self, bench_id: str, actor: str) -> bool: ...
-    def revoke_bench(self, bench_id: str, actor: str) -> bool: ...
-    def record_event(self, event: AuditEvent) -> None: ...
 
     # issuance (ARCHITECTURE §5.3-5.5)
     def find_issuance(self, bench_id: str, request_id: str) -> IssuanceRecord | None: ...
