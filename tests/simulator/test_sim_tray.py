@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import struct
 import subprocess
@@ -239,11 +238,17 @@ def test_cli_tray_file_and_errors(world: World, tmp_path: Path) -> None:
     assert Tray.from_tray_file(tray_file).device_ids() == [LAB_DEVICE.hex()]
 
     bad = subprocess.run([*_cli(), "serve", "--port", "0"], capture_output=True, text=True, timeout=60)
-    assert bad.returncode != 0
+    assert bad.returncode == 2 and "give exactly one of --profiles DIR or --tray FILE" in bad.stderr
+    both = subprocess.run(
+        [*_cli(), "serve", "--profiles", str(folder), "--tray", str(tray_file), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert both.returncode == 2 and "give exactly one of" in both.stderr
     empty = tmp_path / "empty"
     empty.mkdir()
     bad = subprocess.run(
         [*_cli(), "serve", "--profiles", str(empty)], capture_output=True, text=True, timeout=60
     )
-    assert bad.returncode != 0 and "no device profiles" in bad.stderr
-    shutil.rmtree(empty)
+    assert bad.returncode == 1 and "no device profiles" in bad.stderr
