@@ -19,7 +19,6 @@ import argparse
 import hashlib
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,17 +35,11 @@ sys.path.insert(0, str(ROOT))
 
 import grpc  # noqa: E402
 
-from scripts.lab_service import bench_channel, wait_until_serving  # noqa: E402
+from scripts.lab_service import bench_channel, free_port, wait_until_serving  # noqa: E402
 from vdno.v1 import custodian_pb2 as pb  # noqa: E402
 from vdno.v1 import custodian_pb2_grpc as pb_grpc  # noqa: E402
 
 BASELINE_METHOD = "/vdno.bench.Baseline/Sign"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def open_vanilla_signer(settings: Any) -> tuple[Any, str]:

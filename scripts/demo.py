@@ -21,7 +21,6 @@ import json
 import os
 import queue
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -58,12 +57,6 @@ def rel(path: Path) -> str:
         return str(path.relative_to(Path.cwd()))
     except ValueError:
         return str(path)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run(args: Sequence[str], what: str, capture: bool = False) -> subprocess.CompletedProcess[str]:
@@ -214,6 +207,8 @@ def check_commands(state: Path, commands: list[Path]) -> None:
 
 
 def demo(state: Path) -> None:
+    from scripts.lab_service import free_port
+
     step(f"1. bootstrap {rel(state)} (vdno-server init; idempotent)")
     run([PY, "-m", "server.main", "init", "--state", str(state), "--bench", BENCH], "vdno-server init")
 
