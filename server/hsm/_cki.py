@@ -1,4 +1,5 @@
-"""The few Cryptoki calls python-pkcs11 0.10 does not offer, made through ctypes on the SAME module.
+"""The two Cryptoki calls python-pkcs11 0.10 does not offer as vdno needs them, made through ctypes on
+the SAME module.
 
 * C_InitToken: python-pkcs11 has no token initialisation.
 * C_Login on an already open session: python-pkcs11 only logs in inside `Token.open(user_pin=...)`,
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
-from ctypes import POINTER, byref, c_char_p, c_ulong, c_void_p
+from ctypes import c_char_p, c_ulong
 
 CKR_OK = 0x000
 CKR_PIN_INCORRECT = 0x0A0
@@ -29,7 +30,6 @@ CKR_PIN_LOCKED = 0x0A4
 CKR_USER_ALREADY_LOGGED_IN = 0x100
 CKR_USER_PIN_NOT_INITIALIZED = 0x102
 
-CKU_SO = 0
 CKU_USER = 1
 
 PIN_REFUSED = frozenset(
@@ -56,14 +56,6 @@ def module(path: str) -> ctypes.CDLL:
             dll.C_InitToken.restype = c_ulong
             dll.C_Login.argtypes = [c_ulong, c_ulong, c_char_p, c_ulong]
             dll.C_Login.restype = c_ulong
-            dll.C_OpenSession.argtypes = [c_ulong, c_ulong, c_void_p, c_void_p, POINTER(c_ulong)]
-            dll.C_OpenSession.restype = c_ulong
-            dll.C_CloseSession.argtypes = [c_ulong]
-            dll.C_CloseSession.restype = c_ulong
-            dll.C_InitPIN.argtypes = [c_ulong, c_char_p, c_ulong]
-            dll.C_InitPIN.restype = c_ulong
-            dll.C_Logout.argtypes = [c_ulong]
-            dll.C_Logout.restype = c_ulong
             _loaded[path] = dll
         return dll
 
@@ -77,10 +69,10 @@ class CkiError(Exception):
         self.rv = rv
 
 
-def login(path: str, session_handle: int, pin: str, user_type: int = CKU_USER) -> None:
-    """C_Login on an open session; 'already logged in' counts as success."""
+def login(path: str, session_handle: int, pin: str) -> None:
+    """C_Login as the user on an open session; 'already logged in' counts as success."""
     data = pin.encode("utf-8")
-    rv = int(module(path).C_Login(session_handle, user_type, data, len(data)))
+    rv = int(module(path).C_Login(session_handle, CKU_USER, data, len(data)))
     if rv not in (CKR_OK, CKR_USER_ALREADY_LOGGED_IN):
         raise CkiError("C_Login", rv)
 
@@ -96,27 +88,4 @@ def init_token(path: str, slot_id: int, label: str, so_pin: str) -> None:
         raise CkiError("C_InitToken", rv)
 
 
-def init_user_pin(path: str, slot_id: int, so_pin: str, user_pin: str) -> None:
-    """Open an R/W session, log in as SO, C_InitPIN, log out, close."""
-    dll = module(path)
-    handle = c_ulong(0)
-    rv = int(dll.C_OpenSession(slot_id, 0x4 | 0x2, None, None, byref(handle)))  # SERIAL | RW
-    if rv != CKR_OK:
-        raise CkiError("C_OpenSession", rv)
-    try:
-        so = so_pin.encode("utf-8")
-        rv = int(dll.C_Login(handle, CKU_SO, so, len(so)))
-        if rv != CKR_OK:
-            raise CkiError("C_Login(SO)", rv)
-        try:
-            user = user_pin.encode("utf-8")
-            rv = int(dll.C_InitPIN(handle, user, len(user)))
-            if rv != CKR_OK:
-                raise CkiError("C_InitPIN", rv)
-        finally:
-            dll.C_Logout(handle)
-    finally:
-        dll.C_CloseSession(handle)
-
-
-__all__ = ["CkiError", "init_token", "init_user_pin", "login", "module"]
+__all__ = ["CkiError", "init_token", "login", "module"]

@@ -11,8 +11,9 @@
 3. initialises a token with that label in a free slot if none exists, and its user PIN.
 
 PINs never reach a command line (argv is visible in ps): softhsm2-util refuses to read PINs from a
-pipe ("ERROR: Could not get SO PIN" without a terminal), so the token is initialised in-process with
-C_InitToken / C_Login(SO) / C_InitPIN on the same loaded module (server/hsm/_cki.py).
+pipe ("ERROR: Could not get SO PIN" without a terminal), so the token is initialised in-process:
+C_InitToken on the same loaded module (server/hsm/_cki.py), then the user PIN through python-pkcs11
+(an SO session and C_InitPIN).
 """
 
 from __future__ import annotations
@@ -146,6 +147,9 @@ def ensure_softhsm_token(
     with _lock:  # bootstrap is single-threaded, but two callers must not init two tokens
         try:
             slot, flags = _find_token_slot(lib, label)
+        except p11e.PKCS11Error as exc:
+            raise HsmUnavailable(f"cannot list the SoftHSM slots for token {label!r}") from exc
+        try:
             if slot is None:
                 slot = _free_slot(lib)
                 _cki.init_token(module_key, slot.slot_id, label, so_pin)
@@ -153,13 +157,16 @@ def ensure_softhsm_token(
                 flags = TokenFlag(0)
             if not flags & TokenFlag.USER_PIN_INITIALIZED:
                 # Freshly made, or a previous run stopped between C_InitToken and C_InitPIN.
-                _cki.init_user_pin(module_key, slot.slot_id, so_pin, user_pin)
+                with slot.get_token().open(rw=True, so_pin=so_pin) as session:
+                    session.init_pin(user_pin)
         except _cki.CkiError as exc:
             raise HsmUnavailable(
                 f"cannot initialise SoftHSM token {label!r} ({exc.operation} failed)"
             ) from exc
         except p11e.PKCS11Error as exc:
-            raise HsmUnavailable(f"cannot list the SoftHSM slots for token {label!r}") from exc
+            raise HsmUnavailable(
+                f"cannot initialise SoftHSM token {label!r} (setting its user PIN failed)"
+            ) from exc
     return SoftHsmToken(conf_path, module, token_dir, label, created)
 
 
