@@ -19,6 +19,7 @@ from gbcs.framing import (
     GroupingHeader,
     encode_mac_framed,
 )
+from gbcs.signature import p256_public_key
 
 KDF_ALGORITHM_ID = bytes.fromhex("60857406080300")
 
@@ -27,11 +28,7 @@ PeerKey = ec.EllipticCurvePublicKey | x509.Certificate
 
 def derive_mac_key(private_key: ec.EllipticCurvePrivateKey, peer: PeerKey, header: GroupingHeader) -> bytes:
     """16-byte AES key: first 16 bytes of SHA-256(00000001 ‖ Z ‖ OtherInfo), OtherInfo from the header."""
-    public_key = peer.public_key() if isinstance(peer, x509.Certificate) else peer
-    if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(
-        public_key.curve, ec.SECP256R1
-    ):
-        raise MacError("MAC peer key is not an EC P-256 public key")
+    public_key = p256_public_key(peer, "MAC peer key", MacError)
     if not isinstance(private_key.curve, ec.SECP256R1):
         raise MacError("MAC private key is not on P-256")
     try:

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
-from gbcs.errors import SignatureError
+from gbcs.errors import GbcsError, SignatureError
 from gbcs.framing import SIGNATURE_LEN, GbcsMessage, GeneralSigningApdu
 
 _COORD_LEN = SIGNATURE_LEN // 2
@@ -41,6 +41,18 @@ def der_to_raw(signature: bytes) -> bytes:
     return r.to_bytes(_COORD_LEN, "big") + s.to_bytes(_COORD_LEN, "big")
 
 
+def p256_public_key(
+    key: ec.EllipticCurvePublicKey | x509.Certificate, what: str, error: type[GbcsError]
+) -> ec.EllipticCurvePublicKey:
+    """The key itself or a certificate's subject key, if EC P-256; else `error` naming `what`."""
+    public_key = key.public_key() if isinstance(key, x509.Certificate) else key
+    if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(
+        public_key.curve, ec.SECP256R1
+    ):
+        raise error(f"{what} is not an EC P-256 public key")
+    return public_key
+
+
 def sign_apdu(apdu: GeneralSigningApdu, private_key: ec.EllipticCurvePrivateKey) -> GeneralSigningApdu:
     """Software signing (simulator devices, test KRPs): the APDU with its 64-byte signature set."""
     der = private_key.sign(apdu.signed_bytes(), ec.ECDSA(hashes.SHA256()))
@@ -53,11 +65,7 @@ def verify_signature(
     """Verify r‖s over signed_range with `cryptography`. SignatureError if absent, malformed or invalid."""
     if not signature:
         raise SignatureError("signature absent (no signature-length byte or length 00)")
-    public_key = key.public_key() if isinstance(key, x509.Certificate) else key
-    if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(
-        public_key.curve, ec.SECP256R1
-    ):
-        raise SignatureError("verification key is not an EC P-256 public key")
+    public_key = p256_public_key(key, "verification key", SignatureError)
     der = raw_to_der(signature)
     try:
         public_key.verify(der, bytes(signed_range), ec.ECDSA(hashes.SHA256()))

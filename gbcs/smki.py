@@ -4,7 +4,7 @@ certificate against a target cell; certification-path validation with a caller-s
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from cryptography import x509
@@ -36,6 +36,7 @@ class SmkiCertificate:
     """A parsed SMKI organisation, CA or device certificate."""
 
     certificate: x509.Certificate
+    public_key: ec.EllipticCurvePublicKey = field(compare=False)  # P-256: load_certificate checks
     der: bytes
     entity_id: bytes  # org: x500UniqueIdentifier; device: hwSerialNum; CA: b"" (none)
     role: int | None  # OU as hex role number (org and CA certs); None for device certs
@@ -43,13 +44,6 @@ class SmkiCertificate:
     subject_key_identifier: bytes
     is_ca: bool
     is_device: bool
-
-    @property
-    def public_key(self) -> ec.EllipticCurvePublicKey:
-        key = self.certificate.public_key()
-        if not isinstance(key, ec.EllipticCurvePublicKey):  # load_certificate guarantees this
-            raise CertificateError("certificate key is not EC")
-        return key
 
 
 def load_certificate(data: bytes) -> SmkiCertificate:
@@ -107,6 +101,7 @@ def load_certificate(data: bytes) -> SmkiCertificate:
         entity_id = _x500_unique_identifier(cert)
     return SmkiCertificate(
         certificate=cert,
+        public_key=key,
         der=der,
         entity_id=entity_id,
         role=role,

@@ -47,6 +47,7 @@ def test_all_keystore_certs(vectors_dir: Path, folder: str) -> None:
     for pem in pems:
         cert = _load(pem)
         assert smki.subject_key_identifier_for(cert.public_key) == cert.subject_key_identifier, pem.name
+        assert cert.public_key == cert.certificate.public_key(), pem.name
         if pem.name.startswith(("90b3", "00db")):
             assert cert.entity_id.hex() == pem.name[:16]
         if "-ski" in pem.name:

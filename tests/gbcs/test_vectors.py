@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from gbcs_testlib import ACB_ID, Vector, expected_payload_type, load_cert, load_key
 from rtds_vectors import read_hex
 
@@ -94,6 +95,16 @@ def test_fresh_software_signature_verifies(vectors_dir: Path, keystore: Path) ->
         signature.raw_to_der(b"\x00" * 63)
     with pytest.raises(SignatureError):
         signature.der_to_raw(b"\x30\x00")
+
+
+def test_keys_not_on_p256_are_refused(keystore: Path) -> None:
+    p384 = ec.generate_private_key(ec.SECP384R1()).public_key()
+    with pytest.raises(SignatureError, match=r"^verification key is not an EC P-256 public key$"):
+        signature.verify_signature(b"range", bytes(64), p384)
+    header = GroupingHeader(Cra.COMMAND, 1, bytes(8), bytes(8), 0x0103)
+    acb_key = load_key(keystore / f"{ACB_ID}-ka.key")
+    with pytest.raises(MacError, match=r"^MAC peer key is not an EC P-256 public key$"):
+        mac.derive_mac_key(acb_key, p384, header)
 
 
 def test_index_covers_all_files(vectors: list[Vector]) -> None:
