@@ -108,5 +108,7 @@ def open_token_session(
     session = connect(str(module_path), token_label, pin, rw=rw)
     try:
         yield session
+    except p11e.PKCS11Error as exc:  # what the key functions did not already name
+        raise HsmUnavailable(f"PKCS#11 token {token_label!r} failed an operation") from exc
     finally:
         close_quietly(session)
