@@ -100,10 +100,13 @@ class TrustAnchorCellIdentifier:
 
 
 def encode_key_usage(key_usage: int) -> bytes:
-    """KeyUsage bit -> DER BIT STRING (03 02 07 80 for digitalSignature)."""
-    if not 0 <= key_usage <= 8:
-        raise EncodeError(f"key usage bit {key_usage} outside 0..8")
-    return ber.single_bit_string(key_usage)
+    """KeyUsage bit -> DER BIT STRING (03 02 07 80 for digitalSignature); EncodeError for any bit that
+    decode_key_usage would refuse."""
+    try:
+        bit = KeyUsage(key_usage)
+    except ValueError as exc:
+        raise EncodeError(f"key usage bit {key_usage!r} is not DS/KA/keyCertSign (0, 4 or 5)") from exc
+    return ber.single_bit_string(bit)
 
 
 def decode_key_usage(item: ber.Tlv, field: str) -> KeyUsage:

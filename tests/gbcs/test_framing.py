@@ -4,7 +4,13 @@ import pytest
 
 from gbcs import ber
 from gbcs.cells import NO_DS_CELL, NO_KA_CELL, KeyUsage, TrustAnchorCellIdentifier
-from gbcs.cs02a import ProvideSecurityCredentialsCommand, ProvideSecurityCredentialsResponse
+from gbcs.cs02a import (
+    ProvideSecurityCredentialsCommand,
+    ProvideSecurityCredentialsResponse,
+    RoleCredentials,
+    TrustAnchorCellDetails,
+)
+from gbcs.cs02e import ProvideDeviceCertificateCommand
 from gbcs.errors import DecodeError, EncodeError
 from gbcs.framing import (
     Cra,
@@ -68,6 +74,19 @@ def test_cells_encoding() -> None:
         cell = ber.read_single(bytes.fromhex("3007020103" + bits), "cell")
         with pytest.raises(DecodeError, match=error):
             TrustAnchorCellIdentifier.decode_tlv(cell)
+
+
+@pytest.mark.parametrize("bad", [1, 2, 3, 6, 7, 8, -1, 64])
+def test_unknown_key_usage_is_refused(bad: int) -> None:
+    # every encoder refuses a bit that decode_key_usage would refuse, naming the value
+    details = TrustAnchorCellDetails(bad, 0, bytes(8), bytes(8))
+    for payload in (
+        TrustAnchorCellIdentifier(3, bad),  # type: ignore[arg-type]
+        ProvideDeviceCertificateCommand(bad),  # type: ignore[arg-type]
+        ProvideSecurityCredentialsResponse((RoleCredentials(3, 0, None, (details,)),)),
+    ):
+        with pytest.raises(EncodeError, match=f"^key usage bit {bad} is not DS/KA/keyCertSign"):
+            payload.encode()
 
 
 def test_ber_lenient_and_strict() -> None:
