@@ -60,12 +60,11 @@ class BenchClient:
 
     # -- RPCs ---------------------------------------------------------------------------------------
 
-    def trust_bundle_proto(self) -> Any:
-        return self._call(self._stub.GetTrustBundle, custodian_pb2.GetTrustBundleRequest())
-
     def trust_bundle(self) -> TrustBundle:
         """GetTrustBundle -> client.bundle.TrustBundle (BundleError if malformed)."""
-        return TrustBundle.from_proto(self.trust_bundle_proto())
+        return TrustBundle.from_proto(
+            self._call(self._stub.GetTrustBundle, custodian_pb2.GetTrustBundleRequest())
+        )
 
     def request_hand_out(
         self,

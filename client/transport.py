@@ -17,9 +17,6 @@ from client.errors import DeviceRefusedError, TransportError
 from gbcs.errors import DecodeError
 from gbcs.ids import check_eui64, parse_eui64
 from simulator.frames import (
-    MAX_FRAME,
-    OP_LIST,
-    OP_SEND,
     RESP_ERROR,
     RESP_GBCS,
     RESP_LIST,
@@ -33,9 +30,6 @@ from simulator.frames import (
 )
 
 __all__ = [
-    "MAX_FRAME",
-    "OP_LIST",
-    "OP_SEND",
     "RESP_ERROR",
     "RESP_LIST",
     "DeviceTransport",

@@ -102,10 +102,6 @@ class Reply:
     status: int | None = None
     reason: str = ""
 
-    @property
-    def ok(self) -> bool:
-        return self.kind != RESP_ERROR
-
 
 def decode_reply(body: bytes) -> Reply:
     """Parse a reply body. ValueError when it is none of the three reply kinds or its JSON is malformed."""

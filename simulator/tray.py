@@ -79,10 +79,9 @@ class Tray:
                 raise ProfileError(f"device {device.device_id.hex()} is already in the tray")
             self._devices[device.device_id] = device
 
-    def get(self, device_id: bytes | str) -> SimulatedDevice | None:
-        key = bytes.fromhex(device_id) if isinstance(device_id, str) else bytes(device_id)
+    def get(self, device_id: bytes) -> SimulatedDevice | None:
         with self._lock:
-            return self._devices.get(key)
+            return self._devices.get(bytes(device_id))
 
     def device_ids(self) -> list[str]:
         with self._lock:
