@@ -129,26 +129,28 @@ class GeneralSigningApdu:
     content: bytes
     signature: bytes | None = None
 
+    def __post_init__(self) -> None:
+        """EncodeError unless the signature is None, empty or 64 bytes (so every instance can be encoded)."""
+        if self.signature is not None and len(self.signature) not in (0, SIGNATURE_LEN):
+            raise EncodeError(f"signature must be 0 or {SIGNATURE_LEN} bytes, got {len(self.signature)}")
+
     def signed_bytes(self) -> bytes:
         """GBCS signed range (README §6): from the byte after DF through the last content byte."""
         return self.header.encode() + encode_length(len(self.content)) + bytes(self.content)
 
     def encode(self) -> bytes:
         """The APDU from DF; with the sig-len byte and signature unless signature is None."""
-        body = bytes([GENERAL_SIGNING_TAG]) + self.signed_bytes()
+        precommand = self.encode_precommand()
         if self.signature is None:
-            return body
-        if len(self.signature) not in (0, SIGNATURE_LEN):
-            raise EncodeError(f"signature must be 0 or {SIGNATURE_LEN} bytes, got {len(self.signature)}")
-        return body + bytes([len(self.signature)]) + bytes(self.signature)
+            return precommand
+        return precommand + bytes([len(self.signature)]) + bytes(self.signature)
 
     def encode_precommand(self) -> bytes:
         """The APDU without sig-len byte and signature (the RTDS PRECOMMAND form)."""
         return bytes([GENERAL_SIGNING_TAG]) + self.signed_bytes()
 
     def with_signature(self, signature: bytes) -> GeneralSigningApdu:
-        if len(signature) not in (0, SIGNATURE_LEN):
-            raise EncodeError(f"signature must be 0 or {SIGNATURE_LEN} bytes, got {len(signature)}")
+        """This APDU with `signature` (empty or 64 bytes r‖s; EncodeError otherwise)."""
         return replace(self, signature=bytes(signature))
 
 

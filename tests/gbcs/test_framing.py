@@ -175,7 +175,11 @@ def test_header_encode_rejects(kw: dict[str, object]) -> None:
 def test_apdu_forms() -> None:
     apdu = GeneralSigningApdu(_header(), b"\x30\x00")
     pre = apdu.encode_precommand()
-    assert pre == apdu.encode()
+    # DF ‖ the RTDS grouping header (test_header_encode_matches_rtds) ‖ content length 02 ‖ content 30 00
+    assert (
+        pre.hex().upper() == "DF090100000000000004B00890B3D51F300200000800DB1234567890A000020103" + "023000"
+    )
+    assert apdu.encode() == pre
     assert pre[0] == 0xDF and apdu.signed_bytes() == pre[1:]
     decoded, signed = decode_apdu(pre)
     assert decoded == apdu and signed == pre[1:]
@@ -188,6 +192,8 @@ def test_apdu_forms() -> None:
     assert decode_apdu(wire)[0] == signed_apdu
     with pytest.raises(EncodeError):
         apdu.with_signature(b"\x01" * 63)
+    with pytest.raises(EncodeError):
+        GeneralSigningApdu(_header(), b"\x30\x00", b"\x01" * 65)
     for bad in (pre + b"\x40" + b"\x00" * 63, pre + b"\x41", pre + b"\x00\x00", pre[:-1]):
         with pytest.raises(DecodeError):
             decode_apdu(bad)
