@@ -5,7 +5,6 @@ issued from HSM-signed CSRs, 14 lab area DNO credential sets, mTLS certificates,
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +12,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from labpki.hierarchy import LabHierarchy
-from labpki.smki import CertifiedKey, issue_from_csr, issue_organisation_certificate, new_p256_key
+from labpki.smki import (
+    CertifiedKey,
+    KeyUsageName,
+    issue_from_csr,
+    issue_organisation_certificate,
+    new_p256_key,
+)
 from labpki.store import (
     atomic_write,
     export_keystore,
@@ -25,7 +30,7 @@ from labpki.store import (
 from labpki.tls import issue_client_certificate, issue_server_certificate
 from server.config import ConfigError
 from server.domain.values import AREA_NAMES, Area, GenerationStatus, VanillaGeneration
-from server.hsm.keys import ensure_keypair, public_key_of, sign_csr
+from server.hsm.keys import ensure_keypair, sign_csr
 from server.hsm.softhsm import ensure_softhsm_token
 from server.hsm.token import open_token_session
 from server.hsm.uri import Pkcs11Uri
@@ -48,7 +53,6 @@ def area_entity_id(area_id: int) -> bytes:
 
 @dataclass
 class BootstrapReport:
-    state: Path
     changes: list[str] = field(default_factory=list)
 
     def did(self, what: str) -> None:
@@ -71,67 +75,77 @@ def _key_uri(label: str) -> str:
 
 def _certify_vanilla(
     state: Path, pki: LabHierarchy, generation: int, report: BootstrapReport, pin: str, module: Path
-) -> VanillaGeneration:
+) -> tuple[VanillaGeneration, list[x509.Certificate]]:
+    """The generation's DS and KA keys made in the token and certified from CSRs the token signed."""
     entity = vanilla_entity_id(generation)
-    folder = state / "pki"
-    ds_label, ka_label = f"vanilla-g{generation}-ds", f"vanilla-g{generation}-ka"
+    usages: tuple[tuple[KeyUsageName, int, str], ...] = (("ds", 1, ""), ("ka", 2, " KA"))
+    certificates: list[x509.Certificate] = []
     with open_token_session(module, TOKEN_LABEL, pin) as session:
-        for label, key_id in ((ds_label, bytes([generation, 1])), (ka_label, bytes([generation, 2]))):
-            if ensure_keypair(session, label, key_id).created:
+        for usage, key_number, name_suffix in usages:
+            label = f"vanilla-g{generation}-{usage}"
+            pair = ensure_keypair(session, label, bytes([generation, key_number]))
+            if pair.created:
                 report.did(f"generated key {label} in the token")
-        ds_path, ka_path = folder / f"{ds_label}.pem", folder / f"{ka_label}.pem"
-        if not ds_path.exists():
-            csr = sign_csr(session, [("2.5.4.3", f"VDNO vanilla g{generation}")], label=ds_label)
-            cert = issue_from_csr(pki.issuing_ca, csr, entity, NETWORK_OPERATOR_ROLE, "ds")
-            write_certificate(ds_path, cert)
-            report.did(f"issued {ds_label} certificate from an HSM-signed CSR")
-        if not ka_path.exists():
-            csr = sign_csr(session, [("2.5.4.3", f"VDNO vanilla g{generation} KA")], label=ka_label)
-            cert = issue_from_csr(pki.issuing_ca, csr, entity, NETWORK_OPERATOR_ROLE, "ka")
-            write_certificate(ka_path, cert)
-            report.did(f"issued {ka_label} certificate from an HSM-signed CSR")
-        # The token's public keys must be the certified ones (a re-made token would not match).
-        for label, path in ((ds_label, ds_path), (ka_label, ka_path)):
-            if read_certificate(path).public_key() != public_key_of(session, label=label):
+            path = state / "pki" / f"{label}.pem"
+            if path.exists():
+                cert = read_certificate(path)
+            else:
+                subject = [("2.5.4.3", f"VDNO vanilla g{generation}{name_suffix}")]
+                csr = sign_csr(session, subject, label=label)
+                cert = issue_from_csr(pki.issuing_ca, csr, entity, NETWORK_OPERATOR_ROLE, usage)
+                write_certificate(path, cert)
+                report.did(f"issued {label} certificate from an HSM-signed CSR")
+            # The token's public key must be the certified one (a re-made token would not match).
+            if cert.public_key() != pair.public_key:
                 raise ConfigError(
                     f"{path} does not certify the token key {label}; the state folder is inconsistent"
                 )
-    return VanillaGeneration(
+            certificates.append(cert)
+    ds, ka = certificates
+    vanilla = VanillaGeneration(
         generation=generation,
         entity_id=entity,
-        ds_key_uri=_key_uri(ds_label),
-        ka_key_uri=_key_uri(ka_label),
-        ds_certificate=read_certificate(ds_path).public_bytes(Encoding.DER),
-        ka_certificate=read_certificate(ka_path).public_bytes(Encoding.DER),
+        ds_key_uri=_key_uri(f"vanilla-g{generation}-ds"),
+        ka_key_uri=_key_uri(f"vanilla-g{generation}-ka"),
+        ds_certificate=ds.public_bytes(Encoding.DER),
+        ka_certificate=ka.public_bytes(Encoding.DER),
         status=GenerationStatus.ACTIVE,
     )
+    return vanilla, certificates
 
 
-def _area_credentials(state: Path, pki: LabHierarchy, area_id: int, report: BootstrapReport) -> Area:
+def _area_credentials(
+    state: Path, pki: LabHierarchy, area_id: int, report: BootstrapReport
+) -> tuple[Area, list[CertifiedKey]]:
     folder = state / "areas"
-    certs: dict[str, x509.Certificate] = {}
+    credentials: list[CertifiedKey] = []
+    usage: KeyUsageName
     for usage in ("ds", "ka"):
         stem = f"area-{area_id}-{usage}"
-        if not (folder / f"{stem}.pem").exists():
-            key = new_p256_key()
-            cert = issue_organisation_certificate(
-                pki.issuing_ca,
-                key.public_key(),
-                area_entity_id(area_id),
-                NETWORK_OPERATOR_ROLE,
-                usage,
-                common_name=f"LAB DNO {AREA_NAMES[area_id].upper()}"[:64],
-            )
-            write_certified_key(folder, stem, CertifiedKey(cert, key))
-            report.did(f"issued test DNO {usage.upper()} credentials for area {area_id}")
-        certs[usage] = read_certified_key(folder, stem).certificate
-    return Area(
+        if (folder / f"{stem}.pem").exists():
+            credentials.append(read_certified_key(folder, stem))
+            continue
+        key = new_p256_key()
+        cert = issue_organisation_certificate(
+            pki.issuing_ca,
+            key.public_key(),
+            area_entity_id(area_id),
+            NETWORK_OPERATOR_ROLE,
+            usage,
+            common_name=f"LAB DNO {AREA_NAMES[area_id].upper()}"[:64],
+        )
+        write_certified_key(folder, stem, CertifiedKey(cert, key))
+        credentials.append(CertifiedKey(cert, key))
+        report.did(f"issued test DNO {usage.upper()} credentials for area {area_id}")
+    ds, ka = (c.certificate for c in credentials)
+    area = Area(
         area_id=area_id,
         name=AREA_NAMES[area_id],
         entity_id=area_entity_id(area_id),
-        ds_certificate=certs["ds"].public_bytes(Encoding.DER),
-        ka_certificate=certs["ka"].public_bytes(Encoding.DER),
+        ds_certificate=ds.public_bytes(Encoding.DER),
+        ka_certificate=ka.public_bytes(Encoding.DER),
     )
+    return area, credentials
 
 
 CONFIG_TEMPLATE = """\
@@ -165,16 +179,13 @@ device_ca = "pki/device-ca.pem"
 
 
 def initialise_state(
-    state: Path,
-    benches: tuple[str, ...] = ("bench-01",),
-    say: Callable[[str], None] = print,
-    database_url: str | None = None,
-) -> BootstrapReport:
+    state: Path, benches: tuple[str, ...] = ("bench-01",), database_url: str | None = None
+) -> None:
     """database_url: register areas, generation and benches there instead of the state's SQLite file
     (e.g. PostgreSQL); config.toml still names the SQLite file, override it with VDNO_DATABASE_URL."""
     state = state.resolve()
     state.mkdir(parents=True, exist_ok=True)
-    report = BootstrapReport(state)
+    report = BootstrapReport()
     user_pin = _secret(state / "secrets" / "user.pin", report)
     so_pin = _secret(state / "secrets" / "so.pin", report)
     token = ensure_softhsm_token(state, TOKEN_LABEL, user_pin, so_pin)
@@ -185,8 +196,9 @@ def initialise_state(
     pki = LabHierarchy.load_or_create(pki_folder)
     if not existed:
         report.did("created the lab SMKI hierarchy (root, issuing CA, device CA) and the TLS CA")
-    generation = _certify_vanilla(state, pki, 1, report, user_pin, token.module_path)
-    areas = [_area_credentials(state, pki, area_id, report) for area_id in AREA_NAMES]
+    generation, vanilla_certificates = _certify_vanilla(state, pki, 1, report, user_pin, token.module_path)
+    area_credentials = [_area_credentials(state, pki, area_id, report) for area_id in AREA_NAMES]
+    areas = [area for area, _ in area_credentials]
 
     tls = state / "tls"
     if not (tls / "server.pem").exists():
@@ -220,17 +232,12 @@ def initialise_state(
     # Rewritten each run with identical content.
     export_keystore(
         state / "keystore",
-        [
-            x509.load_der_x509_certificate(generation.ds_certificate),
-            x509.load_der_x509_certificate(generation.ka_certificate),
-        ]
-        + [read_certified_key(state / "areas", f"area-{a.area_id}-{u}") for a in areas for u in ("ds", "ka")],
+        [*vanilla_certificates, *(c for _, credentials in area_credentials for c in credentials)],
         include_keys=True,
     )
     if report.changes:
-        say(f"initialised {state}:")
+        print(f"initialised {state}:")
         for change in report.changes:
-            say(f"  - {change}")
+            print(f"  - {change}")
     else:
-        say(f"{state} is already initialised; nothing changed")
-    return report
+        print(f"{state} is already initialised; nothing changed")
