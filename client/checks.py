@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
-
 from client.bundle import TrustBundle, VanillaGeneration
 from client.errors import BundleError, CommandRefused, ResponseRejected
 from gbcs.cells import NO_DS_CELL, NO_KA_CELL, CredentialsReplacementMode, KeyUsage, RemotePartyRole
@@ -27,7 +24,7 @@ from gbcs.framing import (
 )
 from gbcs.ids import eui64_hex
 from gbcs.signature import verify_message_signature
-from gbcs.smki import load_certificate
+from gbcs.smki import SmkiCertificate, load_certificate
 
 
 @dataclass(frozen=True)
@@ -155,10 +152,11 @@ def check_command(command: bytes, device_id: bytes, area_id: int, bundle: TrustB
 
 
 def check_response(
-    response: bytes, command_header: GroupingHeader, device_certificate: bytes | x509.Certificate
+    response: bytes, command_header: GroupingHeader, device: SmkiCertificate
 ) -> CheckedResponse:
-    """Verify the meter's signed CS02b response: device signature, addressing, echoed counter and mode,
-    and every replacement outcome status 0. ResponseRejected with a named reason otherwise."""
+    """Verify the meter's signed CS02b response: device signature (with `device`, the DS certificate the
+    meter gave in CS02e), addressing, echoed counter and mode, and every replacement outcome status 0.
+    ResponseRejected with a named reason otherwise."""
     try:
         message = decode_message(bytes(response))
     except GbcsError as exc:
@@ -188,13 +186,6 @@ def check_response(
             "counter-mismatch",
             f"response counter {header.originator_counter} does not echo {command_header.originator_counter}",
         )
-    try:
-        if isinstance(device_certificate, x509.Certificate):
-            device = load_certificate(device_certificate.public_bytes(Encoding.DER))
-        else:
-            device = load_certificate(bytes(device_certificate))
-    except CertificateError as exc:
-        raise ResponseRejected("bad-device-certificate", str(exc)) from exc
     if device.is_device and device.entity_id != command_header.business_target_id:
         raise ResponseRejected(
             "bad-device-certificate",

@@ -73,9 +73,17 @@ class HandOutResult:
 
 @dataclass(frozen=True)
 class MeterReading:
-    device_certificate: bytes  # DER, from CS02e, signature-verified and (if the bundle has it) chained
+    """What read_meter established. `device` is the device DS certificate from CS02e: it verified both
+    responses' signatures and, when the bundle has a device CA, chains to it."""
+
+    device: SmkiCertificate
     credentials_response: bytes  # the signed CS02a response as received
     credentials: ProvideSecurityCredentialsResponse
+
+    @property
+    def device_certificate(self) -> bytes:
+        """DER of the device DS certificate, as the hand-out request carries it."""
+        return self.device.der
 
 
 _counter_lock = threading.Lock()
@@ -185,7 +193,7 @@ def read_meter(
         credentials = ProvideSecurityCredentialsResponse.decode(a_message.apdu.content)
     except GbcsError as exc:
         raise ReadError(f"CS02a response: {exc}") from exc
-    return MeterReading(device.der, a_response, credentials)
+    return MeterReading(device, a_response, credentials)
 
 
 def save_command(folder: Path, device_id: bytes, counter: int, command: bytes) -> Path:
@@ -254,7 +262,7 @@ def hand_out(
 
     local_problem = ""
     try:
-        check_response(response, checked.header, reading.device_certificate)
+        check_response(response, checked.header, reading.device)
     except ResponseRejected as exc:
         local_problem = f"response: {exc}"
     try:

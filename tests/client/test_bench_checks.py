@@ -13,6 +13,7 @@ from bench_testlib import (
     OTHER_DEVICE_ID,
     LabWorld,
     build_command,
+    der,
     device_response,
     with_status,
 )
@@ -22,6 +23,8 @@ from client.errors import CommandRefused, ResponseRejected
 from gbcs.cells import NO_DS_CELL, NO_KA_CELL
 from gbcs.cs02b import TrustAnchorReplacement
 from gbcs.framing import decode_message, encode_mac_framed
+from gbcs.smki import load_certificate
+from labpki.smki import issue_device_certificate, new_p256_key
 
 
 def test_accepts_correct_command(world: LabWorld) -> None:
@@ -129,14 +132,14 @@ def test_mac_framed_or_unsigned_refused(world: LabWorld) -> None:
 def test_response_accepted(world: LabWorld) -> None:
     command = build_command(world, counter=777)
     header = decode_message(command).apdu.header
-    checked = check_response(device_response(world, command), header, world.device_cert)
+    checked = check_response(device_response(world, command), header, load_certificate(world.device_cert))
     assert checked.outcome.seq_number == 777
 
 
 def response_refusal(world: LabWorld, response: bytes, command: bytes, cert: bytes | None = None) -> str:
     header = decode_message(command).apdu.header
     with pytest.raises(ResponseRejected) as info:
-        check_response(response, header, cert or world.device_cert)
+        check_response(response, header, load_certificate(cert or world.device_cert))
     return info.value.reason
 
 
@@ -164,3 +167,10 @@ def test_response_wrong_device_certificate(world: LabWorld) -> None:
     # the device's KA certificate is for the right device but its key did not sign
     assert response_refusal(world, response, command, world.device_ka_cert) == "bad-signature"
     assert response_refusal(world, response, command, world.vanilla.ds_cert) == "bad-signature"
+
+
+def test_response_device_certificate_for_another_device(world: LabWorld) -> None:
+    command = build_command(world)
+    response = device_response(world, command)
+    other = der(issue_device_certificate(world.device_ca, new_p256_key().public_key(), OTHER_DEVICE_ID, "ds"))
+    assert response_refusal(world, response, command, other) == "bad-device-certificate"
