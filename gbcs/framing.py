@@ -82,20 +82,33 @@ class GroupingHeader:
     date_time: bytes | None = None
     supplementary: bytes = b""  # other-information bytes after the 2-byte message code
 
-    def encode(self) -> bytes:
-        """Bytes from the transaction-id length byte (09) through the other-information (no DF tag)."""
+    @property
+    def transaction_id(self) -> bytes:
+        """The 9-byte Transaction ID: CRA flag ‖ 64-bit big-endian originator counter. EncodeError if either
+        is out of range."""
         try:
             cra = Cra(self.cra)
         except ValueError as exc:
             raise EncodeError(f"CRA flag {self.cra!r} is not 1, 2 or 3") from exc
         if not 0 <= self.originator_counter <= 0xFFFFFFFFFFFFFFFF:
             raise EncodeError(f"originator counter {self.originator_counter} is not a 64-bit unsigned")
+        return bytes([cra]) + self.originator_counter.to_bytes(8, "big")
+
+    @property
+    def business_ids(self) -> tuple[bytes, bytes]:
+        """(business originator id, business target id) as bytes. EncodeError unless each is 8 bytes."""
         for what, value in (
             ("business originator id", self.business_originator_id),
             ("business target id", self.business_target_id),
         ):
             if len(value) != 8:
                 raise EncodeError(f"{what} must be 8 bytes, got {len(value)}")
+        return bytes(self.business_originator_id), bytes(self.business_target_id)
+
+    def encode(self) -> bytes:
+        """Bytes from the transaction-id length byte (09) through the other-information (no DF tag)."""
+        transaction_id = self.transaction_id
+        originator_id, target_id = self.business_ids
         if not 0 <= self.message_code <= 0xFFFF:
             raise EncodeError(f"message code {self.message_code} outside 0..0xFFFF")
         if self.date_time is None:
@@ -106,12 +119,12 @@ class GroupingHeader:
             raise EncodeError(f"date-time must be {DATE_TIME_LEN} bytes, got {len(self.date_time)}")
         other = self.message_code.to_bytes(2, "big") + bytes(self.supplementary)
         return (
-            bytes([TRANSACTION_ID_LEN, cra])
-            + self.originator_counter.to_bytes(8, "big")
+            bytes([TRANSACTION_ID_LEN])
+            + transaction_id
             + b"\x08"
-            + bytes(self.business_originator_id)
+            + originator_id
             + b"\x08"
-            + bytes(self.business_target_id)
+            + target_id
             + date_time
             + encode_length(len(other))
             + other
@@ -303,20 +316,26 @@ def decode_message(data: bytes) -> GbcsMessage:
     )
 
 
+def encode_invocation_counter(invocation_counter: int) -> bytes:
+    """The 4-byte big-endian invocation counter of the MAC security header. EncodeError outside 32 bits."""
+    if not 0 <= invocation_counter <= 0xFFFFFFFF:
+        raise EncodeError(f"invocation counter {invocation_counter} is not a 32-bit unsigned")
+    return invocation_counter.to_bytes(4, "big")
+
+
 def encode_mac_framed(apdu_bytes: bytes, mac: bytes, invocation_counter: int = 0) -> bytes:
     """Wrap a complete GS APDU (with sig-len and signature) in the MAC Header with the 12-byte MAC."""
     if len(mac) != MAC_LEN:
         raise EncodeError(f"MAC must be {MAC_LEN} bytes, got {len(mac)}")
     if not apdu_bytes or apdu_bytes[0] != GENERAL_SIGNING_TAG:
         raise EncodeError("APDU to MAC-frame must start with DF")
-    if not 0 <= invocation_counter <= 0xFFFFFFFF:
-        raise EncodeError(f"invocation counter {invocation_counter} is not a 32-bit unsigned")
+    counter = encode_invocation_counter(invocation_counter)
     return (
         bytes([GENERAL_CIPHERING_TAG])
         + bytes(6)
         + encode_length(SECURITY_HEADER_LEN + len(apdu_bytes) + MAC_LEN)
         + bytes([SECURITY_CONTROL_AUTH_ONLY])
-        + invocation_counter.to_bytes(4, "big")
+        + counter
         + bytes(apdu_bytes)
         + bytes(mac)
     )

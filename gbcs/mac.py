@@ -10,13 +10,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.concatkdf import ConcatKDFHash
 
-from gbcs.errors import EncodeError, MacError
+from gbcs.errors import MacError
 from gbcs.framing import (
     MAC_LEN,
     SECURITY_CONTROL_AUTH_ONLY,
     TRANSACTION_ID_LEN,
     GbcsMessage,
     GroupingHeader,
+    encode_invocation_counter,
     encode_mac_framed,
 )
 from gbcs.signature import p256_public_key
@@ -35,12 +36,9 @@ def derive_mac_key(private_key: ec.EllipticCurvePrivateKey, peer: PeerKey, heade
         z = private_key.exchange(ec.ECDH(), public_key)
     except ValueError as exc:
         raise MacError(f"ECDH failed: {exc}") from exc
+    originator_id, target_id = header.business_ids
     other_info = (
-        KDF_ALGORITHM_ID
-        + bytes(header.business_originator_id)
-        + bytes([TRANSACTION_ID_LEN, int(header.cra)])
-        + header.originator_counter.to_bytes(8, "big")
-        + bytes(header.business_target_id)
+        KDF_ALGORITHM_ID + originator_id + bytes([TRANSACTION_ID_LEN]) + header.transaction_id + target_id
     )
     # NIST SP 800-56A single-step KDF with SHA-256, one round (counter 00000001)
     return ConcatKDFHash(hashes.SHA256(), 16, other_info).derive(z)
@@ -54,13 +52,10 @@ def compute_mac(
     invocation_counter: int = 0,
 ) -> bytes:
     """12-byte tag over AAD = 11 ‖ invocation counter(4) ‖ 00 ‖ the whole GS APDU (DF through signature)."""
-    if not 0 <= invocation_counter <= 0xFFFFFFFF:
-        raise EncodeError(f"invocation counter {invocation_counter} is not a 32-bit unsigned")
-    if len(header.business_originator_id) != 8 or len(header.business_target_id) != 8:
-        raise EncodeError("grouping-header ids must be 8 bytes for the MAC")
+    counter = encode_invocation_counter(invocation_counter)
+    originator_id, _ = header.business_ids
     key = derive_mac_key(private_key, peer, header)
-    counter = invocation_counter.to_bytes(4, "big")
-    iv = bytes(header.business_originator_id) + counter
+    iv = originator_id + counter
     # README §7 [verified]: AAD = 11 ‖ five zero bytes ‖ APDU. We place the invocation counter in the first
     # four of them (always 0 in RTDS, so which of the zero bytes it occupies is unconfirmed).
     aad = bytes([SECURITY_CONTROL_AUTH_ONLY]) + counter + b"\x00" + bytes(apdu_bytes)

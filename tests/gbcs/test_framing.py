@@ -144,6 +144,8 @@ def test_header_encode_matches_rtds() -> None:
     assert _header().encode().hex().upper() == (
         "090100000000000004B00890B3D51F300200000800DB1234567890A000020103"
     )
+    assert _header().transaction_id.hex().upper() == "0100000000000004B0"
+    assert _header().business_ids == (NO, ESME)
     resp = _header(
         cra=Cra.RESPONSE,
         business_originator_id=ESME,
@@ -208,6 +210,9 @@ def test_mac_frame_roundtrip() -> None:
     assert msg.mac_framed
     with pytest.raises(EncodeError):
         encode_mac_framed(apdu, bytes(11))
+    for counter in (-1, 1 << 32):
+        with pytest.raises(EncodeError, match="invocation counter"):
+            encode_mac_framed(apdu, bytes(12), counter)
     # MAC-framed APDU without sig-len byte is rejected
     pre = GeneralSigningApdu(_header(), b"\x30\x00").encode()
     with pytest.raises(DecodeError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from gbcs.cs02b import (
     UpdateSecurityCredentialsCommand,
     UpdateSecurityCredentialsResponse,
 )
-from gbcs.errors import GbcsError, MacError, SignatureError
+from gbcs.errors import EncodeError, GbcsError, MacError, SignatureError
 from gbcs.framing import Cra, GeneralSigningApdu, GroupingHeader, decode_message, encode_mac_framed
 from gbcs.message import decode_any
 
@@ -105,6 +106,27 @@ def test_keys_not_on_p256_are_refused(keystore: Path) -> None:
     acb_key = load_key(keystore / f"{ACB_ID}-ka.key")
     with pytest.raises(MacError, match=r"^MAC peer key is not an EC P-256 public key$"):
         mac.derive_mac_key(acb_key, p384, header)
+
+
+def test_mac_refuses_headers_and_counters_it_cannot_encode(keystore: Path) -> None:
+    acb_key = load_key(keystore / f"{ACB_ID}-ka.key")
+    esme_ka = load_cert(keystore / "00db1234567890a0-ka.pem")
+    good = GroupingHeader(Cra.COMMAND, 1, bytes(8), bytes(8), 0x0103)
+    assert len(mac.compute_mac(b"\xdf", good, acb_key, esme_ka)) == 12
+    for header, counter, error in (
+        (
+            replace(good, business_originator_id=bytes(7)),
+            0,
+            "^business originator id must be 8 bytes, got 7$",
+        ),
+        (replace(good, business_target_id=bytes(9)), 0, "^business target id must be 8 bytes, got 9$"),
+        (replace(good, originator_counter=1 << 64), 0, "^originator counter .* is not a 64-bit unsigned$"),
+        (replace(good, cra=4), 0, "^CRA flag 4 is not 1, 2 or 3$"),
+        (good, 1 << 32, "^invocation counter 4294967296 is not a 32-bit unsigned$"),
+        (good, -1, "^invocation counter -1 is not a 32-bit unsigned$"),
+    ):
+        with pytest.raises(EncodeError, match=error):
+            mac.compute_mac(b"\xdf", header, acb_key, esme_ka, counter)
 
 
 def test_index_covers_all_files(vectors: list[Vector]) -> None:
