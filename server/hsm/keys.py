@@ -131,12 +131,10 @@ def find_key(
 
 
 def read_private_key_attributes(
-    session: Any, label: str | None = None, key_id: bytes | None = None, *, key: Any = None
+    session: Any, label: str | None = None, key_id: bytes | None = None
 ) -> PrivateKeyAttributes:
-    """Read back the custody-relevant attributes of a private key (found by label/id, or given)."""
-    if key is None:
-        key = find_key(session, ObjectClass.PRIVATE_KEY, label, key_id)
-    return attributes_of(key)
+    """Read back the custody-relevant attributes of the private key found by label/id."""
+    return attributes_of(find_key(session, ObjectClass.PRIVATE_KEY, label, key_id))
 
 
 def attributes_of(key: Any) -> PrivateKeyAttributes:
@@ -278,8 +276,6 @@ def sign_csr(
     subject: SubjectLike,
     label: str | None = None,
     key_id: bytes | None = None,
-    *,
-    attributes: Sequence[Any] = (),
 ) -> bytes:
     """A DER PKCS#10 CSR for `subject` whose public key and signature (ecdsa-with-SHA256) come from the
     token's key pair named by label/id. The private key never leaves the token."""
@@ -293,7 +289,7 @@ def sign_csr(
             "version": "v1",
             "subject": build_name(subject),
             "subject_pk_info": asn1_keys.PublicKeyInfo.load(spki),
-            "attributes": list(attributes),
+            "attributes": [],
         }
     )
     digest = hashes.Hash(hashes.SHA256())

@@ -323,17 +323,14 @@ def _issuance(row: Any) -> IssuanceRecord:
 class SqlCustodyStore:
     """CustodyStore over SQLAlchemy. Build with `open_store(url)`."""
 
-    def __init__(self, engine: Engine, write_engine: Engine | None = None) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        if write_engine is None:
-            sqlite = engine.dialect.name == "sqlite"
-            write_engine = (
-                make_engine(engine.url.render_as_string(hide_password=False), writer=True)
-                if sqlite
-                else engine
-            )
+        sqlite = engine.dialect.name == "sqlite"
+        write_engine = (
+            make_engine(engine.url.render_as_string(hide_password=False), writer=True) if sqlite else engine
+        )
         self._write_engine = write_engine
-        database = write_engine.url.database if write_engine.dialect.name == "sqlite" else None
+        database = write_engine.url.database if sqlite else None
         lock_path = Path(database + ".writelock") if database and database != ":memory:" else None
         self._writer = _GroupCommitWriter(write_engine, lock_path)
         self._step_writer = _GroupCommitWriter(write_engine, lock_path, threaded=False)
