@@ -5,11 +5,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 
+from gbcs_testlib import Vector
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from rtds_vectors import read_hex
 
 from gbcs.cells import CellUsage, KeyUsage, TrustAnchorCellIdentifier
 from gbcs.cs02a import (
@@ -214,14 +213,13 @@ def test_random_bytes_never_leak(data: bytes) -> None:
 
 @SETTINGS
 @given(st.data())
-def test_truncated_and_mutated_vectors(vectors_dir: Path, data: st.DataObject) -> None:
-    files = sorted(vectors_dir.glob("*/*.HEX"))
-    path = data.draw(st.sampled_from(files))
-    wire = read_hex(path)
+def test_truncated_and_mutated_vectors(vectors: list[Vector], data: st.DataObject) -> None:
+    vector = data.draw(st.sampled_from(vectors))
+    wire = vector.data
     cut = data.draw(st.integers(0, len(wire) - 1))
     truncated = wire[:cut]
     _only_gbcs_errors(decode_any, truncated)
-    if "PRECOMMAND" not in path.name:
+    if vector.kind != "PRECOMMAND":
         # a signed/MACed message cut anywhere never decodes as signed: either framing breaks, or (cut exactly
         # after the content of a GS-only message) it reads as an unsigned pre-command form
         try:
@@ -229,7 +227,7 @@ def test_truncated_and_mutated_vectors(vectors_dir: Path, data: st.DataObject) -
         except GbcsError:
             pass
         else:
-            assert decoded.message.apdu.signature is None, f"truncation at {cut} of {path.name}"
+            assert decoded.message.apdu.signature is None, f"truncation at {cut} of {vector.name}"
             assert not decoded.message.mac_framed
     pos = data.draw(st.integers(0, len(wire) - 1))
     mutated = bytearray(wire)

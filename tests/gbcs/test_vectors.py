@@ -258,12 +258,10 @@ def test_tampering_is_detected(vectors: list[Vector], keystore: Path) -> None:
                     _check(v, bytes(flipped), keystore)
 
 
-def test_truncations_raise_gbcs_errors(vectors: list[Vector]) -> None:
+def test_trailing_byte_is_refused(vectors: list[Vector]) -> None:
+    # an extra trailing byte is never accepted silently for signed/MACed messages
+    # (truncations: test_properties.test_truncated_and_mutated_vectors)
     for v in vectors:
-        for cut in range(0, len(v.data), max(1, len(v.data) // 97)):
-            with contextlib.suppress(GbcsError):
-                decode_any(v.data[:cut])
-        # an extra trailing byte is never accepted silently for signed/MACed messages
         if v.kind != "PRECOMMAND":
             with pytest.raises(GbcsError):
                 decode_any(v.data + b"\x00")
