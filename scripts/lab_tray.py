@@ -12,9 +12,10 @@ from gbcs.cells import NO_DS_CELL, NO_KA_CELL
 from labpki.hierarchy import LabHierarchy
 from labpki.store import read_certificate
 from simulator.device import SimulatedDevice
-from simulator.errors import DeviceRefused
+from simulator.frames import RESP_GBCS, decode_reply, send_body
 from simulator.lab import make_device_profile
 from simulator.profile import ROOT_CELL, DeviceProfile
+from simulator.tray import Tray
 
 
 def tray_device_id(index: int) -> bytes:
@@ -44,20 +45,23 @@ def vanilla_tray_profiles(
 
 
 class InProcessTransport:
-    """The bench client's DeviceTransport over in-process simulated devices; refusals come back as the
-    tray server reports them over the wire (client.errors.DeviceRefusedError)."""
+    """The bench client's DeviceTransport over an in-process simulator.tray.Tray: the same request and
+    reply bodies as the tray server, without the socket, so refusals come back as over the wire
+    (client.errors.DeviceRefusedError). `devices` gives the simulated meters by id, to look inside them."""
 
     def __init__(self, profiles: list[DeviceProfile]) -> None:
         self.devices = {p.device_id: SimulatedDevice(p) for p in profiles}
+        self.tray = Tray(self.devices.values())
 
     def send(self, device_id: bytes, message: bytes) -> bytes:
-        device = self.devices.get(device_id)
-        if device is None:
-            raise DeviceRefusedError(None, f"unknown device {device_id.hex()}")
         try:
-            return device.process(message)
-        except DeviceRefused as exc:
-            raise DeviceRefusedError(exc.status, f"device {device_id.hex()} refused: {exc.reason}") from exc
+            body = send_body(bytes(device_id), bytes(message))
+        except ValueError as exc:  # not an 8-byte id: no device of the tray has it
+            raise DeviceRefusedError(None, f"unknown device {bytes(device_id).hex()}") from exc
+        reply = decode_reply(self.tray.handle(body))
+        if reply.kind != RESP_GBCS:
+            raise DeviceRefusedError(reply.status, reply.reason)
+        return reply.data
 
     def list_devices(self) -> list[bytes]:
-        return list(self.devices)
+        return [bytes.fromhex(device_id) for device_id in self.tray.device_ids()]
