@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import Encoding
+from lab_testlib import cs02b_command, der, org
 
 from client.bundle import AreaCredentials, TrustBundle, VanillaGeneration
 from gbcs.cells import NO_DS_CELL, NO_KA_CELL
@@ -17,7 +17,6 @@ from gbcs.cs02a import (
     TrustAnchorCellDetails,
 )
 from gbcs.cs02b import (
-    AuthorisingRemotePartyControl,
     ExecutionOutcome,
     RemotePartySeqNumberChange,
     ReplacementOutcome,
@@ -32,7 +31,6 @@ from gbcs.smki import load_certificate
 from labpki.smki import (
     CertifiedKey,
     issue_device_certificate,
-    issue_organisation_certificate,
     make_device_ca,
     make_issuing_ca,
     make_root_ca,
@@ -46,10 +44,6 @@ OTHER_DEVICE_ID = bytes.fromhex("00db1234567890fe")
 AREA_ID = 14
 OTHER_AREA_ID = 15
 TIME = b"\x07\xe9\x01\x01\xff\x00\x00\x00\x00\x80\x00\xff"
-
-
-def der(cert: Any) -> bytes:
-    return bytes(cert.public_bytes(Encoding.DER))
 
 
 @dataclass
@@ -99,14 +93,8 @@ class LabWorld:
 
 
 def _org(issuing: CertifiedKey, entity_id: bytes) -> OrgKeys:
-    ds, ka = new_p256_key(), new_p256_key()
-    return OrgKeys(
-        entity_id,
-        ds,
-        der(issue_organisation_certificate(issuing, ds.public_key(), entity_id, 3, "ds")),
-        ka,
-        der(issue_organisation_certificate(issuing, ka.public_key(), entity_id, 3, "ka")),
-    )
+    ds, ka = org(issuing, entity_id, 3, "ds"), org(issuing, entity_id, 3, "ka")
+    return OrgKeys(entity_id, ds.signing_key, der(ds.certificate), ka.signing_key, der(ka.certificate))
 
 
 def make_world() -> LabWorld:
@@ -146,33 +134,26 @@ def build_command(
     path: tuple[bytes, ...] | None = None,
     seq_number: int | None = None,
 ) -> bytes:
-    """A GS-only, KRP-signed CS02b NO-by-NO command, as the custodian would return it."""
+    """A GS-only, KRP-signed CS02b NO-by-NO command, as the custodian would return it. The message code
+    stays 0x0103 whatever `mode` says."""
     signer = signer or world.vanilla
     area = world.areas[area_id]
-    payload = UpdateSecurityCredentialsCommand(
-        control=AuthorisingRemotePartyControl(
-            mode=mode,
-            seq_number=counter if seq_number is None else seq_number,
-            ta_cell=NO_DS_CELL,
-            floor_seq_number=0,
-        ),
-        replacements=replacements
-        if replacements is not None
-        else (
+    if replacements is None:
+        replacements = (
             TrustAnchorReplacement(area.ds_cert, NO_DS_CELL),
             TrustAnchorReplacement(area.ka_cert, NO_KA_CELL),
-        ),
-        certification_path_certificates=path if path is not None else (der(world.issuing.certificate),),
-    )
-    header = GroupingHeader(
-        cra=Cra.COMMAND,
-        originator_counter=counter,
-        business_originator_id=originator or signer.entity_id,
-        business_target_id=device_id,
+        )
+    return cs02b_command(
+        signer.ds_key,
+        originator or signer.entity_id,
+        device_id,
+        counter,
+        replacements,
+        path if path is not None else (der(world.issuing.certificate),),
+        mode=mode,
         message_code=MessageCode.CS02B_NETWORK_OPERATOR_BY_NETWORK_OPERATOR,
-    )
-    apdu = sign_apdu(GeneralSigningApdu(header, payload.encode()), signer.ds_key)
-    return apdu.encode()
+        seq=seq_number,
+    ).encode()
 
 
 def device_response(

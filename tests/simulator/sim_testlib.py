@@ -9,29 +9,25 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from lab_testlib import cs02b_command, der, org
 
 from gbcs.cells import NO_DS_CELL, NO_KA_CELL, KeyUsage, TrustAnchorCellIdentifier
 from gbcs.cs02a import ProvideSecurityCredentialsCommand
 from gbcs.cs02b import (
-    AuthorisingRemotePartyControl,
     RemotePartySeqNumberChange,
     ReplacementOutcome,
     TrustAnchorReplacement,
-    UpdateSecurityCredentialsCommand,
     UpdateSecurityCredentialsResponse,
 )
 from gbcs.cs02e import ProvideDeviceCertificateCommand
 from gbcs.framing import Cra, GeneralSigningApdu, GroupingHeader, decode_message
 from gbcs.mac import add_mac
-from gbcs.signature import sign_apdu, verify_message_signature
+from gbcs.signature import verify_message_signature
 from labpki.smki import (
     CertifiedKey,
-    KeyUsageName,
-    issue_organisation_certificate,
     make_device_ca,
     make_issuing_ca,
     make_root_ca,
-    new_p256_key,
 )
 from simulator.device import SimulatedDevice
 from simulator.lab import make_device_profile
@@ -146,14 +142,6 @@ SUPPLIER = bytes.fromhex("90b3d51f30010000")
 LAB_DEVICE = bytes.fromhex("00db00000000a001")
 
 
-def org(
-    issuer: CertifiedKey, entity: bytes, role: int, usage: KeyUsageName, now: datetime, years: int = 10
-) -> CertifiedKey:
-    key = new_p256_key()
-    cert = issue_organisation_certificate(issuer, key.public_key(), entity, role, usage, now=now, years=years)
-    return CertifiedKey(cert, key)
-
-
 @dataclass
 class World:
     now: datetime
@@ -171,7 +159,7 @@ class World:
     foreign_no_ds: CertifiedKey  # a NO DS certificate from an unrelated CA
 
     def der(self, ck: CertifiedKey) -> bytes:
-        return ck.certificate.public_bytes(serialization.Encoding.DER)
+        return der(ck.certificate)
 
 
 def make_world() -> World:
@@ -226,27 +214,24 @@ def cs02b(
     other_changes: tuple[RemotePartySeqNumberChange, ...] | None = None,
     disapply_time: bool = False,
 ) -> GeneralSigningApdu:
-    """A signed CS02b command (GS-only)."""
-    reps = tuple(
-        TrustAnchorReplacement(
-            c if isinstance(c, bytes) else c.certificate.public_bytes(serialization.Encoding.DER), cell
-        )
-        for c, cell in replacements
+    """A signed CS02b command (GS-only), message code 0x0100 + mode."""
+    return cs02b_command(
+        signer.signing_key,
+        originator,
+        device_id,
+        counter,
+        [
+            TrustAnchorReplacement(c if isinstance(c, bytes) else der(c.certificate), cell)
+            for c, cell in replacements
+        ],
+        [der(p.certificate) for p in path],
+        mode=mode,
+        ta_cell=ta_cell,
+        seq=seq,
+        floor=floor,
+        other_changes=other_changes,
+        disapply_time=disapply_time,
     )
-    command = UpdateSecurityCredentialsCommand(
-        AuthorisingRemotePartyControl(
-            mode=mode,
-            seq_number=counter if seq is None else seq,
-            ta_cell=ta_cell,
-            apply_time_based_cpv_checks=1 if disapply_time else None,
-            floor_seq_number=floor,
-            other_seq_number_changes=other_changes,
-        ),
-        reps,
-        tuple(p.certificate.public_bytes(serialization.Encoding.DER) for p in path),
-    )
-    header = GroupingHeader(Cra.COMMAND, counter, originator, device_id, 0x0100 + mode)
-    return sign_apdu(GeneralSigningApdu(header, command.encode()), signer.signing_key)
 
 
 def with_mac(apdu: GeneralSigningApdu, acb_ka: ec.EllipticCurvePrivateKey, device_ka_cert: bytes) -> bytes:
