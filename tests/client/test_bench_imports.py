@@ -1,0 +1,19 @@
+"""House rule: the bench client never imports server code (nor the HSM binding only the server needs)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def test_client_imports_neither_server_nor_pkcs11() -> None:
+    code = (
+        "import importlib, pkgutil, sys, client\n"
+        "names = [m.name for m in pkgutil.iter_modules(client.__path__, 'client.')]\n"
+        "assert len(names) >= 9, names\n"
+        "for name in names:\n"
+        "    importlib.import_module(name)\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('server', 'pkcs11')]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
