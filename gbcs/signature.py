@@ -14,6 +14,7 @@ from gbcs.errors import GbcsError, SignatureError
 from gbcs.framing import SIGNATURE_LEN, GbcsMessage, GeneralSigningApdu
 
 _COORD_LEN = SIGNATURE_LEN // 2
+_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())  # immutable: built once, not per signature
 
 
 def signed_digest(signed_range: bytes) -> bytes:
@@ -55,7 +56,7 @@ def p256_public_key(
 
 def sign_apdu(apdu: GeneralSigningApdu, private_key: ec.EllipticCurvePrivateKey) -> GeneralSigningApdu:
     """Software signing (simulator devices, test KRPs): the APDU with its 64-byte signature set."""
-    der = private_key.sign(apdu.signed_bytes(), ec.ECDSA(hashes.SHA256()))
+    der = private_key.sign(apdu.signed_bytes(), _ECDSA_SHA256)
     return apdu.with_signature(der_to_raw(der))
 
 
@@ -68,7 +69,7 @@ def verify_signature(
     public_key = p256_public_key(key, "verification key", SignatureError)
     der = raw_to_der(signature)
     try:
-        public_key.verify(der, bytes(signed_range), ec.ECDSA(hashes.SHA256()))
+        public_key.verify(der, bytes(signed_range), _ECDSA_SHA256)
     except InvalidSignature as exc:
         raise SignatureError("signature does not verify over the signed range") from exc
 
