@@ -6,6 +6,7 @@ Certificates are carried as their exact DER bytes.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -65,12 +66,7 @@ class UpdateSecurityCredentialsCommand:
         parts = [
             _encode_control(self.control),
             ber.sequence(*(_encode_replacement(r) for r in self.replacements)),
-            ber.sequence(
-                *(
-                    ber.check_der_element(c, "certificationPathCertificates entry")
-                    for c in self.certification_path_certificates
-                )
-            ),
+            _encode_certification_path(self.certification_path_certificates),
         ]
         if self.execution_date_time is not None:
             parts.append(ber.generalized_time(self.execution_date_time))
@@ -255,10 +251,20 @@ def _decode_control(item: ber.Tlv) -> AuthorisingRemotePartyControl:
     )
 
 
+# A signer encodes the same few certificates (its areas', its issuing CA's) into every command: each
+# encoding is a pure function of immutable values, so it is kept.
+@functools.lru_cache(maxsize=256)
 def _encode_replacement(replacement: TrustAnchorReplacement) -> bytes:
     return ber.sequence(
         ber.check_der_element(replacement.certificate, "replacementCertificate"),
         replacement.target.encode(),
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _encode_certification_path(certificates: tuple[bytes, ...]) -> bytes:
+    return ber.sequence(
+        *(ber.check_der_element(c, "certificationPathCertificates entry") for c in certificates)
     )
 
 
