@@ -167,6 +167,15 @@ class GeneralSigningApdu:
         return replace(self, signature=bytes(signature))
 
 
+def encode_signed_apdu(signed_range: bytes, signature: bytes) -> bytes:
+    """DF ‖ signed range ‖ sig-len 40 ‖ r‖s: what `apdu.with_signature(signature).encode()` gives for the
+    APDU whose `signed_bytes()` is `signed_range`, without encoding its header again. EncodeError unless
+    the signature is 64 bytes."""
+    if len(signature) != SIGNATURE_LEN:
+        raise EncodeError(f"signature must be {SIGNATURE_LEN} bytes, got {len(signature)}")
+    return bytes([GENERAL_SIGNING_TAG]) + bytes(signed_range) + bytes([SIGNATURE_LEN]) + bytes(signature)
+
+
 def decode_apdu(data: bytes) -> tuple[GeneralSigningApdu, bytes]:
     """Decode a GS APDU that must span all of `data` -> (apdu, the exact signed-range bytes from data).
 

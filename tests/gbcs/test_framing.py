@@ -20,6 +20,7 @@ from gbcs.framing import (
     decode_message,
     encode_length,
     encode_mac_framed,
+    encode_signed_apdu,
     read_length,
 )
 from gbcs.ids import check_eui64, eui64_hex, parse_eui64
@@ -192,8 +193,11 @@ def test_apdu_forms() -> None:
     wire = signed_apdu.encode()
     assert wire == pre + b"\x40" + bytes(range(64))
     assert decode_apdu(wire)[0] == signed_apdu
+    assert encode_signed_apdu(apdu.signed_bytes(), bytes(range(64))) == wire
     with pytest.raises(EncodeError):
         apdu.with_signature(b"\x01" * 63)
+    with pytest.raises(EncodeError, match="64 bytes, got 63"):
+        encode_signed_apdu(apdu.signed_bytes(), b"\x01" * 63)
     with pytest.raises(EncodeError):
         GeneralSigningApdu(_header(), b"\x30\x00", b"\x01" * 65)
     for bad in (pre + b"\x40" + b"\x00" * 63, pre + b"\x41", pre + b"\x00\x00", pre[:-1]):

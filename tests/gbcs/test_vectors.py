@@ -21,7 +21,14 @@ from gbcs.cs02b import (
     UpdateSecurityCredentialsResponse,
 )
 from gbcs.errors import EncodeError, GbcsError, MacError, SignatureError
-from gbcs.framing import Cra, GeneralSigningApdu, GroupingHeader, decode_message, encode_mac_framed
+from gbcs.framing import (
+    Cra,
+    GeneralSigningApdu,
+    GroupingHeader,
+    decode_message,
+    encode_mac_framed,
+    encode_signed_apdu,
+)
 from gbcs.message import decode_any
 
 NO_DIR = "6.15.1_CS02bNOByNO"
@@ -74,6 +81,10 @@ def test_no_by_no_precommand_known_answer(vectors_dir: Path, keystore: Path, key
     rebuilt = encode_mac_framed(signed.encode(), tag)
     assert rebuilt == command_bytes
     assert rebuilt == command_bytes[:15] + precommand + b"\x40" + vector_sig + tag
+    # The signer's shortcut from the signed range gives the same APDU bytes as the vector.
+    assert encode_signed_apdu(apdu.signed_bytes(), vector_sig) == signed.encode() == command_bytes[15:-12]
+    # Encoding again (the certificate parts are kept from the first encoding) gives the same bytes.
+    assert GeneralSigningApdu(header, command.encode()).encode_precommand() == precommand
     assert mac.add_mac(signed.encode(), header, acb_key, esme_ka) == command_bytes
     assert signature.signed_digest(precommand[1:]).hex() == (
         "55d49bd5be824a23850a89c27290487c0e2ba1e0f8ed074069c678d6ab5830c1"
