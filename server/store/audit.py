@@ -15,10 +15,13 @@ from server.store.schema import audit_head, audit_log
 
 GENESIS_HASH = "0" * 64
 HEAD = "SELECT seq, hash FROM audit_head WHERE id = 1"
+# json.dumps with options builds a new encoder per call; these are built once (and are thread-safe).
+_HASHED_BODY = json.JSONEncoder(separators=(",", ":"))
+_DETAILS = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
 
 
 def _entry_hash(prev_hash: str, seq: int, at: str, event: str, actor: str, subject: str, details: str) -> str:
-    body = json.dumps([prev_hash, seq, at, event, actor, subject, details], separators=(",", ":"))
+    body = _HASHED_BODY.encode([prev_hash, seq, at, event, actor, subject, details])
     return hashlib.sha256(body.encode()).hexdigest()
 
 
@@ -47,7 +50,7 @@ class AuditAppender:
             rows = []
             for event in events:
                 seq += 1
-                details = json.dumps(event.details, sort_keys=True, separators=(",", ":"), default=str)
+                details = _DETAILS.encode(event.details)
                 digest = _entry_hash(prev, seq, at, event.event, event.actor, event.subject, details)
                 rows.append((seq, at, event.event, event.actor, event.subject, details, prev, digest))
                 prev = digest
