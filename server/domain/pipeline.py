@@ -19,10 +19,10 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
-from gbcs.framing import GeneralSigningApdu
+from gbcs.framing import encode_signed_apdu
 from gbcs.signature import signed_digest, verify_signature
 from gbcs.smki import SmkiCertificate
 from server.domain.commands import build_hand_out_command
@@ -38,6 +38,39 @@ from server.domain.values import (
 )
 
 MAX_DRAFTS_PER_STEP = 48
+T = TypeVar("T")
+
+
+class Reply(Generic[T]):
+    """One waiting caller's outcome, set once by the pipeline thread. A held lock is the whole signal:
+    per hand-out it costs a fraction of a concurrent.futures.Future (no Condition, no callbacks)."""
+
+    __slots__ = ("_error", "_ready", "_set", "_value")
+
+    def __init__(self) -> None:
+        self._ready = threading.Lock()
+        self._ready.acquire()
+        self._set = False
+        self._value: T | None = None
+        self._error: BaseException | None = None
+
+    def done(self) -> bool:
+        return self._set
+
+    def set_result(self, value: T) -> None:
+        self._value, self._set = value, True
+        self._ready.release()
+
+    def set_exception(self, error: BaseException) -> None:
+        self._error, self._set = error, True
+        self._ready.release()
+
+    def result(self) -> T:
+        """Wait for the outcome (once: a Reply has one waiter); raise the error it was set with."""
+        self._ready.acquire()
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]  # set_result ran
 
 
 @dataclass(frozen=True)
@@ -74,20 +107,14 @@ Outcome = SignedCommand | IssuanceRecord | Refused
 
 @dataclass(frozen=True)
 class _Signed:
-    future: Future[Outcome]
+    future: Reply[Outcome]
     record: IssuanceRecord
     command: bytes
 
 
 @dataclass(frozen=True)
-class _Unsigned:
-    apdu: GeneralSigningApdu
-    signed_range: bytes  # what the HSM signs (as a SHA-256 digest) and what is verified
-
-
-@dataclass(frozen=True)
 class _Failed:
-    future: Future[Outcome]
+    future: Reply[Outcome]
     issuance_id: int
     reason: str
     error: BaseException
@@ -109,7 +136,7 @@ class IssuancePipeline:
         self._signer = signer
         self._issuing_ca = issuing_ca
         self._certificate = certificate
-        self._queue: queue.SimpleQueue[tuple[Work, Future[Outcome]] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[Work, Reply[Outcome]] | None] = queue.SimpleQueue()
         self._state_lock = threading.Lock()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="issuance-pipeline", daemon=True)
@@ -136,7 +163,7 @@ class IssuancePipeline:
         self._thread.join(timeout)
 
     def _submit(self, work: Work) -> Outcome:
-        future: Future[Outcome] = Future()
+        future: Reply[Outcome] = Reply()
         with self._state_lock:
             if self._closed or not self._thread.is_alive():
                 raise Unavailable("the service is shutting down")
@@ -150,7 +177,7 @@ class IssuancePipeline:
         closing = False
         try:
             while not closing or signed or failed:
-                incoming: list[tuple[Work, Future[Outcome]]] = []
+                incoming: list[tuple[Work, Reply[Outcome]]] = []
                 if not closing:
                     closing = self._take(incoming, block=not (signed or failed))
                 try:
@@ -174,7 +201,7 @@ class IssuancePipeline:
                 if item is not None:
                     item[1].set_exception(Unavailable("the service is shutting down"))
 
-    def _take(self, into: list[tuple[Work, Future[Outcome]]], block: bool) -> bool:
+    def _take(self, into: list[tuple[Work, Reply[Outcome]]], block: bool) -> bool:
         """Move waiting work into `into`; True once close() was called."""
         while len(into) < MAX_DRAFTS_PER_STEP:
             try:
@@ -187,9 +214,9 @@ class IssuancePipeline:
         return False
 
     def _step(
-        self, signed: list[_Signed], failed: list[_Failed], incoming: list[tuple[Work, Future[Outcome]]]
+        self, signed: list[_Signed], failed: list[_Failed], incoming: list[tuple[Work, Reply[Outcome]]]
     ) -> tuple[list[_Signed], list[_Failed]]:
-        drafts: list[tuple[NewIssuance, Future[Outcome]]] = []
+        drafts: list[tuple[NewIssuance, Reply[Outcome]]] = []
         for work, future in incoming:
             if isinstance(work, HandOutRequest):
                 try:
@@ -235,11 +262,12 @@ class IssuancePipeline:
         return self._sign(to_sign)
 
     def _sign(
-        self, work: list[tuple[Future[Outcome], IssuanceRecord, VanillaGeneration, Area]]
+        self, work: list[tuple[Reply[Outcome], IssuanceRecord, VanillaGeneration, Area]]
     ) -> tuple[list[_Signed], list[_Failed]]:
         signed: list[_Signed] = []
         failed: list[_Failed] = []
-        by_key: dict[str, list[tuple[Future[Outcome], IssuanceRecord, VanillaGeneration, _Unsigned]]] = {}
+        # signed range: what the HSM signs (as a SHA-256 digest) and what is verified
+        by_key: dict[str, list[tuple[Reply[Outcome], IssuanceRecord, VanillaGeneration, bytes]]] = {}
         for future, record, generation, area in work:
             try:
                 apdu = build_hand_out_command(
@@ -248,21 +276,22 @@ class IssuancePipeline:
             except Exception as exc:  # e.g. an area certificate the codec cannot place
                 failed.append(_Failed(future, record.issuance_id, "command could not be built", exc))
                 continue
-            unsigned = _Unsigned(apdu, apdu.signed_bytes())
-            by_key.setdefault(generation.ds_key_uri, []).append((future, record, generation, unsigned))
+            by_key.setdefault(generation.ds_key_uri, []).append(
+                (future, record, generation, apdu.signed_bytes())
+            )
         for key, items in by_key.items():
             try:
                 signatures = self._signer.sign_digests(
-                    key, [signed_digest(u.signed_range) for *_, u in items]
+                    key, [signed_digest(signed_range) for *_, signed_range in items]
                 )
             except Exception as exc:
                 failed += [_Failed(f, r.issuance_id, type(exc).__name__, exc) for f, r, _, _ in items]
                 continue
-            for (future, record, generation, unsigned), signature in zip(items, signatures, strict=True):
+            for (future, record, generation, signed_range), signature in zip(items, signatures, strict=True):
                 try:
                     # ARCHITECTURE §5.6: verified with the certificate's public key before release.
                     verify_signature(
-                        unsigned.signed_range,
+                        signed_range,
                         signature,
                         self._certificate(generation.ds_certificate).certificate,
                     )
@@ -273,5 +302,5 @@ class IssuancePipeline:
                         _Failed(future, record.issuance_id, "signature failed software verification", error)
                     )
                     continue
-                signed.append(_Signed(future, record, unsigned.apdu.with_signature(signature).encode()))
+                signed.append(_Signed(future, record, encode_signed_apdu(signed_range, signature)))
         return signed, failed

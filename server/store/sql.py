@@ -128,16 +128,21 @@ class _GroupCommitWriter:
         return cast(T, self.submit_group([op])[0].result())
 
     def submit_group(self, ops: Sequence[WriteOp[Any]]) -> list[Future[Any]]:
-        """Queue ops so that the writer takes them together (one transaction unless MAX_BATCH splits them);
-        each op still succeeds or fails on its own. Returns one Future per op, in order."""
+        """Queue ops so that the writer thread takes them together (one transaction unless MAX_BATCH splits
+        them); each op still succeeds or fails on its own. Returns one Future per op, in order."""
+        assert self._thread is not None, "submit_group needs the writer thread; use run_group"
         futures: list[Future[Any]] = [Future() for _ in ops]
-        group = list(zip(ops, futures, strict=True))
-        if self._thread is not None:
-            self._queue.put(group)
-        elif group:
-            with self._here:
-                self._run_batch(group)
+        self._queue.put(list(zip(ops, futures, strict=True)))
         return futures
+
+    def run_group(self, ops: Sequence[WriteOp[Any]]) -> list[Any]:
+        """Not threaded: run ops now, in the caller's thread, as one transaction; each op's result, or the
+        VdnoError it failed with (StoreUnavailable for anything the database refused)."""
+        assert self._thread is None, "run_group is for a writer without a thread; use submit_group"
+        if not ops:
+            return []
+        with self._here:
+            return [result if error is None else error for result, error in self._run_batch(list(ops))]
 
     def close(self) -> None:
         if self._thread is not None:
@@ -171,17 +176,21 @@ class _GroupCommitWriter:
                     stop = True
                     break
                 batch.extend(nxt)
-            self._run_batch(batch)
+            outcomes = self._run_batch([op for op, _ in batch])
+            for (_, fut), (result, error) in zip(batch, outcomes, strict=True):
+                if error is None:
+                    fut.set_result(result)
+                else:
+                    fut.set_exception(error)
             if stop:
                 return
 
-    def _run_batch(self, batch: list[tuple[WriteOp[Any], Future[Any]]]) -> None:
+    def _run_batch(self, ops: list[WriteOp[Any]]) -> list[tuple[Any, VdnoError | None]]:
         if self._lock_file is None:
-            self._run_transaction(batch)
-            return
+            return self._run_transaction(ops)
         fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX)
         try:
-            self._run_transaction(batch)
+            return self._run_transaction(ops)
         finally:
             fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
 
@@ -196,43 +205,43 @@ class _GroupCommitWriter:
             self._conn = self._engine.connect()
         return self._conn
 
-    def _run_transaction(self, batch: list[tuple[WriteOp[Any], Future[Any]]]) -> None:
+    def _run_transaction(self, ops: list[WriteOp[Any]]) -> list[tuple[Any, VdnoError | None]]:
+        """(result, None) or (None, the op's VdnoError) per op, in order; every error that is not a
+        VdnoError becomes StoreUnavailable."""
         errors = (SQLAlchemyError, self._driver_error)
         try:
             outcomes = None
             if self._optimistic:
-                outcomes = self._attempt(batch, savepoints=False)
+                outcomes = self._attempt(ops, savepoints=False)
             if outcomes is None:
-                outcomes = self._attempt(batch, savepoints=True)
+                outcomes = self._attempt(ops, savepoints=True)
             assert outcomes is not None
         except errors as exc:
             self._drop_connection()
             failure = StoreUnavailable("the database could not commit; nothing was recorded")
             failure.__cause__ = exc
-            for _, fut in batch:
-                fut.set_exception(failure)
-            return
-        for fut, result, error in outcomes:
-            if error is None:
-                fut.set_result(result)
-            elif isinstance(error, VdnoError):
-                fut.set_exception(error)
+            return [(None, failure)] * len(ops)
+        results: list[tuple[Any, VdnoError | None]] = []
+        for result, error in outcomes:
+            if error is None or isinstance(error, VdnoError):
+                results.append((result, error))
             else:
-                failure = StoreUnavailable("the database refused the write; nothing was recorded")
-                failure.__cause__ = error
-                fut.set_exception(failure)
+                refused = StoreUnavailable("the database refused the write; nothing was recorded")
+                refused.__cause__ = error
+                results.append((None, refused))
+        return results
 
     def _attempt(
-        self, batch: list[tuple[WriteOp[Any], Future[Any]]], savepoints: bool
-    ) -> list[tuple[Future[Any], Any, BaseException | None]] | None:
-        """One transaction over the batch. Without savepoints: None (and nothing committed) as soon as an
-        op fails, so that the caller runs the batch again with them."""
-        outcomes: list[tuple[Future[Any], Any, BaseException | None]] = []
+        self, ops: list[WriteOp[Any]], savepoints: bool
+    ) -> list[tuple[Any, BaseException | None]] | None:
+        """One transaction over the ops. Without savepoints: None (and nothing committed) as soon as an
+        op fails, so that the caller runs them again with them."""
+        outcomes: list[tuple[Any, BaseException | None]] = []
         op_errors = (VdnoError, SQLAlchemyError, self._driver_error)
         conn = self._connection()
         with conn.begin() as tx:
             audit: list[AuditEvent] = []
-            for op, fut in batch:
+            for op in ops:
                 events: list[AuditEvent] = []
                 if not savepoints:
                     try:
@@ -241,7 +250,7 @@ class _GroupCommitWriter:
                         tx.rollback()
                         return None
                     audit.extend(events)
-                    outcomes.append((fut, result, None))
+                    outcomes.append((result, None))
                     continue
                 conn.exec_driver_sql("SAVEPOINT vdno_op")
                 try:
@@ -249,11 +258,11 @@ class _GroupCommitWriter:
                 except op_errors as exc:
                     conn.exec_driver_sql("ROLLBACK TO SAVEPOINT vdno_op")
                     conn.exec_driver_sql("RELEASE SAVEPOINT vdno_op")
-                    outcomes.append((fut, None, exc))
+                    outcomes.append((None, exc))
                 else:
                     conn.exec_driver_sql("RELEASE SAVEPOINT vdno_op")
                     audit.extend(events)
-                    outcomes.append((fut, result, None))
+                    outcomes.append((result, None))
             if audit:  # in the same transaction as the state the events describe
                 self._audit.append(conn, audit)
         return outcomes
@@ -536,8 +545,7 @@ class SqlCustodyStore:
         ops: list[WriteOp[Any]] = [self._complete_op(record, command) for record, command in signed]
         ops += [self._fail_op(issuance_id, reason) for issuance_id, reason in failed]
         ops += [self._begin_op(draft, floor) for draft, floor in drafts]
-        futures = self._step_writer.submit_group(ops)
-        outcomes = [_outcome(f) for f in futures]
+        outcomes = self._step_writer.run_group(ops)
         stored = outcomes[: len(signed)]
         begun = outcomes[len(signed) + len(failed) :]
         for i, (draft, _) in enumerate(drafts):
@@ -702,12 +710,6 @@ class SqlCustodyStore:
             )
 
         self._writer.submit(op)
-
-
-def _outcome(future: Future[Any]) -> Any:
-    """The op's result, or the VdnoError it ended with (the writer turns every other error into one)."""
-    error = future.exception()
-    return error if error is not None else future.result()
 
 
 def open_store(url: str, run_migrations: bool = True) -> SqlCustodyStore:

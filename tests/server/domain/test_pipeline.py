@@ -314,3 +314,19 @@ def test_a_defect_in_a_step_fails_its_callers_and_the_pipeline_keeps_serving(
     finally:
         pipeline.close()
         store.close()
+
+
+def test_a_reply_hands_its_outcome_to_the_waiting_thread() -> None:
+    import threading
+
+    from server.domain.pipeline import Reply
+
+    value: Reply[int] = Reply()
+    failure: Reply[int] = Reply()
+    assert not value.done()
+    threading.Timer(0.05, value.set_result, (7,)).start()
+    assert value.result() == 7 and value.done()
+    threading.Timer(0.05, failure.set_exception, (ValueError("no"),)).start()
+    with pytest.raises(ValueError, match="no"):
+        failure.result()
+    assert failure.done()
