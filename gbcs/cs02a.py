@@ -62,6 +62,23 @@ class ProvideSecurityCredentialsResponse:
         roles = ber.read_sequence_of(outer, f"{what}.roles", ber.TAG_SEQUENCE)
         return cls(tuple(_decode_role(item) for item in roles))
 
+    @classmethod
+    def decode_roles_of(cls, data: bytes, role: int) -> ProvideSecurityCredentialsResponse:
+        """The response's entries for one remote party role, in order, each decoded fully; the outer
+        structure is checked as decode() checks it, the other roles' entries only as far as their
+        remotePartyRole. DecodeError as decode() gives for anything it reads."""
+        what = "CS02a response"
+        outer = ber.read_single(data, what, ber.TAG_SEQUENCE)
+        roles = ber.read_sequence_of(outer, f"{what}.roles", ber.TAG_SEQUENCE)
+        entries = []
+        for item in roles:
+            named = _role_of(item)
+            if named is None or named == role:
+                decoded = _decode_role(item)  # DecodeError for an entry that does not open with its role
+                if decoded.role == role:
+                    entries.append(decoded)
+        return cls(tuple(entries))
+
 
 def _encode_role(role: RoleCredentials) -> bytes:
     parts = [ber.der_int(role.role), ber.der_int(role.status, ber.TAG_ENUMERATED)]
@@ -98,6 +115,16 @@ def _decode_role(item: ber.Tlv) -> RoleCredentials:
     return RoleCredentials(
         role, status, None if seq_tlv is None else ber.decode_int(seq_tlv, f"{what}.currentSeqNumber"), cells
     )
+
+
+def _role_of(item: ber.Tlv) -> int | None:
+    """The remotePartyRole that opens a role-credentials entry, or None if it does not open with one."""
+    if not item.content:
+        return None
+    first, _ = ber.read_tlv(item.content, 0, "CS02a role credentials", item.content_offset)
+    if first.tag != ber.TAG_INTEGER or not first.content or len(first.content) > 16:
+        return None
+    return int.from_bytes(first.content, "big", signed=True)
 
 
 def _decode_cell(item: ber.Tlv) -> TrustAnchorCellDetails:

@@ -87,7 +87,9 @@ def read_network_operator_signing_cell(
         if header.business_originator_id != device_id:
             raise InvalidRequest("credentials_response was not sent by the device named in device_id")
         verify_message_signature(message, device_certificate.certificate)
-        payload = ProvideSecurityCredentialsResponse.decode(message.apdu.content)
+        payload = ProvideSecurityCredentialsResponse.decode_roles_of(
+            message.apdu.content, RemotePartyRole.NETWORK_OPERATOR
+        )
     except GbcsError as exc:
         raise InvalidRequest(f"credentials_response is not a valid signed CS02a response: {exc}") from exc
     for role in payload.roles:

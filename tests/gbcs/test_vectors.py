@@ -13,7 +13,8 @@ from gbcs_testlib import ACB_ID, Vector, expected_payload_type, load_cert, load_
 from rtds_vectors import read_hex
 
 from gbcs import mac, signature
-from gbcs.cells import NO_DS_CELL, NO_KA_CELL
+from gbcs.cells import NO_DS_CELL, NO_KA_CELL, RemotePartyRole
+from gbcs.cs02a import ProvideSecurityCredentialsResponse
 from gbcs.cs02b import (
     AuthorisingRemotePartyControl,
     TrustAnchorReplacement,
@@ -288,3 +289,19 @@ def test_command_payload_fields(vectors: list[Vector]) -> None:
             header = decoded.message.apdu.header
             assert payload.control.seq_number == header.originator_counter
             assert header.message_code == 0x0100 + payload.control.mode
+
+
+def test_cs02a_responses_give_one_role_as_the_full_decode_does(vectors: list[Vector]) -> None:
+    checked = 0
+    for v in vectors:
+        if expected_payload_type(v) is not ProvideSecurityCredentialsResponse:
+            continue
+        content = decode_any(v.data).message.apdu.content
+        full = ProvideSecurityCredentialsResponse.decode(content)
+        present = {r.role for r in full.roles}
+        assert present, v.name
+        for role in present | {RemotePartyRole.NETWORK_OPERATOR, 0x7F}:
+            expected = tuple(r for r in full.roles if r.role == role)
+            assert ProvideSecurityCredentialsResponse.decode_roles_of(content, role).roles == expected, v.name
+        checked += 1
+    assert checked >= 2
