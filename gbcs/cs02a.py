@@ -73,10 +73,8 @@ class ProvideSecurityCredentialsResponse:
         entries = []
         for item in roles:
             named = _role_of(item)
-            if named is None or named == role:
-                decoded = _decode_role(item)  # DecodeError for an entry that does not open with its role
-                if decoded.role == role:
-                    entries.append(decoded)
+            if named is None or named == role:  # None: the full decode raises the DecodeError
+                entries.append(_decode_role(item))
         return cls(tuple(entries))
 
 
@@ -118,13 +116,14 @@ def _decode_role(item: ber.Tlv) -> RoleCredentials:
 
 
 def _role_of(item: ber.Tlv) -> int | None:
-    """The remotePartyRole that opens a role-credentials entry, or None if it does not open with one."""
+    """The remotePartyRole a role-credentials entry opens with, or None if it opens with another element
+    (its full decode then names the error)."""
     if not item.content:
         return None
     first, _ = ber.read_tlv(item.content, 0, "CS02a role credentials", item.content_offset)
-    if first.tag != ber.TAG_INTEGER or not first.content or len(first.content) > 16:
+    if first.tag != ber.TAG_INTEGER:
         return None
-    return int.from_bytes(first.content, "big", signed=True)
+    return ber.decode_int(first, "CS02a role credentials.remotePartyRole")
 
 
 def _decode_cell(item: ber.Tlv) -> TrustAnchorCellDetails:

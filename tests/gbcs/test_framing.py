@@ -227,3 +227,20 @@ def test_mac_frame_roundtrip() -> None:
         decode_message(b"")
     with pytest.raises(DecodeError):
         decode_message(b"\x30\x00")
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        ber.sequence(ber.tlv(ber.TAG_OCTET_STRING, b"x")),
+        ber.sequence(),
+        ber.sequence(ber.tlv(ber.TAG_INTEGER, b"")),
+    ],
+)
+def test_one_role_decode_refuses_a_malformed_entry_as_the_full_decode_does(entry: bytes) -> None:
+    data = ber.sequence(entry)
+    with pytest.raises(DecodeError) as full:
+        ProvideSecurityCredentialsResponse.decode(data)
+    with pytest.raises(DecodeError) as one_role:
+        ProvideSecurityCredentialsResponse.decode_roles_of(data, 3)
+    assert str(one_role.value) == str(full.value)
