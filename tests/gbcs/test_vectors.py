@@ -84,7 +84,18 @@ def test_no_by_no_precommand_known_answer(vectors_dir: Path, keystore: Path, key
     assert rebuilt == command_bytes[:15] + precommand + b"\x40" + vector_sig + tag
     # The signer's shortcut from the signed range gives the same APDU bytes as the vector.
     assert encode_signed_apdu(apdu.signed_bytes(), vector_sig) == signed.encode() == command_bytes[15:-12]
-    # Encoding again (the certificate parts are kept from the first encoding) gives the same bytes.
+    # The certificate parts are kept from the first encoding: a command that places the same
+    # certificates in other cells encodes differently, and encoding the vector's again still gives it.
+    ds, ka = command.replacements
+    swapped = replace(
+        command,
+        replacements=(
+            TrustAnchorReplacement(ds.certificate, NO_KA_CELL),
+            TrustAnchorReplacement(ka.certificate, NO_DS_CELL),
+        ),
+    )
+    assert swapped.encode() != command.encode()
+    assert UpdateSecurityCredentialsCommand.decode(swapped.encode()) == swapped
     assert GeneralSigningApdu(header, command.encode()).encode_precommand() == precommand
     assert mac.add_mac(signed.encode(), header, acb_key, esme_ka) == command_bytes
     assert signature.signed_digest(precommand[1:]).hex() == (
