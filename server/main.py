@@ -35,14 +35,17 @@ def _serve_one(settings: Settings) -> None:
     from server.app import build_server
     from server.observability import configure_logging
 
-    configure_logging(settings.log_level)
-    running = build_server(settings)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    print(f"vdno-server listening on port {running.port}", flush=True)
-    stop.wait()
-    running.stop(grace=2.0)
+    log_lines = configure_logging(settings.log_level)
+    try:
+        running = build_server(settings)
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        print(f"vdno-server listening on port {running.port}", flush=True)
+        stop.wait()
+        running.stop(grace=2.0)
+    finally:
+        log_lines.close()  # a worker process exits without running atexit hooks
 
 
 @app.command()

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from gbcs.signature import sign_apdu
 from labpki.store import read_certificate, read_certified_key
 from scripts.lab_tray import InProcessTransport, vanilla_tray_profiles
 from server.bootstrap import area_entity_id, vanilla_entity_id
+from server.observability import FLUSH_INTERVAL
 from server.store.schema import audit_log, issuances
 from server.store.sql import SqlCustodyStore, make_engine
 from simulator.device import SimulatedDevice
@@ -198,6 +200,9 @@ class Deployment:
         self.server.start()
 
     def log_text(self) -> str:
+        """The server log, once every line of the calls made so far is written (info lines are written
+        every FLUSH_INTERVAL seconds)."""
+        time.sleep(3 * FLUSH_INTERVAL)
         return self.server.log_path.read_text(errors="replace")
 
     def verify_audit(self) -> subprocess.CompletedProcess[str]:

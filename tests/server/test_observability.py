@@ -1,0 +1,131 @@
+"""server.observability: JSON lines, written in whole-line batches of at most PIPE_BUF bytes."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import threading
+import time
+
+import structlog
+
+from server.observability import ATOMIC_WRITE, BatchedLineLogger, configure_logging
+
+
+class RecordingOut(io.RawIOBase):
+    """A binary stream that remembers each write() separately."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self._lock = threading.Lock()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        with self._lock:
+            self.writes.append(bytes(data))
+        return len(data)
+
+    def text(self) -> bytes:
+        with self._lock:
+            return b"".join(self.writes)
+
+
+def wait_for(condition, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_info_lines_wait_for_the_writer_thread_then_arrive_in_order() -> None:
+    out = RecordingOut()
+    lines = BatchedLineLogger(out, interval=0.05)
+    try:
+        lines.info(b'{"n":1}')
+        lines.info(b'{"n":2}')
+        assert out.writes == []  # not written by the caller
+        wait_for(lambda: out.text() == b'{"n":1}\n{"n":2}\n')
+    finally:
+        lines.close()
+
+
+def test_a_warning_is_written_at_once_after_every_earlier_line() -> None:
+    out = RecordingOut()
+    lines = BatchedLineLogger(out, interval=3600)
+    try:
+        lines.info(b"a")
+        lines.warning(b"b")
+        assert out.text() == b"a\nb\n"
+        lines.error(b"c")
+        assert out.text() == b"a\nb\nc\n"
+    finally:
+        lines.close()
+
+
+def test_each_write_is_whole_lines_of_at_most_pipe_buf_bytes_and_a_long_line_goes_alone() -> None:
+    out = RecordingOut()
+    lines = BatchedLineLogger(out, interval=3600)
+    sent = [(b"%04d" % i) * 50 for i in range(100)] + [b"L" * (ATOMIC_WRITE + 10)] + [b"tail"]
+    for line in sent:
+        lines.info(line)
+    lines.flush()
+    assert len(out.writes) > 1
+    for write in out.writes:
+        assert write.endswith(b"\n")
+        assert len(write) <= ATOMIC_WRITE or write.count(b"\n") == 1
+    assert out.text() == b"".join(line + b"\n" for line in sent)
+    lines.close()
+
+
+def test_close_writes_what_is_pending_and_lines_from_many_threads_all_arrive() -> None:
+    out = RecordingOut()
+    lines = BatchedLineLogger(out, interval=0.01)
+
+    def emit(k: int) -> None:
+        for i in range(500):
+            lines.info(b"%d-%d" % (k, i))
+
+    threads = [threading.Thread(target=emit, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lines.close()
+    written = out.text().splitlines()
+    assert sorted(written) == sorted(b"%d-%d" % (k, i) for k in range(4) for i in range(500))
+    for k in range(4):  # each thread's lines keep their order
+        mine = [w for w in written if w.startswith(b"%d-" % k)]
+        assert mine == [b"%d-%d" % (k, i) for i in range(500)]
+
+
+def test_a_closed_output_does_not_raise_into_the_caller() -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    out = os.fdopen(write_end, "wb", buffering=0)
+    lines = BatchedLineLogger(out, interval=3600)
+    lines.error(b"nobody reads this")  # EPIPE is swallowed, not raised
+    lines.close()
+    out.close()
+
+
+def test_configure_logging_writes_json_lines_with_level_timestamp_and_bound_context() -> None:
+    out = RecordingOut()
+    lines = configure_logging("info", out)
+    try:
+        log = structlog.get_logger("vdno.test")
+        structlog.contextvars.bind_contextvars(rpc_id="abc123")
+        log.info("rpc.ok", ms=1.5)
+        log.debug("not.shown")
+        structlog.contextvars.clear_contextvars()
+        lines.flush()
+        events = [json.loads(line) for line in out.text().splitlines()]
+        assert len(events) == 1
+        event = events[0]
+        assert event["event"] == "rpc.ok" and event["ms"] == 1.5 and event["rpc_id"] == "abc123"
+        assert event["level"] == "info" and event["timestamp"].endswith("Z")
+    finally:
+        lines.close()
+        structlog.reset_defaults()
