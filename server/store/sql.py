@@ -6,8 +6,9 @@ Writes run in batches, one transaction (one fsync) per batch, on a connection of
 - every other write goes through a writer thread that groups concurrent callers' operations (group
   commit).
 An operation that fails does not undo its neighbours (it is re-run under its own SAVEPOINT), and a write
-returns only after its transaction committed. On SQLite a flock on `<db>.writelock` hands the write
-lock between these writers and between processes.
+returns only after its transaction committed and is durable. On SQLite a flock on `<db>.writelock` hands
+the write lock between these writers and between processes, and the writers make their commits durable
+after releasing it (_WalSync).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import os
 import queue
 import re
 import threading
@@ -58,19 +60,21 @@ MAX_BATCH = 128
 
 
 def make_engine(url: str, writer: bool = False) -> Engine:
-    """Engine for a SQLAlchemy URL. SQLite: WAL, synchronous FULL, busy timeout; the writer's transactions
-    start with BEGIN IMMEDIATE (take the write lock up front), readers' with a plain deferred BEGIN so
-    they never wait for the writer."""
+    """Engine for a SQLAlchemy URL. SQLite: WAL, busy timeout; the writer's transactions start with BEGIN
+    IMMEDIATE (take the write lock up front), readers' with a plain deferred BEGIN so they never wait for
+    the writer. Commits are synchronous FULL, except on the writer's engine (synchronous NORMAL), whose
+    only user, _GroupCommitWriter, makes each commit durable itself (_WalSync)."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         begin = "BEGIN IMMEDIATE" if writer else "BEGIN"
+        synchronous = "NORMAL" if writer else "FULL"
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:
             dbapi_conn.isolation_level = None  # let SQLAlchemy's BEGIN below drive transactions
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute(f"PRAGMA synchronous={synchronous}")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
@@ -98,14 +102,60 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+class _WalSync:
+    """Durability of a SQLite writer's commits (ARCHITECTURE §5.3). The writer's connection commits with
+    synchronous=NORMAL: the transaction is appended to `<db>-wal` without waiting for the disk. sync(),
+    called after the commit and after the write lock is released, fdatasyncs the WAL file: the other writers
+    commit while this one waits for the disk, and one sync covers every frame written before it. That
+    is enough because SQLite reuses or removes a WAL file only after a checkpoint has copied its frames into
+    the database file and synced that file (https://sqlite.org/pragma.html#pragma_synchronous)."""
+
+    def __init__(self, wal_path: Path) -> None:
+        self._path = wal_path
+        self._fd: int | None = None
+
+    def sync(self) -> None:
+        """Return once every frame committed to the WAL so far is on disk; OSError if it cannot be."""
+        try:
+            current: int | None = os.stat(self._path).st_ino
+        except FileNotFoundError:
+            current = None  # the last connection closed: its checkpoint moved every frame into the database
+        if self._fd is not None and os.fstat(self._fd).st_ino != current:
+            self.close()
+        if self._fd is None:
+            if current is None:
+                return
+            self._fd = os.open(self._path, os.O_RDONLY)
+            directory = os.open(self._path.parent, os.O_RDONLY)  # a new WAL file's name must be durable too
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+        os.fdatasync(self._fd)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 class _GroupCommitWriter:
     """Owns write transactions on one connection; see module docstring. Threaded (the default): a writer
     thread groups the ops of concurrent callers into one transaction. Not threaded: for a caller that
     gathers its own batches (the issuance pipeline), each group runs at once in the caller's thread,
     saving two thread hand-offs per transaction."""
 
-    def __init__(self, engine: Engine, lock_path: Path | None = None, threaded: bool = True) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        lock_path: Path | None = None,
+        threaded: bool = True,
+        wal: _WalSync | None = None,
+    ) -> None:
+        """`lock_path` and `wal`: SQLite on a file, where the engine's connections commit with
+        synchronous=NORMAL (make_engine(writer=True)) and `wal` makes each batch durable."""
         self._engine = engine
+        self._wal = wal
         # The driver's own errors (hot-path statements run on its cursor, not through SQLAlchemy).
         self._driver_error: type[Exception] = engine.dialect.loaded_dbapi.Error
         # SQLite: the writer holds the database's write lock for the whole batch, so a batch is first run
@@ -153,6 +203,8 @@ class _GroupCommitWriter:
                 self._drop_connection()
         if self._lock_file is not None:
             self._lock_file.close()
+        if self._wal is not None:
+            self._wal.close()
 
     def _run(self) -> None:
         try:
@@ -190,9 +242,19 @@ class _GroupCommitWriter:
             return self._run_transaction(ops)
         fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX)
         try:
-            return self._run_transaction(ops)
+            outcomes = self._run_transaction(ops)
         finally:
             fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
+        if self._wal is not None:
+            try:
+                self._wal.sync()
+            except OSError as exc:  # committed but perhaps not on disk: report nothing as done
+                self._drop_connection()
+                self._wal.close()
+                failure = StoreUnavailable("the database could not make the write durable")
+                failure.__cause__ = exc
+                return [(None, failure)] * len(ops)
+        return outcomes
 
     def _drop_connection(self) -> None:
         if self._conn is not None:
@@ -341,8 +403,12 @@ class SqlCustodyStore:
         self._write_engine = write_engine
         database = write_engine.url.database if sqlite else None
         lock_path = Path(database + ".writelock") if database and database != ":memory:" else None
-        self._writer = _GroupCommitWriter(write_engine, lock_path)
-        self._step_writer = _GroupCommitWriter(write_engine, lock_path, threaded=False)
+        # Each writer syncs the WAL on a descriptor of its own.
+        wal = (lambda: _WalSync(Path(database + "-wal"))) if lock_path is not None and database else None
+        self._writer = _GroupCommitWriter(write_engine, lock_path, wal=wal() if wal else None)
+        self._step_writer = _GroupCommitWriter(
+            write_engine, lock_path, threaded=False, wal=wal() if wal else None
+        )
         self._hot = _HotPathSql(engine)
         self._driver_integrity_error: type[Exception] = engine.dialect.loaded_dbapi.IntegrityError
         self._cache: dict[object, tuple[float, Any]] = {}

@@ -1,0 +1,118 @@
+"""SQLite durability (ARCHITECTURE §5.3): the writers commit with synchronous=NORMAL and fdatasync the WAL
+after releasing the write lock, before any write is reported done."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from server.domain.errors import StoreUnavailable
+from server.domain.values import GenerationStatus, IssuanceDraft, VanillaGeneration
+from server.store.sql import SqlCustodyStore, _WalSync, open_store
+
+GEN = VanillaGeneration(
+    1, b"VDNO\x00\x00\x00\x01", "pkcs11:object=a", "pkcs11:object=b", b"ds", b"ka", GenerationStatus.ACTIVE
+)
+
+
+def draft(request_id: str) -> tuple[IssuanceDraft, int]:
+    return IssuanceDraft("bench-01", request_id, "fp", bytes(8), 12, 1, b"cert"), 1
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Any:
+    s = open_store(f"sqlite:///{tmp_path / 'vdno.db'}")
+    s.add_generation(GEN, "t")
+    yield s
+    s.close()
+
+
+def fd_path(fd: int) -> str:
+    return os.readlink(f"/proc/self/fd/{fd}")
+
+
+def test_writer_commits_normal_readers_full(store: SqlCustodyStore) -> None:
+    with store._write_engine.connect() as c:
+        assert c.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+    with store.engine.connect() as c:
+        assert c.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+
+
+def test_a_step_returns_after_the_wal_is_synced_outside_the_write_lock(
+    store: SqlCustodyStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    real_flock, real_fdatasync = fcntl.flock, os.fdatasync
+
+    def flock(fd: int, op: int) -> None:
+        calls.append("lock" if op == fcntl.LOCK_EX else "unlock")
+        real_flock(fd, op)
+
+    def fdatasync(fd: int) -> None:
+        calls.append(f"sync {os.path.basename(fd_path(fd))}")
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    (begun,) = store.write_issuance_step((), (), (draft("r1"),)).begun
+    assert not isinstance(begun, Exception) and begun[1] is True
+    assert calls == ["lock", "unlock", "sync vdno.db-wal"]
+    calls.clear()
+    store.enroll_bench("bench-02", "t")  # the threaded writer does the same
+    assert calls == ["lock", "unlock", "sync vdno.db-wal"]
+
+
+def test_a_failed_sync_reports_every_item_unavailable_then_writes_recover(
+    store: SqlCustodyStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (first,) = store.write_issuance_step((), (), (draft("r1"),)).begun
+    assert not isinstance(first, Exception)
+    real_fdatasync = os.fdatasync
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(os, "fdatasync", failing)
+    step = store.write_issuance_step(((first[0], b"signed"),), (), (draft("r2"),))
+    for item in step.stored + step.begun:
+        assert isinstance(item, StoreUnavailable)
+        assert str(item) == "the database could not make the write durable"
+    monkeypatch.setattr(os, "fdatasync", real_fdatasync)
+    (third,) = store.write_issuance_step((), (), (draft("r3"),)).begun
+    assert not isinstance(third, Exception) and third[1] is True
+
+
+def test_wal_sync_follows_sqlite_removing_and_recreating_the_wal(tmp_path: Path) -> None:
+    db = tmp_path / "w.db"
+    wal = _WalSync(Path(f"{db}-wal"))
+    for value in (1, 2):
+        conn = sqlite3.connect(db, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE IF NOT EXISTS t (v INTEGER)")
+        conn.execute("INSERT INTO t VALUES (?)", (value,))
+        wal.sync()
+        assert wal._fd is not None and fd_path(wal._fd) == f"{db}-wal"  # the current file, not a removed one
+        conn.close()  # the last connection: SQLite checkpoints into the database file and removes the WAL
+        assert not os.path.exists(f"{db}-wal")
+        wal.sync()  # nothing left to sync
+        assert wal._fd is None
+    with sqlite3.connect(db) as conn:
+        assert [v for (v,) in conn.execute("SELECT v FROM t ORDER BY v")] == [1, 2]
+    wal.close()
+
+
+def test_an_in_memory_store_has_no_wal_sync() -> None:
+    s = open_store("sqlite://")
+    try:
+        assert s._step_writer._wal is None and s._writer._wal is None
+        with s.engine.connect() as c:
+            assert c.execute(text("SELECT 1")).scalar() == 1
+    finally:
+        s.close()
