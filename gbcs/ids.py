@@ -14,6 +14,11 @@ def parse_eui64(text: str) -> bytes:
     DecodeError naming the input otherwise."""
     if not isinstance(text, str):
         raise DecodeError(f"EUI-64 must be text, got {type(text).__name__}")
+    if len(text) == 2 * EUI64_LEN and text.isascii() and text.isalnum():  # the common form, checked fast
+        try:
+            return bytes.fromhex(text)
+        except ValueError:
+            pass  # not hex: the check below names the input
     digits = text.strip()
     for sep in ("-", ":", " "):
         digits = digits.replace(sep, "")

@@ -4,8 +4,9 @@ message; its details stay in the server log."""
 
 from __future__ import annotations
 
+import itertools
+import secrets
 import time
-import uuid
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
@@ -58,6 +59,9 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         self._log = structlog.get_logger("vdno.rpc")
         self._on_refused_auth = on_refused_auth
         self._wrapped: dict[str, Any] = {}  # method -> wrapped handler (handlers are fixed at start-up)
+        # Request ids: random per process, then counted (no system call per call).
+        self._id_prefix = secrets.token_hex(6)
+        self._ids = itertools.count(1)
 
     def intercept_service(self, continuation: Callable[..., Any], handler_call_details: Any) -> Any:
         method = handler_call_details.method
@@ -77,9 +81,10 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         inner = handler.unary_unary
         log = self._log
         on_refused = self._on_refused_auth
+        prefix, ids = self._id_prefix, self._ids
 
         def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
-            request_id = uuid.uuid4().hex
+            request_id = f"{prefix}{next(ids):010x}"
             caller = _peer_common_name(context)
             bench = caller or "?"
             caller_token = _CALLER.set(caller)

@@ -56,8 +56,15 @@ def test_ids() -> None:
     assert parse_eui64("90:B3:D5:1F:30:02:00:00") == NO
     assert parse_eui64("90 b3 d5 1f 30 02 00 00") == NO
     assert eui64_hex(NO) == "90b3d51f30020000"
-    for bad in ("90B3D51F300200", "90B3D51F3002000000", "zzB3D51F30020000", ""):
-        with pytest.raises(DecodeError):
+    for bad in (
+        "90B3D51F300200",
+        "90B3D51F3002000000",
+        "zzB3D51F30020000",
+        "90B3D51F3002000G",  # 16 letters and digits, not all hex
+        "\uff19\uff10B3D51F30020000",  # full-width digits: not ASCII
+        "",
+    ):
+        with pytest.raises(DecodeError, match="is not 16 hex digits"):
             parse_eui64(bad)
     with pytest.raises(DecodeError):
         check_eui64(b"\x00" * 7, "x")
