@@ -14,6 +14,7 @@ from server.domain.values import AuditEvent
 from server.store.schema import audit_head, audit_log
 
 GENESIS_HASH = "0" * 64
+MAX_ROWS_PER_INSERT = 256  # 8 parameters a row: well under SQLite's and PostgreSQL's parameter limits
 HEAD = "SELECT seq, hash FROM audit_head WHERE id = 1"
 # json.dumps with options builds a new encoder per call; these are built once (and are thread-safe).
 _HASHED_BODY = json.JSONEncoder(separators=(",", ":"))
@@ -33,9 +34,17 @@ class AuditAppender:
     def __init__(self, dialect: Dialect) -> None:
         mark = "%s" if dialect.paramstyle in ("format", "pyformat") else "?"  # the driver's placeholder
         self._read_head = HEAD + (" FOR UPDATE" if dialect.name == "postgresql" else "")
-        marks = ", ".join([mark] * 8)
-        self._insert = f"INSERT INTO audit_log (seq, at, event, actor, subject, details, prev_hash, hash) VALUES ({marks})"  # noqa: S608, E501
+        self._row_marks = "(" + ", ".join([mark] * 8) + ")"
+        self._inserts: dict[int, str] = {}  # rows per statement -> INSERT with that many VALUES groups
         self._update_head = f"UPDATE audit_head SET seq = {mark}, hash = {mark} WHERE id = 1"  # noqa: S608
+
+    def _insert(self, rows: int) -> str:
+        sql = self._inserts.get(rows)
+        if sql is None:
+            groups = ", ".join([self._row_marks] * rows)
+            sql = f"INSERT INTO audit_log (seq, at, event, actor, subject, details, prev_hash, hash) VALUES {groups}"  # noqa: S608, E501
+            self._inserts[rows] = sql
+        return sql
 
     def append(self, conn: Connection, events: list[AuditEvent]) -> None:
         """Append events in order after the chain head."""
@@ -47,14 +56,16 @@ class AuditAppender:
                 raise NoResultFound("audit_head row 1 is missing (the initial migration creates it)")
             seq, prev = int(head[0]), str(head[1])
             at = datetime.now(UTC).isoformat()
-            rows = []
+            values: list[object] = []
             for event in events:
                 seq += 1
                 details = _DETAILS.encode(event.details)
                 digest = _entry_hash(prev, seq, at, event.event, event.actor, event.subject, details)
-                rows.append((seq, at, event.event, event.actor, event.subject, details, prev, digest))
+                values += (seq, at, event.event, event.actor, event.subject, details, prev, digest)
                 prev = digest
-            cursor.executemany(self._insert, rows)
+            for start in range(0, len(events), MAX_ROWS_PER_INSERT):  # one statement per chunk of rows
+                chunk = values[8 * start : 8 * (start + MAX_ROWS_PER_INSERT)]
+                cursor.execute(self._insert(len(chunk) // 8), chunk)
             cursor.execute(self._update_head, (seq, prev))
         finally:
             cursor.close()

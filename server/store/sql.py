@@ -342,22 +342,25 @@ class _HotPathSql:
             return re.sub(r":(\w+)", r"%(\1)s", template) if pg else template
 
         greatest = "GREATEST" if pg else "MAX"
-        self.existing = q(
-            "SELECT issuance_id FROM issuances WHERE bench_id = :bench_id AND request_id = :request_id"
-        )
+        # SQLite: the new row's id is the cursor's lastrowid (issuance_id is the rowid): no row to step to.
+        self.record_returns_id = pg
         self.allocate = q(
             f"UPDATE counters SET last_value = {greatest}(last_value + 1, :floor) "  # noqa: S608 (constant)
             "WHERE generation = :generation RETURNING last_value"
         )
-        self.record = q(
-            "INSERT INTO issuances (bench_id, request_id, request_fingerprint, device_id, area_id, "
-            "generation, counter, device_certificate, status, created_at) VALUES (:bench_id, :request_id, "
-            ":fingerprint, :device_id, :area_id, :generation, :counter, :device_certificate, :status, :now) "
-            "RETURNING issuance_id"
+        columns = (
+            "bench_id, request_id, request_fingerprint, device_id, area_id, generation, counter, "
+            "device_certificate, status, created_at"
         )
+        values = (
+            ":bench_id, :request_id, :fingerprint, :device_id, :area_id, :generation, :counter, "
+            ":device_certificate, :status, :now"
+        )
+        returning = " RETURNING issuance_id" if pg else ""
+        self.record = q(f"INSERT INTO issuances ({columns}) VALUES ({values}){returning}")  # noqa: S608 (constant)
         self.complete = q(
             "UPDATE issuances SET status = :signed, signed_command = :command, signed_at = :now "
-            "WHERE issuance_id = :issuance_id AND status IN (:recorded, :failed) RETURNING bench_id, counter"
+            "WHERE issuance_id = :issuance_id AND status IN (:recorded, :failed)"
         )
         ts = DateTime(timezone=True).bind_processor(engine.dialect)
         self.timestamp: Callable[[datetime], Any] = ts if ts is not None else (lambda v: v)
@@ -618,7 +621,7 @@ class SqlCustodyStore:
             error = begun[i]
             if isinstance(error, StoreUnavailable) and isinstance(
                 error.__cause__, (IntegrityError, self._driver_integrity_error)
-            ):  # a concurrent twin (another process) recorded this request first
+            ):  # the request id is already recorded (a retry, or a twin in another process)
                 found = self.find_issuance(draft.bench_id, draft.request_id)
                 if found is not None:
                     begun[i] = (found, False)
@@ -628,24 +631,18 @@ class SqlCustodyStore:
         hot = self._hot
 
         def op(c: Connection, events: list[AuditEvent]) -> tuple[IssuanceRecord, bool]:
-            key = {"bench_id": draft.bench_id, "request_id": draft.request_id}
+            # A request id already recorded fails the insert (unique bench, request id): the op fails,
+            # under a SAVEPOINT nothing of it is kept, and write_issuance_step returns the existing record.
             cur = _cursor(c)
             try:
-                cur.execute(hot.existing, key)
-                if cur.fetchone() is not None:
-                    row = c.execute(
-                        select(issuances).where(
-                            issuances.c.bench_id == draft.bench_id, issuances.c.request_id == draft.request_id
-                        )
-                    ).one()
-                    return _issuance(row), False
                 cur.execute(hot.allocate, {"floor": counter_floor, "generation": draft.generation})
                 counter = int(cur.fetchone()[0])
                 now = _now()
                 cur.execute(
                     hot.record,
                     {
-                        **key,
+                        "bench_id": draft.bench_id,
+                        "request_id": draft.request_id,
                         "fingerprint": draft.request_fingerprint,
                         "device_id": draft.device_id,
                         "area_id": draft.area_id,
@@ -656,7 +653,7 @@ class SqlCustodyStore:
                         "now": hot.timestamp(now),
                     },
                 )
-                issuance_id = cur.fetchone()[0]
+                issuance_id = cur.fetchone()[0] if hot.record_returns_id else cur.lastrowid
             finally:
                 cur.close()
             events.append(
@@ -706,10 +703,10 @@ class SqlCustodyStore:
                         "failed": IssuanceStatus.FAILED.value,
                     },
                 )
-                row = cur.fetchone()
+                updated = cur.rowcount
             finally:
                 cur.close()
-            if row is None:
+            if updated != 1:
                 raise UnknownIssuance(f"issuance {record.issuance_id} is not awaiting a signature")
             events.append(
                 AuditEvent(

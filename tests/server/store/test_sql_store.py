@@ -196,3 +196,19 @@ def test_store_down_means_unavailable(tmp_path) -> None:
     with pytest.raises(StoreUnavailable):
         begin(s, draft("r1"), counter_floor=1)
     s.close()
+
+
+def test_a_transaction_with_more_audit_events_than_one_insert_takes_keeps_the_chain(
+    store: SqlCustodyStore,
+) -> None:
+    from server.store.audit import MAX_ROWS_PER_INSERT
+
+    many = [
+        AuditEvent("bench.enrolled", "t", f"bench:b{i}", {"i": i}) for i in range(2 * MAX_ROWS_PER_INSERT + 3)
+    ]
+    store._writer.submit(lambda _c, events: events.extend(many))
+    result = verify_chain(store.engine)
+    assert result.ok and result.entries == len(many)
+    with store.engine.connect() as c:
+        subjects = [r[0] for r in c.execute(text("SELECT subject FROM audit_log ORDER BY seq"))]
+    assert subjects == [f"bench:b{i}" for i in range(len(many))]
