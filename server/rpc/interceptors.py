@@ -88,24 +88,23 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             caller = _peer_common_name(context)
             bench = caller or "?"
             caller_token = _CALLER.set(caller)
-            structlog.contextvars.bind_contextvars(rpc_id=request_id, method=method, bench=bench)
+            call_log = log.bind(rpc_id=request_id, method=method, bench=bench)
             started = time.perf_counter()
             try:
                 response = inner(request, context)
-                log.info("rpc.ok", ms=round((time.perf_counter() - started) * 1000, 2))
+                call_log.info("rpc.ok", ms=round((time.perf_counter() - started) * 1000, 2))
                 return response
             except e.VdnoError as error:
                 code = status_for(error)
-                log.warning("rpc.refused", code=code.name, error=type(error).__name__, reason=str(error))
+                call_log.warning("rpc.refused", code=code.name, error=type(error).__name__, reason=str(error))
                 if on_refused is not None and isinstance(error, (e.Unauthenticated, e.BenchNotEnrolled)):
                     on_refused(bench, type(error).__name__)
                 context.abort(code, str(error))
             except Exception:
-                log.exception("rpc.internal_error")
+                call_log.exception("rpc.internal_error")
                 context.abort(grpc.StatusCode.INTERNAL, f"internal error (reference {request_id})")
             finally:
                 _CALLER.reset(caller_token)
-                structlog.contextvars.clear_contextvars()
 
         return grpc.unary_unary_rpc_method_handler(
             wrapped,
