@@ -73,7 +73,10 @@ def make_engine(url: str, writer: bool = False) -> Engine:
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:
             dbapi_conn.isolation_level = None  # let SQLAlchemy's BEGIN below drive transactions
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
+            mode = cur.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if writer and mode not in ("wal", "memory"):  # NORMAL is durable only with _WalSync's sync
+                cur.close()
+                raise StoreUnavailable(f"SQLite cannot use WAL mode here (journal_mode is {mode})")
             cur.execute(f"PRAGMA synchronous={synchronous}")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
@@ -108,23 +111,19 @@ class _WalSync:
     called after the commit and after the write lock is released, fdatasyncs the WAL file: the other writers
     commit while this one waits for the disk, and one sync covers every frame written before it. That
     is enough because SQLite reuses or removes a WAL file only after a checkpoint has copied its frames into
-    the database file and synced that file (https://sqlite.org/pragma.html#pragma_synchronous)."""
+    the database file and synced that file (https://sqlite.org/pragma.html#pragma_synchronous). SQLite
+    removes the WAL file only when the last connection to the database closes: while the writer's
+    connection stays open, the file opened here stays the WAL; the writer calls reset() whenever it opens
+    a connection."""
 
     def __init__(self, wal_path: Path) -> None:
         self._path = wal_path
         self._fd: int | None = None
 
     def sync(self) -> None:
-        """Return once every frame committed to the WAL so far is on disk; OSError if it cannot be."""
-        try:
-            current: int | None = os.stat(self._path).st_ino
-        except FileNotFoundError:
-            current = None  # the last connection closed: its checkpoint moved every frame into the database
-        if self._fd is not None and os.fstat(self._fd).st_ino != current:
-            self.close()
+        """Return once every frame committed to the WAL so far (through a connection open since the last
+        reset()) is on disk; OSError if it cannot be."""
         if self._fd is None:
-            if current is None:
-                return
             self._fd = os.open(self._path, os.O_RDONLY)
             directory = os.open(self._path.parent, os.O_RDONLY)  # a new WAL file's name must be durable too
             try:
@@ -133,10 +132,13 @@ class _WalSync:
                 os.close(directory)
         os.fdatasync(self._fd)
 
-    def close(self) -> None:
+    def reset(self) -> None:
+        """Forget the WAL file: the next sync() opens the one there is then."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+    close = reset
 
 
 class _GroupCommitWriter:
@@ -250,7 +252,6 @@ class _GroupCommitWriter:
                 self._wal.sync()
             except OSError as exc:  # committed but perhaps not on disk: report nothing as done
                 self._drop_connection()
-                self._wal.close()
                 failure = StoreUnavailable("the database could not make the write durable")
                 failure.__cause__ = exc
                 return [(None, failure)] * len(ops)
@@ -265,6 +266,8 @@ class _GroupCommitWriter:
     def _connection(self) -> Connection:
         if self._conn is None:
             self._conn = self._engine.connect()
+            if self._wal is not None:
+                self._wal.reset()  # the WAL may have been removed and created again since the last one
         return self._conn
 
     def _run_transaction(self, ops: list[WriteOp[Any]]) -> list[tuple[Any, VdnoError | None]]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from sqlalchemy import text
 
 from server.domain.errors import StoreUnavailable
 from server.domain.values import GenerationStatus, IssuanceDraft, VanillaGeneration
-from server.store.sql import SqlCustodyStore, _WalSync, open_store
+from server.store.sql import SqlCustodyStore, open_store
 
 GEN = VanillaGeneration(
     1, b"VDNO\x00\x00\x00\x01", "pkcs11:object=a", "pkcs11:object=b", b"ds", b"ka", GenerationStatus.ACTIVE
@@ -89,23 +88,31 @@ def test_a_failed_sync_reports_every_item_unavailable_then_writes_recover(
     assert not isinstance(third, Exception) and third[1] is True
 
 
-def test_wal_sync_follows_sqlite_removing_and_recreating_the_wal(tmp_path: Path) -> None:
-    db = tmp_path / "w.db"
-    wal = _WalSync(Path(f"{db}-wal"))
-    for value in (1, 2):
-        conn = sqlite3.connect(db, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("CREATE TABLE IF NOT EXISTS t (v INTEGER)")
-        conn.execute("INSERT INTO t VALUES (?)", (value,))
-        wal.sync()
-        assert wal._fd is not None and fd_path(wal._fd) == f"{db}-wal"  # the current file, not a removed one
-        conn.close()  # the last connection: SQLite checkpoints into the database file and removes the WAL
-        assert not os.path.exists(f"{db}-wal")
-        wal.sync()  # nothing left to sync
-        assert wal._fd is None
-    with sqlite3.connect(db) as conn:
-        assert [v for (v,) in conn.execute("SELECT v FROM t ORDER BY v")] == [1, 2]
-    wal.close()
+def test_the_wal_sync_follows_sqlite_removing_and_creating_the_wal_again(
+    store: SqlCustodyStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[int] = []
+    real_fdatasync = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        synced.append(os.fstat(fd).st_ino)
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    wal = tmp_path / "vdno.db-wal"
+    (first,) = store.write_issuance_step((), (), (draft("r1"),)).begun
+    assert not isinstance(first, Exception)
+    assert synced == [os.stat(wal).st_ino]
+    # Every connection closes: SQLite checkpoints into the database file and removes the WAL.
+    store._step_writer._drop_connection()
+    store._writer._drop_connection()
+    store._write_engine.dispose()
+    store.engine.dispose()
+    assert not wal.exists()
+    (second,) = store.write_issuance_step((), (), (draft("r2"),)).begun
+    assert not isinstance(second, Exception)
+    assert synced[-1] == os.stat(wal).st_ino  # the new WAL file, not the removed one
+    assert [r.request_id for r in store.list_issuances()] == ["r1", "r2"]
 
 
 def test_an_in_memory_store_has_no_wal_sync() -> None:
