@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import threading
 import time
+from collections.abc import Iterator
 
 import structlog
 
@@ -40,29 +42,31 @@ def wait_for(condition, timeout: float = 5.0) -> None:  # type: ignore[no-untype
         time.sleep(0.01)
 
 
-def test_info_lines_wait_for_the_writer_thread_then_arrive_in_order() -> None:
+@contextlib.contextmanager
+def batched(interval: float) -> Iterator[tuple[RecordingOut, BatchedLineLogger]]:
     out = RecordingOut()
-    lines = BatchedLineLogger(out, interval=0.05)
+    lines = BatchedLineLogger(out, interval=interval)
     try:
-        lines.info(b'{"n":1}')
-        lines.info(b'{"n":2}')
-        assert out.writes == []  # not written by the caller
-        wait_for(lambda: out.text() == b'{"n":1}\n{"n":2}\n')
+        yield out, lines
     finally:
         lines.close()
 
 
+def test_info_lines_wait_for_the_writer_thread_then_arrive_in_order() -> None:
+    with batched(0.05) as (out, lines):
+        lines.info(b'{"n":1}')
+        lines.info(b'{"n":2}')
+        assert out.writes == []  # not written by the caller
+        wait_for(lambda: out.text() == b'{"n":1}\n{"n":2}\n')
+
+
 def test_a_warning_is_written_at_once_after_every_earlier_line() -> None:
-    out = RecordingOut()
-    lines = BatchedLineLogger(out, interval=3600)
-    try:
+    with batched(3600) as (out, lines):
         lines.info(b"a")
         lines.warning(b"b")
         assert out.text() == b"a\nb\n"
         lines.error(b"c")
         assert out.text() == b"a\nb\nc\n"
-    finally:
-        lines.close()
 
 
 def test_each_write_is_whole_lines_of_at_most_pipe_buf_bytes_and_a_long_line_goes_alone() -> None:
