@@ -41,7 +41,11 @@ class CustodyStore(Protocol):
     def get_bench(self, bench_id: str) -> Bench | None: ...
 
     # issuance (ARCHITECTURE §5.3-5.5)
-    def find_issuance(self, bench_id: str, request_id: str) -> IssuanceRecord | None: ...
+    def find_issuance(self, bench_id: str, request_id: str) -> IssuanceRecord | None:
+        """The record of (bench, request id), or None. A record returned with its signed command is
+        durable: the caller may release the command."""
+        ...
+
     def write_issuance_step(
         self,
         signed: Sequence[tuple[IssuanceRecord, bytes]],

@@ -410,7 +410,9 @@ class SqlCustodyStore:
         database = write_engine.url.database if sqlite else None
         lock_path = Path(database + ".writelock") if database and database != ":memory:" else None
         # Each writer syncs the WAL on a descriptor of its own.
-        wal = (lambda: _WalSync(Path(database + "-wal"))) if lock_path is not None and database else None
+        self._wal_path = Path(database + "-wal") if lock_path is not None and database else None
+        wal_path = self._wal_path
+        wal = (lambda: _WalSync(wal_path)) if wal_path is not None else None
         self._writer = _GroupCommitWriter(write_engine, lock_path, wal=wal() if wal else None)
         self._step_writer = _GroupCommitWriter(
             write_engine, lock_path, threaded=False, wal=wal() if wal else None
@@ -499,7 +501,29 @@ class SqlCustodyStore:
                 )
             ).first()
         )
-        return None if row is None else _issuance(row)
+        if row is None:
+            return None
+        record = _issuance(row)
+        if record.signed_command is not None:  # the caller may release it (ARCHITECTURE §5.3)
+            self._sync_what_was_read()
+        return record
+
+    def _sync_what_was_read(self) -> None:
+        """SQLite: another process's commit is visible before its writer has synced the WAL (_WalSync), so
+        before a signed command read here is released, the WAL file is synced from here too. If the file
+        is gone, SQLite removed it after checkpointing every frame into the database file and syncing it."""
+        if self._wal_path is None:
+            return
+        try:
+            fd = os.open(self._wal_path, os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            os.fdatasync(fd)
+        except OSError as exc:
+            raise StoreUnavailable("the database could not make the stored command durable") from exc
+        finally:
+            os.close(fd)
 
     def list_issuances(self) -> list[IssuanceRecord]:
         rows = self._read(lambda c: c.execute(select(issuances).order_by(issuances.c.issuance_id)).all())

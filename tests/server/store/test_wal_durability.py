@@ -123,3 +123,35 @@ def test_an_in_memory_store_has_no_wal_sync() -> None:
             assert c.execute(text("SELECT 1")).scalar() == 1
     finally:
         s.close()
+
+
+def test_a_signed_command_read_from_another_process_is_synced_before_it_is_returned(
+    store: SqlCustodyStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two stores on one file stand for two server processes. The first commits a signed command and,
+    # here, stops before its own WAL sync: the second already sees the commit.
+    other = open_store(f"sqlite:///{tmp_path / 'vdno.db'}")
+    try:
+        (begun,) = store.write_issuance_step((), (), (draft("r1"),)).begun
+        (unsigned,) = store.write_issuance_step((), (), (draft("r2"),)).begun
+        assert not isinstance(begun, Exception) and not isinstance(unsigned, Exception)
+        assert store._step_writer._wal is not None
+        monkeypatch.setattr(store._step_writer._wal, "sync", lambda: None)
+        (stored,) = store.write_issuance_step(((begun[0], b"signed"),), (), ()).stored
+        assert not isinstance(stored, Exception)
+        synced: list[str] = []
+        real_fdatasync = os.fdatasync
+
+        def fdatasync(fd: int) -> None:
+            synced.append(os.path.basename(fd_path(fd)))
+            real_fdatasync(fd)
+
+        monkeypatch.setattr(os, "fdatasync", fdatasync)
+        found = other.find_issuance("bench-01", "r1")
+        assert found is not None and found.signed_command == b"signed"
+        assert synced == ["vdno.db-wal"]
+        synced.clear()
+        pending = other.find_issuance("bench-01", "r2")  # nothing to release: no sync
+        assert pending is not None and pending.signed_command is None and synced == []
+    finally:
+        other.close()
