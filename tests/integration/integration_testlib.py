@@ -202,7 +202,7 @@ class Deployment:
     def log_text(self) -> str:
         """The server log, once every line of the calls made so far is written (info lines are written
         every FLUSH_INTERVAL seconds)."""
-        time.sleep(3 * FLUSH_INTERVAL)
+        time.sleep(5 * FLUSH_INTERVAL)
         return self.server.log_path.read_text(errors="replace")
 
     def verify_audit(self) -> subprocess.CompletedProcess[str]:

@@ -53,7 +53,7 @@ def batched(interval: float) -> Iterator[tuple[RecordingOut, BatchedLineLogger]]
 
 
 def test_info_lines_wait_for_the_writer_thread_then_arrive_in_order() -> None:
-    with batched(0.05) as (out, lines):
+    with batched(0.5) as (out, lines):  # the writer thread's first flush is 0.5 s away
         lines.info(b'{"n":1}')
         lines.info(b'{"n":2}')
         assert out.writes == []  # not written by the caller
