@@ -161,6 +161,7 @@ class HandOutService:
                 f"request id {request.request_id!r} was already used for another device or area"
             )
         if record.signed_command is not None:
+            self._store.ensure_durable()  # another process may have stored it and not yet synced it
             return SignedCommand.of(record, record.signed_command)
         if record.status is IssuanceStatus.RECORDED and self._clock() - record.created_at < STALE_ATTEMPT:
             raise Unavailable("this request is still being signed; retry with the same request id")

@@ -41,9 +41,10 @@ class CustodyStore(Protocol):
     def get_bench(self, bench_id: str) -> Bench | None: ...
 
     # issuance (ARCHITECTURE §5.3-5.5)
-    def find_issuance(self, bench_id: str, request_id: str) -> IssuanceRecord | None:
-        """The record of (bench, request id), or None. A record returned with its signed command is
-        durable: the caller may release the command."""
+    def find_issuance(self, bench_id: str, request_id: str) -> IssuanceRecord | None: ...
+    def ensure_durable(self) -> None:
+        """Return once every commit this store can read is durable: call it before releasing what was
+        read (ARCHITECTURE §5.3). StoreUnavailable if that cannot be made sure."""
         ...
 
     def write_issuance_step(

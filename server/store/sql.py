@@ -132,6 +132,20 @@ class _WalSync:
                 os.close(directory)
         os.fdatasync(self._fd)
 
+    @staticmethod
+    def sync_current(wal_path: Path) -> None:
+        """fdatasync the WAL file at wal_path now, for a reader that did not write it. If there is none,
+        SQLite removed it after checkpointing every frame into the database file and syncing that file.
+        OSError if it cannot be synced."""
+        try:
+            fd = os.open(wal_path, os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+
     def reset(self) -> None:
         """Forget the WAL file: the next sync() opens the one there is then."""
         if self._fd is not None:
@@ -501,29 +515,17 @@ class SqlCustodyStore:
                 )
             ).first()
         )
-        if row is None:
-            return None
-        record = _issuance(row)
-        if record.signed_command is not None:  # the caller may release it (ARCHITECTURE §5.3)
-            self._sync_what_was_read()
-        return record
+        return None if row is None else _issuance(row)
 
-    def _sync_what_was_read(self) -> None:
+    def ensure_durable(self) -> None:
         """SQLite: another process's commit is visible before its writer has synced the WAL (_WalSync), so
-        before a signed command read here is released, the WAL file is synced from here too. If the file
-        is gone, SQLite removed it after checkpointing every frame into the database file and syncing it."""
+        the WAL is synced from here too. PostgreSQL shows only durable commits."""
         if self._wal_path is None:
             return
         try:
-            fd = os.open(self._wal_path, os.O_RDONLY)
-        except FileNotFoundError:
-            return
-        try:
-            os.fdatasync(fd)
+            _WalSync.sync_current(self._wal_path)
         except OSError as exc:
-            raise StoreUnavailable("the database could not make the stored command durable") from exc
-        finally:
-            os.close(fd)
+            raise StoreUnavailable("the database could not make what it holds durable") from exc
 
     def list_issuances(self) -> list[IssuanceRecord]:
         rows = self._read(lambda c: c.execute(select(issuances).order_by(issuances.c.issuance_id)).all())
