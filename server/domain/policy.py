@@ -92,10 +92,8 @@ def read_network_operator_signing_cell(
         )
     except GbcsError as exc:
         raise InvalidRequest(f"credentials_response is not a valid signed CS02a response: {exc}") from exc
-    for role in payload.roles:
-        if role.role != RemotePartyRole.NETWORK_OPERATOR or not role.cells:
-            continue
-        for cell in role.cells:
+    for role in payload.roles:  # the network operator's entries only (decode_roles_of)
+        for cell in role.cells or ():
             if cell.key_usage == KeyUsage.DIGITAL_SIGNATURE:
                 return CellState(cell.subject_unique_id, cell.subject_key_identifier)
     raise DeviceNotVanilla(f"device {device_id.hex()} reported no network-operator signing cell")
