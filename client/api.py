@@ -10,6 +10,7 @@ import grpc
 
 from client.bundle import TrustBundle
 from client.errors import ServiceError
+from client.messages import AuthorisedHandIn, HandInOrder, OutcomeAck
 from vdno.v1 import custodian_pb2, custodian_pb2_grpc
 
 T = TypeVar("T")
@@ -89,6 +90,33 @@ class BenchClient:
         return self._call(
             self._stub.ReportOutcome, custodian_pb2.OutcomeReport(request_id=request_id, response=response)
         )
+
+    def request_hand_in(
+        self, request_id: str, device_id: str, device_certificate: bytes, credentials_response: bytes
+    ) -> HandInOrder:
+        """RequestHandIn: record (or find again, on a retry) the order for the meter read."""
+        request = custodian_pb2.HandInRequest(
+            request_id=request_id,
+            device_id=device_id,
+            device_certificate=device_certificate,
+            credentials_response=credentials_response,
+        )
+        return HandInOrder.from_proto(self._call(self._stub.RequestHandIn, request))
+
+    def fetch_hand_in_commands(self, device_ids: list[str]) -> list[AuthorisedHandIn]:
+        """FetchHandInCommands: the authorised hand-in commands for these meters."""
+        reply = self._call(
+            self._stub.FetchHandInCommands, custodian_pb2.FetchHandInCommandsRequest(device_ids=device_ids)
+        )
+        return [AuthorisedHandIn.from_proto(item) for item in reply.commands]
+
+    def report_hand_in_outcome(self, order_id: int, response: bytes) -> OutcomeAck:
+        """ReportHandInOutcome: the meter's signed response to an applied hand-in command."""
+        reply = self._call(
+            self._stub.ReportHandInOutcome,
+            custodian_pb2.HandInOutcomeReport(order_id=order_id, response=response),
+        )
+        return OutcomeAck.from_proto(reply)
 
     # -- internals ----------------------------------------------------------------------------------
 

@@ -48,6 +48,13 @@ class TrustBundle:
                 return area
         raise BundleError(f"area {area_id} is not in the trust bundle")
 
+    def area_of_entity(self, entity_id: bytes) -> AreaCredentials | None:
+        """The area whose DNO has this entity id, or None."""
+        return next((a for a in self.areas if a.entity_id == entity_id), None)
+
+    def generation(self, number: int) -> VanillaGeneration | None:
+        return next((g for g in self.generations if g.generation == number), None)
+
     def active_generation(self, entity_id: bytes) -> VanillaGeneration | None:
         """The ACTIVE vanilla generation whose entity id is `entity_id`, or None."""
         for generation in self.generations:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from client.bundle import TrustBundle, VanillaGeneration
+from client.bundle import AreaCredentials, TrustBundle, VanillaGeneration
 from client.errors import BundleError, CommandRefused, ResponseRejected
 from gbcs.cells import NO_DS_CELL, NO_KA_CELL, CredentialsReplacementMode, KeyUsage, RemotePartyRole
 from gbcs.cs02b import (
@@ -149,6 +149,122 @@ def check_command(command: bytes, device_id: bytes, area_id: int, bundle: TrustB
             "wrong-path-certificate", "certificationPathCertificates is not exactly the bundle's issuing CA"
         )
     return CheckedCommand(message, header, payload, generation)
+
+
+@dataclass(frozen=True)
+class CheckedHandIn:
+    message: GbcsMessage
+    header: GroupingHeader
+    payload: UpdateSecurityCredentialsCommand
+    area: AreaCredentials  # whose DNO signed
+    generation: VanillaGeneration  # what the command installs
+
+    @property
+    def counter(self) -> int:
+        return self.header.originator_counter
+
+
+def check_hand_in_command(
+    command: bytes,
+    device_id: bytes,
+    generation_number: int,
+    bundle: TrustBundle,
+    no_ds_entity: bytes,
+    stored_seq_number: int,
+) -> CheckedHandIn:
+    """Refuse (CommandRefused with a named reason) anything but a MAC-framed CS02b mode-3 command to
+    `device_id`, signed by the area DNO whose entity the meter's NO DS cell holds (`no_ds_entity`, as read),
+    installing exactly the active vanilla generation's DS and KA certificates from the bundle, with the
+    bundle's issuing CA as path, an authorising seq number above the meter's `stored_seq_number`, executing
+    at once. The MAC itself is the meter's to check (it needs the device's key)."""
+    data = bytes(command)
+    try:
+        message = decode_message(data)
+        payload = UpdateSecurityCredentialsCommand.decode(message.apdu.content)
+    except GbcsError as exc:
+        raise CommandRefused("decode-error", str(exc)) from exc
+    header = message.apdu.header
+    if not message.mac_framed:
+        raise CommandRefused("not-mac-framed", "a hand-in command must carry DCC's ACB-SMD MAC")
+    if message.apdu.signature is None or len(message.apdu.signature) != SIGNATURE_LEN:
+        raise CommandRefused("unsigned", "command carries no 64-byte KRP signature")
+    if header.cra != Cra.COMMAND:
+        raise CommandRefused("not-a-command", f"CRA flag {int(header.cra)} is not 1 (command)")
+    if header.message_code != MessageCode.CS02B_NETWORK_OPERATOR_BY_NETWORK_OPERATOR:
+        raise CommandRefused(
+            "wrong-message-code", f"message code 0x{header.message_code:04X} is not 0x0103 (CS02b NO-by-NO)"
+        )
+    if header.business_target_id != bytes(device_id):
+        raise CommandRefused(
+            "wrong-target",
+            f"Business Target ID {eui64_hex(header.business_target_id)} is not the device "
+            f"{eui64_hex(bytes(device_id))}",
+        )
+    control = payload.control
+    if control.mode != CredentialsReplacementMode.NETWORK_OPERATOR_BY_NETWORK_OPERATOR:
+        raise CommandRefused("wrong-mode", f"credentialsReplacementMode {control.mode} is not 3 (NO-by-NO)")
+    if control.ta_cell != NO_DS_CELL:
+        raise CommandRefused(
+            "wrong-ta-cell", f"authorising TA cell {control.ta_cell} is not {{role 3, digitalSignature}}"
+        )
+    if header.business_originator_id != no_ds_entity:
+        raise CommandRefused(
+            "wrong-originator",
+            f"Business Originator ID {eui64_hex(header.business_originator_id)} is not the DNO "
+            f"{eui64_hex(no_ds_entity)} in the meter's NO cell",
+        )
+    area = bundle.area_of_entity(header.business_originator_id)
+    if area is None:
+        raise CommandRefused(
+            "unknown-originator",
+            f"Business Originator ID {eui64_hex(header.business_originator_id)} is not an area DNO in the "
+            "pinned bundle",
+        )
+    try:
+        verify_message_signature(message, load_certificate(area.ds_certificate).certificate)
+    except (SignatureError, CertificateError) as exc:
+        raise CommandRefused("bad-signature", f"{exc} (area {area.area_id} DNO)") from exc
+    generation = bundle.generation(generation_number)
+    if generation is None or not generation.active:
+        raise CommandRefused(
+            "unknown-generation", f"vanilla generation {generation_number} is not active in the pinned bundle"
+        )
+    expected = {NO_DS_CELL: generation.ds_certificate, NO_KA_CELL: generation.ka_certificate}
+    targets = [r.target for r in payload.replacements]
+    if len(payload.replacements) != 2 or set(targets) != set(expected):
+        raise CommandRefused(
+            "wrong-replacements",
+            f"expected exactly two replacements for the NO DS and NO KA cells, got {len(targets)}: {targets}",
+        )
+    for replacement in payload.replacements:
+        if bytes(replacement.certificate) != bytes(expected[replacement.target]):
+            usage = "DS" if replacement.target == NO_DS_CELL else "KA"
+            raise CommandRefused(
+                "wrong-generation-certificate",
+                f"the NO {usage} replacement is not vanilla generation {generation.generation}'s {usage} "
+                "certificate from the bundle",
+            )
+    if payload.certification_path_certificates != (bytes(bundle.issuing_ca_certificate),):
+        raise CommandRefused(
+            "wrong-path-certificate", "certificationPathCertificates is not exactly the bundle's issuing CA"
+        )
+    if control.seq_number <= stored_seq_number:
+        raise CommandRefused(
+            "stale-seq-number",
+            f"authorisingRemotePartySeqNumber {control.seq_number} is not above the meter's "
+            f"{stored_seq_number}",
+        )
+    if (
+        control.plaintext_symmetric_key is not None
+        or control.other_seq_number_changes is not None
+        or control.specialist_floor_seq_numbers is not None
+    ):
+        raise CommandRefused(
+            "unexpected-field", "plaintextSymmetricKey / seq-number changes for other roles present"
+        )
+    if payload.execution_date_time is not None:
+        raise CommandRefused("future-dated", "hand-in commands must execute immediately")
+    return CheckedHandIn(message, header, payload, area, generation)
 
 
 def check_response(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -16,6 +15,7 @@ from rich.table import Table
 from client.errors import BenchError
 from client.handout import APPLIED, LAB_READER_ID, HandOutResult
 from client.inspect import EXIT_CODES_HELP, EXIT_DECODE, InputError, inspect_bytes, load_input, render
+from client.settings import BenchSettings, SettingsError
 from gbcs.errors import DecodeError
 from gbcs.ids import parse_eui64
 
@@ -84,13 +84,13 @@ def inspect_command(
         raise typer.Exit(report.exit_code)
 
 
-# --- hand-out --------------------------------------------------------------------------------------
+# --- trays and settings ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class TrayEntry:
     device_id: bytes
-    area_id: int
+    area_id: int | None  # the hand-out's target area; hand-in ignores it
 
 
 def _area(value: int | str, what: str) -> int:
@@ -103,8 +103,9 @@ def _area(value: int | str, what: str) -> int:
     return area
 
 
-def parse_tray(path: Path) -> list[TrayEntry]:
-    """`EUI AREA` per line or CSV `device,area` (optional header); '#' starts a comment."""
+def parse_tray(path: Path, need_area: bool = True) -> list[TrayEntry]:
+    """`EUI AREA` per line or CSV `device,area` (optional header); '#' starts a comment. Without
+    need_area a line may hold the device alone."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -116,69 +117,82 @@ def parse_tray(path: Path) -> list[TrayEntry]:
             continue
         fields = [f.strip() for f in line.split(",")] if "," in line else line.split()
         where = f"tray {path} line {number}"
-        if len(fields) != 2:
-            _fail(f"{where}: expected 'DEVICE AREA' or 'device,area', got {line!r}")
+        if len(fields) not in ((2,) if need_area else (1, 2)):
+            wanted = "'DEVICE AREA' or 'device,area'" if need_area else "'DEVICE' or 'DEVICE AREA'"
+            _fail(f"{where}: expected {wanted}, got {line!r}")
         if fields[0].lower() in ("device", "device_id", "eui") and not entries:
             continue  # CSV header
-        entries.append(TrayEntry(_eui(fields[0], where), _area(fields[1], where)))
+        area = _area(fields[1], where) if len(fields) == 2 else None
+        entries.append(TrayEntry(_eui(fields[0], where), area))
     if not entries:
         _fail(f"tray file {path} lists no meters")
     return entries
 
 
-def _host_port(value: str, what: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        _fail(f"{what} {value!r} is not HOST:PORT")
-    return host.strip("[]"), int(port)
-
-
-def _read_file(path: Path, what: str) -> bytes:
+def _load_settings(config: Path | None, **flags: Any) -> BenchSettings:
     try:
-        return path.read_bytes()
-    except OSError as exc:
-        _fail(f"cannot read {what} {path}: {exc.strerror or exc}")
+        return BenchSettings.load(config, flags)
+    except SettingsError as exc:
+        _fail(str(exc))
 
 
-def _load_config(path: Path | None) -> dict[str, Any]:
-    if path is None:
-        return {}
+def _tls(settings: BenchSettings) -> tuple[bytes, bytes, bytes]:
     try:
-        with path.open("rb") as handle:
-            doc = tomllib.load(handle)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        _fail(f"cannot read --config {path}: {exc}")
-    section = doc.get("bench", doc)
-    if not isinstance(section, dict):
-        _fail(f"--config {path}: [bench] is not a table")
-    return {str(k).replace("-", "_"): v for k, v in section.items()}
+        return settings.read_tls()
+    except SettingsError as exc:
+        _fail(str(exc))
 
 
-def _setting(cli: Any, config: dict[str, Any], key: str, base: Path | None) -> Any:
-    if cli is not None:
-        return cli
-    value = config.get(key)
-    if value is not None and key in ("ca", "cert", "key", "save_commands") and base is not None:
-        candidate = Path(str(value))
-        return candidate if candidate.is_absolute() else base / candidate
-    return value
+def _sim(settings: BenchSettings) -> tuple[str, int]:
+    try:
+        return settings.require_sim()
+    except SettingsError as exc:
+        _fail(str(exc))
 
 
-def _summary_table(results: list[HandOutResult]) -> Table:
-    table = Table(title="Hand-out summary")
-    for column in ("device", "area", "counter", "status", "reason"):
+def _progress() -> Progress:
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    return Progress(*columns, console=Console(stderr=True), transient=True)
+
+
+def _results_table(title: str, rows: list[dict[str, Any]], columns: tuple[str, ...]) -> Table:
+    table = Table(title=title)
+    for column in columns:
         table.add_column(column)
-    styles = {"applied": "green", "refused": "red", "failed": "red"}
-    for r in results:
-        style = styles.get(r.status, "")
-        table.add_row(
-            r.device_id,
-            str(r.area_id),
-            "" if r.counter is None else str(r.counter),
-            f"[{style}]{r.status}[/{style}]",
-            r.reason,
-        )
+    styles = {"applied": "green", "ordered": "green", "pending": "yellow", "refused": "red", "failed": "red"}
+    for row in rows:
+        cells = []
+        for column in columns:
+            value = row.get(column)
+            text = "" if value is None else str(value)
+            if column == "status" and text in styles:
+                text = f"[{styles[text]}]{text}[/{styles[text]}]"
+            cells.append(text)
+        table.add_row(*cells)
     return table
+
+
+SETTINGS_HELP = (
+    "Settings may come from --config FILE (keys server, server_name, ca, cert, key, sim, dcc, save_commands, "
+    "at top level or in a [bench] table; `vdno-server init` writes clients/<bench>.toml) and the environment "
+    "(VDNO_SERVER, VDNO_SERVER_NAME, VDNO_SIM, VDNO_DCC); flags win."
+)
+
+ServerOpt = Annotated[str | None, typer.Option("--server", metavar="HOST:PORT")]
+CaOpt = Annotated[Path | None, typer.Option("--ca", metavar="PEM", help="TLS CA certificate")]
+CertOpt = Annotated[Path | None, typer.Option("--cert", metavar="PEM", help="bench client certificate")]
+KeyOpt = Annotated[Path | None, typer.Option("--key", metavar="PEM", help="bench client private key")]
+SimOpt = Annotated[str | None, typer.Option("--sim", metavar="HOST:PORT", help="device transport")]
+ServerNameOpt = Annotated[str | None, typer.Option("--server-name", help="TLS server name override")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", metavar="TOML", help="settings file")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print a JSON list of results")]
+ReaderOpt = Annotated[str, typer.Option("--reader-id", metavar="EUI", help="originator id of local reads")]
+SaveOpt = Annotated[
+    Path | None, typer.Option("--save-commands", metavar="DIR", help="save <device>-<counter>.hex")
+]
+
+
+# --- hand-out --------------------------------------------------------------------------------------
 
 
 @app.command(
@@ -187,9 +201,9 @@ def _summary_table(results: list[HandOutResult]) -> Table:
     help=(
         "Hand out vanilla meters to a DNO area: read each meter (CS02e, CS02a) through the simulator/device "
         "transport, request a signed CS02b mode-3 command from the custodian, check it against the pinned "
-        "trust bundle, apply it and report the meter's response. Give --device and --area, or --tray FILE "
-        "('EUI AREA' per line, or CSV device,area; '#' comments). Settings may come from --config bench.toml "
-        "(keys server, ca, cert, key, sim, server_name, save_commands; at top level or in a 'bench' table). "
+        "trust bundle, have DCC add its ACB-SMD MAC (--dcc URL; without it the command goes as signed), "
+        "apply it and report the meter's response. Give --device and --area, or --tray FILE "
+        "('EUI AREA' per line, or CSV device,area; '#' comments). " + SETTINGS_HELP + " "
         "Exit codes: 0 every meter applied; 1 any meter refused or failed; 2 usage or configuration error."
     ),
 )
@@ -197,36 +211,34 @@ def hand_out_command(
     device: Annotated[str | None, typer.Option("--device", metavar="EUI", help="device id")] = None,
     area: Annotated[int | None, typer.Option("--area", metavar="ID", help="DNO area 10-23")] = None,
     tray: Annotated[Path | None, typer.Option("--tray", metavar="FILE", help="tray file")] = None,
-    server: Annotated[str | None, typer.Option("--server", metavar="HOST:PORT")] = None,
-    ca: Annotated[Path | None, typer.Option("--ca", metavar="PEM", help="TLS CA certificate")] = None,
-    cert: Annotated[
-        Path | None, typer.Option("--cert", metavar="PEM", help="bench client certificate")
+    server: ServerOpt = None,
+    ca: CaOpt = None,
+    cert: CertOpt = None,
+    key: KeyOpt = None,
+    sim: SimOpt = None,
+    dcc: Annotated[
+        str | None, typer.Option("--dcc", metavar="URL", help="DCC gateway adding the ACB-SMD MAC")
     ] = None,
-    key: Annotated[Path | None, typer.Option("--key", metavar="PEM", help="bench client private key")] = None,
-    sim: Annotated[str | None, typer.Option("--sim", metavar="HOST:PORT", help="device transport")] = None,
-    server_name: Annotated[str | None, typer.Option("--server-name", help="TLS server name override")] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="print a JSON list of results")] = False,
+    server_name: ServerNameOpt = None,
+    json_output: JsonOpt = False,
     request_id: Annotated[
         str | None, typer.Option("--request-id", metavar="ID", help="request id (single device; to retry)")
     ] = None,
-    save_commands: Annotated[
-        Path | None, typer.Option("--save-commands", metavar="DIR", help="save <device>-<counter>.hex")
-    ] = None,
-    reader_id: Annotated[
-        str, typer.Option("--reader-id", metavar="EUI", help="originator id of local reads")
-    ] = LAB_READER_ID.hex(),
-    config: Annotated[Path | None, typer.Option("--config", metavar="TOML", help="settings file")] = None,
+    save_commands: SaveOpt = None,
+    reader_id: ReaderOpt = LAB_READER_ID.hex(),
+    config: ConfigOpt = None,
 ) -> None:
-    settings = _load_config(config)
-    base = None if config is None else config.parent
-    server = _setting(server, settings, "server", base)
-    ca = _setting(ca, settings, "ca", base)
-    cert = _setting(cert, settings, "cert", base)
-    key = _setting(key, settings, "key", base)
-    sim = _setting(sim, settings, "sim", base)
-    server_name = _setting(server_name, settings, "server_name", base)
-    save_commands = _setting(save_commands, settings, "save_commands", base)
-
+    settings = _load_settings(
+        config,
+        server=server,
+        ca=ca,
+        cert=cert,
+        key=key,
+        sim=sim,
+        dcc=dcc,
+        server_name=server_name,
+        save_commands=save_commands,
+    )
     if tray is not None and (device is not None or area is not None):
         _fail("give either --device and --area, or --tray, not both")
     if tray is None and (device is None or area is None):
@@ -240,38 +252,24 @@ def hand_out_command(
         if tray is not None
         else [TrayEntry(_eui(str(device), "--device"), _area(int(area or 0), "--area"))]
     )
-    missing = [
-        name
-        for name, value in (
-            ("--server", server),
-            ("--ca", ca),
-            ("--cert", cert),
-            ("--key", key),
-            ("--sim", sim),
-        )
-        if not value
-    ]
-    if missing:
-        _fail(f"missing {', '.join(missing)} (on the command line or in --config)")
-    target_host, target_port = _host_port(str(server), "--server")
-    sim_host, sim_port = _host_port(str(sim), "--sim")
-    ca_pem = _read_file(Path(ca), "--ca")
-    cert_pem = _read_file(Path(cert), "--cert")
-    key_pem = _read_file(Path(key), "--key")
+    sim_host, sim_port = _sim(settings)
+    ca_pem, cert_pem, key_pem = _tls(settings)
     reader = _eui(reader_id, "--reader-id")
-    save_dir = None if save_commands is None else Path(save_commands)
+    save_dir = settings.save_commands
     if save_dir is not None and save_dir.exists() and not save_dir.is_dir():
         _fail(f"--save-commands {save_dir} is not a directory")
 
     # imported here so `inspect` works without touching grpc
     from client.api import BenchClient
+    from client.dcc_gateway import HttpDuisGateway
     from client.handout import hand_out
     from client.transport import SimulatorTransport
 
+    gateway = None if settings.dcc is None else HttpDuisGateway(settings.dcc)
     results: list[HandOutResult] = []
     with (
         BenchClient(
-            f"{target_host}:{target_port}", ca_pem, cert_pem, key_pem, server_name_override=server_name
+            settings.server, ca_pem, cert_pem, key_pem, server_name_override=settings.server_name
         ) as api,
         SimulatorTransport(sim_host, sim_port) as transport,
     ):
@@ -281,6 +279,7 @@ def hand_out_command(
             _fail(f"cannot fetch the trust bundle: {exc}", 1)
 
         def run(entry: TrayEntry) -> HandOutResult:
+            assert entry.area_id is not None  # parse_tray(need_area=True)
             return hand_out(
                 api,
                 transport,
@@ -290,16 +289,11 @@ def hand_out_command(
                 request_id=request_id,
                 reader_id=reader,
                 save_dir=save_dir,
+                gateway=gateway,
             )
 
         if tray is not None and not json_output:
-            columns = (
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-            )
-            with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+            with _progress() as progress:
                 task = progress.add_task("handing out", total=len(entries))
                 for entry in entries:
                     progress.update(task, description=f"meter {entry.device_id.hex()}")
@@ -311,13 +305,166 @@ def hand_out_command(
     if json_output:
         typer.echo(json.dumps([r.as_dict() for r in results], indent=2))
     else:
-        Console().print(_summary_table(results))
+        rows = [r.as_dict() for r in results]
+        Console().print(
+            _results_table("Hand-out summary", rows, ("device", "area", "counter", "status", "reason"))
+        )
     failed = [r for r in results if r.status != APPLIED]
     if failed:
         if len(entries) == 1:
             typer.echo(f"vdno-bench hand-out: {failed[0].status}: {failed[0].reason}", err=True)
         else:
             typer.echo(f"vdno-bench hand-out: {len(failed)} of {len(results)} meters not applied", err=True)
+        raise typer.Exit(1)
+
+
+# --- hand-in ---------------------------------------------------------------------------------------
+
+hand_in_app = typer.Typer(
+    name="hand-in",
+    help=(
+        "Bring triaged meters into vanilla custody. `order` reads each meter and asks the custodian for a "
+        "hand-in order (the area DNO must then sign the command, through DCC); `apply` fetches the commands "
+        "the custodian has authorised for the meters, checks each against the meter and the pinned trust "
+        "bundle, applies it and reports the meter's response."
+    ),
+    no_args_is_help=True,
+)
+app.add_typer(hand_in_app)
+
+
+def _devices(device: str | None, tray: Path | None) -> list[bytes]:
+    if (device is None) == (tray is None):
+        _fail("give --device EUI or --tray FILE")
+    if device is not None:
+        return [_eui(device, "--device")]
+    assert tray is not None
+    return [entry.device_id for entry in parse_tray(tray, need_area=False)]
+
+
+def _print_hand_in(title: str, results: list[Any], json_output: bool) -> None:
+    rows = [r.as_dict() for r in results]
+    if json_output:
+        typer.echo(json.dumps(rows, indent=2))
+    else:
+        Console().print(
+            _results_table(title, rows, ("device", "orderId", "area", "generation", "status", "reason"))
+        )
+
+
+@hand_in_app.command(
+    "order",
+    help=(
+        "Read each meter (CS02e, CS02a) and order its hand-in. " + SETTINGS_HELP + " "
+        "Exit codes: 0 every meter ordered; 1 any meter failed; 2 usage or configuration error."
+    ),
+)
+def hand_in_order_command(
+    device: Annotated[str | None, typer.Option("--device", metavar="EUI", help="device id")] = None,
+    tray: Annotated[Path | None, typer.Option("--tray", metavar="FILE", help="tray file")] = None,
+    server: ServerOpt = None,
+    ca: CaOpt = None,
+    cert: CertOpt = None,
+    key: KeyOpt = None,
+    sim: SimOpt = None,
+    server_name: ServerNameOpt = None,
+    json_output: JsonOpt = False,
+    request_id: Annotated[
+        str | None, typer.Option("--request-id", metavar="ID", help="request id (single device; to retry)")
+    ] = None,
+    reader_id: ReaderOpt = LAB_READER_ID.hex(),
+    config: ConfigOpt = None,
+) -> None:
+    settings = _load_settings(
+        config, server=server, ca=ca, cert=cert, key=key, sim=sim, server_name=server_name
+    )
+    devices = _devices(device, tray)
+    if tray is not None and request_id is not None:
+        _fail("--request-id applies to a single device (--device), not to a tray")
+    sim_host, sim_port = _sim(settings)
+    ca_pem, cert_pem, key_pem = _tls(settings)
+    reader = _eui(reader_id, "--reader-id")
+
+    from client.api import BenchClient
+    from client.hand_in import ORDERED, order_hand_in
+    from client.transport import SimulatorTransport
+
+    with (
+        BenchClient(
+            settings.server, ca_pem, cert_pem, key_pem, server_name_override=settings.server_name
+        ) as api,
+        SimulatorTransport(sim_host, sim_port) as transport,
+    ):
+        try:
+            bundle = api.trust_bundle()
+        except BenchError as exc:
+            _fail(f"cannot fetch the trust bundle: {exc}", 1)
+        results = [order_hand_in(api, transport, bundle, d, request_id, reader) for d in devices]
+    _print_hand_in("Hand-in orders", results, json_output)
+    failed = [r for r in results if r.status != ORDERED]
+    if failed:
+        typer.echo(f"vdno-bench hand-in order: {len(failed)} of {len(results)} meters not ordered", err=True)
+        raise typer.Exit(1)
+
+
+@hand_in_app.command(
+    "apply",
+    help=(
+        "Fetch the authorised hand-in commands for the meters, check each against the meter and the pinned "
+        "trust bundle, apply it and report the response. " + SETTINGS_HELP + " "
+        "Exit codes: 0 every meter applied; 1 any meter refused, failed or still pending; 2 usage or "
+        "configuration error."
+    ),
+)
+def hand_in_apply_command(
+    device: Annotated[str | None, typer.Option("--device", metavar="EUI", help="device id")] = None,
+    tray: Annotated[Path | None, typer.Option("--tray", metavar="FILE", help="tray file")] = None,
+    server: ServerOpt = None,
+    ca: CaOpt = None,
+    cert: CertOpt = None,
+    key: KeyOpt = None,
+    sim: SimOpt = None,
+    server_name: ServerNameOpt = None,
+    json_output: JsonOpt = False,
+    save_commands: SaveOpt = None,
+    reader_id: ReaderOpt = LAB_READER_ID.hex(),
+    config: ConfigOpt = None,
+) -> None:
+    settings = _load_settings(
+        config,
+        server=server,
+        ca=ca,
+        cert=cert,
+        key=key,
+        sim=sim,
+        server_name=server_name,
+        save_commands=save_commands,
+    )
+    devices = _devices(device, tray)
+    sim_host, sim_port = _sim(settings)
+    ca_pem, cert_pem, key_pem = _tls(settings)
+    reader = _eui(reader_id, "--reader-id")
+
+    from client.api import BenchClient
+    from client.hand_in import APPLIED as HAND_IN_APPLIED
+    from client.hand_in import apply_hand_ins
+    from client.transport import SimulatorTransport
+
+    with (
+        BenchClient(
+            settings.server, ca_pem, cert_pem, key_pem, server_name_override=settings.server_name
+        ) as api,
+        SimulatorTransport(sim_host, sim_port) as transport,
+    ):
+        try:
+            bundle = api.trust_bundle()
+        except BenchError as exc:
+            _fail(f"cannot fetch the trust bundle: {exc}", 1)
+        results = apply_hand_ins(api, transport, bundle, devices, reader, settings.save_commands)
+    _print_hand_in("Hand-in applied", results, json_output)
+    failed = [r for r in results if r.status != HAND_IN_APPLIED]
+    if failed:
+        typer.echo(f"vdno-bench hand-in apply: {len(failed)} of {len(results)} meters not applied", err=True)
         raise typer.Exit(1)
 
 

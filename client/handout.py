@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from client.bundle import TrustBundle
 from client.checks import check_command, check_response
+from client.dcc_gateway import DccGateway
 from client.errors import BenchError, CommandRefused, ResponseRejected, ServiceError, TransportError
 from client.transport import DeviceTransport
 from gbcs.cells import NO_DS_CELL, KeyUsage, RemotePartyRole
@@ -213,9 +214,12 @@ def hand_out(
     request_id: str | None = None,
     reader_id: bytes = LAB_READER_ID,
     save_dir: Path | None = None,
+    gateway: DccGateway | None = None,
 ) -> HandOutResult:
-    """Read the meter, request a signed command, check it, apply it, check and report the response.
-    Never raises for meter, service or check failures: they come back as status refused / failed."""
+    """Read the meter, request a signed command, check it, have `gateway` (DCC) add the ACB-SMD MAC, apply
+    it, check and report the response. Without a gateway the signed command is applied as it is (a lab meter
+    that does not require the MAC). Never raises for meter, service or check failures: they come back as
+    status refused / failed. `save_dir` gets the command exactly as the meter received it."""
     request_id = request_id or uuid.uuid4().hex
     device_hex = eui64_hex(device_id)
 
@@ -249,14 +253,20 @@ def hand_out(
         return result(REFUSED, str(exc), counter=counter, command=command, generation=generation)
     counter = checked.counter
     generation = checked.generation.generation
-    if save_dir is not None:
-        save_command(save_dir, device_id, counter, command)
 
     def done(status: str, reason: str) -> HandOutResult:
         return result(status, reason, counter=counter, command=command, generation=generation)
 
+    to_meter = command
+    if gateway is not None:
+        try:
+            to_meter = gateway.local_command(command, device_id)
+        except BenchError as exc:
+            return done(FAILED, f"dcc: {exc}")
+    if save_dir is not None:
+        save_command(save_dir, device_id, counter, to_meter)
     try:
-        response = transport.send(device_id, command)
+        response = transport.send(device_id, to_meter)
     except TransportError as exc:
         return done(FAILED, f"apply: {exc}")
 

@@ -1,6 +1,6 @@
-"""A TLS CA for mutual TLS between bench clients and the server; separate from the SMKI hierarchy.
-
-ECDSA P-256 keys and ecdsa-with-SHA256 signatures. A client certificate's CN is the bench id."""
+"""A TLS CA for mutual TLS between clients (benches, officers) and the server; separate from the SMKI
+hierarchy. ECDSA P-256 keys and ecdsa-with-SHA256 signatures. A client certificate's CN is the bench or
+officer id and its OU the role."""
 
 from __future__ import annotations
 
@@ -31,10 +31,17 @@ def _start(now: datetime | None) -> datetime:
     return utc_now(now) - CLOCK_SKEW
 
 
-def _name(common_name: str) -> x509.Name:
+BENCH_ROLE = "vdno-bench"
+OFFICER_ROLE = "vdno-officer"
+
+
+def _name(common_name: str, role: str | None = None) -> x509.Name:
     if not common_name:
         raise LabPkiError("a TLS certificate needs a non-empty common name")
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    if role is not None:
+        attributes.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role))
+    return x509.Name(attributes)
 
 
 def make_tls_ca(name: str = "VDNO-LAB-TLS-CA", now: datetime | None = None, days: int = 3650) -> CertifiedKey:
@@ -64,6 +71,7 @@ def _issue(
     san: x509.SubjectAlternativeName | None,
     now: datetime | None,
     days: int,
+    role: str | None = None,
 ) -> CertifiedKey:
     key = new_p256_key()
     start = _start(now)
@@ -71,7 +79,7 @@ def _issue(
         x509.CertificateBuilder()
         .serial_number(random_serial())
         .issuer_name(ca.certificate.subject)
-        .subject_name(_name(common_name))
+        .subject_name(_name(common_name, role))
         .not_valid_before(start)
         .not_valid_after(start + timedelta(days=days))
         .public_key(key.public_key())
@@ -105,10 +113,15 @@ def issue_server_certificate(
 
 
 def issue_client_certificate(
-    ca: CertifiedKey, common_name: str, now: datetime | None = None, days: int = 825
+    ca: CertifiedKey,
+    common_name: str,
+    now: datetime | None = None,
+    days: int = 825,
+    role: str | None = BENCH_ROLE,
 ) -> CertifiedKey:
-    """Client certificate (new P-256 key), EKU clientAuth; the CN is the bench id."""
-    return _issue(ca, common_name, ExtendedKeyUsageOID.CLIENT_AUTH, None, now, days)
+    """Client certificate (new P-256 key), EKU clientAuth. vdno's client profile: the CN is the bench or
+    officer id, one OU names the role (BENCH_ROLE or OFFICER_ROLE); role None leaves the OU out."""
+    return _issue(ca, common_name, ExtendedKeyUsageOID.CLIENT_AUTH, None, now, days, role)
 
 
 def client_common_name(certificate: x509.Certificate) -> str:

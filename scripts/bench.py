@@ -312,6 +312,8 @@ def main() -> int:
         print(sign_back_to_back(state, args.raw_hsm))
         return 0
     benches = tuple(f"bench-{i:02d}" for i in range(1, 9))
+    lab = [sys.executable, "-m", "labdcc", "init", "--state", str(state)]
+    subprocess.run(lab, check=True, stdout=subprocess.DEVNULL)
     init = [sys.executable, "-m", "server.main", "init", "--state", str(state)]
     for b in benches:
         init += ["--bench", b]

@@ -19,18 +19,21 @@ from gbcs.errors import GbcsError
 from gbcs.smki import load_certificate
 from server.config import ConfigError, Settings, TlsSettings
 from server.domain.errors import HsmUnavailable
+from server.domain.fleet import FleetView
+from server.domain.hand_in import HandInService
 from server.domain.issuance import HandOutService
 from server.domain.policy import TrustAnchors
 from server.domain.values import AuditEvent
 from server.rpc.interceptors import ErrorMappingInterceptor
-from server.rpc.servicers import BenchServicer
+from server.rpc.servicers import BenchServicer, CustodyServicer
 from server.store.sql import SqlCustodyStore, open_store
-from vdno.v1 import custodian_pb2, custodian_pb2_grpc
+from vdno.v1 import custodian_pb2, custodian_pb2_grpc, custody_pb2, custody_pb2_grpc
 
 if TYPE_CHECKING:
     from server.hsm.signer import Pkcs11Signer
 
 SERVICE_NAME = custodian_pb2.DESCRIPTOR.services_by_name["BenchService"].full_name
+CUSTODY_SERVICE_NAME = custody_pb2.DESCRIPTOR.services_by_name["CustodyService"].full_name
 
 
 def _read_der(path: Path, what: str) -> bytes:
@@ -42,6 +45,10 @@ def _read_der(path: Path, what: str) -> bytes:
         return load_certificate(data).der
     except GbcsError as exc:
         raise ConfigError(f"{what} {path} is not an SMKI CA certificate: {exc}") from exc
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 def load_anchors(settings: Settings) -> TrustAnchors:
@@ -107,10 +114,11 @@ def build_server(settings: Settings) -> RunningServer:
         signer.check()  # open and log in now, not on the first hand-out
     except HsmUnavailable as exc:
         structlog.get_logger("vdno.server").warning("hsm.not_ready", reason=str(exc))
-    service = HandOutService(store, signer, anchors, lambda: datetime.now(UTC))
+    service = HandOutService(store, signer, anchors, _utc_now)
+    hand_in = HandInService(store, anchors, _utc_now)
 
-    def audit_refusal(bench: str, reason: str) -> None:
-        store.record_event(AuditEvent("auth.refused", f"bench:{bench}", "rpc", {"reason": reason}))
+    def audit_refusal(actor: str, reason: str) -> None:
+        store.record_event(AuditEvent("auth.refused", actor, "rpc", {"reason": reason}))
 
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="rpc"),
@@ -118,12 +126,20 @@ def build_server(settings: Settings) -> RunningServer:
         options=[("grpc.so_reuseport", 1)],
     )
     custodian_pb2_grpc.add_BenchServiceServicer_to_server(  # type: ignore[no-untyped-call]
-        BenchServicer(service), server
+        BenchServicer(service, hand_in), server
+    )
+    custody_pb2_grpc.add_CustodyServiceServicer_to_server(  # type: ignore[no-untyped-call]
+        CustodyServicer(hand_in, FleetView(store)), server
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        (
+            SERVICE_NAME,
+            CUSTODY_SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
         server,
     )
     port = server.add_secure_port(settings.listen, mtls_credentials(settings.tls))

@@ -1,6 +1,8 @@
 """`vdno-server init`: make the embedded default's state folder. Idempotent: a second run changes nothing
 and says so. Holds: SoftHSM token with the vanilla keys, the lab SMKI hierarchy, vanilla certificates
-issued from HSM-signed CSRs, 14 lab area DNO credential sets, mTLS certificates, the database, config."""
+issued from HSM-signed CSRs, mTLS certificates for benches and officers, the database, config. The area DNO
+credential sets are registered from the certificates in `<state>/areas/` (the custodian never holds DNO
+keys; in the lab, `vdno-labdcc init` makes them)."""
 
 from __future__ import annotations
 
@@ -11,25 +13,21 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from gbcs.cells import KeyUsage
+from gbcs.errors import GbcsError
+from gbcs.smki import load_certificate
 from labpki.hierarchy import LabHierarchy
-from labpki.smki import (
-    CertifiedKey,
-    KeyUsageName,
-    issue_from_csr,
-    issue_organisation_certificate,
-    new_p256_key,
-)
+from labpki.smki import CertifiedKey, KeyUsageName, issue_from_csr
 from labpki.store import (
     atomic_write,
     export_keystore,
     read_certificate,
-    read_certified_key,
     write_certificate,
     write_certified_key,
 )
-from labpki.tls import issue_client_certificate, issue_server_certificate
+from labpki.tls import BENCH_ROLE, OFFICER_ROLE, issue_client_certificate, issue_server_certificate
 from server.config import ConfigError
-from server.domain.values import AREA_NAMES, Area, GenerationStatus, VanillaGeneration
+from server.domain.values import AREA_NAMES, Area, GenerationStatus, OfficerStatus, VanillaGeneration
 from server.hsm.keys import ensure_keypair, sign_csr
 from server.hsm.softhsm import ensure_softhsm_token
 from server.hsm.token import open_token_session
@@ -37,6 +35,7 @@ from server.hsm.uri import Pkcs11Uri
 from server.store.sql import open_store
 
 TOKEN_LABEL = "vdno"
+DEFAULT_LISTEN = "127.0.0.1:50051"
 NETWORK_OPERATOR_ROLE = 3
 BOOTSTRAP_ACTOR = "bootstrap"
 
@@ -44,11 +43,6 @@ BOOTSTRAP_ACTOR = "bootstrap"
 def vanilla_entity_id(generation: int) -> bytes:
     """Lab entity id of vanilla generation g: 'VDNO' 00 00 00 g."""
     return b"VDNO\x00\x00\x00" + bytes([generation])
-
-
-def area_entity_id(area_id: int) -> bytes:
-    """Lab entity id of the test DNO of an area: 'LAB' 00 00 03 00 <area>."""
-    return b"LAB\x00\x00\x03" + area_id.to_bytes(2, "big")
 
 
 @dataclass
@@ -114,44 +108,32 @@ def _certify_vanilla(
     return vanilla, certificates
 
 
-def _area_credentials(
-    state: Path, pki: LabHierarchy, area_id: int, report: BootstrapReport
-) -> tuple[Area, list[CertifiedKey]]:
-    folder = state / "areas"
-    credentials: list[CertifiedKey] = []
-    usage: KeyUsageName
-    for usage in ("ds", "ka"):
-        stem = f"area-{area_id}-{usage}"
-        if (folder / f"{stem}.pem").exists():
-            credentials.append(read_certified_key(folder, stem))
-            continue
-        key = new_p256_key()
-        cert = issue_organisation_certificate(
-            pki.issuing_ca,
-            key.public_key(),
-            area_entity_id(area_id),
-            NETWORK_OPERATOR_ROLE,
-            usage,
-            common_name=f"LAB DNO {AREA_NAMES[area_id].upper()}"[:64],
-        )
-        write_certified_key(folder, stem, CertifiedKey(cert, key))
-        credentials.append(CertifiedKey(cert, key))
-        report.did(f"issued test DNO {usage.upper()} credentials for area {area_id}")
-    ds, ka = (c.certificate for c in credentials)
-    area = Area(
-        area_id=area_id,
-        name=AREA_NAMES[area_id],
-        entity_id=area_entity_id(area_id),
-        ds_certificate=ds.public_bytes(Encoding.DER),
-        ka_certificate=ka.public_bytes(Encoding.DER),
-    )
-    return area, credentials
+def _registered_area(areas_folder: Path, area_id: int) -> Area | None:
+    """The area's DNO credential set from `area-<id>-ds.pem` and `-ka.pem` in `areas_folder` (certificates
+    only: the custodian never holds DNO keys), or None when the area has no files there. ConfigError when a
+    file is unusable or names the wrong party."""
+    paths = [areas_folder / f"area-{area_id}-{usage}.pem" for usage in ("ds", "ka")]
+    if not any(path.exists() for path in paths):
+        return None
+    certificates = []
+    for path, usage in zip(paths, (KeyUsage.DIGITAL_SIGNATURE, KeyUsage.KEY_AGREEMENT), strict=True):
+        try:
+            cert = load_certificate(path.read_bytes())
+        except (OSError, GbcsError) as exc:
+            raise ConfigError(f"area {area_id}: {path} is not a usable certificate: {exc}") from exc
+        if cert.role != NETWORK_OPERATOR_ROLE or cert.key_usage is not usage:
+            raise ConfigError(f"area {area_id}: {path} is not a network-operator {usage.name} certificate")
+        certificates.append(cert)
+    ds, ka = certificates
+    if ds.entity_id != ka.entity_id:
+        raise ConfigError(f"area {area_id}: the DS and KA certificates name different entities")
+    return Area(area_id, AREA_NAMES[area_id], ds.entity_id, ds.der, ka.der)
 
 
 CONFIG_TEMPLATE = """\
 # vdno-server configuration for the embedded default (made by `vdno-server init`).
 [server]
-listen = "127.0.0.1:50051"
+listen = "{listen}"
 processes = 1
 threads = 16
 log_level = "info"
@@ -178,13 +160,47 @@ device_ca = "pki/device-ca.pem"
 """
 
 
-def initialise_state(
-    state: Path, benches: tuple[str, ...] = ("bench-01",), database_url: str | None = None
+CLIENT_TEMPLATE = """\
+# vdno client settings for {name} (written by `vdno-server init`); paths are relative to this file.
+# Environment overrides: VDNO_SERVER (server), VDNO_SERVER_NAME (server_name).
+[{section}]
+server = "{server}"
+server_name = "localhost"
+ca = "../pki/tls-ca.pem"
+cert = "../tls/{name}.pem"
+key = "../tls/{name}.key"
+"""
+
+
+def _client(
+    state: Path, pki: LabHierarchy, name: str, role: str, section: str, report: BootstrapReport
 ) -> None:
-    """database_url: register areas, generation and benches there instead of the state's SQLite file
-    (e.g. PostgreSQL); config.toml still names the SQLite file, override it with VDNO_DATABASE_URL."""
+    """The client's mTLS certificate (CN = its id, OU = its role) and its settings file, once."""
+    tls = state / "tls"
+    if not (tls / f"{name}.pem").exists():
+        write_certified_key(tls, name, issue_client_certificate(pki.tls_ca, name, role=role))
+        report.did(f"issued the client certificate of {name} ({role})")
+    settings = state / "clients" / f"{name}.toml"
+    if not settings.exists():
+        settings.parent.mkdir(parents=True, exist_ok=True)
+        text = CLIENT_TEMPLATE.format(name=name, section=section, server=DEFAULT_LISTEN)
+        atomic_write(settings, text.encode(), mode=0o644)
+        report.did(f"wrote clients/{name}.toml")
+
+
+def initialise_state(
+    state: Path,
+    benches: tuple[str, ...] = ("bench-01",),
+    database_url: str | None = None,
+    officers: tuple[str, ...] = ("officer-01", "officer-02"),
+    areas_folder: Path | None = None,
+) -> None:
+    """database_url: register areas, generation, benches and officers there instead of the state's SQLite file
+    (e.g. PostgreSQL); config.toml still names the SQLite file, override it with VDNO_DATABASE_URL. A bench or
+    officer already known to the database (even revoked) is left as it is."""
     state = state.resolve()
     state.mkdir(parents=True, exist_ok=True)
+    areas_folder = (areas_folder or state / "areas").resolve()
     report = BootstrapReport()
     user_pin = _secret(state / "secrets" / "user.pin", report)
     so_pin = _secret(state / "secrets" / "so.pin", report)
@@ -197,22 +213,30 @@ def initialise_state(
     if not existed:
         report.did("created the lab SMKI hierarchy (root, issuing CA, device CA) and the TLS CA")
     generation, vanilla_certificates = _certify_vanilla(state, pki, 1, report, user_pin, token.module_path)
-    area_credentials = [_area_credentials(state, pki, area_id, report) for area_id in AREA_NAMES]
-    areas = [area for area, _ in area_credentials]
+    areas = [area for area in (_registered_area(areas_folder, a) for a in AREA_NAMES) if area is not None]
+    if not areas:
+        report.did(
+            f"found no area DNO certificates in {areas_folder} (area-<id>-ds.pem, -ka.pem): no area is "
+            "registered (in the lab, `vdno-labdcc init --state` makes them)"
+        )
 
     tls = state / "tls"
     if not (tls / "server.pem").exists():
         write_certified_key(tls, "server", issue_server_certificate(pki.tls_ca))
         report.did("issued the server TLS certificate")
     for bench in benches:
-        if not (tls / f"{bench}.pem").exists():
-            write_certified_key(tls, bench, issue_client_certificate(pki.tls_ca, bench))
-            report.did(f"issued the client certificate of {bench}")
+        _client(state, pki, bench, BENCH_ROLE, "bench", report)
+    for officer in officers:
+        _client(state, pki, officer, OFFICER_ROLE, "admin", report)
 
     config = state / "config.toml"
     if not config.exists():
         atomic_write(
-            config, CONFIG_TEMPLATE.format(module=token.module_path, token=TOKEN_LABEL).encode(), mode=0o644
+            config,
+            CONFIG_TEMPLATE.format(
+                module=token.module_path, token=TOKEN_LABEL, listen=DEFAULT_LISTEN
+            ).encode(),
+            mode=0o644,
         )
         report.did("wrote config.toml")
 
@@ -224,17 +248,18 @@ def initialise_state(
         if store.add_generation(generation, BOOTSTRAP_ACTOR):
             report.did("registered vanilla generation 1 as active")
         for bench in benches:
-            if store.enroll_bench(bench, BOOTSTRAP_ACTOR):
+            if store.get_bench(bench) is None and store.enroll_bench(bench, BOOTSTRAP_ACTOR):
                 report.did(f"enrolled {bench}")
+        for officer in officers:
+            if store.get_officer(officer) is None and store.set_officer(
+                officer, OfficerStatus.ENROLLED, BOOTSTRAP_ACTOR
+            ):
+                report.did(f"enrolled officer {officer}")
     finally:
         store.close()
 
-    # Rewritten each run with identical content.
-    export_keystore(
-        state / "keystore",
-        [*vanilla_certificates, *(c for _, credentials in area_credentials for c in credentials)],
-        include_keys=True,
-    )
+    # Rewritten each run with identical content; the vanilla keys stay in the token.
+    export_keystore(state / "keystore", [CertifiedKey(c, None) for c in vanilla_certificates])
     if report.changes:
         print(f"initialised {state}:")
         for change in report.changes:

@@ -85,6 +85,9 @@ def serve(config: Path = typer.Option(..., "--config", help="TOML settings file"
 def init(
     state: Path = typer.Option(Path("state"), "--state", help="state folder to create or complete"),
     bench: list[str] = typer.Option(["bench-01"], "--bench", help="bench ids to enrol and certify"),
+    officer: list[str] = typer.Option(
+        ["officer-01", "officer-02"], "--officer", help="security officer ids to enrol and certify"
+    ),
     database_url: str | None = typer.Option(
         None, "--database-url", envvar="VDNO_DATABASE_URL", help="register state in this database instead"
     ),
@@ -93,7 +96,7 @@ def init(
     from server.bootstrap import initialise_state
 
     try:
-        initialise_state(state, tuple(bench), database_url=database_url)
+        initialise_state(state, tuple(bench), database_url=database_url, officers=tuple(officer))
     except VdnoError as exc:
         _fail(str(exc))
 

@@ -9,7 +9,9 @@ from pathlib import Path
 from types import FrameType
 
 import typer
+from cryptography.hazmat.primitives import serialization
 
+from gbcs.errors import GbcsError
 from simulator.errors import ProfileError
 from simulator.tray import Tray, TrayServer
 
@@ -69,3 +71,109 @@ def serve(
             pass
     finally:
         server.stop()
+
+
+AREA_IDS = range(10, 24)
+
+
+def _area_range(text: str) -> list[int]:
+    """'10-23', '12' or '10,12,14' -> area ids (each 10-23)."""
+    areas: list[int] = []
+    try:
+        for part in text.split(","):
+            low, _, high = part.strip().partition("-")
+            areas += range(int(low), int(high or low) + 1)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not an area list such as 10-23 or 10,12") from None
+    bad = [a for a in areas if a not in AREA_IDS]
+    if bad or not areas:
+        raise typer.BadParameter(f"areas must be DNO areas 10-23, got {text!r}")
+    return areas
+
+
+@app.command("make-tray")
+def make_tray(
+    state: Path = typer.Option(..., "--state", help="lab state folder (pki/, areas/, acb/, keystore/)"),
+    out: Path = typer.Option(..., "--out", help="folder for the device profiles (*.json)"),
+    count: int = typer.Option(20, "--count", min=1, max=100000, help="how many meters"),
+    first: int = typer.Option(1, "--first", min=0, help="index of the first device id (00DB5EED + index)"),
+    in_areas: str | None = typer.Option(
+        None, "--in-areas", metavar="AREAS", help="meters in service in these areas, in turn (e.g. 10-23)"
+    ),
+    vanilla: int | None = typer.Option(
+        None, "--vanilla", metavar="G", help="meters in stock on vanilla generation G instead"
+    ),
+    tray_file: Path | None = typer.Option(
+        None, "--tray-file", help="also write 'DEVICE AREA' lines (AREA: a hand-out target, another area)"
+    ),
+    mac: bool = typer.Option(True, "--mac/--no-mac", help="meters require DCC's ACB-SMD MAC (as real ones)"),
+) -> None:
+    """Make a tray of lab meters from a lab state folder (`vdno-labdcc init` and `vdno-server init`):
+    device keys and certificates from the lab device CA, root cell = the lab root, ACB KA cell = the lab
+    ACB, NO cells = an area DNO's set (--in-areas) or a vanilla generation's (--vanilla). Device
+    certificates and keys go to STATE/keystore/ too, where the lab ACB finds them."""
+    from gbcs.smki import load_certificate
+    from labpki.errors import LabPkiError
+    from labpki.hierarchy import LabHierarchy
+    from labpki.store import read_certificate
+    from simulator.lab import (
+        COMMISSIONED_SEQ_NUMBER,
+        LabCredentialSet,
+        export_device_credentials,
+        lab_meter_profile,
+        tray_device_id,
+        write_tray,
+    )
+
+    if (in_areas is None) == (vanilla is None):
+        typer.echo("vdno-sim make-tray: give exactly one of --in-areas AREAS or --vanilla G", err=True)
+        raise typer.Exit(2)
+
+    def credential_set(ds_path: Path, ka_path: Path) -> LabCredentialSet:
+        ds = read_certificate(ds_path)
+        entity = load_certificate(ds.public_bytes(serialization.Encoding.DER)).entity_id
+        return LabCredentialSet(entity, ds, read_certificate(ka_path))
+
+    holders: list[tuple[int | None, LabCredentialSet]]
+    try:
+        pki = LabHierarchy.load(state / "pki")
+        acb_ka = read_certificate(state / "acb" / "acb-ka.pem") if mac else None
+        if vanilla is not None:
+            holders = [
+                (None, credential_set(*(state / "pki" / f"vanilla-g{vanilla}-{u}.pem" for u in ("ds", "ka"))))
+            ]
+            seq_number = 0
+        else:
+            assert in_areas is not None
+            holders = [
+                (area, credential_set(*(state / "areas" / f"area-{area}-{u}.pem" for u in ("ds", "ka"))))
+                for area in _area_range(in_areas)
+            ]
+            seq_number = COMMISSIONED_SEQ_NUMBER
+    except (OSError, LabPkiError, GbcsError) as exc:
+        typer.echo(f"vdno-sim make-tray: {state} is not a usable lab state folder: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    profiles = []
+    lines = ["# device area  (vdno-sim make-tray; AREA: the hand-out target)"]
+    for i in range(count):
+        area, holder = holders[i % len(holders)]
+        device = tray_device_id(first + i)
+        profiles.append(
+            lab_meter_profile(
+                device, pki.device_ca, pki.root.certificate, holder, acb_ka, seq_number, require_acb_mac=mac
+            )
+        )
+        target = (
+            AREA_IDS[(i + 7) % len(AREA_IDS)] if area is None else AREA_IDS[(area - 10 + 7) % len(AREA_IDS)]
+        )
+        lines.append(f"{device.hex()} {target}")
+    write_tray(profiles, out)
+    exported = export_device_credentials(profiles, state / "keystore")
+    if tray_file is not None:
+        tray_file.parent.mkdir(parents=True, exist_ok=True)
+        tray_file.write_text("\n".join(lines) + "\n")
+    where = f"in areas {in_areas}" if in_areas is not None else f"on vanilla generation {vanilla}"
+    typer.echo(
+        f"wrote {len(profiles)} meter profiles {where} to {out}; {exported} device certificates to "
+        f"{state / 'keystore'}" + (f"; tray file {tray_file}" if tray_file else "")
+    )

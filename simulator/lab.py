@@ -18,15 +18,17 @@ Example (the demo's tray of 20 devices whose NO cells hold the custodian's vanil
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from gbcs.cells import TrustAnchorCellIdentifier
+from gbcs.cells import NO_DS_CELL, NO_KA_CELL, TrustAnchorCellIdentifier
 from labpki.smki import CertifiedKey, issue_device_certificate, new_p256_key
-from simulator.profile import DeviceKey, DeviceProfile, save_profile
+from labpki.store import export_keystore
+from simulator.profile import ACB_KA_CELL, ROOT_CELL, DeviceKey, DeviceProfile, save_profile
 
 Certificate = x509.Certificate | bytes
 
@@ -46,6 +48,7 @@ def make_device_profile(
     allow_local_reads: bool = False,
     clock: datetime | None = None,
     now: datetime | None = None,
+    originator_counters: Mapping[bytes, int] | None = None,
 ) -> DeviceProfile:
     """A device with new DS and KA keys certified by device_ca (notBefore = now), and the given cells.
 
@@ -65,6 +68,7 @@ def make_device_profile(
         require_acb_mac=require_acb_mac,
         allow_local_reads=allow_local_reads,
         clock=clock,
+        originator_counters=dict(originator_counters or {}),
     )
 
 
@@ -78,3 +82,68 @@ def write_tray(profiles: Iterable[DeviceProfile], folder: Path | str) -> list[Pa
         save_profile(profile, path)
         written.append(path)
     return written
+
+
+# --- lab trays: meters as a triage facility receives them ----------------------------------------------
+
+TRAY_DEVICE_PREFIX = bytes.fromhex("00db5eed")
+COMMISSIONED_SEQ_NUMBER = 7  # a meter in service has seen a few of its DNO's commands
+
+
+def tray_device_id(index: int) -> bytes:
+    """The lab's device ids: 00DB5EED followed by the index as 4 bytes."""
+    return TRAY_DEVICE_PREFIX + index.to_bytes(4, "big")
+
+
+@dataclass(frozen=True)
+class LabCredentialSet:
+    """A remote party's DS and KA certificates as they sit in a meter's cells."""
+
+    entity_id: bytes
+    ds_certificate: Certificate
+    ka_certificate: Certificate
+
+
+def lab_meter_profile(
+    device_id: bytes,
+    device_ca: CertifiedKey,
+    root: Certificate,
+    network_operator: LabCredentialSet,
+    acb_ka: Certificate | None,
+    seq_number: int = 0,
+    require_acb_mac: bool = True,
+) -> DeviceProfile:
+    """A lab meter on the triage bench's port (unsigned local reads answered) whose NO cells hold
+    `network_operator` (an area DNO's set for a meter in service, a vanilla generation's for one in stock),
+    with its NO seq number and that party's anti-replay counter at `seq_number`; ACB KA cell = `acb_ka`."""
+    cells: dict[TrustAnchorCellIdentifier, Certificate] = {
+        ROOT_CELL: root,
+        NO_DS_CELL: network_operator.ds_certificate,
+        NO_KA_CELL: network_operator.ka_certificate,
+    }
+    if acb_ka is not None:
+        cells[ACB_KA_CELL] = acb_ka
+    counters = {network_operator.entity_id: seq_number} if seq_number else {}
+    return make_device_profile(
+        device_id,
+        device_ca,
+        cells,
+        seq_numbers={3: seq_number},
+        require_acb_mac=require_acb_mac,
+        allow_local_reads=True,
+        originator_counters=counters,
+    )
+
+
+def export_device_credentials(profiles: Iterable[DeviceProfile], keystore: Path) -> int:
+    """Every profile's device DS and KA certificates and keys into `keystore` (RTDS naming): the lab ACB and
+    `vdno-bench inspect` look device certificates up there. Returns how many were written."""
+    credentials = []
+    for profile in profiles:
+        for key in (profile.device_ds, profile.device_ka):
+            if key.certificate is not None:
+                credentials.append(
+                    CertifiedKey(x509.load_der_x509_certificate(key.certificate), key.private_key)
+                )
+    export_keystore(keystore, credentials, include_keys=True)
+    return len(credentials)

@@ -20,8 +20,20 @@ class Unauthenticated(VdnoError):
     """No usable client certificate."""
 
 
-class BenchNotEnrolled(VdnoError):
-    """The client certificate is valid but the bench is not enrolled, or is revoked (PERMISSION_DENIED)."""
+class PermissionDenied(VdnoError):
+    """The caller is authenticated but may not make this call (PERMISSION_DENIED)."""
+
+
+class BenchNotEnrolled(PermissionDenied):
+    """The client certificate is valid but the bench is not enrolled, or is revoked."""
+
+
+class OfficerNotEnrolled(PermissionDenied):
+    """The client certificate names an officer who is not enrolled, or whose enrolment was revoked."""
+
+
+class WrongRole(PermissionDenied):
+    """The client certificate's role (bench or officer) may not call this service."""
 
 
 # -- a named thing does not exist: NOT_FOUND
@@ -31,6 +43,14 @@ class UnknownArea(VdnoError):
 
 class UnknownIssuance(VdnoError):
     """No issuance for that (bench, request id) or issuance id."""
+
+
+class UnknownOrder(VdnoError):
+    """No hand-in order for that order id, device or (bench, request id)."""
+
+
+class UnknownDevice(VdnoError):
+    """The custodian's records hold nothing about that device."""
 
 
 # -- the request is well-formed but policy refuses it: FAILED_PRECONDITION
@@ -48,6 +68,26 @@ class DeviceCertificateUntrusted(PolicyRefused):
 
 class OutcomeRejected(PolicyRefused):
     """A reported meter response does not verify or does not match the issued command."""
+
+
+class UnknownNetworkOperator(PolicyRefused):
+    """The device's NO cell holds an entity that is neither a registered area DNO nor a vanilla generation."""
+
+
+class DeviceAlreadyVanilla(PolicyRefused):
+    """A hand-in was asked for a device whose NO cell already holds a vanilla generation."""
+
+
+class NoActiveGeneration(PolicyRefused):
+    """No vanilla generation is active, so nothing can be the target of a hand-in."""
+
+
+class OutstandingCommand(PolicyRefused):
+    """The device already has an order or command outstanding; the message names it."""
+
+
+class HandInCommandRefused(PolicyRefused):
+    """A command returned for a hand-in order fails a check against that order; the message says which."""
 
 
 class KeyNotInCustody(PolicyRefused):

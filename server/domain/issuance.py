@@ -9,13 +9,6 @@ import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from gbcs.cells import NO_DS_CELL, NO_KA_CELL, KeyUsage, StatusCode
-from gbcs.cs02b import (
-    UpdateSecurityCredentialsResponse,
-)
-from gbcs.errors import GbcsError
-from gbcs.framing import Cra, MessageCode, decode_message
-from gbcs.signature import verify_message_signature
 from gbcs.smki import SmkiCertificate, load_certificate
 from server.domain.errors import (
     KeyNotInCustody,
@@ -25,6 +18,7 @@ from server.domain.errors import (
     UnknownArea,
     UnknownIssuance,
 )
+from server.domain.outcomes import ExpectedCells, check_meter_response
 from server.domain.pipeline import IssuancePipeline, NewIssuance, UnfinishedIssuance
 from server.domain.policy import (
     TrustAnchors,
@@ -38,7 +32,6 @@ from server.domain.policy import (
 from server.domain.ports import CustodyStore, DigestSigner
 from server.domain.values import (
     Area,
-    CellState,
     GenerationStatus,
     HandOutRequest,
     IssuanceDraft,
@@ -211,52 +204,23 @@ class HandOutService:
         return outcome
 
     def _check_response(self, record: IssuanceRecord, area: Area, response: bytes) -> RecordedOutcome:
-        try:
-            device_cert = self._certificate(record.device_certificate)
-            message = decode_message(response)
-            header = message.apdu.header
-            if header.cra is not Cra.RESPONSE:
-                raise OutcomeRejected("response is not a GBCS response (CRA flag)")
-            if header.message_code != MessageCode.CS02B_NETWORK_OPERATOR_BY_NETWORK_OPERATOR:
-                raise OutcomeRejected("response is not a CS02b network-operator response")
-            if header.business_originator_id != record.device_id:
-                raise OutcomeRejected("response was not sent by the hand-out's device")
-            if header.originator_counter != record.counter:
-                raise OutcomeRejected("response does not echo the hand-out's originator counter")
-            verify_message_signature(message, device_cert.certificate)
-            payload = UpdateSecurityCredentialsResponse.decode(message.apdu.content)
-        except GbcsError as exc:
-            raise OutcomeRejected(f"response does not verify as the device's CS02b response: {exc}") from exc
-        result = payload.execution_outcome
-        if result is None:
-            raise OutcomeRejected("response carries no execution outcome")
-        cells: list[tuple[int, int, int]] = []
-        no_ds: CellState | None = None
-        no_ka: CellState | None = None
-        expected = {
-            KeyUsage.DIGITAL_SIGNATURE: self._certificate(area.ds_certificate).subject_key_identifier,
-            KeyUsage.KEY_AGREEMENT: self._certificate(area.ka_certificate).subject_key_identifier,
-        }
-        applied = True
-        for item in result.replacement_outcomes:
-            cells.append((item.cell.role, int(item.cell.key_usage), item.status))
-            ok = item.status == StatusCode.SUCCESS
-            state = (
-                CellState(item.replacing_subject_unique_id, item.replacing_subject_key_identifier)
-                if ok
-                else CellState(item.existing_subject_unique_id, item.existing_subject_key_identifier)
-            )
-            if ok and (
-                item.replacing_subject_unique_id != area.entity_id
-                or expected.get(item.cell.key_usage) != item.replacing_subject_key_identifier
-            ):
-                raise OutcomeRejected("response reports certificates other than the area's")
-            applied = applied and ok
-            if item.cell == NO_DS_CELL:
-                no_ds = state
-            elif item.cell == NO_KA_CELL:
-                no_ka = state
-        if no_ds is None or no_ka is None:
-            applied = False
-        status = IssuanceStatus.APPLIED if applied else IssuanceStatus.REJECTED
-        return RecordedOutcome(record.issuance_id, status, tuple(cells), no_ds, no_ka)
+        generation = next(
+            (g for g in self._store.list_generations() if g.generation == record.generation), None
+        )
+        if generation is None:
+            raise OutcomeRejected(f"vanilla generation {record.generation} is no longer registered")
+        outcome = check_meter_response(
+            response,
+            device_id=record.device_id,
+            device_certificate=self._certificate(record.device_certificate).certificate,
+            command_originator=generation.entity_id,
+            counter=record.counter,
+            expected=ExpectedCells(
+                area.entity_id,
+                self._certificate(area.ds_certificate).subject_key_identifier,
+                self._certificate(area.ka_certificate).subject_key_identifier,
+            ),
+        )
+        return RecordedOutcome(
+            record.issuance_id, outcome.status, outcome.cell_statuses, outcome.no_ds, outcome.no_ka
+        )

@@ -14,11 +14,24 @@ from gbcs.signature import verify_message_signature
 from gbcs.smki import SmkiCertificate, load_certificate, verify_certification_path
 from server.domain.errors import (
     BenchNotEnrolled,
+    DeviceAlreadyVanilla,
     DeviceCertificateUntrusted,
     DeviceNotVanilla,
     InvalidRequest,
+    NoActiveGeneration,
+    OfficerNotEnrolled,
+    UnknownNetworkOperator,
 )
-from server.domain.values import Area, Bench, BenchStatus, CellState, GenerationStatus, VanillaGeneration
+from server.domain.values import (
+    Area,
+    Bench,
+    BenchStatus,
+    CellState,
+    GenerationStatus,
+    Officer,
+    OfficerStatus,
+    VanillaGeneration,
+)
 
 
 @dataclass(frozen=True)
@@ -42,6 +55,11 @@ class TrustBundle:
 def require_enrolled(bench_id: str, bench: Bench | None) -> None:
     if bench is None or bench.status is not BenchStatus.ENROLLED:
         raise BenchNotEnrolled(f"bench {bench_id!r} is not enrolled or has been revoked")
+
+
+def require_enrolled_officer(officer_id: str, officer: Officer | None) -> None:
+    if officer is None or officer.status is not OfficerStatus.ENROLLED:
+        raise OfficerNotEnrolled(f"officer {officer_id!r} is not enrolled or has been revoked")
 
 
 def within_validity(cert: SmkiCertificate, at: datetime) -> bool:
@@ -72,10 +90,19 @@ def check_device_certificate(
     return cert
 
 
-def read_network_operator_signing_cell(
+@dataclass(frozen=True)
+class NetworkOperatorCells:
+    """What a meter's signed CS02a response says of its network-operator role."""
+
+    signing: CellState
+    key_agreement: CellState | None
+    seq_number: int | None  # stored NO seq number: a command's authorising seq number must exceed it
+
+
+def _network_operator_role(
     device_id: bytes, credentials_response: bytes, device_certificate: SmkiCertificate
-) -> CellState:
-    """Authenticate the meter's CS02a response and return what its NO DS cell holds."""
+) -> ProvideSecurityCredentialsResponse:
+    """The meter's CS02a response, authenticated, decoded for the network operator's entries only."""
     try:
         message = decode_message(credentials_response)
         header = message.apdu.header
@@ -87,16 +114,83 @@ def read_network_operator_signing_cell(
         if header.business_originator_id != device_id:
             raise InvalidRequest("credentials_response was not sent by the device named in device_id")
         verify_message_signature(message, device_certificate.certificate)
-        payload = ProvideSecurityCredentialsResponse.decode_roles_of(
+        return ProvideSecurityCredentialsResponse.decode_roles_of(
             message.apdu.content, RemotePartyRole.NETWORK_OPERATOR
         )
     except GbcsError as exc:
         raise InvalidRequest(f"credentials_response is not a valid signed CS02a response: {exc}") from exc
+
+
+def read_network_operator_signing_cell(
+    device_id: bytes, credentials_response: bytes, device_certificate: SmkiCertificate
+) -> CellState:
+    """Authenticate the meter's CS02a response and return what its NO DS cell holds."""
+    payload = _network_operator_role(device_id, credentials_response, device_certificate)
     for role in payload.roles:  # the network operator's entries only (decode_roles_of)
         for cell in role.cells or ():
             if cell.key_usage == KeyUsage.DIGITAL_SIGNATURE:
                 return CellState(cell.subject_unique_id, cell.subject_key_identifier)
     raise DeviceNotVanilla(f"device {device_id.hex()} reported no network-operator signing cell")
+
+
+def read_network_operator_cells(
+    device_id: bytes, credentials_response: bytes, device_certificate: SmkiCertificate
+) -> NetworkOperatorCells:
+    """Authenticate the meter's CS02a response and return its NO cells and stored NO seq number."""
+    payload = _network_operator_role(device_id, credentials_response, device_certificate)
+    signing: CellState | None = None
+    key_agreement: CellState | None = None
+    seq_number: int | None = None
+    for role in payload.roles:  # the network operator's entries only (decode_roles_of)
+        seq_number = role.current_seq_number if seq_number is None else seq_number
+        for cell in role.cells or ():
+            state = CellState(cell.subject_unique_id, cell.subject_key_identifier)
+            if cell.key_usage == KeyUsage.DIGITAL_SIGNATURE and signing is None:
+                signing = state
+            elif cell.key_usage == KeyUsage.KEY_AGREEMENT and key_agreement is None:
+                key_agreement = state
+    if signing is None:
+        raise UnknownNetworkOperator(f"device {device_id.hex()} reported no network-operator signing cell")
+    return NetworkOperatorCells(signing, key_agreement, seq_number)
+
+
+def holder_of_network_operator_cell(
+    device_id: bytes,
+    no_ds: CellState,
+    areas: list[Area],
+    generations: list[VanillaGeneration],
+    certificate: Callable[[bytes], SmkiCertificate],
+) -> Area:
+    """The registered area whose DS certificate sits in the device's NO DS cell. A vanilla generation there,
+    or any other entity, is refused by name."""
+    for generation in generations:
+        if generation.entity_id == no_ds.entity_id:
+            raise DeviceAlreadyVanilla(
+                f"device {device_id.hex()} already holds vanilla generation {generation.generation} "
+                f"({generation.status.value}) in its NO cells"
+            )
+    for area in areas:
+        if area.entity_id != no_ds.entity_id:
+            continue
+        if certificate(area.ds_certificate).subject_key_identifier != no_ds.subject_key_identifier:
+            raise UnknownNetworkOperator(
+                f"device {device_id.hex()} holds a certificate of area {area.area_id} ({area.name}, entity "
+                f"{area.entity_id.hex()}) with key id {no_ds.subject_key_identifier.hex()}, which is not the "
+                "registered one"
+            )
+        return area
+    raise UnknownNetworkOperator(
+        f"device {device_id.hex()} holds entity {no_ds.entity_id.hex()} in its NO cells, which is neither a "
+        "registered area DNO nor a vanilla generation"
+    )
+
+
+def hand_in_target(generations: list[VanillaGeneration]) -> VanillaGeneration:
+    """The vanilla generation new hand-ins move meters onto: the active one (the newest, if several)."""
+    active = [g for g in generations if g.status is GenerationStatus.ACTIVE]
+    if not active:
+        raise NoActiveGeneration("no vanilla generation is active: a hand-in has nothing to move onto")
+    return max(active, key=lambda g: g.generation)
 
 
 def find_custodial_generation(

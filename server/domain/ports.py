@@ -5,12 +5,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from server.domain.outcomes import MeterOutcome
 from server.domain.values import (
     Area,
+    AuthorisedHandIn,
     Bench,
+    DeviceCustody,
+    DeviceEvent,
+    FleetSummary,
+    HandInDraft,
+    HandInOrder,
+    HandInStatus,
     IssuanceDraft,
     IssuanceRecord,
     IssuanceStep,
+    Officer,
     RecordedOutcome,
     VanillaGeneration,
 )
@@ -67,3 +76,47 @@ class CustodyStore(Protocol):
     def record_outcome(
         self, issuance_id: int, outcome: RecordedOutcome, response: bytes, actor: str
     ) -> None: ...
+
+
+class HandInStore(Protocol):
+    """Hand-in orders and the fleet's custody records. Every write appends its security event to the audit log
+    and the device's history in the same transaction. Errors: StoreUnavailable when nothing could be made
+    durable."""
+
+    def get_area(self, area_id: int) -> Area | None: ...
+    def list_areas(self) -> list[Area]: ...
+    def list_generations(self) -> list[VanillaGeneration]: ...
+    def get_bench(self, bench_id: str) -> Bench | None: ...
+    def get_officer(self, officer_id: str) -> Officer | None: ...
+
+    def record_hand_in_order(self, draft: HandInDraft) -> tuple[HandInOrder, bool]:
+        """Record the order (status AWAITING) and the device's new custody state, or return the order already
+        recorded under (bench, request id) with False. OutstandingCommand, naming it, when the device already
+        has an outstanding order (AWAITING or AUTHORISED) under another request id."""
+        ...
+
+    def find_hand_in_order(self, bench_id: str, request_id: str) -> HandInOrder | None: ...
+    def get_hand_in_order(self, order_id: int) -> HandInOrder | None: ...
+    def outstanding_hand_in(self, device_id: bytes) -> HandInOrder | None:
+        """The device's order that is AWAITING or AUTHORISED, if any (at most one: the store enforces it)."""
+        ...
+
+    def list_hand_in_orders(self, area_id: int | None, status: HandInStatus | None) -> list[HandInOrder]: ...
+    def authorise_hand_in(self, authorised: AuthorisedHandIn, actor: str) -> HandInOrder:
+        """AWAITING -> AUTHORISED with the command; the order as it now is. HandInCommandRefused if the order
+        is no longer awaiting (another command won)."""
+        ...
+
+    def authorised_hand_ins(self, device_ids: Sequence[bytes]) -> list[HandInOrder]: ...
+    def hand_in_orders_of(self, device_id: bytes) -> list[HandInOrder]: ...
+    def record_hand_in_outcome(
+        self, order_id: int, outcome: MeterOutcome, response: bytes, actor: str
+    ) -> None: ...
+    def record_export(self, orders: Sequence[HandInOrder], actor: str) -> None:
+        """Audit that these orders' DUIS requests were exported."""
+        ...
+
+    def fleet_summary(self) -> FleetSummary: ...
+    def device_custody(self, device_id: bytes) -> DeviceCustody | None: ...
+    def device_history(self, device_id: bytes) -> list[DeviceEvent]: ...
+    def devices_holding(self, generation: int) -> list[bytes]: ...

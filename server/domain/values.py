@@ -106,6 +106,17 @@ class Bench:
     status: BenchStatus
 
 
+class OfficerStatus(StrEnum):
+    ENROLLED = "enrolled"
+    REVOKED = "revoked"
+
+
+@dataclass(frozen=True)
+class Officer:
+    officer_id: str
+    status: OfficerStatus
+
+
 @dataclass(frozen=True)
 class HandOutRequest:
     """A bench's request to hand a vanilla meter out to an area, with what it read from the meter."""
@@ -239,3 +250,152 @@ class AuditEvent:
     actor: str
     subject: str
     details: dict[str, Any] = field(default_factory=dict)
+
+
+# -- hand-in and fleet (a meter's journey: area X -> hand-in order -> vanilla g in stock -> area Y)
+
+
+class HandInStatus(StrEnum):
+    AWAITING = "awaiting-authorisation"  # recorded; the area DNO has not returned a command yet
+    AUTHORISED = "authorised"  # a command from the area DNO (through DCC) passed every check
+    APPLIED = "applied"  # the meter's signed response reports both NO cells on the vanilla generation
+    REJECTED = "rejected"  # the meter's signed response reports a refusal
+    CANCELLED = "cancelled"
+
+    @property
+    def outstanding(self) -> bool:
+        return self in (HandInStatus.AWAITING, HandInStatus.AUTHORISED)
+
+
+class CustodyState(StrEnum):
+    """What the custodian's records say a meter's NO cells hold, or are about to."""
+
+    AREA = "area"  # an area DNO's credential set
+    HAND_IN_ORDERED = "hand-in-ordered"
+    HAND_IN_AUTHORISED = "hand-in-authorised"
+    VANILLA = "vanilla"  # a vanilla generation: in stock
+    UNKNOWN = "unknown"  # an entity the custodian does not know
+
+
+@dataclass(frozen=True)
+class HandInRequest:
+    """A bench's request to bring a meter into vanilla custody, with what it read from the meter."""
+
+    bench_id: str
+    request_id: str
+    device_id: bytes
+    device_certificate: bytes  # DER device DS certificate (CS02e)
+    credentials_response: bytes  # the device-signed CS02a response (GS APDU)
+
+    @classmethod
+    def create(
+        cls,
+        bench_id: str,
+        request_id: str,
+        device_id: str,
+        device_certificate: bytes,
+        credentials_response: bytes,
+    ) -> HandInRequest:
+        if not device_certificate:
+            raise InvalidRequest("device_certificate is required (the meter's CS02e DS certificate)")
+        if not credentials_response:
+            raise InvalidRequest("credentials_response is required (the meter's signed CS02a response)")
+        return cls(
+            bench_id=parse_bench_id(bench_id),
+            request_id=parse_request_id(request_id),
+            device_id=parse_entity_id(device_id, "device_id"),
+            device_certificate=device_certificate,
+            credentials_response=credentials_response,
+        )
+
+    def fingerprint(self) -> str:
+        """What a retry with the same request id must repeat: the device."""
+        return hashlib.sha256(b"hand-in" + self.device_id).hexdigest()
+
+
+@dataclass(frozen=True)
+class HandInDraft:
+    """A validated hand-in order, before it is recorded."""
+
+    bench_id: str
+    request_id: str
+    request_fingerprint: str
+    device_id: bytes
+    area_id: int  # the area whose DNO holds the meter's NO cells
+    area_entity_id: bytes
+    seq_number: int  # the meter's NO seq number as read (the DNO's command must exceed it)
+    generation: int  # the vanilla generation the meter is to receive
+    device_certificate: bytes
+
+
+@dataclass(frozen=True)
+class HandInOrder:
+    order_id: int
+    bench_id: str
+    request_id: str
+    request_fingerprint: str
+    device_id: bytes
+    area_id: int
+    area_entity_id: bytes
+    seq_number: int
+    generation: int
+    device_certificate: bytes
+    status: HandInStatus
+    created_at: datetime
+    command: bytes | None = None  # as the meter receives it: MAC header, signed GS APDU, MAC
+    counter: int | None = None  # the DNO's originator counter in `command`
+    mac_present: bool = False
+    outcome_response: bytes | None = None
+
+
+@dataclass(frozen=True)
+class AuthorisedHandIn:
+    """What import established about a DNO's command for an order."""
+
+    order_id: int
+    command: bytes
+    counter: int
+    mac_present: bool
+
+
+@dataclass(frozen=True)
+class ExportedHandIn:
+    """One order as the area DNO receives it: a DUIS 6.15.1 request and its manifest record."""
+
+    order: HandInOrder
+    duis_request: bytes
+    manifest_record: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DeviceCustody:
+    device_id: bytes
+    state: CustodyState
+    area_id: int | None
+    generation: int | None
+
+
+@dataclass(frozen=True)
+class DeviceEvent:
+    at: datetime
+    event: str  # observed-in-area | hand-in-ordered | hand-in-authorised | hand-in-applied | ...
+    state: CustodyState
+    area_id: int | None
+    generation: int | None
+    reference: str  # order:<id> | issuance:<id>
+    actor: str
+
+
+@dataclass(frozen=True)
+class FleetCount:
+    state: CustodyState
+    generation: int | None
+    area_id: int | None
+    count: int
+
+
+@dataclass(frozen=True)
+class FleetSummary:
+    counts: tuple[FleetCount, ...]
+    devices: int
+    hand_outs_outstanding: int

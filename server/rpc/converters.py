@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
+
 from gbcs.cells import KeyUsage
+from server.domain.errors import InvalidRequest
+from server.domain.outcomes import MeterOutcome
 from server.domain.policy import TrustBundle
 from server.domain.values import (
+    DeviceCustody,
+    DeviceEvent,
+    ExportedHandIn,
+    FleetSummary,
+    HandInOrder,
+    HandInRequest,
+    HandInStatus,
     HandOutRequest,
     OutcomeReport,
     RecordedOutcome,
     SignedCommand,
+    parse_area_id,
+    parse_entity_id,
 )
 from vdno.v1 import custodian_pb2 as pb
+from vdno.v1 import custody_pb2 as custody_pb
 
 
 def hand_out_request(bench_id: str, msg: pb.HandOutRequest) -> HandOutRequest:
@@ -81,3 +96,126 @@ def trust_bundle(bundle: TrustBundle) -> pb.TrustBundle:
         issuing_ca_certificate=bundle.anchors.issuing_ca,
         device_ca_certificate=bundle.anchors.device_ca,
     )
+
+
+# -- hand-in and fleet (the direction is in the name: *_from_pb builds a domain value, *_to_pb a message)
+
+
+def hand_in_request_from_pb(bench_id: str, msg: pb.HandInRequest) -> HandInRequest:
+    return HandInRequest.create(
+        bench_id=bench_id,
+        request_id=msg.request_id,
+        device_id=msg.device_id,
+        device_certificate=msg.device_certificate,
+        credentials_response=msg.credentials_response,
+    )
+
+
+def device_ids_from_pb(values: Iterable[str]) -> list[bytes]:
+    return [parse_entity_id(value, f"device_ids[{i}]") for i, value in enumerate(values)]
+
+
+def hand_in_order_to_pb(order: HandInOrder) -> pb.HandInOrder:
+    return pb.HandInOrder(
+        order_id=order.order_id,
+        device_id=order.device_id.hex().upper(),
+        area_id=order.area_id,
+        area_entity_id=order.area_entity_id.hex().upper(),
+        generation=order.generation,
+        status=order.status.value,
+        seq_number=order.seq_number,
+        request_id=order.request_id,
+        bench_id=order.bench_id,
+        created_at=order.created_at.isoformat(),
+        originator_counter=order.counter or 0,
+        mac_present=order.mac_present,
+    )
+
+
+def hand_in_commands_to_pb(orders: Iterable[HandInOrder]) -> pb.HandInCommands:
+    return pb.HandInCommands(
+        commands=[
+            pb.AuthorisedHandIn(
+                order_id=o.order_id,
+                device_id=o.device_id.hex().upper(),
+                area_id=o.area_id,
+                generation=o.generation,
+                originator_counter=o.counter or 0,
+                command=o.command or b"",
+            )
+            for o in orders
+        ]
+    )
+
+
+def meter_outcome_to_pb(order_id: int, outcome: MeterOutcome) -> pb.OutcomeAck:
+    return outcome_ack(
+        RecordedOutcome(order_id, outcome.status, outcome.cell_statuses, outcome.no_ds, outcome.no_ka)
+    )
+
+
+def area_filter_from_pb(area_id: int) -> int | None:
+    return None if area_id == 0 else parse_area_id(area_id)
+
+
+def hand_in_status_from_pb(status: str) -> HandInStatus | None:
+    if not status:
+        return None
+    try:
+        return HandInStatus(status)
+    except ValueError:
+        allowed = ", ".join(s.value for s in HandInStatus)
+        raise InvalidRequest(f"status must be one of {allowed}, got {status!r:.40}") from None
+
+
+def hand_in_export_to_pb(exported: Iterable[ExportedHandIn]) -> custody_pb.HandInExport:
+    return custody_pb.HandInExport(
+        requests=[
+            custody_pb.ExportedHandInRequest(
+                order_id=x.order.order_id,
+                area_id=x.order.area_id,
+                device_id=x.order.device_id.hex().upper(),
+                duis_request=x.duis_request,
+                manifest_record=json.dumps(x.manifest_record, sort_keys=True),
+            )
+            for x in exported
+        ]
+    )
+
+
+def fleet_summary_to_pb(summary: FleetSummary) -> custody_pb.FleetSummary:
+    return custody_pb.FleetSummary(
+        counts=[
+            custody_pb.FleetCount(
+                state=c.state.value, generation=c.generation or 0, area_id=c.area_id or 0, count=c.count
+            )
+            for c in summary.counts
+        ],
+        devices=summary.devices,
+        hand_outs_outstanding=summary.hand_outs_outstanding,
+    )
+
+
+def device_history_to_pb(custody: DeviceCustody, events: Iterable[DeviceEvent]) -> custody_pb.DeviceHistory:
+    return custody_pb.DeviceHistory(
+        device_id=custody.device_id.hex().upper(),
+        state=custody.state.value,
+        area_id=custody.area_id or 0,
+        generation=custody.generation or 0,
+        events=[
+            custody_pb.DeviceEvent(
+                at=ev.at.isoformat(),
+                event=ev.event,
+                state=ev.state.value,
+                area_id=ev.area_id or 0,
+                generation=ev.generation or 0,
+                reference=ev.reference,
+                actor=ev.actor,
+            )
+            for ev in events
+        ],
+    )
+
+
+def device_list_to_pb(device_ids: Iterable[bytes]) -> custody_pb.DeviceList:
+    return custody_pb.DeviceList(device_ids=[d.hex().upper() for d in device_ids])

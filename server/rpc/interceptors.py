@@ -1,6 +1,7 @@
-"""The one interceptor: binds a request id and the bench identity to the log context, and maps domain
-errors to gRPC status codes with their safe message. Anything else becomes INTERNAL with a generic
-message; its details stay in the server log."""
+"""The one interceptor: identifies the caller from its verified client certificate and checks that its role
+may call the service (server/rpc/identity.py), logs the call with a request id, and maps domain errors to
+gRPC status codes with their safe message. Anything else becomes INTERNAL with a generic message and a
+reference id; its details stay in the server log."""
 
 from __future__ import annotations
 
@@ -15,13 +16,16 @@ import grpc
 import structlog
 
 from server.domain import errors as e
+from server.rpc.identity import Caller, CallerCache, Role
 
 STATUS_BY_ERROR: tuple[tuple[type[e.VdnoError], grpc.StatusCode], ...] = (
     (e.InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (e.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
-    (e.BenchNotEnrolled, grpc.StatusCode.PERMISSION_DENIED),
+    (e.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (e.UnknownArea, grpc.StatusCode.NOT_FOUND),
     (e.UnknownIssuance, grpc.StatusCode.NOT_FOUND),
+    (e.UnknownOrder, grpc.StatusCode.NOT_FOUND),
+    (e.UnknownDevice, grpc.StatusCode.NOT_FOUND),
     (e.PolicyRefused, grpc.StatusCode.FAILED_PRECONDITION),
     (e.RequestIdConflict, grpc.StatusCode.ALREADY_EXISTS),
     (e.Unavailable, grpc.StatusCode.UNAVAILABLE),
@@ -36,22 +40,35 @@ def status_for(error: e.VdnoError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def _peer_common_name(context: grpc.ServicerContext) -> str | None:
-    names = context.auth_context().get("x509_common_name") or []
-    return bytes(names[0]).decode("utf-8", "replace") if names else None
+def _peer_subject(context: grpc.ServicerContext) -> str | None:
+    subjects = context.auth_context().get("x509_subject") or []
+    return bytes(subjects[0]).decode("utf-8", "replace") if subjects else None
 
 
-# The calling bench's CN, read once per call by the interceptor (auth_context() copies every TLS property).
-_CALLER: ContextVar[str | None] = ContextVar("vdno_caller", default=None)
+# The caller of this call, set by the interceptor after checking its role (auth_context() copies every TLS
+# property, so it is read once per call).
+_CALLER: ContextVar[Caller | None] = ContextVar("vdno_caller", default=None)
+
+# Which role may call which service (the method path is /<package>.<Service>/<Method>).
+ROLE_OF_SERVICE = {"vdno.v1.BenchService": Role.BENCH, "vdno.v1.CustodyService": Role.OFFICER}
+
+
+def _current(role: Role) -> str:
+    caller = _CALLER.get()
+    if caller is None or caller.role is not role:
+        raise e.Unauthenticated("a client certificate naming the caller and its role is required")
+    return caller.name
 
 
 def bench_identity() -> str:
-    """The calling bench's id: the CN of its verified client certificate (mTLS is enforced by the TLS layer),
-    as ErrorMappingInterceptor read it for this call."""
-    name = _CALLER.get()
-    if name is None:
-        raise e.Unauthenticated("a client certificate naming the bench is required")
-    return name
+    """The calling bench's id: the CN of its verified client certificate (role checked by the interceptor)."""
+    return _current(Role.BENCH)
+
+
+def officer_identity() -> str:
+    """The calling officer's id: the CN of its verified client certificate (role checked by the
+    interceptor)."""
+    return _current(Role.OFFICER)
 
 
 class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
@@ -59,6 +76,7 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         self._log = structlog.get_logger("vdno.rpc")
         self._on_refused_auth = on_refused_auth
         self._wrapped: dict[str, Any] = {}  # method -> wrapped handler (handlers are fixed at start-up)
+        self._callers = CallerCache()
         # Request ids: random per process, then counted (no system call per call).
         self._id_prefix = secrets.token_hex(6)
         self._ids = itertools.count(1)
@@ -82,26 +100,57 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         log = self._log
         on_refused = self._on_refused_auth
         prefix, ids = self._id_prefix, self._ids
+        callers = self._callers
+        required = ROLE_OF_SERVICE.get(method.split("/")[1]) if method.count("/") == 2 else None
+
+        def identify(context: grpc.ServicerContext) -> Caller:
+            subject = _peer_subject(context)
+            if subject is None:
+                raise e.Unauthenticated("a client certificate naming the caller is required")
+            caller = callers.caller(subject)
+            if required is None or caller.role is not required:
+                raise e.WrongRole(f"a {caller.role.value} certificate may not call {method}")
+            return caller
 
         def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
             request_id = f"{prefix}{next(ids):010x}"
-            caller = _peer_common_name(context)
-            bench = caller or "?"
-            caller_token = _CALLER.set(caller)
-            call_log = log.bind(rpc_id=request_id, method=method, bench=bench)
+            caller: Caller | None = None
+            caller_token = _CALLER.set(None)
             started = time.perf_counter()
             try:
+                caller = identify(context)
+                _CALLER.set(caller)
                 response = inner(request, context)
-                call_log.info("rpc.ok", ms=round((time.perf_counter() - started) * 1000, 2))
+                log.info(
+                    "rpc.ok",
+                    rpc_id=request_id,
+                    method=method,
+                    caller=caller.actor,
+                    ms=round((time.perf_counter() - started) * 1000, 2),
+                )
                 return response
             except e.VdnoError as error:
                 code = status_for(error)
-                call_log.warning("rpc.refused", code=code.name, error=type(error).__name__, reason=str(error))
-                if on_refused is not None and isinstance(error, (e.Unauthenticated, e.BenchNotEnrolled)):
-                    on_refused(bench, type(error).__name__)
+                actor = caller.actor if caller is not None else "unknown"
+                log.warning(
+                    "rpc.refused",
+                    rpc_id=request_id,
+                    method=method,
+                    caller=actor,
+                    code=code.name,
+                    error=type(error).__name__,
+                    reason=str(error),
+                )
+                if on_refused is not None and isinstance(error, (e.Unauthenticated, e.PermissionDenied)):
+                    on_refused(actor, type(error).__name__)
                 context.abort(code, str(error))
             except Exception:
-                call_log.exception("rpc.internal_error")
+                log.exception(
+                    "rpc.internal_error",
+                    rpc_id=request_id,
+                    method=method,
+                    caller=caller.actor if caller is not None else "unknown",
+                )
                 context.abort(grpc.StatusCode.INTERNAL, f"internal error (reference {request_id})")
             finally:
                 _CALLER.reset(caller_token)

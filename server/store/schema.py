@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -14,6 +16,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 metadata = MetaData()
@@ -90,6 +93,70 @@ devices = Table(
     Column("no_ka_ski", LargeBinary(8)),
     Column("last_issuance_id", Integer),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # what the records say the NO cells hold: server.domain.values.CustodyState, with its area or generation
+    Column("custody_state", String(32)),
+    Column("area_id", Integer),
+    Column("generation", Integer),
+    Index("ix_devices_custody", "custody_state", "generation", "area_id"),
+)
+
+OUTSTANDING_HAND_IN = "status IN ('awaiting-authorisation', 'authorised')"
+
+hand_in_orders = Table(
+    "hand_in_orders",
+    metadata,
+    Column("order_id", Integer, primary_key=True, autoincrement=True),
+    Column("bench_id", String(64), nullable=False),
+    Column("request_id", String(64), nullable=False),
+    Column("request_fingerprint", String(64), nullable=False),
+    Column("device_id", LargeBinary(8), nullable=False),
+    Column("area_id", Integer, nullable=False),
+    Column("area_entity_id", LargeBinary(8), nullable=False),
+    Column("seq_number", BigInteger, nullable=False),
+    Column("generation", Integer, nullable=False),
+    Column("device_certificate", LargeBinary, nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("authorised_at", DateTime(timezone=True)),
+    Column("command", LargeBinary),
+    Column("counter", BigInteger),
+    Column("mac_present", Boolean, nullable=False, default=False),
+    Column("outcome_at", DateTime(timezone=True)),
+    Column("outcome_response", LargeBinary),
+    UniqueConstraint("bench_id", "request_id", name="uq_hand_in_bench_request"),
+    Index("ix_hand_in_area_status", "area_id", "status"),
+    Index("ix_hand_in_device", "device_id"),
+    # one outstanding order per meter, whichever replica or bench asks
+    Index(
+        "uq_hand_in_outstanding_device",
+        "device_id",
+        unique=True,
+        sqlite_where=text(OUTSTANDING_HAND_IN),
+        postgresql_where=text(OUTSTANDING_HAND_IN),
+    ),
+)
+
+device_history = Table(
+    "device_history",
+    metadata,
+    Column("entry_id", Integer, primary_key=True, autoincrement=True),
+    Column("device_id", LargeBinary(8), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("event", String(40), nullable=False),
+    Column("state", String(32), nullable=False),
+    Column("area_id", Integer),
+    Column("generation", Integer),
+    Column("reference", String(64), nullable=False),
+    Column("actor", String(128), nullable=False),
+    Index("ix_device_history_device", "device_id", "entry_id"),
+)
+
+officers = Table(
+    "officers",
+    metadata,
+    Column("officer_id", String(64), primary_key=True),
+    Column("status", String(16), nullable=False),
+    Column("changed_at", DateTime(timezone=True), nullable=False),
 )
 
 audit_log = Table(

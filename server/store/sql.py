@@ -40,6 +40,7 @@ from server.domain.values import (
     Bench,
     BenchStatus,
     CellState,
+    CustodyState,
     GenerationStatus,
     IssuanceDraft,
     IssuanceRecord,
@@ -49,6 +50,7 @@ from server.domain.values import (
     VanillaGeneration,
 )
 from server.store.audit import AuditAppender
+from server.store.fleet import HandInRecords, set_custody
 from server.store.schema import areas, benches, counters, devices, generations, issuances
 
 T = TypeVar("T")
@@ -411,8 +413,8 @@ def _issuance(row: Any) -> IssuanceRecord:
     )
 
 
-class SqlCustodyStore:
-    """CustodyStore over SQLAlchemy. Build with `open_store(url)`."""
+class SqlCustodyStore(HandInRecords):
+    """CustodyStore and HandInStore over SQLAlchemy. Build with `open_store(url)`."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -768,7 +770,9 @@ class SqlCustodyStore:
     def record_outcome(self, issuance_id: int, outcome: RecordedOutcome, response: bytes, actor: str) -> None:
         def op(c: Connection, events: list[AuditEvent]) -> None:
             row = c.execute(
-                select(issuances.c.device_id).where(issuances.c.issuance_id == issuance_id)
+                select(issuances.c.device_id, issuances.c.area_id, issuances.c.generation).where(
+                    issuances.c.issuance_id == issuance_id
+                )
             ).first()
             if row is None:
                 raise UnknownIssuance(f"no issuance {issuance_id}")
@@ -778,20 +782,23 @@ class SqlCustodyStore:
                 .where(issuances.c.issuance_id == issuance_id)
                 .values(status=outcome.status.value, outcome_response=response, outcome_at=now)
             )
-            cells: dict[str, Any] = {"last_issuance_id": issuance_id, "updated_at": now}
-            if outcome.no_ds is not None:
-                cells.update(
-                    no_ds_entity=outcome.no_ds.entity_id, no_ds_ski=outcome.no_ds.subject_key_identifier
-                )
-            if outcome.no_ka is not None:
-                cells.update(
-                    no_ka_entity=outcome.no_ka.entity_id, no_ka_ski=outcome.no_ka.subject_key_identifier
-                )
             device_id = bytes(row.device_id)
-            if c.execute(select(devices.c.device_id).where(devices.c.device_id == device_id)).first() is None:
-                c.execute(insert(devices).values(device_id=device_id, **cells))
+            reference = f"issuance:{issuance_id}"
+            if outcome.status is IssuanceStatus.APPLIED:
+                set_custody(
+                    c, device_id, CustodyState.AREA, area_id=row.area_id, generation=None,
+                    event="hand-out-applied", reference=reference, actor=actor, at=now,
+                    cells=(outcome.no_ds, outcome.no_ka),
+                )  # fmt: skip
             else:
-                c.execute(update(devices).where(devices.c.device_id == device_id).values(**cells))
+                set_custody(
+                    c, device_id, CustodyState.VANILLA, area_id=None, generation=row.generation,
+                    event="hand-out-rejected", reference=reference, actor=actor, at=now,
+                    cells=(outcome.no_ds, outcome.no_ka),
+                )  # fmt: skip
+            c.execute(
+                update(devices).where(devices.c.device_id == device_id).values(last_issuance_id=issuance_id)
+            )
             events.append(
                 AuditEvent(
                     "outcome.reported",

@@ -21,6 +21,10 @@ PYTHON = sys.executable
 def run_init(state: Path, benches: tuple[str, ...] = ("bench-01",), database_url: str | None = None) -> str:
     """database_url: seed that database (e.g. PostgreSQL) instead of state/vdno.db; start the server with
     extra_env={"VDNO_DATABASE_URL": database_url} to use it."""
+    lab = [PYTHON, "-m", "labdcc", "init", "--state", str(state)]  # the lab's DNOs and ACB
+    done = subprocess.run(lab, capture_output=True, text=True, timeout=300, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"vdno-labdcc init failed: {done.stderr[-2000:]}")
     args = [PYTHON, "-m", "server.main", "init", "--state", str(state)]
     for bench in benches:
         args += ["--bench", bench]

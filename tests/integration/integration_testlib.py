@@ -37,9 +37,10 @@ from gbcs.cs02b import (
 )
 from gbcs.framing import Cra, GeneralSigningApdu, GroupingHeader, MessageCode, decode_message
 from gbcs.signature import sign_apdu
+from labdcc.parties import area_entity_id
 from labpki.store import read_certificate, read_certified_key
 from scripts.lab_tray import InProcessTransport, vanilla_tray_profiles
-from server.bootstrap import area_entity_id, vanilla_entity_id
+from server.bootstrap import vanilla_entity_id
 from server.observability import FLUSH_INTERVAL
 from server.store.schema import audit_log, issuances
 from server.store.sql import SqlCustodyStore, make_engine

@@ -47,7 +47,7 @@ def test_outcomes_are_checked_against_their_hand_out_and_recorded_once(deploymen
     assert unknown.code() == grpc.StatusCode.NOT_FOUND
     assert "no signed hand-out" in unknown.details()
     assert other_device.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "not sent by the hand-out's device" in other_device.details()
+    assert "not sent by the command's device" in other_device.details()
     assert bad_signature.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "does not verify" in bad_signature.details()
 

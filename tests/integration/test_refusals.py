@@ -98,8 +98,8 @@ def _call_without_reaching_a_servicer(
         ok_stub.GetTrustBundle(pb.GetTrustBundleRequest(), timeout=10)
     log = deployment.log_text()[log_offset:]
     rpc_lines = [e for e in log_events(log) if str(e.get("event", "")).startswith("rpc.")]
-    assert [(e["event"], e["bench"], e["method"]) for e in rpc_lines] == [
-        ("rpc.ok", "bench-01", "/vdno.v1.BenchService/GetTrustBundle")
+    assert [(e["event"], e["caller"], e["method"]) for e in rpc_lines] == [
+        ("rpc.ok", "bench:bench-01", "/vdno.v1.BenchService/GetTrustBundle")
     ], "the refused call reached a servicer"
     assert len(deployment.audit_events("auth.refused")) == refused_before
     return error, log

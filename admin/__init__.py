@@ -1,0 +1,1 @@
+"""`vdno-admin`: the security officers' command-line client of the custody API."""

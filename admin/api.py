@@ -1,0 +1,120 @@
+"""The custody API (vdno.v1.CustodyService) over mutual TLS with an officer's certificate. Replies come back
+as plain dicts (field names as in proto/vdno/v1/custody.proto), ready for tables and --json."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+
+from vdno.v1 import custody_pb2, custody_pb2_grpc
+
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
+
+
+class CustodyCallFailed(Exception):
+    """A custody RPC failed; `code` is the gRPC status code name."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        self.message = message
+        super().__init__(f"{code}: {message}")
+
+
+def _as_dict(message: Any) -> dict[str, Any]:
+    return MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+
+
+class CustodyClient:
+    def __init__(
+        self,
+        target: str,
+        ca_pem: bytes,
+        cert_pem: bytes,
+        key_pem: bytes,
+        server_name_override: str | None = None,
+        *,
+        timeout: float = 30.0,
+        attempts: int = 3,
+        backoff: float = 0.25,
+    ) -> None:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=ca_pem, private_key=key_pem, certificate_chain=cert_pem
+        )
+        options: list[tuple[str, Any]] = []
+        if server_name_override:
+            options.append(("grpc.ssl_target_name_override", server_name_override))
+        self._channel = grpc.secure_channel(target, credentials, options=options)
+        self._stub = custody_pb2_grpc.CustodyServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._timeout = timeout
+        self._attempts = max(1, attempts)
+        self._backoff = backoff
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> CustodyClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def list_hand_in_orders(self, area_id: int, status: str) -> list[dict[str, Any]]:
+        reply = self._call(
+            self._stub.ListHandInOrders, custody_pb2.ListHandInOrdersRequest(area_id=area_id, status=status)
+        )
+        return [_as_dict(o) for o in reply.orders]
+
+    def export_hand_in_requests(self, area_id: int) -> list[tuple[dict[str, Any], bytes]]:
+        """(request record without the XML, the DUIS XML) per order awaiting authorisation."""
+        reply = self._call(
+            self._stub.ExportHandInRequests, custody_pb2.ExportHandInRequestsRequest(area_id=area_id)
+        )
+        out = []
+        for item in reply.requests:
+            record = {
+                "order_id": int(item.order_id),
+                "area_id": int(item.area_id),
+                "device_id": item.device_id,
+                "manifest_record": item.manifest_record,
+            }
+            out.append((record, bytes(item.duis_request)))
+        return out
+
+    def import_hand_in_command(self, payload: bytes) -> dict[str, Any]:
+        reply = self._call(
+            self._stub.ImportHandInCommand, custody_pb2.ImportHandInCommandRequest(payload=payload)
+        )
+        return _as_dict(reply)
+
+    def fleet_summary(self) -> dict[str, Any]:
+        return _as_dict(self._call(self._stub.GetFleetSummary, custody_pb2.FleetSummaryRequest()))
+
+    def device_history(self, device_id: str) -> dict[str, Any]:
+        return _as_dict(
+            self._call(self._stub.GetDeviceHistory, custody_pb2.DeviceHistoryRequest(device_id=device_id))
+        )
+
+    def devices_holding(self, generation: int) -> list[str]:
+        reply = self._call(
+            self._stub.ListDevicesHolding, custody_pb2.DevicesHoldingRequest(generation=generation)
+        )
+        return list(reply.device_ids)
+
+    def _call(self, method: Callable[..., Any], request: Any) -> Any:
+        delay = self._backoff
+        for attempt in range(1, self._attempts + 1):
+            try:
+                return method(request, timeout=self._timeout)
+            except grpc.RpcError as exc:
+                code = exc.code() if callable(getattr(exc, "code", None)) else None
+                if code in RETRYABLE and attempt < self._attempts:
+                    time.sleep(delay)
+                    delay *= 2
+                    continue
+                details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
+                raise CustodyCallFailed(code.name if code is not None else "UNKNOWN", str(details)) from None
+        raise CustodyCallFailed("UNAVAILABLE", "retries exhausted")  # pragma: no cover

@@ -1,0 +1,303 @@
+"""`vdno-admin`: what security officers do, over the custody API with their own certificate.
+
+Exit codes (every command): 0 done; 1 the service refused (or, for import, any file was refused);
+2 usage or configuration error; 3 the service could not be reached or was unavailable."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from client.settings import BenchSettings, SettingsError
+from gbcs.errors import DecodeError
+from gbcs.ids import parse_eui64
+
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+UNREACHABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+IMPORTABLE = (".xml", ".hex", ".bin")
+
+app = typer.Typer(
+    name="vdno-admin",
+    help=(
+        "vdno security officers' client: hand-in orders (export for the area DNOs, import what DCC returns) "
+        "and the fleet view. Settings: --config FILE (an [admin] table with server, server_name, ca, cert, "
+        "key; `vdno-server init` writes clients/<officer>.toml), flags, or VDNO_SERVER / VDNO_SERVER_NAME. "
+        "Exit codes: 0 done; 1 refused by the service; 2 usage or configuration error; 3 service unreachable."
+    ),
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+hand_in_app = typer.Typer(name="hand-in", help="Hand-in orders: list, export, import.", no_args_is_help=True)
+fleet_app = typer.Typer(name="fleet", help="What the records say of the meters.", no_args_is_help=True)
+app.add_typer(hand_in_app)
+app.add_typer(fleet_app)
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    typer.echo(f"vdno-admin: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        try:
+            typer.echo(f"vdno-admin {version('vdno')}")
+        except PackageNotFoundError:
+            typer.echo("vdno-admin (not installed)")
+        raise typer.Exit(0)
+
+
+@dataclass
+class Connection:
+    settings: BenchSettings
+    json_output: bool
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Option("--config", metavar="TOML", help="settings file")] = None,
+    server: Annotated[str | None, typer.Option("--server", metavar="HOST:PORT")] = None,
+    ca: Annotated[Path | None, typer.Option("--ca", metavar="PEM", help="TLS CA certificate")] = None,
+    cert: Annotated[Path | None, typer.Option("--cert", metavar="PEM", help="officer certificate")] = None,
+    key: Annotated[Path | None, typer.Option("--key", metavar="PEM", help="officer private key")] = None,
+    server_name: Annotated[str | None, typer.Option("--server-name", help="TLS server name override")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="print JSON instead of tables")] = False,
+    _: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    if ctx.resilient_parsing:
+        return
+    try:
+        settings = BenchSettings.load(
+            config,
+            {"server": server, "ca": ca, "cert": cert, "key": key, "server_name": server_name},
+            section="admin",
+        )
+    except SettingsError as exc:
+        _fail(str(exc))
+    ctx.obj = Connection(settings, json_output)
+
+
+def _client(ctx: typer.Context) -> Any:
+    from admin.api import CustodyClient
+
+    connection: Connection = ctx.obj
+    try:
+        ca_pem, cert_pem, key_pem = connection.settings.read_tls()
+    except SettingsError as exc:
+        _fail(str(exc))
+    return CustodyClient(
+        connection.settings.server, ca_pem, cert_pem, key_pem, connection.settings.server_name
+    )
+
+
+def _refused(exc: Exception) -> NoReturn:
+    code = getattr(exc, "code", "UNKNOWN")
+    _fail(str(exc), EXIT_UNAVAILABLE if code in UNREACHABLE else EXIT_REFUSED)
+
+
+def _emit(ctx: typer.Context, document: Any, table: Table | None) -> None:
+    if ctx.obj.json_output or table is None:
+        typer.echo(json.dumps(document, indent=2))
+    else:
+        Console().print(table)
+
+
+def _table(title: str, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> Table:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
+    return table
+
+
+# --- hand-in ---------------------------------------------------------------------------------------
+
+
+@hand_in_app.command("list", help="List hand-in orders (all, or of one area and/or status).")
+def hand_in_list(
+    ctx: typer.Context,
+    area: Annotated[int, typer.Option("--area", help="area 10-23; 0 = every area")] = 0,
+    status: Annotated[str, typer.Option("--status", help="e.g. awaiting-authorisation, authorised")] = "",
+) -> None:
+    from admin.api import CustodyCallFailed
+
+    with _client(ctx) as api:
+        try:
+            orders = api.list_hand_in_orders(area, status)
+        except CustodyCallFailed as exc:
+            _refused(exc)
+    columns = ("order_id", "device_id", "area_id", "generation", "status", "seq_number", "bench_id")
+    _emit(ctx, orders, _table("Hand-in orders", columns, orders))
+
+
+@hand_in_app.command(
+    "export",
+    help=(
+        "Write the DUIS 6.15.1 requests of every order awaiting authorisation, one folder per area: "
+        "OUT/area-<id>/<device>-<order>.xml and OUT/area-<id>/manifest.jsonl (one JSON object per order). "
+        "Each request's RequestID carries counter 0: the DNO's DCC adapter sets its own originator counter, "
+        "which must exceed the meter's stored seq number (minimumSeqNumber in the manifest)."
+    ),
+)
+def hand_in_export(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option("--out", metavar="DIR", help="folder to write the areas' requests to")],
+    area: Annotated[int, typer.Option("--area", help="area 10-23; 0 = every area")] = 0,
+) -> None:
+    from admin.api import CustodyCallFailed
+
+    if out.exists() and not out.is_dir():
+        _fail(f"--out {out} is not a directory")
+    with _client(ctx) as api:
+        try:
+            exported = api.export_hand_in_requests(area)
+        except CustodyCallFailed as exc:
+            _refused(exc)
+    by_area: dict[int, list[tuple[dict[str, Any], bytes]]] = {}
+    for record, xml in exported:
+        by_area.setdefault(record["area_id"], []).append((record, xml))
+    written = []
+    for area_id, items in sorted(by_area.items()):
+        folder = out / f"area-{area_id}"
+        folder.mkdir(parents=True, exist_ok=True)
+        lines = []
+        for record, xml in items:
+            manifest = json.loads(record["manifest_record"])
+            path = folder / manifest["file"]
+            path.write_bytes(xml)
+            lines.append(json.dumps(manifest, sort_keys=True))
+            written.append({"order_id": record["order_id"], "area_id": area_id, "file": str(path)})
+        (folder / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    _emit(ctx, written, _table(f"Exported to {out}", ("order_id", "area_id", "file"), written))
+    if not written and not ctx.obj.json_output:
+        typer.echo("no orders awaiting authorisation")
+
+
+def _importable(paths: list[Path]) -> list[Path]:
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMPORTABLE)
+        elif path.is_file():
+            files.append(path)
+        else:
+            _fail(f"{path} is neither a file nor a folder")
+    if not files:
+        _fail(f"no {', '.join(IMPORTABLE)} files in {', '.join(map(str, paths))}")
+    return files
+
+
+@hand_in_app.command(
+    "import",
+    help=(
+        "Import commands returned by DCC (DUIS LocalCommand response XML, GBCS as hex text or binary): each "
+        "is checked against its order before the order is authorised. Folders are searched for "
+        f"{', '.join(IMPORTABLE)} files. Importing a command again changes nothing."
+    ),
+)
+def hand_in_import(
+    ctx: typer.Context,
+    paths: Annotated[list[Path], typer.Argument(metavar="PATH...", help="files or folders")],
+) -> None:
+    from admin.api import CustodyCallFailed
+
+    results = []
+    unreachable = False
+    with _client(ctx) as api:
+        for path in _importable(paths):
+            try:
+                order = api.import_hand_in_command(path.read_bytes())
+            except OSError as exc:
+                results.append({"file": str(path), "status": "unreadable", "reason": str(exc)})
+                continue
+            except CustodyCallFailed as exc:
+                unreachable = unreachable or exc.code in UNREACHABLE
+                results.append({"file": str(path), "status": "refused", "reason": str(exc)})
+                continue
+            results.append(
+                {
+                    "file": str(path),
+                    "status": order["status"],
+                    "order_id": order["order_id"],
+                    "device_id": order["device_id"],
+                    "reason": "",
+                }
+            )
+    _emit(ctx, results, _table("Imported", ("file", "order_id", "device_id", "status", "reason"), results))
+    if any(r["status"] in ("refused", "unreadable") for r in results):
+        raise typer.Exit(EXIT_UNAVAILABLE if unreachable else EXIT_REFUSED)
+
+
+# --- fleet -----------------------------------------------------------------------------------------
+
+
+@fleet_app.command("summary", help="How many meters are in each custody state, generation and area.")
+def fleet_summary(ctx: typer.Context) -> None:
+    from admin.api import CustodyCallFailed
+
+    with _client(ctx) as api:
+        try:
+            summary = api.fleet_summary()
+        except CustodyCallFailed as exc:
+            _refused(exc)
+    rows = summary["counts"]
+    table = _table(
+        f"Fleet: {summary['devices']} meters; {summary['hand_outs_outstanding']} hand-outs unreported",
+        ("state", "generation", "area_id", "count"),
+        rows,
+    )
+    _emit(ctx, summary, table)
+
+
+@fleet_app.command("history", help="One meter's custody state and history.")
+def fleet_history(
+    ctx: typer.Context, device: Annotated[str, typer.Argument(metavar="DEVICE", help="EUI-64")]
+) -> None:
+    from admin.api import CustodyCallFailed
+
+    try:
+        parse_eui64(device)
+    except DecodeError as exc:
+        _fail(f"DEVICE: {exc}")
+    with _client(ctx) as api:
+        try:
+            history = api.device_history(device)
+        except CustodyCallFailed as exc:
+            _refused(exc)
+    table = _table(
+        f"{history['device_id']}: {history['state']}",
+        ("at", "event", "state", "area_id", "generation", "reference", "actor"),
+        history["events"],
+    )
+    _emit(ctx, history, table)
+
+
+@fleet_app.command("holding", help="The meters the records show on a vanilla generation.")
+def fleet_holding(
+    ctx: typer.Context,
+    generation: Annotated[int, typer.Option("--generation", min=1, help="vanilla generation")],
+) -> None:
+    from admin.api import CustodyCallFailed
+
+    with _client(ctx) as api:
+        try:
+            devices = api.devices_holding(generation)
+        except CustodyCallFailed as exc:
+            _refused(exc)
+    rows = [{"device_id": d} for d in devices]
+    _emit(ctx, devices, _table(f"Meters on generation {generation}: {len(devices)}", ("device_id",), rows))

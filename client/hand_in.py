@@ -1,0 +1,198 @@
+"""Hand-in at a triage bench: order it for a meter (read the meter, ask the custodian), and later apply the
+command the area DNO returned through DCC (fetch it, check it, send it, check and report the response)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from client.bundle import TrustBundle
+from client.checks import check_hand_in_command, check_response
+from client.errors import BenchError, CommandRefused, ResponseRejected, ServiceError, TransportError
+from client.handout import LAB_READER_ID, MeterReading, ReadError, read_meter, save_command
+from client.messages import AuthorisedHandIn, HandInOrder, OutcomeAck
+from client.transport import DeviceTransport
+from gbcs.cells import KeyUsage, RemotePartyRole
+from gbcs.ids import eui64_hex
+
+ORDERED = "ordered"  # the custodian recorded the order; the area DNO's command is awaited
+PENDING = "pending"  # no authorised command for this meter yet
+APPLIED = "applied"
+REFUSED = "refused"  # the bench's own checks refused the command: it was not sent
+FAILED = "failed"
+
+
+class HandInApi(Protocol):
+    def request_hand_in(
+        self, request_id: str, device_id: str, device_certificate: bytes, credentials_response: bytes
+    ) -> HandInOrder: ...
+
+    def fetch_hand_in_commands(self, device_ids: list[str]) -> list[AuthorisedHandIn]: ...
+
+    def report_hand_in_outcome(self, order_id: int, response: bytes) -> OutcomeAck: ...
+
+
+@dataclass(frozen=True)
+class HandInResult:
+    device_id: str  # 16 hex digits
+    status: str  # ordered | pending | applied | refused | failed
+    reason: str
+    request_id: str | None = None
+    order_id: int | None = None
+    area_id: int | None = None  # the area whose DNO held (or holds) the meter's NO cells
+    generation: int | None = None
+    counter: int | None = None  # the DNO's originator counter in the applied command
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "device": self.device_id,
+            "status": self.status,
+            "reason": self.reason,
+            "requestId": self.request_id,
+            "orderId": self.order_id,
+            "area": self.area_id,
+            "generation": self.generation,
+            "counter": self.counter,
+        }
+
+
+@dataclass(frozen=True)
+class NetworkOperatorState:
+    """What the meter's CS02a answer says of its NO role."""
+
+    signing_entity: bytes | None
+    seq_number: int
+
+
+def network_operator_state(reading: MeterReading) -> NetworkOperatorState:
+    for role in reading.credentials.roles:
+        if role.role != RemotePartyRole.NETWORK_OPERATOR:
+            continue
+        entity = next(
+            (c.subject_unique_id for c in role.cells or () if c.key_usage == KeyUsage.DIGITAL_SIGNATURE), None
+        )
+        return NetworkOperatorState(entity, role.current_seq_number or 0)
+    return NetworkOperatorState(None, 0)
+
+
+def order_hand_in(
+    api: HandInApi,
+    transport: DeviceTransport,
+    bundle: TrustBundle,
+    device_id: bytes,
+    request_id: str | None = None,
+    reader_id: bytes = LAB_READER_ID,
+) -> HandInResult:
+    """Read the meter and ask the custodian for a hand-in order. Never raises for meter or service
+    failures."""
+    request_id = request_id or uuid.uuid4().hex
+    device_hex = eui64_hex(device_id)
+    try:
+        reading = read_meter(transport, device_id, bundle, reader_id)
+    except (ReadError, TransportError) as exc:
+        return HandInResult(device_hex, FAILED, f"read meter: {exc}", request_id)
+    try:
+        order = api.request_hand_in(
+            request_id, device_hex, reading.device_certificate, reading.credentials_response
+        )
+    except ServiceError as exc:
+        return HandInResult(device_hex, FAILED, f"custodian: {exc}", request_id)
+    return HandInResult(
+        device_hex,
+        ORDERED,
+        f"order {order.order_id}: awaiting the area {order.area_id} DNO's command",
+        request_id,
+        order.order_id,
+        order.area_id,
+        order.generation,
+    )
+
+
+def apply_hand_in(
+    api: HandInApi,
+    transport: DeviceTransport,
+    bundle: TrustBundle,
+    authorised: AuthorisedHandIn,
+    reader_id: bytes = LAB_READER_ID,
+    save_dir: Path | None = None,
+) -> HandInResult:
+    """Read the meter, check the authorised command against it and the bundle, send it, check and report the
+    meter's response. Never raises for meter, service or check failures."""
+    device_hex = eui64_hex(authorised.device_id)
+
+    def result(status: str, reason: str) -> HandInResult:
+        return HandInResult(
+            device_hex,
+            status,
+            reason,
+            None,
+            authorised.order_id,
+            authorised.area_id,
+            authorised.generation,
+            authorised.counter,
+        )
+
+    try:
+        reading = read_meter(transport, authorised.device_id, bundle, reader_id)
+    except (ReadError, TransportError) as exc:
+        return result(FAILED, f"read meter: {exc}")
+    state = network_operator_state(reading)
+    if state.signing_entity is None:
+        return result(FAILED, "the meter reported no network-operator signing cell")
+    try:
+        checked = check_hand_in_command(
+            authorised.command,
+            authorised.device_id,
+            authorised.generation,
+            bundle,
+            state.signing_entity,
+            state.seq_number,
+        )
+    except CommandRefused as exc:
+        return result(REFUSED, str(exc))
+    if save_dir is not None:
+        save_command(save_dir, authorised.device_id, checked.counter, authorised.command)
+    try:
+        response = transport.send(authorised.device_id, authorised.command)
+    except TransportError as exc:
+        return result(FAILED, f"apply: {exc}")
+    local_problem = ""
+    try:
+        check_response(response, checked.header, reading.device)
+    except ResponseRejected as exc:
+        local_problem = f"response: {exc}"
+    try:
+        ack = api.report_hand_in_outcome(authorised.order_id, response)
+    except ServiceError as exc:
+        return result(FAILED, "; ".join(p for p in (local_problem, f"report outcome: {exc}") if p))
+    if local_problem:
+        return result(FAILED, local_problem)
+    if ack.status != APPLIED:
+        return result(FAILED, f"custodian recorded the outcome as {ack.status or 'unknown'}")
+    return result(APPLIED, "")
+
+
+def apply_hand_ins(
+    api: HandInApi,
+    transport: DeviceTransport,
+    bundle: TrustBundle,
+    device_ids: list[bytes],
+    reader_id: bytes = LAB_READER_ID,
+    save_dir: Path | None = None,
+) -> list[HandInResult]:
+    """Fetch the authorised commands for these meters and apply each; PENDING for a meter with none."""
+    try:
+        commands = api.fetch_hand_in_commands([eui64_hex(d) for d in device_ids])
+    except BenchError as exc:
+        return [HandInResult(eui64_hex(d), FAILED, f"custodian: {exc}") for d in device_ids]
+    by_device = {c.device_id: c for c in commands}
+    results = []
+    for device_id in device_ids:
+        authorised = by_device.get(device_id)
+        if authorised is None:
+            results.append(HandInResult(eui64_hex(device_id), PENDING, "no authorised hand-in command yet"))
+            continue
+        results.append(apply_hand_in(api, transport, bundle, authorised, reader_id, save_dir))
+    return results

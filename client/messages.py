@@ -1,0 +1,76 @@
+"""What the custodian answers a bench, as frozen values built from the protobuf messages (callers never see
+generated types)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from client.errors import ServiceError
+from gbcs.errors import DecodeError
+from gbcs.ids import parse_eui64
+
+
+def _device(value: str, what: str) -> bytes:
+    try:
+        return parse_eui64(value)
+    except DecodeError as exc:
+        raise ServiceError("INVALID_REPLY", f"{what}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class HandInOrder:
+    """A recorded hand-in order (RequestHandIn)."""
+
+    order_id: int
+    device_id: bytes
+    area_id: int  # the area whose DNO holds the meter's NO cells
+    generation: int  # the vanilla generation the meter is to receive
+    status: str
+    seq_number: int
+
+    @classmethod
+    def from_proto(cls, message: Any) -> HandInOrder:
+        return cls(
+            order_id=int(message.order_id),
+            device_id=_device(message.device_id, "hand-in order device_id"),
+            area_id=int(message.area_id),
+            generation=int(message.generation),
+            status=str(message.status),
+            seq_number=int(message.seq_number),
+        )
+
+
+@dataclass(frozen=True)
+class AuthorisedHandIn:
+    """A hand-in command authorised by the custodian: MAC-framed, as the meter receives it."""
+
+    order_id: int
+    device_id: bytes
+    area_id: int
+    generation: int
+    counter: int
+    command: bytes
+
+    @classmethod
+    def from_proto(cls, message: Any) -> AuthorisedHandIn:
+        return cls(
+            order_id=int(message.order_id),
+            device_id=_device(message.device_id, "authorised hand-in device_id"),
+            area_id=int(message.area_id),
+            generation=int(message.generation),
+            counter=int(message.originator_counter),
+            command=bytes(message.command),
+        )
+
+
+@dataclass(frozen=True)
+class OutcomeAck:
+    """What the custodian recorded for a reported meter response."""
+
+    reference: int  # issuance id (hand-out) or order id (hand-in)
+    status: str  # applied | rejected
+
+    @classmethod
+    def from_proto(cls, message: Any) -> OutcomeAck:
+        return cls(int(message.issuance_id), str(message.status))
