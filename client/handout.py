@@ -56,8 +56,9 @@ class HandOutResult:
     counter: int | None
     status: str  # applied | refused | failed
     reason: str
-    command: bytes | None = None
+    command: bytes | None = None  # as the custodian released it (KRP-signed GS APDU)
     generation: int | None = None
+    applied_command: bytes | None = None  # as the meter received it (MAC-framed when DCC added the MAC)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -69,6 +70,7 @@ class HandOutResult:
             "status": self.status,
             "reason": self.reason,
             "command": None if self.command is None else self.command.hex(),
+            "appliedCommand": None if self.applied_command is None else self.applied_command.hex(),
         }
 
 
@@ -254,11 +256,16 @@ def hand_out(
     counter = checked.counter
     generation = checked.generation.generation
 
-    def done(status: str, reason: str) -> HandOutResult:
-        return result(status, reason, counter=counter, command=command, generation=generation)
+    to_meter: bytes | None = None
 
-    to_meter = command
-    if gateway is not None:
+    def done(status: str, reason: str) -> HandOutResult:
+        return result(
+            status, reason, counter=counter, command=command, generation=generation, applied_command=to_meter
+        )
+
+    if gateway is None:
+        to_meter = command
+    else:
         try:
             to_meter = gateway.local_command(command, device_id)
         except BenchError as exc:

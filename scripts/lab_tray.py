@@ -1,47 +1,55 @@
-"""A tray of simulated vanilla meters made from a `vdno-server init` state folder: device keys and
-certificates from the lab device CA, root cell = the lab root, NO cells = vanilla generation 1. Lab
-settings: no ACB (MAC checking off) and the triage port answers unsigned CS02a/CS02e reads.
-Used by the demo, the benchmark and the integration tests."""
+"""Trays of simulated lab meters made from a lab state folder (`vdno-labdcc init`, `vdno-server init`): device
+keys and certificates from the lab device CA, root cell = the lab root, NO cells = a vanilla generation; the
+triage port answers unsigned CS02a/CS02e reads. Used by the benchmark and the integration tests."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from cryptography.hazmat.primitives.serialization import Encoding
+
 from client.errors import DeviceRefusedError
-from gbcs.cells import NO_DS_CELL, NO_KA_CELL
+from gbcs.smki import load_certificate
 from labpki.hierarchy import LabHierarchy
 from labpki.store import read_certificate
 from simulator.device import SimulatedDevice
 from simulator.frames import RESP_GBCS, decode_reply, send_body
-from simulator.lab import make_device_profile
-from simulator.profile import ROOT_CELL, DeviceProfile
+from simulator.lab import LabCredentialSet, export_device_credentials, lab_meter_profile, tray_device_id
+from simulator.profile import DeviceProfile
 from simulator.tray import Tray
 
-
-def tray_device_id(index: int) -> bytes:
-    return bytes.fromhex("00db5eed") + index.to_bytes(4, "big")
+__all__ = ["InProcessTransport", "tray_device_id", "vanilla_tray_profiles"]
 
 
 def vanilla_tray_profiles(
-    state: Path, count: int, first: int = 1, generation: int = 1
+    state: Path, count: int, first: int = 1, generation: int = 1, require_acb_mac: bool = True
 ) -> list[DeviceProfile]:
+    """`count` fresh lab meters in stock on vanilla `generation` (device ids tray_device_id(first...)). With
+    require_acb_mac (as real meters), their ACB KA cell holds the lab ACB's certificate (`vdno-labdcc init`)
+    and they accept a CS02b command only with its ACB-SMD MAC; their certificates and keys are exported to
+    STATE/keystore/, where the lab ACB finds them."""
     pki = LabHierarchy.load(state / "pki")
-    cells = {
-        ROOT_CELL: pki.root.certificate,
-        NO_DS_CELL: read_certificate(state / "pki" / f"vanilla-g{generation}-ds.pem"),
-        NO_KA_CELL: read_certificate(state / "pki" / f"vanilla-g{generation}-ka.pem"),
-    }
-    return [
-        make_device_profile(
+    ds = read_certificate(state / "pki" / f"vanilla-g{generation}-ds.pem")
+    holder = LabCredentialSet(
+        load_certificate(ds.public_bytes(Encoding.DER)).entity_id,
+        ds,
+        read_certificate(state / "pki" / f"vanilla-g{generation}-ka.pem"),
+    )
+    acb_ka = read_certificate(state / "acb" / "acb-ka.pem") if require_acb_mac else None
+    profiles = [
+        lab_meter_profile(
             tray_device_id(i),
             pki.device_ca,
-            cells,
-            seq_numbers={3: 0},
-            require_acb_mac=False,
-            allow_local_reads=True,
+            pki.root.certificate,
+            holder,
+            acb_ka,
+            require_acb_mac=require_acb_mac,
         )
         for i in range(first, first + count)
     ]
+    if require_acb_mac:
+        export_device_credentials(profiles, state / "keystore")
+    return profiles
 
 
 class InProcessTransport:

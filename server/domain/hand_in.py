@@ -12,7 +12,6 @@ The custodian never holds DNO keys, so a hand-in is a round trip through the out
 
 from __future__ import annotations
 
-import binascii
 import functools
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -135,21 +134,22 @@ def manifest_record(order: HandInOrder, area: Area, generation: VanillaGeneratio
 
 
 def read_returned_command(payload: bytes) -> bytes:
-    """The GBCS bytes of a returned command: a DUIS response carrying sr:LocalCommand/sr:GBCSPayload, GBCS
-    bytes, or GBCS as hex text. InvalidRequest naming what could not be read."""
-    data = bytes(payload).strip()
-    if not data:
+    """The GBCS bytes of a returned command: GBCS bytes as they are, a DUIS response carrying
+    sr:LocalCommand/sr:GBCSPayload, or GBCS as hex text. InvalidRequest naming what could not be read."""
+    data = bytes(payload)
+    if data[:1] in (bytes([GENERAL_CIPHERING_TAG]), bytes([GENERAL_SIGNING_TAG])):
+        return data  # binary GBCS: every byte counts, including any that look like white space
+    text = data.strip()
+    if not text:
         raise InvalidRequest("payload is empty: expected a DUIS LocalCommand response or GBCS bytes")
-    if data[:1] == b"<":
+    if text[:1] == b"<":
         try:
-            return decode_local_command_response(data).gbcs_payload
+            return decode_local_command_response(text).gbcs_payload
         except DuisError as exc:
             raise InvalidRequest(f"payload is not a usable DUIS LocalCommand response: {exc}") from exc
-    if data[0] in (GENERAL_CIPHERING_TAG, GENERAL_SIGNING_TAG):
-        return data
     try:
-        return bytes.fromhex(data.decode("ascii"))
-    except (UnicodeDecodeError, ValueError, binascii.Error):
+        return bytes.fromhex(text.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
         raise InvalidRequest(
             "payload is neither DUIS XML, GBCS bytes (DD/DF ...) nor GBCS as hex text"
         ) from None

@@ -107,10 +107,7 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             subject = _peer_subject(context)
             if subject is None:
                 raise e.Unauthenticated("a client certificate naming the caller is required")
-            caller = callers.caller(subject)
-            if required is None or caller.role is not required:
-                raise e.WrongRole(f"a {caller.role.value} certificate may not call {method}")
-            return caller
+            return callers.caller(subject)
 
         def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
             request_id = f"{prefix}{next(ids):010x}"
@@ -119,6 +116,8 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             started = time.perf_counter()
             try:
                 caller = identify(context)
+                if caller.role is not required:
+                    raise e.WrongRole(f"a {caller.role.value} certificate may not call {method}")
                 _CALLER.set(caller)
                 response = inner(request, context)
                 log.info(

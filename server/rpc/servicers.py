@@ -27,29 +27,36 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
     ) -> pb.TrustBundle:
         return converters.trust_bundle(self._service.trust_bundle(bench_identity()))
 
+    def _bench(self) -> str:
+        """The calling bench, once its enrolment is checked: a caller may not learn the API's input rules
+        before it is let in."""
+        bench = bench_identity()
+        self._service.require_bench(bench)
+        return bench
+
     def RequestHandOut(self, request: pb.HandOutRequest, context: grpc.ServicerContext) -> pb.HandOutResponse:
-        command = self._service.hand_out(converters.hand_out_request(bench_identity(), request))
+        command = self._service.hand_out(converters.hand_out_request(self._bench(), request))
         return converters.hand_out_response(command)
 
     def ReportOutcome(self, request: pb.OutcomeReport, context: grpc.ServicerContext) -> pb.OutcomeAck:
-        outcome = self._service.report_outcome(converters.outcome_report(bench_identity(), request))
+        outcome = self._service.report_outcome(converters.outcome_report(self._bench(), request))
         return converters.outcome_ack(outcome)
 
     def RequestHandIn(self, request: pb.HandInRequest, context: grpc.ServicerContext) -> pb.HandInOrder:
-        order = self._hand_in.order(converters.hand_in_request_from_pb(bench_identity(), request))
+        order = self._hand_in.order(converters.hand_in_request_from_pb(self._bench(), request))
         return converters.hand_in_order_to_pb(order)
 
     def FetchHandInCommands(
         self, request: pb.FetchHandInCommandsRequest, context: grpc.ServicerContext
     ) -> pb.HandInCommands:
-        bench = bench_identity()
+        bench = self._bench()
         devices = converters.device_ids_from_pb(request.device_ids)
         return converters.hand_in_commands_to_pb(self._hand_in.authorised_commands(bench, devices))
 
     def ReportHandInOutcome(
         self, request: pb.HandInOutcomeReport, context: grpc.ServicerContext
     ) -> pb.OutcomeAck:
-        outcome = self._hand_in.report_outcome(bench_identity(), request.order_id, request.response)
+        outcome = self._hand_in.report_outcome(self._bench(), request.order_id, request.response)
         return converters.meter_outcome_to_pb(request.order_id, outcome)
 
 
@@ -58,11 +65,17 @@ class CustodyServicer(custody_grpc.CustodyServiceServicer):
         self._hand_in = hand_in
         self._fleet = fleet
 
+    def _officer(self) -> str:
+        """The calling officer, once enrolment is checked (before any input is read)."""
+        officer = officer_identity()
+        self._hand_in.require_officer(officer)
+        return officer
+
     def ListHandInOrders(
         self, request: custody_pb.ListHandInOrdersRequest, context: grpc.ServicerContext
     ) -> custody_pb.HandInOrders:
         orders = self._hand_in.list_orders(
-            officer_identity(),
+            self._officer(),
             converters.area_filter_from_pb(request.area_id),
             converters.hand_in_status_from_pb(request.status),
         )
@@ -71,25 +84,24 @@ class CustodyServicer(custody_grpc.CustodyServiceServicer):
     def ExportHandInRequests(
         self, request: custody_pb.ExportHandInRequestsRequest, context: grpc.ServicerContext
     ) -> custody_pb.HandInExport:
+        officer = self._officer()
         area = converters.area_filter_from_pb(request.area_id)
-        return converters.hand_in_export_to_pb(self._hand_in.export(officer_identity(), area))
+        return converters.hand_in_export_to_pb(self._hand_in.export(officer, area))
 
     def ImportHandInCommand(
         self, request: custody_pb.ImportHandInCommandRequest, context: grpc.ServicerContext
     ) -> pb.HandInOrder:
-        return converters.hand_in_order_to_pb(
-            self._hand_in.import_command(officer_identity(), request.payload)
-        )
+        return converters.hand_in_order_to_pb(self._hand_in.import_command(self._officer(), request.payload))
 
     def GetFleetSummary(
         self, request: custody_pb.FleetSummaryRequest, context: grpc.ServicerContext
     ) -> custody_pb.FleetSummary:
-        return converters.fleet_summary_to_pb(self._fleet.summary(officer_identity()))
+        return converters.fleet_summary_to_pb(self._fleet.summary(self._officer()))
 
     def GetDeviceHistory(
         self, request: custody_pb.DeviceHistoryRequest, context: grpc.ServicerContext
     ) -> custody_pb.DeviceHistory:
-        officer = officer_identity()
+        officer = self._officer()
         device = parse_entity_id(request.device_id, "device_id")
         custody, events = self._fleet.history(officer, device)
         return converters.device_history_to_pb(custody, events)
@@ -97,7 +109,7 @@ class CustodyServicer(custody_grpc.CustodyServiceServicer):
     def ListDevicesHolding(
         self, request: custody_pb.DevicesHoldingRequest, context: grpc.ServicerContext
     ) -> custody_pb.DeviceList:
-        officer = officer_identity()
+        officer = self._officer()
         if request.generation == 0:
             raise InvalidRequest("generation is required (1 or more)")
         return converters.device_list_to_pb(self._fleet.holding(officer, request.generation))

@@ -5,11 +5,23 @@ params=["sqlite", "postgres"] run against both databases."""
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import xmlschema
 from integration_testlib import Deployment, deploy, postgres_schema
+
+# duis_testlib (DUIS schema location and validation) is shared with tests/duis.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "duis"))
+
+from duis_testlib import require_duis_schema
+
+
+@pytest.fixture(scope="session")
+def duis_schema() -> xmlschema.XMLSchema:
+    return require_duis_schema()
 
 
 @pytest.fixture(scope="module")

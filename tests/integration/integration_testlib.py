@@ -7,6 +7,7 @@ server subprocess (and one-off subprocesses, see read_key_attributes) ever touch
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import subprocess
@@ -26,6 +27,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from harness import ServerProcess, pb, run_init
 from sqlalchemy import Engine, create_engine, select, text
 
+from admin.api import CustodyClient
 from client.api import BenchClient
 from client.handout import MeterReading, read_meter
 from gbcs.cs02b import (
@@ -37,14 +39,23 @@ from gbcs.cs02b import (
 )
 from gbcs.framing import Cra, GeneralSigningApdu, GroupingHeader, MessageCode, decode_message
 from gbcs.signature import sign_apdu
+from labdcc.dcc import LabDcc
 from labdcc.parties import area_entity_id
+from labdcc.web import DuisHttpServer
+from labpki.hierarchy import LabHierarchy
 from labpki.store import read_certificate, read_certified_key
-from scripts.lab_tray import InProcessTransport, vanilla_tray_profiles
+from scripts.lab_tray import InProcessTransport, tray_device_id, vanilla_tray_profiles
 from server.bootstrap import vanilla_entity_id
 from server.observability import FLUSH_INTERVAL
 from server.store.schema import audit_log, issuances
 from server.store.sql import SqlCustodyStore, make_engine
 from simulator.device import SimulatedDevice
+from simulator.lab import (
+    COMMISSIONED_SEQ_NUMBER,
+    LabCredentialSet,
+    export_device_credentials,
+    lab_meter_profile,
+)
 from simulator.profile import NO_DS_CELL, NO_KA_CELL
 from vdno.v1 import custodian_pb2_grpc as pb_grpc
 
@@ -149,13 +160,68 @@ class Deployment:
         channel = self.server.channel(bench, client_cert)
         return channel, pb_grpc.BenchServiceStub(channel)
 
-    # meters
+    # meters (as real meters, they accept a CS02b command only with DCC's ACB-SMD MAC)
     def meters(self, count: int) -> tuple[InProcessTransport, list[bytes]]:
         """`count` fresh vanilla meters (new device ids, keys and certificates) in-process."""
         profiles = vanilla_tray_profiles(self.state, count, first=self._next_meter)
         self._next_meter += count
         transport = InProcessTransport(profiles)
         return transport, [p.device_id for p in profiles]
+
+    def commissioned_meters(self, areas: list[int]) -> tuple[InProcessTransport, list[bytes]]:
+        """Fresh meters in service, one per entry of `areas`: their NO cells hold that area DNO's
+        certificates, their NO seq number is COMMISSIONED_SEQ_NUMBER."""
+        pki = LabHierarchy.load(self.state / "pki")
+        acb_ka = read_certificate(self.state / "acb" / "acb-ka.pem")
+        profiles = []
+        for area in areas:
+            ds, ka = (read_certificate(self.state / "areas" / f"area-{area}-{u}.pem") for u in ("ds", "ka"))
+            holder = LabCredentialSet(area_entity_id(area), ds, ka)
+            profiles.append(
+                lab_meter_profile(
+                    tray_device_id(self._next_meter),
+                    pki.device_ca,
+                    pki.root.certificate,
+                    holder,
+                    acb_ka,
+                    COMMISSIONED_SEQ_NUMBER,
+                )
+            )
+            self._next_meter += 1
+        export_device_credentials(profiles, self.state / "keystore")
+        return InProcessTransport(profiles), [p.device_id for p in profiles]
+
+    @functools.cached_property
+    def dcc(self) -> LabDcc:
+        """The lab DCC (area DNOs, ACB) in-process: `dcc.local_command` is a bench's DccGateway."""
+        return LabDcc(self.state)
+
+    def mac(self, command: bytes, check: bool = True) -> bytes:
+        """`command` as DCC delivers it: MAC-framed by the lab ACB (with check, only after the ACB's own
+        checks of the KRP signature and addressing pass)."""
+        device = decode_message(command).apdu.header.business_target_id
+        return self.dcc.local_command(command, device) if check else self.dcc.acb.add_mac(command)
+
+    @contextlib.contextmanager
+    def dcc_server(self) -> Iterator[str]:
+        """The lab DCC's DUIS endpoint on a free loopback port; yields its URL (for --dcc)."""
+        server = DuisHttpServer(LabDcc(self.state), port=0)
+        server.start()
+        try:
+            yield server.url
+        finally:
+            server.stop()
+
+    def officer(self, officer: str = "officer-01") -> CustodyClient:
+        tls = self.state / "tls"
+        return CustodyClient(
+            self.target,
+            self.tls_ca.read_bytes(),
+            (tls / f"{officer}.pem").read_bytes(),
+            (tls / f"{officer}.key").read_bytes(),
+            server_name_override="localhost",
+            attempts=1,
+        )
 
     # the database, read directly
     @contextlib.contextmanager
@@ -294,28 +360,48 @@ def replacement_outcomes(response: bytes) -> tuple[ReplacementOutcome, ...]:
     return payload.execution_outcome.replacement_outcomes
 
 
-def hand_in_command(state: Path, area_id: int, device_id: bytes, counter: int, generation: int = 1) -> bytes:
-    """The area DNO's own CS02b mode-3 command putting vanilla `generation` back into a meter's NO cells
-    (the hand-in at a triage facility), signed in software with the lab DNO key `init` made for the area."""
+def hand_in_command(
+    state: Path,
+    area_id: int,
+    device_id: bytes,
+    counter: int,
+    generation: int = 1,
+    *,
+    originator: bytes | None = None,
+    replacements: tuple[bytes, bytes] | None = None,
+    mode: int = 3,
+    message_code: int = MessageCode.CS02B_NETWORK_OPERATOR_BY_NETWORK_OPERATOR,
+    seq_number: int | None = None,
+    floor: int | None = 0,
+    path: tuple[bytes, ...] | None = None,
+    execution: datetime | None = None,
+) -> bytes:
+    """An area DNO's CS02b command putting vanilla `generation` into a meter's NO cells (a hand-in), signed in
+    software with the lab DNO key of `area_id` (GS APDU, no MAC: MAC it with Deployment.mac). The keyword
+    arguments forge what a DNO (or an attacker) could get wrong: another originator id in the header, other
+    replacement certificates (DS, KA), another mode or message code, another seq number (default: the
+    counter), another floor, another path, a future execution time."""
     dno_key = read_certified_key(state / "areas", f"area-{area_id}-ds")
     header = GroupingHeader(
         cra=Cra.COMMAND,
         originator_counter=counter,
-        business_originator_id=area_entity_id(area_id),
+        business_originator_id=originator or area_entity_id(area_id),
         business_target_id=device_id,
-        message_code=MessageCode.CS02B_NETWORK_OPERATOR_BY_NETWORK_OPERATOR,
+        message_code=message_code,
     )
     vanilla_ds = der_of(state / "pki" / f"vanilla-g{generation}-ds.pem")
     vanilla_ka = der_of(state / "pki" / f"vanilla-g{generation}-ka.pem")
+    ds, ka = replacements or (vanilla_ds, vanilla_ka)
     payload = UpdateSecurityCredentialsCommand(
         control=AuthorisingRemotePartyControl(
-            mode=3, seq_number=counter, ta_cell=NO_DS_CELL, floor_seq_number=0
+            mode=mode,
+            seq_number=counter if seq_number is None else seq_number,
+            ta_cell=NO_DS_CELL,
+            floor_seq_number=floor,
         ),
-        replacements=(
-            TrustAnchorReplacement(vanilla_ds, NO_DS_CELL),
-            TrustAnchorReplacement(vanilla_ka, NO_KA_CELL),
-        ),
-        certification_path_certificates=(der_of(state / "pki" / "issuing-ca.pem"),),
+        replacements=(TrustAnchorReplacement(ds, NO_DS_CELL), TrustAnchorReplacement(ka, NO_KA_CELL)),
+        certification_path_certificates=path or (der_of(state / "pki" / "issuing-ca.pem"),),
+        execution_date_time=execution,
     )
     apdu = GeneralSigningApdu(header, payload.encode())
     return sign_apdu(apdu, dno_key.signing_key).encode()

@@ -18,7 +18,7 @@ def activity(deployment: Deployment) -> list[str]:
     """A hand-out and a refused request through the service; the refusal's message."""
     transport, [meter, other] = deployment.meters(2)
     with deployment.client() as api:
-        result = hand_out(api, transport, api.trust_bundle(), meter, 20)
+        result = hand_out(api, transport, api.trust_bundle(), meter, 20, gateway=deployment.dcc)
     assert result.status == APPLIED, result.reason
     channel, stub = deployment.stub()
     with channel:

@@ -49,7 +49,9 @@ def test_one_meter_is_handed_out_end_to_end(deployment: Deployment) -> None:
     meter = transport.devices[device_id]
     area, request_id = 12, new_request_id()
     with deployment.client() as api:
-        result = hand_out(api, transport, api.trust_bundle(), device_id, area, request_id=request_id)
+        result = hand_out(
+            api, transport, api.trust_bundle(), device_id, area, request_id=request_id, gateway=deployment.dcc
+        )
 
     assert result.status == APPLIED, result.reason
     # The meter's NO cells now hold exactly the area DNO's certificates, and it saw the counter.
@@ -112,7 +114,7 @@ def test_retry_after_the_meter_applied_its_command_still_gets_the_same_bytes(dep
         first = stub.RequestHandOut(
             hand_out_request(read_meter(transport, device_id), device_id, 18, request_id), timeout=30
         )
-        assert statuses(meter.process(first.command)) == {StatusCode.SUCCESS}
+        assert statuses(meter.process(deployment.mac(first.command))) == {StatusCode.SUCCESS}
         # The bench lost the reply and retries with a fresh reading. The NO cell now holds the area, so a
         # new request is refused; the recorded one still returns its bytes.
         retry = stub.RequestHandOut(
@@ -174,14 +176,15 @@ def test_tampered_command_is_refused_by_the_bench_and_by_the_meter(
         check_command(tampered_bytes, device_id, area, bundle)
     assert refused.value.reason == "bad-signature"
 
-    # Forced onto the meter anyway: a signed refusal (badSignature on every cell), nothing changed.
-    response = meter.process(tampered_bytes)
+    # Forced onto the meter anyway (MAC-framed without the ACB's checks): a signed refusal
+    # (badSignature on every cell), nothing changed.
+    response = meter.process(deployment.mac(tampered_bytes, check=False))
     assert statuses(response) == {StatusCode.BAD_SIGNATURE}
     assert no_cells(meter) == vanilla
     assert VANILLA_G1_ENTITY not in meter.originator_counters
 
     # The tampered copy consumed nothing: the genuine command still applies.
-    assert statuses(meter.process(command)) == {StatusCode.SUCCESS}
+    assert statuses(meter.process(deployment.mac(command))) == {StatusCode.SUCCESS}
     assert no_cells(meter) == deployment.area_certificates(area)
 
 
@@ -190,27 +193,26 @@ def test_replayed_command_is_refused_by_the_meter(deployment: Deployment) -> Non
     meter = transport.devices[device_id]
     with deployment.client() as api:
         bundle = api.trust_bundle()
-        handed_out = hand_out(api, transport, bundle, device_id, 14)
+        handed_out = hand_out(api, transport, bundle, device_id, 14, gateway=deployment.dcc)
     assert handed_out.status == APPLIED, handed_out.reason
-    assert handed_out.command is not None
+    assert handed_out.applied_command is not None
     area_cells = deployment.area_certificates(14)
 
     # Replayed at once: the vanilla key no longer sits in the NO cell, so it authorises nothing.
-    assert StatusCode.SUCCESS not in statuses(meter.process(handed_out.command))
+    assert StatusCode.SUCCESS not in statuses(meter.process(handed_out.applied_command))
     assert no_cells(meter) == area_cells
 
     # The area DNO hands the meter back in (vanilla again); the old hand-out is still a replay.
-    assert statuses(meter.process(hand_in_command(deployment.state, 14, device_id, microseconds_now()))) == {
-        StatusCode.SUCCESS
-    }
+    hand_in = deployment.mac(hand_in_command(deployment.state, 14, device_id, microseconds_now()))
+    assert statuses(meter.process(hand_in)) == {StatusCode.SUCCESS}
     vanilla = deployment.vanilla_certificates()
     assert no_cells(meter) == vanilla
-    assert statuses(meter.process(handed_out.command)) == {StatusCode.BAD_SEQUENCE_NUMBER}
+    assert statuses(meter.process(handed_out.applied_command)) == {StatusCode.BAD_SEQUENCE_NUMBER}
     assert no_cells(meter) == vanilla
 
     # A new hand-out (a new, higher counter) is accepted.
     with deployment.client() as api:
-        again = hand_out(api, transport, bundle, device_id, 15)
+        again = hand_out(api, transport, bundle, device_id, 15, gateway=deployment.dcc)
     assert again.status == APPLIED, again.reason
     assert again.counter is not None and handed_out.counter is not None
     assert again.counter > handed_out.counter
@@ -271,14 +273,14 @@ def test_restart_keeps_counters_increasing_and_records_intact(deployment: Deploy
     transport, [first, second] = deployment.meters(2)
     with deployment.client() as api:
         bundle = api.trust_bundle()
-        before_restart = hand_out(api, transport, bundle, first, 18)
+        before_restart = hand_out(api, transport, bundle, first, 18, gateway=deployment.dcc)
     assert before_restart.status == APPLIED, before_restart.reason
     rows_before = [tuple(r) for r in deployment.issuance_rows()]
 
     deployment.restart()
 
     with deployment.client() as api:
-        after_restart = hand_out(api, transport, bundle, second, 19)
+        after_restart = hand_out(api, transport, bundle, second, 19, gateway=deployment.dcc)
         # The first hand-out's request id still answers with its recorded bytes.
         reading = read_meter(transport, first)
         retried = api.request_hand_out(

@@ -23,8 +23,8 @@ def test_outcomes_are_checked_against_their_hand_out_and_recorded_once(deploymen
             ).command
             for request_id, device in ((first_id, first), (second_id, second))
         }
-        first_response = transport.devices[first].process(commands[first_id])
-        second_response = transport.devices[second].process(commands[second_id])
+        first_response = transport.devices[first].process(deployment.mac(commands[first_id]))
+        second_response = transport.devices[second].process(deployment.mac(commands[second_id]))
 
         def report(request_id: str, response: bytes) -> pb.OutcomeAck:
             return stub.ReportOutcome(pb.OutcomeReport(request_id=request_id, response=response), timeout=30)
@@ -38,7 +38,7 @@ def test_outcomes_are_checked_against_their_hand_out_and_recorded_once(deploymen
         ack = report(first_id, first_response)
         again = report(first_id, first_response)
         # The meter answers a replay of the command with another signed response to the same counter.
-        replay_response = transport.devices[first].process(commands[first_id])
+        replay_response = transport.devices[first].process(deployment.mac(commands[first_id]))
         assert decode_message(replay_response).apdu.header.originator_counter == (
             decode_message(first_response).apdu.header.originator_counter
         )

@@ -16,6 +16,8 @@ from integration_testlib import BIN, Deployment, area_entity_id, ski_of
 from client.handout import read_meter
 from client.transport import SimulatorTransport
 from gbcs.cells import KeyUsage, RemotePartyRole
+from gbcs.framing import decode_message
+from labdcc.parties import ACB_ENTITY_ID
 from scripts.lab_tray import vanilla_tray_profiles
 from simulator.lab import write_tray
 
@@ -67,18 +69,20 @@ def test_a_tray_across_several_areas_is_handed_out_by_the_cli(
     )
     saved = tmp_path / "commands"
 
-    done = bench_cli(
-        "hand-out",
-        "--tray", str(tray),
-        "--json",
-        "--server", deployment.target,
-        "--ca", str(deployment.tls_ca),
-        "--cert", str(deployment.bench_cert("bench-01")),
-        "--key", str(deployment.bench_key("bench-01")),
-        "--sim", f"127.0.0.1:{sim_port}",
-        "--server-name", "localhost",
-        "--save-commands", str(saved),
-    )  # fmt: skip
+    with deployment.dcc_server() as dcc_url:
+        done = bench_cli(
+            "hand-out",
+            "--tray", str(tray),
+            "--json",
+            "--server", deployment.target,
+            "--ca", str(deployment.tls_ca),
+            "--cert", str(deployment.bench_cert("bench-01")),
+            "--key", str(deployment.bench_key("bench-01")),
+            "--sim", f"127.0.0.1:{sim_port}",
+            "--dcc", dcc_url,
+            "--server-name", "localhost",
+            "--save-commands", str(saved),
+        )  # fmt: skip
 
     assert done.returncode == 0, done.stdout + done.stderr
     results = json.loads(done.stdout)
@@ -88,18 +92,27 @@ def test_a_tray_across_several_areas_is_handed_out_by_the_cli(
     counters = [r["counter"] for r in results]
     assert all(a < b for a, b in itertools.pairwise(counters))
 
-    # One saved command per meter, holding the released bytes.
-    files = {f"{r['device']}-{r['counter']}.hex": r["command"] for r in results}
+    # One saved command per meter, as the meter received it: the released bytes inside DCC's MAC frame.
+    files = {f"{r['device']}-{r['counter']}.hex": r["appliedCommand"] for r in results}
     assert sorted(p.name for p in saved.iterdir()) == sorted(files)
-    for name, command in files.items():
-        assert (saved / name).read_text().strip() == command
+    for result in results:
+        applied = bytes.fromhex(result["appliedCommand"])
+        assert (saved / f"{result['device']}-{result['counter']}.hex").read_text().strip() == applied.hex()
+        assert decode_message(applied).mac_framed
+        assert decode_message(applied).apdu_bytes == bytes.fromhex(result["command"])
 
-    # Inspected offline with the keystore `init` exported: decodes and the vanilla signature verifies.
+    # Inspected offline with the lab keystore: the vanilla signature and the ACB's MAC verify.
     inspected = bench_cli(
-        "inspect", str(saved / sorted(files)[0]), "--keystore", str(deployment.state / "keystore"), "--json"
-    )
+        "inspect",
+        str(saved / sorted(files)[0]),
+        "--keystore", str(deployment.state / "keystore"),
+        "--acb", ACB_ENTITY_ID.hex(),
+        "--json",
+    )  # fmt: skip
     assert inspected.returncode == 0, inspected.stdout + inspected.stderr
-    assert json.loads(inspected.stdout)["verification"]["signature"]["status"] == "valid"
+    verification = json.loads(inspected.stdout)["verification"]
+    assert verification["signature"]["status"] == "valid"
+    assert verification["mac"]["status"] == "valid", verification
 
     # The meters themselves (read back through the simulator) and the service's records agree.
     with SimulatorTransport("127.0.0.1", sim_port) as transport, deployment.store() as store:
