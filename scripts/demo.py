@@ -1,17 +1,22 @@
-"""`make demo`: bootstrap a state folder, start the custodian and a simulated tray of 20 vanilla meters,
-hand every meter out to a DNO area, check the result, stop everything.
+"""`make demo`: a tray of 20 meters in service across the 14 DNO areas makes the whole journey, with the real
+tools, as the people who run them would:
 
-Steps:
-  1. `vdno-server init --state STATE` (idempotent: a re-run changes nothing and says so);
-  2. a fresh tray of 20 vanilla meters in STATE/tray/ (new device keys each run: meters handed out in an
-     earlier run no longer hold vanilla credentials) and STATE/tray.txt giving each an area 10-23 in turn;
-  3. every party's certificate in STATE/keystore/ in the RTDS keystore naming (<eui>-ds.pem / -ka.pem,
-     with .key where the lab holds the key): vanilla, the 14 area DNOs, the 20 devices, plus the lab CAs;
-  4. `vdno-server serve` (log in STATE/server.log) and `vdno-sim serve` (log in STATE/sim.log);
-  5. `vdno-bench hand-out --tray STATE/tray.txt --save-commands STATE/commands` (prints the summary),
-     `vdno-bench inspect` on a saved command, `vdno-server verify-audit`;
-  6. stops both processes. Exit 0 only when every meter was applied and every check passed.
-MAC checking is off on the simulated meters: the lab has no DCC ACB.
+  0. bootstrap: `vdno-labdcc init` (the lab's area DNOs, DCC and ACB) and `vdno-server init` (token, vanilla
+     generation 1, benches, officers, database); `vdno-sim make-tray` makes 20 fresh meters, each in service
+     in an area, requiring DCC's ACB-SMD MAC as real meters do; the custodian, the simulated tray and the
+     lab DCC's DUIS endpoint start;
+  1. hand-in: a triage bench orders it for each meter (`vdno-bench hand-in order`); an officer exports the
+     DUIS requests per area (`vdno-admin hand-in export`); the lab area DNOs sign and DCC's ACB adds its MAC
+     (`vdno-labdcc answer`); the officer imports the returned commands, each checked against its order
+     (`vdno-admin hand-in import`); another bench applies them (`vdno-bench hand-in apply`);
+  2. in stock: every meter on vanilla generation 1 (`vdno-admin fleet holding`);
+  3. hand-out: each meter to another area, the custodian's signed command MAC-framed by the lab ACB on the
+     way (`vdno-bench hand-out --dcc`);
+  checks: every meter read back holds its new area's certificates; the fleet view; one meter's history;
+  saved commands inspected with their MAC (`vdno-bench inspect --acb`); the audit log (`verify-audit`).
+Exit 0 only if every meter made the whole journey. Commands applied are left in STATE/commands/hand-in/ and
+STATE/commands/hand-out/ as <device>-<counter>.hex, exactly as the meter received them (MAC header
+included); the DUIS requests exported and answered in STATE/duis/.
 """
 
 from __future__ import annotations
@@ -26,15 +31,16 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 METERS = 20
-AREAS = tuple(range(10, 24))  # the 14 DNO areas
-BENCH = "bench-01"
+AREAS = "10-23"
+BENCH, APPLY_BENCH, OFFICER = "bench-01", "bench-02", "officer-01"
 STARTUP_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
 PY = sys.executable
@@ -59,61 +65,16 @@ def rel(path: Path) -> str:
         return str(path)
 
 
-def run(args: Sequence[str], what: str, capture: bool = False) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(list(args), cwd=ROOT, text=True, capture_output=capture, check=False)
+def run(args: Sequence[str], what: str, env: dict[str, str] | None = None) -> str:
+    """Run a tool; its stdout. DemoFailed with its stderr when it exits non-zero."""
+    done = subprocess.run(list(args), cwd=ROOT, text=True, capture_output=True, check=False, env=env)
     if done.returncode != 0:
-        detail = f": {(done.stderr or done.stdout).strip()[-2000:]}" if capture else ""
-        raise DemoFailed(f"{what} exited with {done.returncode}{detail}")
-    return done
+        detail = (done.stderr or done.stdout).strip()[-2000:]
+        raise DemoFailed(f"{what} exited with {done.returncode}: {detail}")
+    return done.stdout
 
 
-# --- 1-3: state, tray, keystore --------------------------------------------------------------------
-
-
-def build_tray(state: Path) -> list[tuple[bytes, int]]:
-    """Fresh vanilla meters in STATE/tray/, their areas in STATE/tray.txt, their certificates in the
-    keystore. Returns (device id, area) per meter."""
-    from cryptography import x509
-
-    from labpki.smki import CertifiedKey
-    from labpki.store import export_keystore
-    from scripts.lab_tray import vanilla_tray_profiles
-    from simulator.lab import write_tray
-
-    profiles = vanilla_tray_profiles(state, METERS)
-    tray_dir = state / "tray"
-    if tray_dir.exists():
-        for old in tray_dir.glob("*.json"):
-            old.unlink()
-    write_tray(profiles, tray_dir)
-
-    assignments = [(p.device_id, AREAS[i % len(AREAS)]) for i, p in enumerate(profiles)]
-    lines = ["# device area  (written by scripts/demo.py; vdno-bench hand-out --tray)"]
-    lines += [f"{device.hex()} {area}" for device, area in assignments]
-    (state / "tray.txt").write_text("\n".join(lines) + "\n")
-
-    device_credentials = []
-    for p in profiles:
-        for key in (p.device_ds, p.device_ka):
-            assert key.certificate is not None
-            device_credentials.append(
-                CertifiedKey(x509.load_der_x509_certificate(key.certificate), key.private_key)
-            )
-    keystore = state / "keystore"
-    export_keystore(keystore, device_credentials, include_keys=True)
-    for stem in ("root-ca", "issuing-ca", "device-ca"):  # for tools that check certification paths
-        shutil.copyfile(state / "pki" / f"{stem}.pem", keystore / f"lab-{stem}.pem")
-    say(f"wrote {len(profiles)} vanilla meter profiles to {rel(tray_dir)}/ (fresh device keys)")
-    say(f"wrote {rel(state / 'tray.txt')}: {len(profiles)} meters over areas {AREAS[0]}-{AREAS[-1]}")
-    say(
-        f"exported {len(device_credentials)} device DS/KA certificates and keys to {rel(keystore)}/ "
-        f"(vanilla and area credentials are already there from init); "
-        f"{len(list(keystore.glob('*.pem')))} certificates in all"
-    )
-    return assignments
-
-
-# --- 4: processes ----------------------------------------------------------------------------------
+# --- processes ---------------------------------------------------------------------------------------
 
 
 class Child:
@@ -144,14 +105,17 @@ class Child:
             self.lines.put(line.rstrip("\n"))
         self.lines.put(None)
 
-    def first_line(self, timeout: float) -> str:
+    def first_line(self, prefix: str, timeout: float = STARTUP_TIMEOUT) -> str:
+        """What follows `prefix` on the first line the process prints."""
         try:
             line = self.lines.get(timeout=timeout)
         except queue.Empty:
             raise DemoFailed(f"{self.name} printed nothing within {timeout:.0f} s") from None
         if line is None:
             raise DemoFailed(f"{self.name} exited with {self.proc.wait()} before it started")
-        return line
+        if not line.startswith(prefix):
+            raise DemoFailed(f"{self.name} said {line!r} instead of {prefix!r}")
+        return line[len(prefix) :].strip()
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -166,133 +130,265 @@ class Child:
         self.log.close()
 
 
-def wait_healthy(server: Child, port: int, state: Path) -> None:
-    """Poll gRPC health over mTLS (as bench-01) until the server says SERVING."""
-    from scripts.lab_service import ServerNotServing, wait_until_serving
+@dataclass
+class Lab:
+    """The running parts and how the tools reach them."""
 
-    try:
-        wait_until_serving(state, port, server.proc.poll, STARTUP_TIMEOUT)
-    except ServerNotServing as exc:
-        raise DemoFailed(str(exc)) from exc
+    state: Path
+    server: str  # 127.0.0.1:PORT
+    sim: str  # 127.0.0.1:PORT
+    dcc: str  # http://127.0.0.1:PORT
+
+    def bench(self, bench: str, *args: str) -> list[str]:
+        return [
+            PY, "-m", "client.cli", *args,
+            "--config", str(self.state / "clients" / f"{bench}.toml"),
+            "--server", self.server, "--sim", self.sim,
+        ]  # fmt: skip
+
+    def admin(self, *args: str) -> list[str]:
+        config = self.state / "clients" / f"{OFFICER}.toml"
+        return [PY, "-m", "admin", "--config", str(config), "--server", self.server, "--json", *args]
 
 
-# --- 5: hand out and check -------------------------------------------------------------------------
+def tray_devices(tray_file: Path) -> list[tuple[str, int]]:
+    """(device, hand-out area) per line of the tray file."""
+    out = []
+    for line in tray_file.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            device, area = line.split()
+            out.append((device.lower(), int(area)))
+    return out
 
 
-def check_commands(state: Path, commands: list[Path]) -> None:
-    """One command through the `vdno-bench inspect` CLI, then all of this run's commands in process."""
-    from client.inspect import inspect_bytes, load_input
+def next_first_index(state: Path) -> int:
+    """Each run's meters get new device ids: the records of an earlier run's meters stay true."""
+    marker = state / "demo-runs"
+    runs = int(marker.read_text()) if marker.exists() else 0
+    marker.write_text(f"{runs + 1}\n")
+    return 1 + 1000 * runs
 
-    keystore = state / "keystore"
-    sample = commands[0]
-    args = [PY, "-m", "client.cli", "inspect", str(sample), "--keystore", str(keystore), "--json"]
-    done = subprocess.run(args, cwd=ROOT, text=True, capture_output=True, check=False)
-    if done.returncode != 0:
-        raise DemoFailed(
-            f"vdno-bench inspect {rel(sample)} exited with {done.returncode}: {done.stderr.strip()}"
+
+# --- stages ------------------------------------------------------------------------------------------
+
+
+def bootstrap(state: Path) -> Path:
+    step(f"0. bootstrap {rel(state)}/ (idempotent) and a tray of {METERS} meters in service in areas {AREAS}")
+    say(run([PY, "-m", "labdcc", "init", "--state", str(state)], "vdno-labdcc init").strip())
+    say(
+        run(
+            [
+                PY,
+                "-m",
+                "server.main",
+                "init",
+                "--state",
+                str(state),
+                "--bench",
+                BENCH,
+                "--bench",
+                APPLY_BENCH,
+            ],
+            "vdno-server init",
+        ).strip()
+    )
+    tray_dir, tray_file = state / "tray", state / "tray.txt"
+    if tray_dir.exists():
+        shutil.rmtree(tray_dir)
+    say(
+        run(
+            [
+                PY, "-m", "simulator", "make-tray", "--state", str(state), "--out", str(tray_dir),
+                "--count", str(METERS), "--first", str(next_first_index(state)), "--in-areas", AREAS,
+                "--tray-file", str(tray_file),
+            ],
+            "vdno-sim make-tray",
+        ).strip()
+    )  # fmt: skip
+    return tray_file
+
+
+def hand_in(lab: Lab, tray_file: Path, devices: list[str]) -> None:
+    step(f"1. hand-in: {len(devices)} meters from their area DNOs into vanilla custody")
+    ordered = json.loads(
+        run(
+            lab.bench(BENCH, "hand-in", "order", "--tray", str(tray_file), "--json"),
+            "vdno-bench hand-in order",
         )
-    verification = json.loads(done.stdout).get("verification", {})
-    signature = verification.get("signature", {})
-    say(f"$ vdno-bench inspect {rel(sample)} --keystore {rel(keystore)}")
-    say(f"  exit 0: signature {signature.get('status', '?')} ({signature.get('detail', '')})")
+    )
+    areas = sorted({r["area"] for r in ordered})
+    say(f"{BENCH} ordered {len(ordered)} hand-ins (meters held by the DNOs of areas {areas[0]}-{areas[-1]})")
 
-    bad = []
-    for path in commands:
-        report = inspect_bytes(load_input(str(path)), keystore)
-        if report.exit_code != 0:
-            bad.append(f"{path.name}: {report.reason}")
-    if bad:
-        raise DemoFailed("saved commands that do not verify: " + "; ".join(bad))
-    say(f"all {len(commands)} commands saved by this run verify against {rel(keystore)}/")
+    requests, responses = (
+        lab.state / "duis" / "hand-in" / "requests",
+        lab.state / "duis" / "hand-in" / "responses",
+    )
+    for folder in (requests, responses):
+        if folder.exists():
+            shutil.rmtree(folder)
+    exported = json.loads(
+        run(lab.admin("hand-in", "export", "--out", str(requests)), "vdno-admin hand-in export")
+    )
+    manifests = sorted(requests.glob("area-*/manifest.jsonl"))
+    say(
+        f"{OFFICER} exported {len(exported)} DUIS 6.15.1 requests (CommandVariant 6) to {rel(requests)}/ "
+        f"with {len(manifests)} area manifests"
+    )
+    run([PY, "-m", "labdcc", "answer", "--state", str(lab.state), "--requests", str(requests),
+         "--out", str(responses)], "vdno-labdcc answer")  # fmt: skip
+    say(f"the lab area DNOs signed, the lab ACB MAC'd: {len(list(responses.rglob('*.xml')))} responses")
+    imported = json.loads(run(lab.admin("hand-in", "import", str(responses)), "vdno-admin hand-in import"))
+    statuses = {r["status"] for r in imported}
+    say(f"{OFFICER} imported {len(imported)} commands, each checked against its order: {sorted(statuses)}")
+    if statuses != {"authorised"}:
+        raise DemoFailed(f"imports not all authorised: {imported}")
+
+    applied = json.loads(
+        run(
+            lab.bench(APPLY_BENCH, "hand-in", "apply", "--tray", str(tray_file), "--json",
+                      "--save-commands", str(lab.state / "commands" / "hand-in")),
+            "vdno-bench hand-in apply",
+        )
+    )  # fmt: skip
+    done = [r for r in applied if r["status"] == "applied"]
+    say(f"{APPLY_BENCH} applied {len(done)} of {len(applied)} hand-in commands")
+    if len(done) != len(devices):
+        raise DemoFailed(f"hand-in not applied everywhere: {applied}")
+
+
+def in_stock(lab: Lab, devices: list[str]) -> None:
+    step("2. in stock: the fleet view")
+    holding = set(
+        json.loads(run(lab.admin("fleet", "holding", "--generation", "1"), "vdno-admin fleet holding"))
+    )
+    ours = {d.upper() for d in devices}
+    say(f"{len(ours & holding)} of this run's {len(ours)} meters are on vanilla generation 1")
+    if not ours <= holding:
+        raise DemoFailed(f"not on vanilla: {sorted(ours - holding)}")
+
+
+def hand_out(lab: Lab, tray_file: Path, devices: list[str]) -> list[dict[str, Any]]:
+    step(f"3. hand-out: {len(devices)} meters to other areas, through DCC's ACB")
+    results: list[dict[str, Any]] = json.loads(
+        run(
+            lab.bench(BENCH, "hand-out", "--tray", str(tray_file), "--json", "--dcc", lab.dcc,
+                      "--save-commands", str(lab.state / "commands" / "hand-out")),
+            "vdno-bench hand-out",
+        )
+    )  # fmt: skip
+    applied = [r for r in results if r["status"] == "applied"]
+    say(f"{BENCH} handed out {len(applied)} of {len(results)} meters")
+    if len(applied) != len(devices):
+        raise DemoFailed(f"hand-out not applied everywhere: {results}")
+    return results
+
+
+def check(lab: Lab, assignments: list[tuple[str, int]], handed_out: list[dict[str, Any]]) -> None:
+    from client.handout import read_meter
+    from client.transport import SimulatorTransport
+    from gbcs.cells import KeyUsage, RemotePartyRole
+    from gbcs.smki import load_certificate
+    from labdcc.parties import ACB_ENTITY_ID
+
+    step("checks")
+    host, port = lab.sim.rsplit(":", 1)
+    wrong = []
+    with SimulatorTransport(host, int(port)) as transport:
+        for device, area in assignments:
+            reading = read_meter(transport, bytes.fromhex(device))
+            ds = load_certificate((lab.state / "areas" / f"area-{area}-ds.pem").read_bytes())
+            [role] = [r for r in reading.credentials.roles if r.role == RemotePartyRole.NETWORK_OPERATOR]
+            cells = {c.key_usage: (c.subject_unique_id, c.subject_key_identifier) for c in role.cells or ()}
+            if cells.get(KeyUsage.DIGITAL_SIGNATURE) != (ds.entity_id, ds.subject_key_identifier):
+                wrong.append(device)
+    if wrong:
+        raise DemoFailed(f"meters not holding their new area's certificates: {wrong}")
+    say(f"all {len(assignments)} meters, read back through the simulator, hold their new area's certificates")
+
+    summary = json.loads(run(lab.admin("fleet", "summary"), "vdno-admin fleet summary"))
+    say(f"fleet: {summary['devices']} meters in the records; by state, generation and area:")
+    for count in summary["counts"]:
+        where = f"area {count['area_id']}" if count["area_id"] else f"generation {count['generation']}"
+        say(f"  {count['state']:<20} {where:<14} {count['count']}")
+    first = assignments[0][0]
+    history = json.loads(run(lab.admin("fleet", "history", first), "vdno-admin fleet history"))
+    say(f"history of {first.upper()}:")
+    for event in history["events"]:
+        where = f"area {event['area_id']}" if event["area_id"] else f"generation {event['generation']}"
+        at, what, reference = event["at"][:19], event["event"], event["reference"]
+        say(f"  {at}  {what:<20} {where:<14} {reference:<14} {event['actor']}")
+
+    keystore = lab.state / "keystore"
+    for kind in ("hand-in", "hand-out"):
+        saved = sorted((lab.state / "commands" / kind).glob(f"{first}-*.hex"))
+        if not saved:
+            raise DemoFailed(f"no saved {kind} command for {first}")
+        report = json.loads(
+            subprocess.run(
+                [PY, "-m", "client.cli", "inspect", str(saved[-1]), "--keystore", str(keystore),
+                 "--acb", ACB_ENTITY_ID.hex(), "--json"],
+                cwd=ROOT, text=True, capture_output=True, check=False,
+            ).stdout or "{}"
+        )  # fmt: skip
+        verification = report.get("verification", {})
+        signature = verification.get("signature", {}).get("status")
+        mac = verification.get("mac", {}).get("status")
+        inspected = f"vdno-bench inspect {rel(saved[-1])} --acb {ACB_ENTITY_ID.hex()}"
+        say(f"$ {inspected}: signature {signature}, MAC {mac}")
+        if (signature, mac) != ("valid", "valid"):
+            raise DemoFailed(f"{saved[-1]} does not verify: {verification}")
+    say(run([PY, "-m", "server.main", "verify-audit", "--config", str(lab.state / "config.toml")],
+            "vdno-server verify-audit").strip())  # fmt: skip
+    saved_hand_out = {f"{r['device']}-{r['counter']}.hex" for r in handed_out}
+    present = {p.name for p in (lab.state / "commands" / "hand-out").glob("*.hex")}
+    if not saved_hand_out <= present:
+        raise DemoFailed(f"hand-out commands not saved: {sorted(saved_hand_out - present)}")
 
 
 def demo(state: Path) -> None:
-    from scripts.lab_service import free_port
-
-    step(f"1. bootstrap {rel(state)} (vdno-server init; idempotent)")
-    run([PY, "-m", "server.main", "init", "--state", str(state), "--bench", BENCH], "vdno-server init")
-
-    step("2-3. tray of vanilla meters and keystore")
-    assignments = build_tray(state)
-
-    step("4. start the custodian and the simulated tray")
-    port = free_port()
+    tray_file = bootstrap(state)
+    assignments = tray_devices(tray_file)
+    devices = [device for device, _ in assignments]
     children: list[Child] = []
     try:
         server = Child(
             "vdno-server",
             [PY, "-m", "server.main", "serve", "--config", str(state / "config.toml")],
             state / "server.log",
-            env=dict(os.environ, VDNO_LISTEN=f"127.0.0.1:{port}"),
+            env=dict(os.environ, VDNO_LISTEN="127.0.0.1:0"),
         )
         children.append(server)
         sim = Child(
-            "vdno-sim",
-            [PY, "-m", "simulator", "serve", "--profiles", str(state / "tray"), "--port", "0"],
-            state / "sim.log",
+            "vdno-sim", [PY, "-m", "simulator", "serve", "--profiles", str(state / "tray")], state / "sim.log"
         )
         children.append(sim)
-
-        first = sim.first_line(STARTUP_TIMEOUT)
-        prefix = "vdno-sim listening on "
-        if not first.startswith(prefix):
-            raise DemoFailed(f"vdno-sim said {first!r} instead of {prefix!r}")
-        sim_address = first[len(prefix) :].strip()
-        say(f"vdno-sim: {len(assignments)} meters on {sim_address} (log {rel(sim.log_path)})")
-        wait_healthy(server, port, state)
-        say(f"vdno-server: healthy on 127.0.0.1:{port} over mTLS (log {rel(server.log_path)})")
-
-        step(f"5. hand out {len(assignments)} meters (vdno-bench hand-out --tray {rel(state / 'tray.txt')})")
-        commands_dir = state / "commands"
-        started = time.time()
-        done = subprocess.run(
-            [
-                PY, "-m", "client.cli", "hand-out",
-                "--tray", str(state / "tray.txt"),
-                "--server", f"127.0.0.1:{port}",
-                "--ca", str(state / "pki" / "tls-ca.pem"),
-                "--cert", str(state / "tls" / f"{BENCH}.pem"),
-                "--key", str(state / "tls" / f"{BENCH}.key"),
-                "--sim", sim_address,
-                "--server-name", "localhost",
-                "--save-commands", str(commands_dir),
-            ],
-            cwd=ROOT,
-            check=False,
-        )  # fmt: skip
-        if done.returncode != 0:
-            raise DemoFailed(
-                f"vdno-bench hand-out exited with {done.returncode}: not every meter was applied"
-            )
-        commands = sorted(
-            (p for p in commands_dir.glob("*.hex") if p.stat().st_mtime >= started - 1),
-            key=lambda p: p.stat().st_mtime,
+        dcc = Child("vdno-labdcc", [PY, "-m", "labdcc", "serve", "--state", str(state)], state / "labdcc.log")
+        children.append(dcc)
+        lab = Lab(
+            state,
+            server=f"127.0.0.1:{server.first_line('vdno-server listening on port ')}",
+            sim=sim.first_line("vdno-sim listening on "),
+            dcc=f"http://{dcc.first_line('vdno-labdcc listening on ')}",
         )
-        devices = {device.hex() for device, _ in assignments}
-        saved = {p.name.rsplit("-", 1)[0] for p in commands}
-        if saved != devices:
-            raise DemoFailed(
-                f"expected a saved command for each of {len(devices)} meters, found {len(saved)}"
-            )
+        say(f"custodian on {lab.server} (mTLS; log {rel(server.log_path)}), meters on {lab.sim}, "
+            f"lab DCC on {lab.dcc}")  # fmt: skip
 
-        step("checks")
-        check_commands(state, commands)
-        run([PY, "-m", "server.main", "verify-audit", "--config", str(state / "config.toml")],
-            "vdno-server verify-audit")  # fmt: skip
+        hand_in(lab, tray_file, devices)
+        in_stock(lab, devices)
+        handed_out = hand_out(lab, tray_file, devices)
+        check(lab, assignments, handed_out)
     finally:
-        step("6. stop")
+        step("stop")
         for child in reversed(children):
             child.stop()
             say(f"stopped {child.name} (exit {child.proc.returncode})")
 
-    say(
-        f"\nvdno demo passed: {len(assignments)} of {len(assignments)} meters handed out to areas "
-        f"{AREAS[0]}-{AREAS[-1]}."
-    )
-    say(f"  state folder: {rel(state)}/ (config.toml, vdno.db, server.log, tray/, tray.txt)")
-    say(f"  commands:     {rel(commands_dir)}/<device>-<counter>.hex ({len(commands)} from this run)")
-    say(f"  keystore:     {rel(state / 'keystore')}/<eui>-ds.pem, <eui>-ka.pem (RTDS keystore naming)")
-    say(f"  check one:    vdno-bench inspect {rel(commands[0])} --keystore {rel(state / 'keystore')}")
+    say(f"\nvdno demo passed: {len(devices)} of {len(devices)} meters made the whole journey "
+        f"(area -> hand-in -> vanilla generation 1 -> another area).")  # fmt: skip
+    say(f"  commands as the meters received them: {rel(state / 'commands')}/hand-in/, hand-out/")
+    say(f"  DUIS requests and responses:          {rel(state / 'duis')}/hand-in/")
+    say(f"  officer's client settings:            {rel(state / 'clients' / (OFFICER + '.toml'))}")
 
 
 def tail(path: Path, lines: int = 20) -> str:
@@ -309,10 +405,11 @@ def main() -> int:
     parser.add_argument("--state", type=Path, default=Path("state"), help="state folder (default: state)")
     args = parser.parse_args()
     state = args.state.resolve()
+    state.mkdir(parents=True, exist_ok=True)
     say(
-        f"vdno demo: bootstrap {rel(state)}/, start the custodian and a simulated tray of {METERS} vanilla "
-        f"meters (MAC checking off: no DCC ACB in the lab), hand every meter to a DNO area "
-        f"{AREAS[0]}-{AREAS[-1]}, check the signed commands and the audit log, stop."
+        f"vdno demo: {METERS} meters in service across the 14 DNO areas are handed in through their area "
+        "DNOs (lab DNOs, DCC and ACB), kept on vanilla, and handed out to other areas; meters require the "
+        "ACB MAC."
     )
     began = time.monotonic()
     try:

@@ -13,7 +13,7 @@ from server.domain.errors import InvalidRequest
 from server.domain.hand_in import read_returned_command
 
 # A MAC-framed command shape whose last bytes (the MAC) are white space in ASCII.
-COMMAND = bytes.fromhex("dd000000000000" "0a11000000") + b"\xdf\x09" + b"\x20\x0a\x0d\x09\x0b\x0c\x20\x0a"
+COMMAND = bytes.fromhex("dd0000000000000a11000000") + b"\xdf\x09" + b"\x20\x0a\x0d\x09\x0b\x0c\x20\x0a"
 
 
 def test_binary_gbcs_keeps_every_byte() -> None:
