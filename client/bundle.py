@@ -10,6 +10,7 @@ from gbcs.errors import DecodeError
 from gbcs.ids import parse_eui64
 
 ACTIVE = "active"
+SIGNING = ("active", "signing-only")
 
 
 @dataclass(frozen=True)
@@ -18,11 +19,18 @@ class VanillaGeneration:
     entity_id: bytes  # 8 bytes
     ds_certificate: bytes  # DER
     ka_certificate: bytes  # DER
-    status: str  # active | retired | compromised
+    status: str  # pending | certified | active | signing-only | disabled | destroy-scheduled | destroyed
+    compromised: bool = False
 
     @property
     def active(self) -> bool:
-        return self.status == ACTIVE
+        """The target of new hand-ins and rotations."""
+        return self.status == ACTIVE and not self.compromised
+
+    @property
+    def signs(self) -> bool:
+        """May sign commands for meters that hold it."""
+        return self.status in SIGNING and not self.compromised
 
 
 @dataclass(frozen=True)
@@ -55,12 +63,17 @@ class TrustBundle:
     def generation(self, number: int) -> VanillaGeneration | None:
         return next((g for g in self.generations if g.generation == number), None)
 
-    def active_generation(self, entity_id: bytes) -> VanillaGeneration | None:
-        """The ACTIVE vanilla generation whose entity id is `entity_id`, or None."""
+    def signing_generation(self, entity_id: bytes) -> VanillaGeneration | None:
+        """The vanilla generation whose entity id is `entity_id` if it may sign (active or signing-only, not
+        compromised), else None."""
         for generation in self.generations:
-            if generation.active and generation.entity_id == entity_id:
+            if generation.signs and generation.entity_id == entity_id:
                 return generation
         return None
+
+    def active_generation(self) -> VanillaGeneration | None:
+        """The active vanilla generation (the target of hand-ins and rotations), or None."""
+        return next((g for g in self.generations if g.active), None)
 
     @classmethod
     def from_proto(cls, message: Any) -> TrustBundle:
@@ -73,6 +86,7 @@ class TrustBundle:
                     ds_certificate=bytes(g.ds_certificate),
                     ka_certificate=bytes(g.ka_certificate),
                     status=str(g.status),
+                    compromised=bool(g.compromised),
                 )
                 for g in message.generations
             )

@@ -103,12 +103,12 @@ def check_command(command: bytes, device_id: bytes, area_id: int, bundle: TrustB
     if payload.execution_date_time is not None:
         raise CommandRefused("future-dated", "hand-out commands must execute immediately")
 
-    generation = bundle.active_generation(header.business_originator_id)
+    generation = bundle.signing_generation(header.business_originator_id)
     if generation is None:
         raise CommandRefused(
             "unknown-originator",
-            f"Business Originator ID {eui64_hex(header.business_originator_id)} is not an active vanilla "
-            "generation in the pinned bundle",
+            f"Business Originator ID {eui64_hex(header.business_originator_id)} is not a vanilla generation "
+            "that may sign (active or signing-only) in the pinned bundle",
         )
     try:
         signer = load_certificate(generation.ds_certificate)

@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,12 +18,14 @@ from grpc_reflection.v1alpha import reflection
 from gbcs.errors import GbcsError
 from gbcs.smki import load_certificate
 from server.config import ConfigError, Settings, TlsSettings
+from server.domain.custody import CustodyService, CustodySettings
 from server.domain.errors import HsmUnavailable
 from server.domain.fleet import FleetView
 from server.domain.hand_in import HandInService
 from server.domain.issuance import HandOutService
 from server.domain.policy import TrustAnchors
 from server.domain.values import AuditEvent
+from server.enrolment import CaFileBenchIssuer
 from server.rpc.interceptors import ErrorMappingInterceptor
 from server.rpc.servicers import BenchServicer, CustodyServicer
 from server.store.sql import SqlCustodyStore, open_store
@@ -75,6 +77,30 @@ def open_signer(settings: Settings, worker_thread: bool = True) -> Pkcs11Signer:
     )
 
 
+def build_custody(
+    settings: Settings, store: SqlCustodyStore, signer: Pkcs11Signer, anchors: TrustAnchors
+) -> CustodyService:
+    from server.hsm.ceremony import TokenKeyCeremony
+
+    c = settings.custody
+    rules = CustodySettings(
+        approvals_required=c.approvals_required,
+        approval_ttl=timedelta(hours=c.approval_ttl_hours),
+        execution_window=timedelta(minutes=c.execution_window_minutes),
+        destroy_grace=timedelta(days=c.destroy_grace_days),
+        expiry_warning=timedelta(days=c.expiry_warning_days),
+        token_label=settings.hsm.token_label,
+    )
+    issuer = (
+        None
+        if settings.enrolment.client_ca_key is None
+        else CaFileBenchIssuer(settings.tls.client_ca, settings.enrolment.client_ca_key)
+    )
+    return CustodyService(
+        store, TokenKeyCeremony(signer, settings.hsm.token_label), issuer, anchors, rules, _utc_now
+    )
+
+
 @dataclass
 class RunningServer:
     server: grpc.Server
@@ -116,6 +142,7 @@ def build_server(settings: Settings) -> RunningServer:
         structlog.get_logger("vdno.server").warning("hsm.not_ready", reason=str(exc))
     service = HandOutService(store, signer, anchors, _utc_now)
     hand_in = HandInService(store, anchors, _utc_now)
+    custody = build_custody(settings, store, signer, anchors)
 
     def audit_refusal(actor: str, reason: str) -> None:
         store.record_event(AuditEvent("auth.refused", actor, "rpc", {"reason": reason}))
@@ -129,7 +156,7 @@ def build_server(settings: Settings) -> RunningServer:
         BenchServicer(service, hand_in), server
     )
     custody_pb2_grpc.add_CustodyServiceServicer_to_server(  # type: ignore[no-untyped-call]
-        CustodyServicer(hand_in, FleetView(store)), server
+        CustodyServicer(hand_in, FleetView(store), custody), server
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -157,6 +157,16 @@ softhsm_conf = "softhsm2.conf"
 root_ca = "pki/root-ca.pem"
 issuing_ca = "pki/issuing-ca.pem"
 device_ca = "pki/device-ca.pem"
+
+[custody]
+approvals_required = 1          # approvals by officers other than the requester (1: two-person control)
+approval_ttl_hours = 24         # a request not approved in time expires
+execution_window_minutes = 60   # an approved request not executed in time expires
+destroy_grace_days = 7          # 7-30 days from scheduling a generation's destruction to deleting its keys
+expiry_warning_days = 90        # warn this long before a signing generation's certificates expire
+
+[enrolment]
+client_ca_key = "pki/tls-ca.key"  # lab: the client CA's key issues the certificates of benches enrolled from a CSR
 """
 
 

@@ -54,6 +54,25 @@ class TrustSettings:
 
 
 @dataclass(frozen=True)
+class CustodyConfig:
+    """[custody]: the officers' rules (server.domain.custody.CustodySettings)."""
+
+    approvals_required: int = 1
+    approval_ttl_hours: float = 24.0
+    execution_window_minutes: float = 60.0
+    destroy_grace_days: int = 7
+    expiry_warning_days: int = 90
+
+
+@dataclass(frozen=True)
+class EnrolmentConfig:
+    """[enrolment]: benches enrolled from a certificate request get a certificate from this CA (the one
+    tls.client_ca names), whose key this file holds. Absent: no enrolment from requests."""
+
+    client_ca_key: Path | None = None
+
+
+@dataclass(frozen=True)
 class Settings:
     listen: str
     database_url: str
@@ -63,6 +82,8 @@ class Settings:
     processes: int = 1
     threads: int = 16
     log_level: str = "info"
+    custody: CustodyConfig = CustodyConfig()
+    enrolment: EnrolmentConfig = EnrolmentConfig()
 
 
 def _path(base: Path, table: Mapping[str, Any], key: str, section: str) -> Path:
@@ -101,7 +122,13 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
         raise ConfigError("[server] processes and threads must be integers") from exc
     if processes < 1 or threads < 1:
         raise ConfigError("[server] processes and threads must be at least 1")
+    custody = _custody(raw.get("custody", {}))
+    enrolment = raw.get("enrolment", {})
     return Settings(
+        custody=custody,
+        enrolment=EnrolmentConfig(
+            _path(base, enrolment, "client_ca_key", "enrolment") if enrolment.get("client_ca_key") else None
+        ),
         listen=env.get("VDNO_LISTEN") or server.get("listen", "127.0.0.1:50051"),
         database_url=db,
         tls=TlsSettings(
@@ -125,3 +152,25 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
         threads=threads,
         log_level=str(server.get("log_level", "info")),
     )
+
+
+def _custody(table: Mapping[str, Any]) -> CustodyConfig:
+    defaults = CustodyConfig()
+    values: dict[str, Any] = {}
+    for key, kind in (
+        ("approvals_required", int),
+        ("approval_ttl_hours", float),
+        ("execution_window_minutes", float),
+        ("destroy_grace_days", int),
+        ("expiry_warning_days", int),
+    ):
+        value = table.get(key, getattr(defaults, key))
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ConfigError(f"[custody] {key} must be a positive number, got {value!r}")
+        values[key] = kind(value)
+    if not 7 <= values["destroy_grace_days"] <= 30:
+        raise ConfigError("[custody] destroy_grace_days must be 7 to 30")
+    unknown = sorted(set(table) - set(values))
+    if unknown:
+        raise ConfigError(f"[custody] unknown keys: {', '.join(unknown)}")
+    return CustodyConfig(**values)

@@ -53,6 +53,14 @@ class UnknownDevice(VdnoError):
     """The custodian's records hold nothing about that device."""
 
 
+class UnknownGeneration(VdnoError):
+    """No vanilla generation with that number."""
+
+
+class UnknownApprovalRequest(VdnoError):
+    """No two-person-control request with that id."""
+
+
 # -- the request is well-formed but policy refuses it: FAILED_PRECONDITION
 class PolicyRefused(VdnoError):
     """Base for refusals by policy."""
@@ -88,6 +96,23 @@ class OutstandingCommand(PolicyRefused):
 
 class HandInCommandRefused(PolicyRefused):
     """A command returned for a hand-in order fails a check against that order; the message says which."""
+
+
+class ApprovalRefused(PolicyRefused):
+    """Two-person control refuses: a self-approval, a second approval by one officer, an expired, rejected or
+    unapproved request, a request for something else."""
+
+
+class CustodyConflict(PolicyRefused):
+    """A custody operation does not fit the current state (e.g. activating a pending generation)."""
+
+
+class CertificateRefused(PolicyRefused):
+    """An imported certificate fails a check (key, role, key usage, policy, entity, chain, validity)."""
+
+
+class OperationNotAllowed(PermissionDenied):
+    """The bench is enrolled, but not for this operation (hand-in, hand-out, rotation)."""
 
 
 class KeyNotInCustody(PolicyRefused):

@@ -32,7 +32,6 @@ from server.domain.policy import (
 from server.domain.ports import CustodyStore, DigestSigner
 from server.domain.values import (
     Area,
-    GenerationStatus,
     HandOutRequest,
     IssuanceDraft,
     IssuanceRecord,
@@ -165,8 +164,8 @@ class HandOutService:
         generation = next(
             (g for g in self._store.list_generations() if g.generation == record.generation), None
         )
-        if generation is None or generation.status is not GenerationStatus.ACTIVE:
-            raise KeyNotInCustody(f"vanilla generation {record.generation} is no longer active")
+        if generation is None or not generation.signs:
+            raise KeyNotInCustody(f"vanilla generation {record.generation} may no longer sign")
         return self._pipeline.finish(UnfinishedIssuance(record, generation, area))
 
     def _device_certificate(self, request: HandOutRequest, now: datetime) -> SmkiCertificate:

@@ -187,7 +187,7 @@ def holder_of_network_operator_cell(
 
 def hand_in_target(generations: list[VanillaGeneration]) -> VanillaGeneration:
     """The vanilla generation new hand-ins move meters onto: the active one (the newest, if several)."""
-    active = [g for g in generations if g.status is GenerationStatus.ACTIVE]
+    active = [g for g in generations if g.status is GenerationStatus.ACTIVE and not g.compromised]
     if not active:
         raise NoActiveGeneration("no vanilla generation is active: a hand-in has nothing to move onto")
     return max(active, key=lambda g: g.generation)
@@ -199,13 +199,14 @@ def find_custodial_generation(
     generations: list[VanillaGeneration],
     certificate: Callable[[bytes], SmkiCertificate],
 ) -> VanillaGeneration:
-    """The active vanilla generation whose DS certificate sits in the device's NO DS cell."""
+    """The vanilla generation that may sign (active or signing-only, not compromised) whose DS certificate
+    sits in the device's NO DS cell."""
     for generation in generations:
-        if generation.status is not GenerationStatus.ACTIVE or generation.entity_id != no_ds.entity_id:
+        if not generation.signs or generation.entity_id != no_ds.entity_id:
             continue
         if certificate(generation.ds_certificate).subject_key_identifier == no_ds.subject_key_identifier:
             return generation
     raise DeviceNotVanilla(
-        f"device {device_id.hex()} does not hold an active vanilla generation in its NO cell "
+        f"device {device_id.hex()} does not hold a vanilla generation that may sign in its NO cell "
         f"(it holds entity {no_ds.entity_id.hex()})"
     )

@@ -62,9 +62,20 @@ def parse_bench_id(text: str) -> str:
 
 
 class GenerationStatus(StrEnum):
-    ACTIVE = "active"  # may sign hand-outs
-    RETIRED = "retired"  # kept for the record; signs nothing
-    COMPROMISED = "compromised"
+    """A vanilla generation's life (docs: a key version in the cloud KMS sense)."""
+
+    PENDING = "pending"  # keys generated in the token; no certificates yet
+    CERTIFIED = "certified"  # SMKI certificates imported; signs nothing yet
+    ACTIVE = "active"  # the one target of new hand-ins and rotations; signs for meters holding it
+    SIGNING_ONLY = "signing-only"  # signs hand-outs and rotations for meters holding it; target of nothing
+    DISABLED = "disabled"  # signs nothing; can be re-enabled (unless compromised)
+    DESTROY_SCHEDULED = "destroy-scheduled"  # disabled, keys deleted once the grace period ends
+    DESTROYED = "destroyed"  # keys deleted from the token; the number is never reused
+
+    @property
+    def signs(self) -> bool:
+        """Whether the generation's key may sign commands for meters that hold it."""
+        return self in (GenerationStatus.ACTIVE, GenerationStatus.SIGNING_ONLY)
 
 
 class BenchStatus(StrEnum):
@@ -91,6 +102,8 @@ class Area:
 
 @dataclass(frozen=True)
 class VanillaGeneration:
+    """A generation with its certificates (certified or later): what commands are built and checked with."""
+
     generation: int
     entity_id: bytes
     ds_key_uri: str  # RFC 7512 URI of the private DS key in the token
@@ -98,12 +111,48 @@ class VanillaGeneration:
     ds_certificate: bytes
     ka_certificate: bytes
     status: GenerationStatus
+    compromised: bool = False
+
+    @property
+    def signs(self) -> bool:
+        return self.status.signs and not self.compromised
+
+
+@dataclass(frozen=True)
+class GenerationRecord:
+    """Everything the custodian records of a generation, whatever its state."""
+
+    generation: int
+    entity_id: bytes
+    ds_key_uri: str
+    ka_key_uri: str
+    status: GenerationStatus
+    compromised: bool
+    created_at: datetime
+    ds_certificate: bytes | None = None
+    ka_certificate: bytes | None = None
+    destroy_after: datetime | None = None
+    not_after: datetime | None = None  # the earlier expiry of its DS and KA certificates
+
+
+class BenchOperation(StrEnum):
+    """What an enrolled bench may ask for."""
+
+    HAND_IN = "hand-in"
+    HAND_OUT = "hand-out"
+    ROTATION = "rotation"
+
+
+ALL_BENCH_OPERATIONS = frozenset(BenchOperation)
 
 
 @dataclass(frozen=True)
 class Bench:
     bench_id: str
     status: BenchStatus
+    operations: frozenset[BenchOperation] = ALL_BENCH_OPERATIONS
+    facility: str | None = None
+    certificate_sha256: str | None = None  # pins the certificate issued at enrolment (None: any, by CN)
 
 
 class OfficerStatus(StrEnum):
@@ -399,3 +448,63 @@ class FleetSummary:
     counts: tuple[FleetCount, ...]
     devices: int
     hand_outs_outstanding: int
+
+
+# -- two-person control
+
+
+class ApprovalOperation(StrEnum):
+    """Officer operations that need M-of-N approval before they may be executed."""
+
+    ACTIVATE_GENERATION = "activate-generation"
+    DISABLE_GENERATION = "disable-generation"
+    REENABLE_GENERATION = "reenable-generation"
+    SCHEDULE_DESTRUCTION = "schedule-destruction"
+    CANCEL_DESTRUCTION = "cancel-destruction"
+    REPLACE_AREA = "replace-area"
+    ENROL_BENCH = "enrol-bench"
+
+
+class ApprovalStatus(StrEnum):
+    PENDING = "pending"  # waiting for approvals (until expires_at)
+    APPROVED = "approved"  # enough approvals; may be executed until execute_by
+    EXECUTED = "executed"
+    REJECTED = "rejected"
+    EXPIRED = "expired"  # not approved, or not executed, in time (computed: the row keeps its last status)
+
+
+@dataclass(frozen=True)
+class ApprovalRequest:
+    request_id: int
+    operation: ApprovalOperation
+    subject: str  # generation:<n> | area:<id> | bench:<id>
+    parameters: dict[str, Any]
+    reason: str
+    requested_by: str
+    requested_at: datetime
+    expires_at: datetime
+    status: ApprovalStatus  # as stored; see effective_status
+    approvals: tuple[str, ...]  # officer ids, in order
+    approved_at: datetime | None = None
+    execute_by: datetime | None = None
+    closed_at: datetime | None = None
+    closed_by: str | None = None
+    outcome: dict[str, Any] | None = None
+
+    def effective_status(self, now: datetime) -> ApprovalStatus:
+        """The status as of `now`: a pending request past its expiry, or an approved one past its execution
+        window, is expired (and stays so: it is requested anew)."""
+        if self.status is ApprovalStatus.PENDING and now > self.expires_at:
+            return ApprovalStatus.EXPIRED
+        if self.status is ApprovalStatus.APPROVED and self.execute_by is not None and now > self.execute_by:
+            return ApprovalStatus.EXPIRED
+        return self.status
+
+
+@dataclass(frozen=True)
+class ApprovalUse:
+    """An approved request being executed now, by an officer: closed in the transaction of its change."""
+
+    request_id: int
+    officer_id: str
+    now: datetime

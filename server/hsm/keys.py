@@ -37,6 +37,7 @@ class PrivateKeyAttributes:
     extractable: bool
     always_sensitive: bool
     never_extractable: bool
+    local: bool  # generated in the token (CKA_LOCAL)
     token: bool
     private: bool
     sign: bool
@@ -60,6 +61,8 @@ class PrivateKeyAttributes:
             problems.append("not always sensitive")
         if not self.never_extractable:
             problems.append("was extractable once")
+        if not self.local:
+            problems.append("not generated in the token")
         if not self.token:
             problems.append("not a token object")
         if not self.sign:
@@ -143,6 +146,7 @@ def attributes_of(key: Any) -> PrivateKeyAttributes:
         Attribute.EXTRACTABLE,
         Attribute.ALWAYS_SENSITIVE,
         Attribute.NEVER_EXTRACTABLE,
+        Attribute.LOCAL,
         Attribute.TOKEN,
         Attribute.PRIVATE,
         Attribute.SIGN,
@@ -158,6 +162,7 @@ def attributes_of(key: Any) -> PrivateKeyAttributes:
         extractable=bool(values[Attribute.EXTRACTABLE]),
         always_sensitive=bool(values[Attribute.ALWAYS_SENSITIVE]),
         never_extractable=bool(values[Attribute.NEVER_EXTRACTABLE]),
+        local=bool(values[Attribute.LOCAL]),
         token=bool(values[Attribute.TOKEN]),
         private=bool(values[Attribute.PRIVATE]),
         sign=bool(values[Attribute.SIGN]),

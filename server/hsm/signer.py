@@ -126,6 +126,17 @@ class Pkcs11Signer:
             self._public_keys[key] = public
         return public
 
+    def run(self, job: Callable[[Any], T]) -> T:
+        """Run `job(session)` on this signer's session, serialised with its signing (custody work: key
+        generation, CSRs, key deletion). The session is read-write."""
+        return self._submit(job)
+
+    def forget(self, key: str) -> None:
+        """Drop what the signer remembers of a key (its handle and public key), e.g. after deleting it."""
+        self._submit(lambda session: self._private_keys.pop(key, None))
+        with self._public_lock:
+            self._public_keys.pop(key, None)
+
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def check(self) -> None:
@@ -217,7 +228,7 @@ class Pkcs11Signer:
 
     def _ensure_session(self) -> Any:
         if self._session is None:
-            self._session = connect(self._module_path, self._token_label, self._pin.reveal())
+            self._session = connect(self._module_path, self._token_label, self._pin.reveal(), rw=True)
             self._private_keys.clear()
         return self._session
 

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from datetime import datetime
+
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from gbcs.cells import KeyUsage
+from server.domain.custody import GenerationView
 from server.domain.errors import InvalidRequest
 from server.domain.outcomes import MeterOutcome
 from server.domain.policy import TrustBundle
 from server.domain.values import (
+    ApprovalOperation,
+    ApprovalRequest,
+    ApprovalStatus,
+    Area,
+    Bench,
+    BenchOperation,
     DeviceCustody,
     DeviceEvent,
     ExportedHandIn,
@@ -79,6 +89,7 @@ def trust_bundle(bundle: TrustBundle) -> pb.TrustBundle:
                 ds_certificate=g.ds_certificate,
                 ka_certificate=g.ka_certificate,
                 status=g.status.value,
+                compromised=g.compromised,
             )
             for g in bundle.generations
         ],
@@ -219,3 +230,111 @@ def device_history_to_pb(custody: DeviceCustody, events: Iterable[DeviceEvent]) 
 
 def device_list_to_pb(device_ids: Iterable[bytes]) -> custody_pb.DeviceList:
     return custody_pb.DeviceList(device_ids=[d.hex().upper() for d in device_ids])
+
+
+# -- key custody
+
+
+def generation_to_pb(view: GenerationView) -> custody_pb.Generation:
+    record = view.record
+    return custody_pb.Generation(
+        generation=record.generation,
+        entity_id=record.entity_id.hex().upper(),
+        status=record.status.value,
+        compromised=record.compromised,
+        created_at=record.created_at.isoformat(),
+        ds_certificate=record.ds_certificate or b"",
+        ka_certificate=record.ka_certificate or b"",
+        not_after="" if record.not_after is None else record.not_after.isoformat(),
+        days_to_expiry=view.days_to_expiry or 0,
+        destroy_after="" if record.destroy_after is None else record.destroy_after.isoformat(),
+        ds_key_uri=record.ds_key_uri,
+        ka_key_uri=record.ka_key_uri,
+    )
+
+
+def key_usage_from_pb(value: str) -> KeyUsage:
+    usages = {"ds": KeyUsage.DIGITAL_SIGNATURE, "ka": KeyUsage.KEY_AGREEMENT}
+    if value not in usages:
+        raise InvalidRequest(f"key_usage must be ds or ka, got {value!r:.20}")
+    return usages[value]
+
+
+def generation_number_from_pb(value: int) -> int:
+    if value < 1:
+        raise InvalidRequest("generation is required (1 or more)")
+    return value
+
+
+def approval_operation_from_pb(value: str) -> ApprovalOperation:
+    try:
+        return ApprovalOperation(value)
+    except ValueError:
+        allowed = ", ".join(o.value for o in ApprovalOperation)
+        raise InvalidRequest(f"operation must be one of {allowed}, got {value!r:.40}") from None
+
+
+def bench_operations_from_pb(values: Iterable[str]) -> list[BenchOperation]:
+    out = []
+    for value in values:
+        try:
+            out.append(BenchOperation(value))
+        except ValueError:
+            raise InvalidRequest(f"operations: {value!r:.30} is not hand-in, hand-out or rotation") from None
+    return out
+
+
+def approval_to_pb(
+    request: ApprovalRequest, status: ApprovalStatus, details: dict[str, object], required: int
+) -> custody_pb.ApprovalRequestInfo:
+    return custody_pb.ApprovalRequestInfo(
+        request_id=request.request_id,
+        operation=request.operation.value,
+        subject=request.subject,
+        details_json=json.dumps(details, sort_keys=True),
+        reason=request.reason,
+        requested_by=request.requested_by,
+        requested_at=request.requested_at.isoformat(),
+        expires_at=request.expires_at.isoformat(),
+        status=status.value,
+        approvals=list(request.approvals),
+        approvals_required=required,
+        execute_by="" if request.execute_by is None else request.execute_by.isoformat(),
+        closed_by=request.closed_by or "",
+    )
+
+
+def area_set_to_pb(
+    area: Area, replaced_at: datetime | None = None, replaced_by: str = ""
+) -> custody_pb.AreaSet:
+    return custody_pb.AreaSet(
+        area_id=area.area_id,
+        name=area.name,
+        entity_id=area.entity_id.hex().upper(),
+        ds_certificate=area.ds_certificate,
+        ka_certificate=area.ka_certificate,
+        replaced_at="" if replaced_at is None else replaced_at.isoformat(),
+        replaced_by=replaced_by,
+    )
+
+
+def bench_to_pb(bench: Bench) -> custody_pb.BenchInfo:
+    return custody_pb.BenchInfo(
+        bench_id=bench.bench_id,
+        status=bench.status.value,
+        facility=bench.facility or "",
+        operations=sorted(o.value for o in bench.operations),
+        certificate_sha256=bench.certificate_sha256 or "",
+    )
+
+
+def certificate_request_from_pb(data: bytes) -> bytes:
+    """A PKCS#10 request as DER (PEM accepted)."""
+    from cryptography import x509
+
+    try:
+        if data.lstrip().startswith(b"-----BEGIN"):
+            return x509.load_pem_x509_csr(data).public_bytes(Encoding.DER)
+        return x509.load_der_x509_csr(data).public_bytes(Encoding.DER)
+    except ValueError as exc:
+        raise InvalidRequest(f"csr is not a PKCS#10 certificate request: {exc}") from None

@@ -26,6 +26,8 @@ STATUS_BY_ERROR: tuple[tuple[type[e.VdnoError], grpc.StatusCode], ...] = (
     (e.UnknownIssuance, grpc.StatusCode.NOT_FOUND),
     (e.UnknownOrder, grpc.StatusCode.NOT_FOUND),
     (e.UnknownDevice, grpc.StatusCode.NOT_FOUND),
+    (e.UnknownGeneration, grpc.StatusCode.NOT_FOUND),
+    (e.UnknownApprovalRequest, grpc.StatusCode.NOT_FOUND),
     (e.PolicyRefused, grpc.StatusCode.FAILED_PRECONDITION),
     (e.RequestIdConflict, grpc.StatusCode.ALREADY_EXISTS),
     (e.Unavailable, grpc.StatusCode.UNAVAILABLE),

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import grpc
 
+from server.domain.custody import CustodyService, GenerationView
 from server.domain.errors import InvalidRequest
 from server.domain.fleet import FleetView
 from server.domain.hand_in import HandInService
 from server.domain.issuance import HandOutService
-from server.domain.values import parse_entity_id
+from server.domain.values import ApprovalRequest, ApprovalStatus, parse_entity_id
 from server.rpc import converters
 from server.rpc.interceptors import bench_identity, officer_identity
 from vdno.v1 import custodian_pb2 as pb
@@ -61,9 +64,10 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
 
 
 class CustodyServicer(custody_grpc.CustodyServiceServicer):
-    def __init__(self, hand_in: HandInService, fleet: FleetView) -> None:
+    def __init__(self, hand_in: HandInService, fleet: FleetView, custody: CustodyService) -> None:
         self._hand_in = hand_in
         self._fleet = fleet
+        self._custody = custody
 
     def _officer(self) -> str:
         """The calling officer, once enrolment is checked (before any input is read)."""
@@ -113,3 +117,160 @@ class CustodyServicer(custody_grpc.CustodyServiceServicer):
         if request.generation == 0:
             raise InvalidRequest("generation is required (1 or more)")
         return converters.device_list_to_pb(self._fleet.holding(officer, request.generation))
+
+    # -- generations
+    def ListGenerations(
+        self, request: custody_pb.ListGenerationsRequest, context: grpc.ServicerContext
+    ) -> custody_pb.Generations:
+        views = self._custody.generations(self._officer())
+        return custody_pb.Generations(generations=[converters.generation_to_pb(v) for v in views])
+
+    def CreateGeneration(
+        self, request: custody_pb.CreateGenerationRequest, context: grpc.ServicerContext
+    ) -> custody_pb.Generation:
+        officer = self._officer()
+        entity = parse_entity_id(request.entity_id, "entity_id")
+        record = self._custody.create_generation(officer, entity)
+        return converters.generation_to_pb(GenerationView(record, None))
+
+    def GetCertificateRequest(
+        self, request: custody_pb.CertificateRequestRequest, context: grpc.ServicerContext
+    ) -> custody_pb.CertificateRequestReply:
+        officer = self._officer()
+        csr = self._custody.certificate_request(
+            officer,
+            converters.generation_number_from_pb(request.generation),
+            converters.key_usage_from_pb(request.key_usage),
+        )
+        return custody_pb.CertificateRequestReply(csr=csr)
+
+    def ImportGenerationCertificates(
+        self, request: custody_pb.ImportGenerationCertificatesRequest, context: grpc.ServicerContext
+    ) -> custody_pb.Generation:
+        officer = self._officer()
+        record = self._custody.import_certificates(
+            officer,
+            converters.generation_number_from_pb(request.generation),
+            request.ds_certificate,
+            request.ka_certificate,
+        )
+        return converters.generation_to_pb(GenerationView(record, None))
+
+    def MarkGenerationCompromised(
+        self, request: custody_pb.MarkCompromisedRequest, context: grpc.ServicerContext
+    ) -> custody_pb.CompromisedReply:
+        officer = self._officer()
+        record, devices = self._custody.mark_compromised(
+            officer, converters.generation_number_from_pb(request.generation), request.reason
+        )
+        return custody_pb.CompromisedReply(
+            generation=converters.generation_to_pb(GenerationView(record, None)),
+            devices_holding=[d.hex().upper() for d in devices],
+        )
+
+    def DestroyDueGenerations(
+        self, request: custody_pb.DestroyDueRequest, context: grpc.ServicerContext
+    ) -> custody_pb.DestroyDueReply:
+        officer = self._officer()
+        return custody_pb.DestroyDueReply(destroyed=self._custody.destroy_due(f"officer:{officer}"))
+
+    # -- two-person control
+    def _approval(
+        self, request: ApprovalRequest, status: ApprovalStatus | None = None
+    ) -> custody_pb.ApprovalRequestInfo:
+        return converters.approval_to_pb(
+            request,
+            status or request.status,
+            self._custody.describe(request),
+            self._custody.settings.approvals_required,
+        )
+
+    def RequestGenerationChange(
+        self, request: custody_pb.GenerationChangeRequest, context: grpc.ServicerContext
+    ) -> custody_pb.ApprovalRequestInfo:
+        officer = self._officer()
+        created = self._custody.request_generation_change(
+            officer,
+            converters.approval_operation_from_pb(request.operation),
+            converters.generation_number_from_pb(request.generation),
+            request.reason,
+        )
+        return self._approval(created)
+
+    def RequestAreaReplacement(
+        self, request: custody_pb.AreaReplacementRequest, context: grpc.ServicerContext
+    ) -> custody_pb.ApprovalRequestInfo:
+        officer = self._officer()
+        created = self._custody.request_area_replacement(
+            officer, request.area_id, request.ds_certificate, request.ka_certificate, request.reason
+        )
+        return self._approval(created)
+
+    def RequestBenchEnrolment(
+        self, request: custody_pb.BenchEnrolmentRequest, context: grpc.ServicerContext
+    ) -> custody_pb.ApprovalRequestInfo:
+        officer = self._officer()
+        created = self._custody.request_bench_enrolment(
+            officer,
+            request.bench_id,
+            converters.certificate_request_from_pb(request.csr),
+            request.facility,
+            converters.bench_operations_from_pb(request.operations),
+            request.reason,
+        )
+        return self._approval(created)
+
+    def ListApprovalRequests(
+        self, request: custody_pb.ListApprovalRequestsRequest, context: grpc.ServicerContext
+    ) -> custody_pb.ApprovalRequests:
+        listed = self._custody.approvals(self._officer(), request.include_closed)
+        return custody_pb.ApprovalRequests(requests=[self._approval(r, s) for r, s in listed])
+
+    def Approve(
+        self, request: custody_pb.ApprovalDecision, context: grpc.ServicerContext
+    ) -> custody_pb.ApprovalRequestInfo:
+        return self._approval(self._custody.approve(self._officer(), request.request_id))
+
+    def Reject(
+        self, request: custody_pb.ApprovalDecision, context: grpc.ServicerContext
+    ) -> custody_pb.ApprovalRequestInfo:
+        return self._approval(self._custody.reject(self._officer(), request.request_id, request.reason))
+
+    def Execute(
+        self, request: custody_pb.ExecuteRequest, context: grpc.ServicerContext
+    ) -> custody_pb.ExecutionResult:
+        executed = self._custody.execute(self._officer(), request.request_id)
+        return custody_pb.ExecutionResult(
+            request=self._approval(executed.request, ApprovalStatus.EXECUTED),
+            outcome_json=json.dumps(executed.outcome, sort_keys=True),
+        )
+
+    # -- areas and benches
+    def ListAreas(
+        self, request: custody_pb.ListAreasRequest, context: grpc.ServicerContext
+    ) -> custody_pb.Areas:
+        records = self._custody.areas(self._officer())
+        return custody_pb.Areas(
+            areas=[
+                custody_pb.AreaRecord(
+                    current=converters.area_set_to_pb(area),
+                    history=[converters.area_set_to_pb(old, at, by) for old, at, by in history],
+                )
+                for area, history in records
+            ]
+        )
+
+    def ListBenches(
+        self, request: custody_pb.ListBenchesRequest, context: grpc.ServicerContext
+    ) -> custody_pb.Benches:
+        return custody_pb.Benches(
+            benches=[converters.bench_to_pb(b) for b in self._custody.benches(self._officer())]
+        )
+
+    def RevokeBench(
+        self, request: custody_pb.RevokeBenchRequest, context: grpc.ServicerContext
+    ) -> custody_pb.BenchInfo:
+        officer = self._officer()
+        self._custody.revoke_bench(officer, request.bench_id, request.reason)
+        bench = next(b for b in self._custody.benches(officer) if b.bench_id == request.bench_id)
+        return converters.bench_to_pb(bench)

@@ -38,9 +38,13 @@ generations = Table(
     Column("entity_id", LargeBinary(8), nullable=False),
     Column("ds_key_uri", String(400), nullable=False),
     Column("ka_key_uri", String(400), nullable=False),
-    Column("ds_certificate", LargeBinary, nullable=False),
-    Column("ka_certificate", LargeBinary, nullable=False),
-    Column("status", String(16), nullable=False),
+    Column("ds_certificate", LargeBinary),  # absent while pending
+    Column("ka_certificate", LargeBinary),
+    Column("status", String(32), nullable=False),  # server.domain.values.GenerationStatus
+    Column("compromised", Boolean, nullable=False, default=False),
+    Column("created_at", DateTime(timezone=True)),
+    Column("destroy_after", DateTime(timezone=True)),
+    Column("destroyed_at", DateTime(timezone=True)),
 )
 
 counters = Table(
@@ -58,6 +62,9 @@ benches = Table(
     Column("bench_id", String(64), primary_key=True),
     Column("status", String(16), nullable=False),
     Column("changed_at", DateTime(timezone=True), nullable=False),
+    Column("facility", String(128)),
+    Column("operations", String(64), nullable=False, default="hand-in,hand-out,rotation"),
+    Column("certificate_sha256", String(64)),  # of the certificate issued at enrolment from the bench's CSR
 )
 
 issuances = Table(
@@ -68,8 +75,8 @@ issuances = Table(
     Column("request_id", String(64), nullable=False),
     Column("request_fingerprint", String(64), nullable=False),
     Column("device_id", LargeBinary(8), nullable=False),
-    Column("area_id", Integer, nullable=False),
-    Column("generation", Integer, nullable=False),
+    Column("area_id", Integer),  # hand-out: the area the meter goes to
+    Column("generation", Integer, nullable=False),  # the generation whose key signs
     Column("counter", BigInteger, nullable=False),
     Column("device_certificate", LargeBinary, nullable=False),
     Column("status", String(16), nullable=False),
@@ -79,6 +86,7 @@ issuances = Table(
     Column("failure", Text),
     Column("outcome_at", DateTime(timezone=True)),
     Column("outcome_response", LargeBinary),
+    Column("target_generation", Integer),  # rotation: the generation the meter moves onto
     UniqueConstraint("bench_id", "request_id", name="uq_issuance_bench_request"),
     UniqueConstraint("generation", "counter", name="uq_issuance_generation_counter"),
 )
@@ -179,4 +187,48 @@ audit_head = Table(
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("seq", BigInteger, nullable=False),
     Column("hash", String(64), nullable=False),
+)
+
+# Earlier credential sets of an area, kept readable when an officer replaces one.
+area_history = Table(
+    "area_history",
+    metadata,
+    Column("entry_id", Integer, primary_key=True, autoincrement=True),
+    Column("area_id", Integer, nullable=False),
+    Column("name", String(80), nullable=False),
+    Column("entity_id", LargeBinary(8), nullable=False),
+    Column("ds_certificate", LargeBinary, nullable=False),
+    Column("ka_certificate", LargeBinary, nullable=False),
+    Column("replaced_at", DateTime(timezone=True), nullable=False),
+    Column("replaced_by", String(128), nullable=False),
+    Index("ix_area_history_area", "area_id", "entry_id"),
+)
+
+# Two-person control: an officer's request, what it asks for, and each other officer's approval.
+approval_requests = Table(
+    "approval_requests",
+    metadata,
+    Column("request_id", Integer, primary_key=True, autoincrement=True),
+    Column("operation", String(40), nullable=False),
+    Column("subject", String(128), nullable=False),
+    Column("parameters", Text, nullable=False),  # JSON
+    Column("reason", Text, nullable=False),
+    Column("requested_by", String(64), nullable=False),
+    Column("requested_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("status", String(16), nullable=False),  # pending | approved | executed | rejected
+    Column("approved_at", DateTime(timezone=True)),
+    Column("execute_by", DateTime(timezone=True)),
+    Column("closed_at", DateTime(timezone=True)),
+    Column("closed_by", String(64)),
+    Column("outcome", Text),  # JSON: what execution produced, or why it was rejected
+    Index("ix_approval_requests_status", "status"),
+)
+
+approval_grants = Table(
+    "approval_grants",
+    metadata,
+    Column("request_id", Integer, ForeignKey("approval_requests.request_id"), primary_key=True),
+    Column("officer_id", String(64), primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False),
 )

@@ -50,6 +50,7 @@ from server.domain.values import (
     VanillaGeneration,
 )
 from server.store.audit import AuditAppender
+from server.store.custody import CustodyRecords, bench_record
 from server.store.fleet import HandInRecords, set_custody
 from server.store.schema import areas, benches, counters, devices, generations, issuances
 
@@ -413,7 +414,7 @@ def _issuance(row: Any) -> IssuanceRecord:
     )
 
 
-class SqlCustodyStore(HandInRecords):
+class SqlCustodyStore(HandInRecords, CustodyRecords):
     """CustodyStore and HandInStore over SQLAlchemy. Build with `open_store(url)`."""
 
     def __init__(self, engine: Engine) -> None:
@@ -460,8 +461,12 @@ class SqlCustodyStore(HandInRecords):
         try:
             return self._writer.submit(op)
         finally:
-            with self._cache_lock:
-                self._cache.clear()
+            self._invalidate()
+
+    def _invalidate(self) -> None:
+        """Forget cached reference data (after this store's own writes)."""
+        with self._cache_lock:
+            self._cache.clear()
 
     # -- reads
     def _read(self, fn: Callable[[Connection], T]) -> T:
@@ -488,7 +493,14 @@ class SqlCustodyStore(HandInRecords):
         return self._cached("generations", self._load_generations)
 
     def _load_generations(self) -> list[VanillaGeneration]:
-        rows = self._read(lambda c: c.execute(select(generations).order_by(generations.c.generation)).all())
+        """Generations with their certificates (certified or later)."""
+        rows = self._read(
+            lambda c: c.execute(
+                select(generations)
+                .where(generations.c.ds_certificate.is_not(None), generations.c.ka_certificate.is_not(None))
+                .order_by(generations.c.generation)
+            ).all()
+        )
         return [
             VanillaGeneration(
                 r.generation,
@@ -498,6 +510,7 @@ class SqlCustodyStore(HandInRecords):
                 bytes(r.ds_certificate),
                 bytes(r.ka_certificate),
                 GenerationStatus(r.status),
+                bool(r.compromised),
             )
             for r in rows
         ]
@@ -507,7 +520,7 @@ class SqlCustodyStore(HandInRecords):
 
     def _load_bench(self, bench_id: str) -> Bench | None:
         row = self._read(lambda c: c.execute(select(benches).where(benches.c.bench_id == bench_id)).first())
-        return None if row is None else Bench(row.bench_id, BenchStatus(row.status))
+        return None if row is None else bench_record(row)
 
     def find_issuance(self, bench_id: str, request_id: str) -> IssuanceRecord | None:
         row = self._read(

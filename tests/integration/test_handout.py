@@ -128,7 +128,7 @@ def test_retry_after_the_meter_applied_its_command_still_gets_the_same_bytes(dep
         )
     assert retry.command == first.command and retry.issuance_id == first.issuance_id
     assert fresh.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "does not hold an active vanilla generation" in fresh.details()
+    assert "does not hold a vanilla generation that may sign" in fresh.details()
 
 
 def test_request_id_reused_for_another_device_is_already_exists(deployment: Deployment) -> None:

@@ -213,7 +213,7 @@ def test_device_holding_an_area_dno_certificate_is_failed_precondition(deploymen
     error = refused(deployment, valid_request(transport))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert error.details() == (
-        f"device {device_id.hex()} does not hold an active vanilla generation in its NO cell "
+        f"device {device_id.hex()} does not hold a vanilla generation that may sign in its NO cell "
         f"(it holds entity {area_entity_id(11).hex()})"
     )
 
