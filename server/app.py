@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from gbcs.errors import GbcsError
 from gbcs.smki import load_certificate
 from server.config import ConfigError, Settings, TlsSettings
-from server.domain.errors import HsmUnavailable
+from server.domain.errors import HsmLoginRefused, HsmUnavailable
 from server.domain.issuance import HandOutService
 from server.domain.policy import TrustAnchors
 from server.domain.values import AuditEvent
@@ -105,8 +105,10 @@ def build_server(settings: Settings) -> RunningServer:
     signer = open_signer(settings, worker_thread=False)
     try:
         signer.check()  # open and log in now, not on the first hand-out
-    except HsmUnavailable as exc:
+    except HsmUnavailable as exc:  # the signer reconnects in the background
         structlog.get_logger("vdno.server").warning("hsm.not_ready", reason=str(exc))
+    except HsmLoginRefused:  # the signer logged it; every call is refused until a restart
+        pass
     service = HandOutService(store, signer, anchors, lambda: datetime.now(UTC))
 
     def audit_refusal(bench: str, reason: str) -> None:
