@@ -65,6 +65,8 @@ def open_signer(settings: Settings, worker_thread: bool = True) -> Pkcs11Signer:
         settings.hsm.token_label,
         settings.hsm.read_pin(os.environ),
         worker_thread=worker_thread,
+        reconnect_first=settings.hsm.reconnect_first,
+        reconnect_max=settings.hsm.reconnect_max,
     )
 
 
@@ -100,7 +102,7 @@ def build_server(settings: Settings) -> RunningServer:
     (use port 0 for a free port; the bound port is returned). The schema is migrated beforehand, once,
     by `vdno-server serve` (server.store.sql.migrate_database)."""
     anchors = load_anchors(settings)
-    store = open_store(settings.database_url, run_migrations=False)
+    store = open_store(settings.database_url, run_migrations=False, write_lock_wait=settings.write_lock_wait)
     # The issuance pipeline's thread is the one caller: it owns the session, no hand-off per batch.
     signer = open_signer(settings, worker_thread=False)
     try:
