@@ -19,7 +19,7 @@ from gbcs.errors import GbcsError
 from gbcs.smki import load_certificate
 from server.config import ConfigError, Settings, TlsSettings
 from server.domain.custody import CustodyService, CustodySettings
-from server.domain.errors import HsmUnavailable
+from server.domain.errors import HsmLoginRefused, HsmUnavailable
 from server.domain.fleet import FleetView
 from server.domain.hand_in import HandInService
 from server.domain.issuance import HandOutService
@@ -74,6 +74,8 @@ def open_signer(settings: Settings, worker_thread: bool = True) -> Pkcs11Signer:
         settings.hsm.token_label,
         settings.hsm.read_pin(os.environ),
         worker_thread=worker_thread,
+        reconnect_first=settings.hsm.reconnect_first,
+        reconnect_max=settings.hsm.reconnect_max,
     )
 
 
@@ -133,13 +135,15 @@ def build_server(settings: Settings) -> RunningServer:
     (use port 0 for a free port; the bound port is returned). The schema is migrated beforehand, once,
     by `vdno-server serve` (server.store.sql.migrate_database)."""
     anchors = load_anchors(settings)
-    store = open_store(settings.database_url, run_migrations=False)
+    store = open_store(settings.database_url, run_migrations=False, write_lock_wait=settings.write_lock_wait)
     # The issuance pipeline's thread is the one caller: it owns the session, no hand-off per batch.
     signer = open_signer(settings, worker_thread=False)
     try:
         signer.check()  # open and log in now, not on the first hand-out
-    except HsmUnavailable as exc:
+    except HsmUnavailable as exc:  # the signer reconnects in the background
         structlog.get_logger("vdno.server").warning("hsm.not_ready", reason=str(exc))
+    except HsmLoginRefused:  # the signer logged it; every call is refused until a restart
+        pass
     service = HandOutService(store, signer, anchors, _utc_now)
     hand_in = HandInService(store, anchors, _utc_now)
     custody = build_custody(settings, store, signer, anchors)

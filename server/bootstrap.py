@@ -166,7 +166,7 @@ destroy_grace_days = 7          # 7-30 days from scheduling a generation's destr
 expiry_warning_days = 90        # warn this long before a signing generation's certificates expire
 
 [enrolment]
-client_ca_key = "pki/tls-ca.key"  # lab: the client CA's key issues the certificates of benches enrolled from a CSR
+client_ca_key = "pki/tls-ca.key"  # lab: the client CA key, for benches enrolled from a CSR
 """
 
 

@@ -30,6 +30,10 @@ class HsmSettings:
     pin_file: Path | None  # the user PIN comes from this file ...
     pin_env: str | None  # ... or from this environment variable; never from argv
     softhsm_conf: Path | None = None  # SoftHSM only: exported as SOFTHSM2_CONF before the module loads
+    # After a transient fault the signer reconnects at once, then after reconnect_first seconds, doubling
+    # up to reconnect_max.
+    reconnect_first: float = 0.2
+    reconnect_max: float = 5.0
 
     def read_pin(self, environ: Mapping[str, str]) -> str:
         if self.pin_env:
@@ -82,6 +86,7 @@ class Settings:
     processes: int = 1
     threads: int = 16
     log_level: str = "info"
+    write_lock_wait: float = 5.0  # seconds a write waits for the database's write lock (then UNAVAILABLE)
     custody: CustodyConfig = CustodyConfig()
     enrolment: EnrolmentConfig = EnrolmentConfig()
 
@@ -92,6 +97,13 @@ def _path(base: Path, table: Mapping[str, Any], key: str, section: str) -> Path:
         raise ConfigError(f"[{section}] {key} is required and must be a path")
     p = Path(value)
     return p if p.is_absolute() else (base / p)
+
+
+def _seconds(table: Mapping[str, Any], key: str, section: str, default: float) -> float:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 3600:
+        raise ConfigError(f"[{section}] {key} must be a number of seconds, more than 0 and at most 3600")
+    return float(value)
 
 
 def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
@@ -122,6 +134,10 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
         raise ConfigError("[server] processes and threads must be integers") from exc
     if processes < 1 or threads < 1:
         raise ConfigError("[server] processes and threads must be at least 1")
+    reconnect_first = _seconds(hsm, "reconnect_first", "hsm", 0.2)
+    reconnect_max = _seconds(hsm, "reconnect_max", "hsm", 5.0)
+    if reconnect_max < reconnect_first:
+        raise ConfigError("[hsm] reconnect_max must not be less than reconnect_first")
     custody = _custody(raw.get("custody", {}))
     enrolment = raw.get("enrolment", {})
     return Settings(
@@ -142,6 +158,8 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
             pin_file=_path(base, hsm, "pin_file", "hsm") if hsm.get("pin_file") else None,
             pin_env=hsm.get("pin_env"),
             softhsm_conf=_path(base, hsm, "softhsm_conf", "hsm") if hsm.get("softhsm_conf") else None,
+            reconnect_first=reconnect_first,
+            reconnect_max=reconnect_max,
         ),
         trust=TrustSettings(
             root_ca=_path(base, trust, "root_ca", "trust"),
@@ -151,6 +169,7 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
         processes=processes,
         threads=threads,
         log_level=str(server.get("log_level", "info")),
+        write_lock_wait=_seconds(raw.get("database", {}), "write_lock_wait", "database", 5.0),
     )
 
 

@@ -119,6 +119,12 @@ class KeyNotInCustody(PolicyRefused):
     """The signing key named in configuration is missing from the token or fails its attribute checks."""
 
 
+# -- the service is misconfigured and an operator must fix it: FAILED_PRECONDITION
+class HsmLoginRefused(VdnoError):
+    """The token refused the configured PIN (incorrect, invalid, expired, locked or not set). The service
+    never tries it again: an operator fixes the PIN and restarts the service."""
+
+
 # -- same request id, different request: ALREADY_EXISTS
 class RequestIdConflict(VdnoError):
     """The (bench, request id) was already used for a different request."""
@@ -134,7 +140,8 @@ class StoreUnavailable(Unavailable):
 
 
 class HsmUnavailable(Unavailable):
-    """The PKCS#11 token cannot be reached or refused the login."""
+    """The PKCS#11 token cannot be reached now (removed, not present, session lost, module not initialised,
+    a key found earlier missing); the signer reconnects in the background."""
 
 
 # -- our own invariant broke: INTERNAL (never releases a signature)

@@ -30,7 +30,8 @@ class DigestSigner(Protocol):
 
     `key` is the RFC 7512 PKCS#11 URI from configuration naming the private key.
     Implementations serialise calls into the token (ARCHITECTURE §5.7) and are safe to call from
-    many threads. Errors: HsmUnavailable (token down, login refused), KeyNotInCustody (no such key).
+    many threads. Errors: HsmUnavailable (token down: retry), HsmLoginRefused (the PIN was refused:
+    an operator must act), KeyNotInCustody (no such key, or it fails its attribute checks).
     """
 
     def sign_digests(self, key: str, digests: Sequence[bytes]) -> list[bytes]:

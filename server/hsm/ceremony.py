@@ -44,14 +44,17 @@ class TokenKeyCeremony:
             spki = pair.public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
             return GeneratedKey(self._uri(label), spki, facts)
 
-        return self._signer.run(job)
+        return self._signer.run(job, "generating a key pair")
 
     def public_key(self, key_uri: str) -> bytes:
         return self._signer.public_key(key_uri).public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
 
     def certificate_request(self, key_uri: str, subject: x509.Name) -> bytes:
         uri = parse_pkcs11_uri(key_uri)
-        return self._signer.run(lambda session: hsm_keys.sign_csr(session, subject, uri.object, uri.id))
+        return self._signer.run(
+            lambda session: hsm_keys.sign_csr(session, subject, uri.object, uri.id),
+            "signing a certificate request",
+        )
 
     def destroy_key_pair(self, key_uri: str) -> bool:
         uri = parse_pkcs11_uri(key_uri)
@@ -72,6 +75,6 @@ class TokenKeyCeremony:
                     raise HsmUnavailable(f"the token could not delete the keys {uri.object!r}") from exc
             return found
 
-        deleted = self._signer.run(job)
+        deleted = self._signer.run(job, "deleting a key pair")
         self._signer.forget(key_uri)
         return deleted

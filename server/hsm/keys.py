@@ -25,7 +25,7 @@ from pkcs11.util.ec import encode_named_curve_parameters
 
 from gbcs.signature import raw_to_der
 from server.domain.errors import HsmUnavailable, KeyNotInCustody
-from server.hsm.token import SESSION_LOST_ERRORS
+from server.hsm.faults import TRANSIENT_ERRORS
 
 P256_OID = "1.2.840.10045.3.1.7"
 P256_PARAMS = encode_named_curve_parameters("secp256r1")
@@ -110,7 +110,7 @@ def generate_signing_keypair(session: Any, label: str, key_id: bytes) -> tuple[A
             public_template=public_template,
             private_template=private_template,
         )
-    except SESSION_LOST_ERRORS as exc:
+    except TRANSIENT_ERRORS as exc:
         raise HsmUnavailable("the PKCS#11 token went away while generating a key") from exc
     except p11e.PKCS11Error as exc:
         raise HsmUnavailable(f"the token could not generate the key pair {label!r}") from exc
@@ -301,7 +301,7 @@ def sign_csr(
     digest.update(info.dump())
     try:
         raw = sign_digest_with(private, digest.finalize())
-    except SESSION_LOST_ERRORS as exc:
+    except TRANSIENT_ERRORS as exc:
         raise HsmUnavailable("the PKCS#11 token went away while signing a CSR") from exc
     except p11e.PKCS11Error as exc:
         raise HsmUnavailable("the token could not sign the CSR") from exc

@@ -1,46 +1,57 @@
-"""Pkcs11Signer: the DigestSigner (server/domain/ports.py) backed by a PKCS#11 token.
+"""Pkcs11Signer: the DigestSigner (server/domain/ports.py) backed by a PKCS#11 token that may come and go.
 
-python-pkcs11 crashes when two threads call into one token at once (ARCHITECTURE §5.7), so the single
-session has one owner and calls are serialised. By default a dedicated worker thread owns it: every
-call, from any thread, becomes a job on a queue that the worker runs while the caller waits on a
-concurrent.futures.Future. With worker_thread=False (the server: the issuance pipeline's thread is the
-only caller), jobs run in the calling thread under a lock, without the two hand-offs. To scale, run more
-processes, or more signers (each owns its own session; they may share a token: login is done so that
-closing one never logs the others out, see server/hsm/_cki.py).
+python-pkcs11 crashes when two threads call into one token at once (ARCHITECTURE §5.7), so the session has
+one owner at a time: every token call of the signer (jobs, health probes, reconnection) runs under its lock.
+By default a dedicated worker thread runs the jobs: every call, from any thread, becomes a job on a queue
+while the caller waits on a concurrent.futures.Future. With worker_thread=False (the server: the issuance
+pipeline's thread is the only caller), jobs run in the calling thread under the lock, without the two
+hand-offs. To scale, run more processes, or more signers (each owns its own session; they may share a
+token: login is done so that closing one never logs the others out, see server/hsm/_cki.py).
 
-PKCS#11 errors are translated once, here, into server.domain.errors (HsmUnavailable for token, login
-and session trouble; KeyNotInCustody for a key that is missing or fails its attribute checks). A lost
-session (closed, invalid handle, device removed, token absent, logged out) is reopened once and the
-job retried. Messages never carry the PIN, a CKR code name or a key handle.
+Failures are classified once, in server/hsm/faults.py:
+* transient (token removed or not present, session lost, module not initialised, a key found earlier
+  missing, ...): the call fails with HsmUnavailable and the session is dropped; a recovery thread then
+  reinitialises the module (C_Finalize + C_Initialize: SoftHSM reads its configuration again), opens a new
+  session, logs in and finds again every key found before, never reusing a handle of the old session. It
+  tries at once, then after `reconnect_first` seconds, doubling up to `reconnect_max`. Until it succeeds
+  every call fails at once with HsmUnavailable, without touching the token or waiting for its lock: an
+  outage never holds up the caller's thread.
+* the PIN refused: remembered. Every later call fails at once with HsmLoginRefused and C_Login is never
+  called again (real HSMs lock a partition after a few failed logins); logged once, at error level.
+* a key that fails its attribute checks, or was never found since start: KeyNotInCustody, and the key is
+  looked up again on the next call.
+
+Messages never carry the PIN, a CKR code name or a key handle.
 """
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
+import structlog
 from cryptography.hazmat.primitives.asymmetric import ec
 from pkcs11 import ObjectClass
 from pkcs11 import exceptions as p11e
 
-from server.domain.errors import HsmUnavailable, InvalidRequest, KeyNotInCustody
+from server.domain.errors import HsmLoginRefused, HsmUnavailable, InvalidRequest, KeyNotInCustody
+from server.hsm import _cki, faults
 from server.hsm import keys as hsm_keys
-from server.hsm.token import SESSION_LOST_ERRORS, close_quietly, connect
+from server.hsm.token import check_token, close_quietly, connect, module_gate, reinitialise
 from server.hsm.uri import Pkcs11Uri, parse_pkcs11_uri
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger("vdno.hsm")
 
 T = TypeVar("T")
 # Seconds a caller waits for the worker thread to run its job before the token counts as unavailable.
 JOB_TIMEOUT = 60.0
-
-# A cached key handle went stale (object deleted/recreated): forget the cache and look it up again.
-_STALE_HANDLE_ERRORS: tuple[type[BaseException], ...] = (p11e.KeyHandleInvalid, p11e.ObjectHandleInvalid)
+RECONNECT_FIRST = 0.2
+RECONNECT_MAX = 5.0
 
 
 class _Secret:
@@ -60,8 +71,11 @@ class _Secret:
     __str__ = __repr__
 
 
+_Job = tuple[Callable[[Any], Any], str, Future[Any]]
+
+
 class Pkcs11Signer:
-    """Thread-safe signer over one PKCS#11 session, used by one thread at a time (see module docstring)."""
+    """Thread-safe signer over one PKCS#11 session at a time (see module docstring)."""
 
     def __init__(
         self,
@@ -70,25 +84,42 @@ class Pkcs11Signer:
         pin: str,
         *,
         worker_thread: bool = True,
+        reconnect_first: float = RECONNECT_FIRST,
+        reconnect_max: float = RECONNECT_MAX,
     ) -> None:
+        if not 0 < reconnect_first <= reconnect_max:
+            raise ValueError("reconnect delays must satisfy 0 < first <= max")
         self._module_path = str(module_path)
         self._token_label = token_label
         self._pin = _Secret(pin)
-        # Worker-thread state only.
+        self._gate = module_gate(self._module_path)
+        self._reconnect_first = reconnect_first
+        self._reconnect_max = reconnect_max
+        # Owned by whoever holds _owner.
+        self._owner = threading.Lock()
         self._session: Any = None
-        self._private_keys: dict[str, Any] = {}
+        self._generation: int | None = None  # the module's generation when the session was opened
+        self._private_keys: dict[str, Any] = {}  # handles of the current session
+        self._found: set[str] = set()  # keys found at least once by this signer
+        # Read without the lock by the fast refusal; written under _owner.
+        self._down: HsmUnavailable | None = None
+        self._down_since = 0.0
+        self._refused: HsmLoginRefused | None = None
+        self._closed = False
+        self._listeners: list[Callable[[], None]] = []
+        self._stop = threading.Event()
+        self._recovery: threading.Thread | None = None
         # Shared state.
         self._public_keys: dict[str, ec.EllipticCurvePublicKey] = {}
         self._public_lock = threading.Lock()
-        self._queue: queue.SimpleQueue[tuple[Callable[[Any], Any], Future[Any]] | None] = queue.SimpleQueue()
         self._state_lock = threading.Lock()
-        self._closed = False
-        # Without a worker thread, jobs run in the calling thread, one at a time under this lock: for a
-        # single caller that batches its own work (the issuance pipeline), saving two hand-offs per job.
-        self._inline: threading.Lock | None = None if worker_thread else threading.Lock()
-        self._thread = threading.Thread(target=self._run, name=f"pkcs11-signer[{token_label}]", daemon=True)
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._worker: threading.Thread | None = None
         if worker_thread:
-            self._thread.start()
+            self._worker = threading.Thread(
+                target=self._run, name=f"pkcs11-signer[{token_label}]", daemon=True
+            )
+            self._worker.start()
 
     def __repr__(self) -> str:
         return f"Pkcs11Signer(module={self._module_path!r}, token={self._token_label!r})"
@@ -104,7 +135,7 @@ class Pkcs11Signer:
     def sign_digest(self, key: str, digest: bytes) -> bytes:
         """64-byte raw r||s ECDSA (CKM_ECDSA) signature of a 32-byte SHA-256 digest."""
         _check_digest(digest)
-        return self._submit(lambda session: self._sign(session, key, [digest]))[0]
+        return self._submit(lambda session: self._sign(session, key, [digest]), "signing")[0]
 
     def sign_digests(self, key: str, digests: Sequence[bytes]) -> list[bytes]:
         """Several digests with one key, in one job (one trip through the queue)."""
@@ -113,7 +144,7 @@ class Pkcs11Signer:
             _check_digest(digest)
         if not batch:
             return []
-        return self._submit(lambda session: self._sign(session, key, batch))
+        return self._submit(lambda session: self._sign(session, key, batch), "signing")
 
     def public_key(self, key: str) -> ec.EllipticCurvePublicKey:
         """Public half of the pair named by the private-key URI (public object with the same label/id)."""
@@ -121,57 +152,91 @@ class Pkcs11Signer:
             cached = self._public_keys.get(key)
         if cached is not None:
             return cached
-        public = self._submit(lambda session: self._find_public(session, key))
+        public = self._submit(lambda session: self._find_public(session, key), "reading a public key")
         with self._public_lock:
             self._public_keys[key] = public
         return public
 
-    def run(self, job: Callable[[Any], T]) -> T:
-        """Run `job(session)` on this signer's session, serialised with its signing (custody work: key
-        generation, CSRs, key deletion). The session is read-write."""
-        return self._submit(job)
+    def run(self, job: Callable[[Any], T], doing: str) -> T:
+        """Run `job(session)` on this signer's session, serialised with its signing, its failures
+        classified as a signature's are (custody work: key generation, CSRs, key deletion). The session is
+        read-write."""
+        return self._submit(job, doing)
 
     def forget(self, key: str) -> None:
-        """Drop what the signer remembers of a key (its handle and public key), e.g. after deleting it."""
-        self._submit(lambda session: self._private_keys.pop(key, None))
+        """Forget a key that was deliberately deleted (its handle, its public key, that it was ever found):
+        looking it up again is then a missing key, not a token fault."""
+
+        def job(session: Any) -> None:
+            self._private_keys.pop(key, None)
+            self._found.discard(key)
+
+        self._submit(job, "forgetting a deleted key")
         with self._public_lock:
             self._public_keys.pop(key, None)
 
-    # -- lifecycle ---------------------------------------------------------------------------------
+    # -- lifecycle and health ----------------------------------------------------------------------
 
     def check(self) -> None:
-        """Open (or confirm) the session now; raises HsmUnavailable when the token is unusable."""
-        self._submit(lambda session: None)
+        """Open (or confirm) the session now: HsmUnavailable (reconnecting in the background) or
+        HsmLoginRefused when the token is unusable."""
+        self._submit(lambda session: None, "opening a session")
+
+    def probe(self, keys: Iterable[str] = ()) -> None:
+        """The health check, through the signer's lock and session: returns if the token answers and
+        every key in `keys` and every key found before is in it and passes its attribute checks; else
+        HsmUnavailable, HsmLoginRefused or KeyNotInCustody (at once while reconnecting or refused)."""
+        wanted = list(keys)
+        self._submit(lambda session: self._probe(session, wanted), "checking the token")
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` whenever the signer becomes unavailable, recovers or has its PIN refused.
+        It runs under the signer's lock: it must return at once (e.g. set an Event)."""
+        self._listeners.append(listener)
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop the worker after the jobs already queued, and close the session. Idempotent."""
+        """Stop reconnecting, stop the worker after the jobs already queued, close the session. Idempotent."""
         with self._state_lock:
             if self._closed:
                 return
             self._closed = True
-            if self._inline is not None:
-                with self._inline:
-                    self._drop_session()
-                return
-            self._queue.put(None)
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
+            if self._worker is not None:
+                self._queue.put(None)
+        self._stop.set()
+        here = threading.current_thread()
+        for thread in (self._worker, self._recovery):
+            if thread is not None and thread is not here and thread.ident is not None:
+                thread.join(timeout)
+        with self._owner:
+            self._drop_session()
 
-    # -- internals ---------------------------------------------------------------------------------
+    # -- internals: calls --------------------------------------------------------------------------
 
-    def _submit(self, job: Callable[[Any], T]) -> T:
-        if self._inline is not None:
-            with self._inline:
+    def _refuse_fast(self) -> None:
+        """Fail at once, without the lock, while the signer is closed, refused or reconnecting."""
+        if self._closed:
+            raise HsmUnavailable("the PKCS#11 signer is closed")
+        refused = self._refused
+        if refused is not None:
+            raise HsmLoginRefused(str(refused))
+        down = self._down
+        if down is not None:
+            raise HsmUnavailable(str(down))
+
+    def _submit(self, job: Callable[[Any], T], doing: str) -> T:
+        self._refuse_fast()
+        if self._worker is None:
+            with self._owner:
                 if self._closed:
                     raise HsmUnavailable("the PKCS#11 signer is closed")
-                return self._with_session(job)
+                return self._call(job, doing)
         future: Future[T] = Future()
         with self._state_lock:
             if self._closed:
                 raise HsmUnavailable("the PKCS#11 signer is closed")
-            if not self._thread.is_alive():
+            if not self._worker.is_alive():
                 raise HsmUnavailable("the PKCS#11 signer thread has stopped")
-            self._queue.put((job, future))
+            self._queue.put((job, doing, future))
         try:
             return future.result(timeout=JOB_TIMEOUT)
         except TimeoutError as exc:
@@ -179,64 +244,165 @@ class Pkcs11Signer:
             raise HsmUnavailable(f"PKCS#11 token {self._token_label!r} did not answer in time") from exc
 
     def _run(self) -> None:
-        try:
-            while True:
-                item = self._queue.get()
-                if item is None:
-                    break
-                job, future = item
-                if not future.set_running_or_notify_cancel():
-                    continue
-                try:
-                    future.set_result(self._with_session(job))
-                except BaseException as exc:
-                    future.set_exception(exc)
-        finally:
-            self._drop_session()
-            # Anything queued after the stop (cannot happen through _submit) must not hang.
-            while True:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is not None and item[1].set_running_or_notify_cancel():
-                    item[1].set_exception(HsmUnavailable("the PKCS#11 signer is closed"))
-
-    def _with_session(self, job: Callable[[Any], T]) -> T:
-        for attempt in (1, 2):
-            session = self._ensure_session()
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            job, doing, future = item
+            if not future.set_running_or_notify_cancel():
+                continue
             try:
-                return job(session)
-            except SESSION_LOST_ERRORS as exc:
-                log.warning(
-                    "pkcs11 session to token %r lost (%s); reconnecting",
-                    self._token_label,
-                    type(exc).__name__,
-                )
-                self._drop_session()
-                if attempt == 2:
-                    raise HsmUnavailable(f"lost the session to PKCS#11 token {self._token_label!r}") from exc
-            except _STALE_HANDLE_ERRORS as exc:
-                self._private_keys.clear()
-                if attempt == 2:
-                    raise HsmUnavailable(
-                        f"PKCS#11 token {self._token_label!r} rejected a key it listed"
-                    ) from exc
-            except p11e.PKCS11Error as exc:
-                raise HsmUnavailable(f"PKCS#11 token {self._token_label!r} failed the operation") from exc
-        raise AssertionError("unreachable")
+                with self._owner:
+                    result = self._call(job, doing)
+            except BaseException as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
 
-    def _ensure_session(self) -> Any:
-        if self._session is None:
+    def _call(self, job: Callable[[Any], T], doing: str) -> T:
+        """Run `job` on the session (opened if there is none yet); under _owner. A failure is classified
+        (server/hsm/faults.py) and the signer goes down (transient) or refuses from now on (PIN)."""
+        refused, down = self._refused, self._down
+        if refused is not None:
+            raise HsmLoginRefused(str(refused))
+        if down is not None:
+            raise HsmUnavailable(str(down))
+        try:
+            if self._session is None:
+                self._open()
+            with self._gate.shared():
+                return job(self._session)
+        except HsmLoginRefused as exc:
+            self._refuse(exc)
+            raise
+        except HsmUnavailable as exc:
+            self._go_down(exc, exc.__cause__ or exc)
+            raise
+        except (p11e.PKCS11Error, _cki.CkiError) as exc:
+            error = faults.domain_error(exc, self._token_label, doing)
+            if isinstance(error, HsmLoginRefused):
+                self._refuse(error)
+            else:
+                self._go_down(error, exc)
+            raise error from exc
+
+    # -- internals: session state (under _owner) ---------------------------------------------------
+
+    def _open(self) -> None:
+        self._generation = self._gate.generation
+        with self._gate.shared():
             self._session = connect(self._module_path, self._token_label, self._pin.reveal(), rw=True)
-            self._private_keys.clear()
-        return self._session
+        self._private_keys.clear()
 
     def _drop_session(self) -> None:
         session, self._session = self._session, None
         self._private_keys.clear()
         if session is not None:
-            close_quietly(session)
+            with self._gate.shared():
+                close_quietly(session)
+
+    def _notify(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+    def _go_down(self, error: HsmUnavailable, cause: BaseException) -> None:
+        self._drop_session()
+        if self._down is None:
+            self._down, self._down_since = error, time.monotonic()
+            unexpected = (
+                isinstance(cause, p11e.PKCS11Error | _cki.CkiError)
+                and faults.classify(cause) is faults.Fault.UNEXPECTED
+            )
+            (log.error if unexpected else log.warning)(
+                "hsm.unavailable",
+                token=self._token_label,
+                reason=str(error),
+                cause=faults.cause_name(cause),
+                unexpected=unexpected,
+            )
+            self._notify()
+        if not self._closed and (self._recovery is None or not self._recovery.is_alive()):
+            self._recovery = threading.Thread(
+                target=self._recover, name=f"pkcs11-reconnect[{self._token_label}]", daemon=True
+            )
+            self._recovery.start()
+
+    def _refuse(self, error: HsmLoginRefused) -> None:
+        self._drop_session()
+        self._down = None
+        if self._refused is None:
+            self._refused = error
+            log.error(
+                "hsm.pin_refused",
+                token=self._token_label,
+                reason=str(error),
+                action="an operator must fix the PIN ([hsm] pin_file or pin_env) and restart the service; "
+                "it is not tried again",
+            )
+            self._notify()
+
+    def _recover(self) -> None:
+        """The recovery thread: reconnect with exponential backoff until it works, the PIN is refused or
+        the signer closes."""
+        delay = self._reconnect_first
+        attempts = 0
+        while not self._stop.is_set():
+            attempts += 1
+            with self._owner:
+                if self._closed or self._refused is not None or self._down is None:
+                    return
+                try:
+                    self._reconnect()
+                except HsmLoginRefused as exc:
+                    self._refuse(exc)
+                    return
+                except (HsmUnavailable, p11e.PKCS11Error, _cki.CkiError) as exc:
+                    error = (
+                        exc
+                        if isinstance(exc, HsmUnavailable)
+                        else faults.domain_error(exc, self._token_label, "reconnecting")
+                    )
+                    if isinstance(error, HsmLoginRefused):
+                        self._refuse(error)
+                        return
+                    self._drop_session()
+                    log.info(
+                        "hsm.reconnect_failed",
+                        token=self._token_label,
+                        attempt=attempts,
+                        reason=str(error),
+                        cause=faults.cause_name(exc.__cause__ or exc),
+                        retry_in_s=delay,
+                    )
+                else:
+                    outage = time.monotonic() - self._down_since
+                    self._down = None
+                    log.warning(
+                        "hsm.recovered", token=self._token_label, attempts=attempts, outage_s=round(outage, 3)
+                    )
+                    self._notify()
+                    return
+            if self._stop.wait(delay):
+                return
+            delay = min(delay * 2, self._reconnect_max)
+
+    def _reconnect(self) -> None:
+        """A new session on a freshly initialised module, logged in, with every key found before found
+        again (no handle of the old session survives). Public keys are read again too: a key pair may have
+        been replaced while the token was away."""
+        self._drop_session()
+        with self._public_lock:
+            self._public_keys.clear()
+        self._generation = reinitialise(self._module_path, self._generation)
+        self._open()
+        with self._gate.shared():
+            for key in sorted(self._found):
+                try:
+                    self._private_key(self._session, key, refresh=True)
+                except KeyNotInCustody:  # fails its attribute checks now: its calls say so
+                    continue
+
+    # -- internals: jobs (under _owner, inside the gate) -------------------------------------------
 
     def _parse(self, key: str) -> Pkcs11Uri:
         try:
@@ -271,13 +437,22 @@ class Pkcs11Signer:
             raise KeyNotInCustody(f"the key URI {key!r} names no object (object= or id=)")
         return uri
 
-    def _private_key(self, session: Any, key: str) -> Any:
-        handle = self._private_keys.get(key)
+    def _private_key(self, session: Any, key: str, refresh: bool = False) -> Any:
+        handle = None if refresh else self._private_keys.get(key)
         if handle is None:
+            self._private_keys.pop(key, None)
             uri = self._parse(key)
-            handle = hsm_keys.find_key(session, ObjectClass.PRIVATE_KEY, uri.object, uri.id)
+            try:
+                handle = hsm_keys.find_key(session, ObjectClass.PRIVATE_KEY, uri.object, uri.id)
+            except KeyNotInCustody as exc:
+                error = faults.key_lookup_error(exc, self._token_label, key, key in self._found)
+                if error is not exc:
+                    raise error from exc
+                check_token(session)  # a key never found: a missing token is transient, a missing key is not
+                raise
             hsm_keys.check_custody(handle, key)
             self._private_keys[key] = handle
+            self._found.add(key)
         return handle
 
     def _sign(self, session: Any, key: str, digests: list[bytes]) -> list[bytes]:
@@ -286,7 +461,16 @@ class Pkcs11Signer:
 
     def _find_public(self, session: Any, key: str) -> ec.EllipticCurvePublicKey:
         uri = self._parse(key)
-        return hsm_keys.public_key_of(session, uri.object, uri.id)
+        try:
+            return hsm_keys.public_key_of(session, uri.object, uri.id)
+        except KeyNotInCustody:
+            check_token(session)
+            raise
+
+    def _probe(self, session: Any, keys: list[str]) -> None:
+        check_token(session)
+        for key in dict.fromkeys([*keys, *sorted(self._found)]):
+            self._private_key(session, key, refresh=True)
 
 
 def _check_digest(digest: bytes) -> None:

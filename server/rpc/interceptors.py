@@ -29,6 +29,7 @@ STATUS_BY_ERROR: tuple[tuple[type[e.VdnoError], grpc.StatusCode], ...] = (
     (e.UnknownGeneration, grpc.StatusCode.NOT_FOUND),
     (e.UnknownApprovalRequest, grpc.StatusCode.NOT_FOUND),
     (e.PolicyRefused, grpc.StatusCode.FAILED_PRECONDITION),
+    (e.HsmLoginRefused, grpc.StatusCode.FAILED_PRECONDITION),
     (e.RequestIdConflict, grpc.StatusCode.ALREADY_EXISTS),
     (e.Unavailable, grpc.StatusCode.UNAVAILABLE),
     (e.SignatureCheckFailed, grpc.StatusCode.INTERNAL),

@@ -7,8 +7,10 @@ Writes run in batches, one transaction (one fsync) per batch, on a connection of
   commit).
 An operation that fails does not undo its neighbours (it is re-run under its own SAVEPOINT), and a write
 returns only after its transaction committed and is durable. On SQLite a flock on `<db>.writelock` hands
-the write lock between these writers and between processes, and the writers make their commits durable
-after releasing it (_WalSync).
+the write lock between these writers and between processes (_WriteLock), and the writers make their
+commits durable after releasing it (_WalSync). A writer waits at most `write_lock_wait` seconds for the
+write lock (PostgreSQL: for a row or table lock): then its writes answer StoreUnavailable, nothing of them
+recorded.
 """
 
 from __future__ import annotations
@@ -60,15 +62,18 @@ WriteOp = Callable[[Connection, list[AuditEvent]], T]
 REFERENCE_TTL = 1.0  # seconds a replica may serve bench/area/generation data it read earlier
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 MAX_BATCH = 128
+WRITE_LOCK_WAIT = 5.0  # seconds a write waits for the database's write lock before it is refused
 
 
-def make_engine(url: str, writer: bool = False) -> Engine:
+def make_engine(url: str, writer: bool = False, lock_wait: float | None = None) -> Engine:
     """Engine for a SQLAlchemy URL. SQLite: WAL, busy timeout; the writer's transactions start with BEGIN
     IMMEDIATE (take the write lock up front), readers' with a plain deferred BEGIN so they never wait for
     the writer. Commits are synchronous FULL, except on the writer's engine (synchronous NORMAL), whose
-    only user, _GroupCommitWriter, makes each commit durable itself (_WalSync)."""
+    only user, _GroupCommitWriter, makes each commit durable itself (_WalSync). `lock_wait`: seconds a
+    statement waits for a lock (SQLite's busy timeout, else 30 s; PostgreSQL's lock_timeout, else none)."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        timeout = 30.0 if lock_wait is None else lock_wait
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": timeout})
         begin = "BEGIN IMMEDIATE" if writer else "BEGIN"
         synchronous = "NORMAL" if writer else "FULL"
 
@@ -89,7 +94,18 @@ def make_engine(url: str, writer: bool = False) -> Engine:
             conn.connection.dbapi_connection.execute(begin)  # type: ignore[union-attr]  # straight to the driver
 
         return engine
-    return create_engine(url, pool_size=8, max_overflow=8, pool_pre_ping=True)
+    engine = create_engine(url, pool_size=8, max_overflow=8, pool_pre_ping=True)
+    if lock_wait is not None:
+        milliseconds = max(1, round(lock_wait * 1000))
+
+        @event.listens_for(engine, "connect")
+        def _on_pg_connect(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute(f"SET lock_timeout = {milliseconds}")
+            cur.close()
+            dbapi_conn.commit()
+
+    return engine
 
 
 def migrate(engine: Engine) -> None:
@@ -158,6 +174,79 @@ class _WalSync:
     close = reset
 
 
+class _WriteLock:
+    """The SQLite write lock between this process's writers and other processes: an exclusive flock on
+    `<db>.writelock`, waited for at most `wait` seconds. A blocking flock hands the lock over the moment
+    its holder lets go (SQLite's own busy handler sleeps up to 100 ms between retries), but it cannot time
+    out: so when the lock is busy, a helper thread blocks in flock on the writer's descriptor while the
+    writer waits for it with a timeout. A lock the helper gets after the writer gave up is let go at once.
+    Used by one thread at a time (its writer's)."""
+
+    def __init__(self, path: Path, wait: float) -> None:
+        self._file = open(path, "a+b")  # noqa: SIM115 (closed by close())
+        self._fd = self._file.fileno()
+        self._wait = wait
+        self._cond = threading.Condition()
+        self._blocking = False  # the helper is (about to be) blocked in flock for a writer
+        self._wanted = False  # the writer is still waiting for the helper's flock
+        self._granted = False  # the helper holds the flock for the writer
+        self._closed = False
+        self._helper: threading.Thread | None = None
+
+    def acquire(self) -> bool:
+        """True once this writer holds the lock; False after `wait` seconds without it."""
+        with self._cond:
+            if not self._blocking:
+                try:
+                    fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return True
+                except BlockingIOError:
+                    pass
+                self._blocking = True
+                if self._helper is None:
+                    self._helper = threading.Thread(target=self._help, name="store-write-lock", daemon=True)
+                    self._helper.start()
+                self._cond.notify_all()
+            self._wanted = True
+            granted = self._cond.wait_for(lambda: self._granted, timeout=self._wait)
+            self._wanted = False
+            self._granted = False
+            return granted
+
+    def release(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            if self._blocking:  # the helper still waits in flock on the descriptor: it closes the file
+                return
+        self._file.close()
+
+    def _help(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._blocking or self._closed)
+                if self._closed and not self._blocking:
+                    return
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+                locked = True
+            except OSError:
+                locked = False
+            with self._cond:
+                self._blocking = False
+                if self._closed:
+                    self._file.close()  # releases the flock too
+                    return
+                if locked and self._wanted:
+                    self._granted = True
+                elif locked:
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+                self._cond.notify_all()
+
+
 class _GroupCommitWriter:
     """Owns write transactions on one connection; see module docstring. Threaded (the default): a writer
     thread groups the ops of concurrent callers into one transaction. Not threaded: for a caller that
@@ -170,9 +259,11 @@ class _GroupCommitWriter:
         lock_path: Path | None = None,
         threaded: bool = True,
         wal: _WalSync | None = None,
+        lock_wait: float = WRITE_LOCK_WAIT,
     ) -> None:
         """`lock_path` and `wal`: SQLite on a file, where the engine's connections commit with
-        synchronous=NORMAL (make_engine(writer=True)) and `wal` makes each batch durable."""
+        synchronous=NORMAL (make_engine(writer=True)) and `wal` makes each batch durable. `lock_wait`:
+        seconds a batch waits for the lock at `lock_path`."""
         self._engine = engine
         self._wal = wal
         # The driver's own errors (hot-path statements run on its cursor, not through SQLAlchemy).
@@ -182,9 +273,8 @@ class _GroupCommitWriter:
         # committed) and the batch is run again with a SAVEPOINT per op. PostgreSQL keeps them always.
         self._optimistic = engine.dialect.name == "sqlite"
         self._audit = AuditAppender(engine.dialect)
-        # SQLite across processes: a blocking flock hands the write lock over the moment the other
-        # process commits (SQLite's own busy handler sleeps up to 100 ms between retries).
-        self._lock_file = open(lock_path, "a+b") if lock_path is not None else None  # noqa: SIM115
+        self._lock = _WriteLock(lock_path, lock_wait) if lock_path is not None else None
+        self._lock_wait = lock_wait
         self._queue: queue.Queue[list[tuple[WriteOp[Any], Future[Any]]] | None] = queue.Queue()
         self._conn: Connection | None = None  # used by one thread at a time, kept open between batches
         self._thread: threading.Thread | None = None
@@ -220,8 +310,8 @@ class _GroupCommitWriter:
         else:
             with self._here:
                 self._drop_connection()
-        if self._lock_file is not None:
-            self._lock_file.close()
+        if self._lock is not None:
+            self._lock.close()
         if self._wal is not None:
             self._wal.close()
 
@@ -257,13 +347,17 @@ class _GroupCommitWriter:
                 return
 
     def _run_batch(self, ops: list[WriteOp[Any]]) -> list[tuple[Any, VdnoError | None]]:
-        if self._lock_file is None:
+        if self._lock is None:
             return self._run_transaction(ops)
-        fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX)
+        if not self._lock.acquire():
+            busy = StoreUnavailable(
+                f"the database's write lock was not free within {self._lock_wait:g} s; nothing was recorded"
+            )
+            return [(None, busy)] * len(ops)
         try:
             outcomes = self._run_transaction(ops)
         finally:
-            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
+            self._lock.release()
         if self._wal is not None:
             try:
                 self._wal.sync()
@@ -417,12 +511,13 @@ def _issuance(row: Any) -> IssuanceRecord:
 class SqlCustodyStore(HandInRecords, CustodyRecords):
     """CustodyStore and HandInStore over SQLAlchemy. Build with `open_store(url)`."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, write_lock_wait: float = WRITE_LOCK_WAIT) -> None:
+        """`write_lock_wait`: seconds a write waits for the write lock before it answers StoreUnavailable
+        (PostgreSQL: give `engine` that lock_timeout, see open_store)."""
         self.engine = engine
         sqlite = engine.dialect.name == "sqlite"
-        write_engine = (
-            make_engine(engine.url.render_as_string(hide_password=False), writer=True) if sqlite else engine
-        )
+        url = engine.url.render_as_string(hide_password=False)
+        write_engine = make_engine(url, writer=True, lock_wait=write_lock_wait) if sqlite else engine
         self._write_engine = write_engine
         database = write_engine.url.database if sqlite else None
         lock_path = Path(database + ".writelock") if database and database != ":memory:" else None
@@ -430,9 +525,11 @@ class SqlCustodyStore(HandInRecords, CustodyRecords):
         self._wal_path = Path(database + "-wal") if lock_path is not None and database else None
         wal_path = self._wal_path
         wal = (lambda: _WalSync(wal_path)) if wal_path is not None else None
-        self._writer = _GroupCommitWriter(write_engine, lock_path, wal=wal() if wal else None)
+        self._writer = _GroupCommitWriter(
+            write_engine, lock_path, wal=wal() if wal else None, lock_wait=write_lock_wait
+        )
         self._step_writer = _GroupCommitWriter(
-            write_engine, lock_path, threaded=False, wal=wal() if wal else None
+            write_engine, lock_path, threaded=False, wal=wal() if wal else None, lock_wait=write_lock_wait
         )
         self._hot = _HotPathSql(engine)
         self._driver_integrity_error: type[Exception] = engine.dialect.loaded_dbapi.IntegrityError
@@ -541,6 +638,12 @@ class SqlCustodyStore(HandInRecords, CustodyRecords):
             _WalSync.sync_current(self._wal_path)
         except OSError as exc:
             raise StoreUnavailable("the database could not make what it holds durable") from exc
+
+    def check_writable(self) -> None:
+        """Health: a trivial write transaction through the writer (SQLite: takes and releases the write
+        lock; PostgreSQL: a round trip in a transaction). StoreUnavailable if the database cannot take a
+        write within the write-lock wait."""
+        self._writer.submit(lambda c, _events: c.exec_driver_sql("SELECT 1").close())
 
     def list_issuances(self) -> list[IssuanceRecord]:
         rows = self._read(lambda c: c.execute(select(issuances).order_by(issuances.c.issuance_id)).all())
@@ -824,12 +927,20 @@ class SqlCustodyStore(HandInRecords, CustodyRecords):
         self._writer.submit(op)
 
 
-def open_store(url: str, run_migrations: bool = True) -> SqlCustodyStore:
-    """The store at `url`; with run_migrations, its schema is brought to the newest revision first."""
-    engine = make_engine(url)
+def open_store(
+    url: str, run_migrations: bool = True, write_lock_wait: float = WRITE_LOCK_WAIT
+) -> SqlCustodyStore:
+    """The store at `url`; with run_migrations, its schema is brought to the newest revision first. A write
+    waits at most `write_lock_wait` seconds for the database's write lock (then StoreUnavailable)."""
+    sqlite = url.startswith("sqlite")
+    # PostgreSQL: the writers use this engine, so it carries the lock timeout (migrations do not).
+    engine = make_engine(url, lock_wait=None if sqlite else write_lock_wait)
     if run_migrations:
-        migrate(engine)
-    return SqlCustodyStore(engine)
+        if sqlite:
+            migrate(engine)
+        else:
+            migrate_database(url)
+    return SqlCustodyStore(engine, write_lock_wait)
 
 
 def migrate_database(url: str) -> None:

@@ -13,7 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hsm_testlib import LoginCounter
 
+from server.hsm import _cki
 from server.hsm.softhsm import SoftHsmToken, ensure_softhsm_token
 
 USER_PIN = "user-pin-4711"
@@ -63,3 +65,11 @@ def signing_key(hsm_token: SoftHsmToken) -> tuple[str, bytes, str]:
         assert ensure_keypair(session, label, key_id).created
     uri = Pkcs11Uri(token=hsm_token.label, object=label, id=key_id, type="private")
     return label, key_id, str(uri)
+
+
+@pytest.fixture
+def count_logins(monkeypatch: pytest.MonkeyPatch) -> LoginCounter:
+    """C_Login calls of this process from now on (each still reaches the token)."""
+    counter = LoginCounter()
+    monkeypatch.setattr(_cki, "login", counter(_cki.login))
+    return counter

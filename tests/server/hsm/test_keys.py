@@ -9,7 +9,7 @@ from pkcs11 import Attribute, KeyType, ObjectClass
 from pkcs11 import exceptions as p11e
 
 from gbcs.signature import raw_to_der
-from server.domain.errors import HsmUnavailable, KeyNotInCustody
+from server.domain.errors import HsmLoginRefused, KeyNotInCustody
 from server.hsm.keys import (
     P256_PARAMS,
     ensure_keypair,
@@ -133,7 +133,7 @@ def test_unknown_key_is_not_in_custody(hsm_token: SoftHsmToken, user_pin: str) -
 
 def test_open_session_with_wrong_pin(hsm_token: SoftHsmToken) -> None:
     with (
-        pytest.raises(HsmUnavailable, match="refused") as info,
+        pytest.raises(HsmLoginRefused, match="refused the configured PIN") as info,
         open_token_session(hsm_token.module_path, hsm_token.label, "wrong-pin-1234"),
     ):
         pass

@@ -9,9 +9,11 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+from hsm_testlib import wait_for
+from structlog.testing import capture_logs
 
 from gbcs.signature import raw_to_der
-from server.domain.errors import HsmUnavailable, KeyNotInCustody
+from server.domain.errors import HsmLoginRefused, HsmUnavailable, KeyNotInCustody
 from server.hsm.keys import ensure_keypair
 from server.hsm.signer import Pkcs11Signer
 from server.hsm.softhsm import SoftHsmToken
@@ -85,15 +87,15 @@ def test_many_threads_share_one_signer(signer: Pkcs11Signer, signing_key: tuple[
         _verify(public, digest, raw)
 
 
-def test_wrong_pin_is_hsm_unavailable_and_leaks_nothing(hsm_token: SoftHsmToken, signing_key) -> None:
+def test_wrong_pin_is_refused_and_leaks_nothing(hsm_token: SoftHsmToken, signing_key) -> None:
     _, _, uri = signing_key
     pin = "not-the-pin-9876"
     with Pkcs11Signer(hsm_token.module_path, hsm_token.label, pin) as bad:
         assert pin not in repr(bad)
-        with pytest.raises(HsmUnavailable) as info:
+        with pytest.raises(HsmLoginRefused) as info:
             bad.sign_digest(uri, bytes(32))
     text = str(info.value)
-    assert "refused" in text
+    assert "refused the configured PIN" in text
     assert pin not in text and "CKR" not in text
     rendered = "".join(traceback.format_exception(info.value))
     assert pin not in rendered and "CKR" not in rendered
@@ -133,19 +135,22 @@ def test_bad_digest_length(signer: Pkcs11Signer, signing_key) -> None:
         signer.sign_digest(signing_key[2], b"short")
 
 
-def test_reconnects_after_the_session_is_lost(
-    signer: Pkcs11Signer, signing_key, caplog: pytest.LogCaptureFixture
+def test_a_lost_session_fails_the_call_at_once_and_is_reopened_in_the_background(
+    signer: Pkcs11Signer, signing_key
 ) -> None:
     _, _, uri = signing_key
     public = signer.public_key(uri)
     digest = hashlib.sha256(b"before").digest()
     _verify(public, digest, signer.sign_digest(uri, digest))
-    # Close the worker's session under it (in the worker thread, as everything else).
-    signer._submit(lambda session: session.close())
-    digest = hashlib.sha256(b"after").digest()
-    with caplog.at_level("WARNING", logger="server.hsm.signer"):
-        _verify(public, digest, signer.sign_digest(uri, digest))
-    assert "reconnecting" in caplog.text
+    with capture_logs() as logs:
+        # Close the session under the signer (through the signer's lock, as any job).
+        signer._submit(lambda session: session.close(), "closing the session")
+        with pytest.raises(HsmUnavailable, match="unavailable"):
+            signer.sign_digest(uri, digest)
+        digest = hashlib.sha256(b"after").digest()
+        _verify(public, digest, wait_for(lambda: signer.sign_digest(uri, digest), within=2.0))
+    events = [e["event"] for e in logs]
+    assert events.count("hsm.unavailable") == 1 and events.count("hsm.recovered") == 1
 
 
 def test_signers_sharing_a_token_do_not_log_each_other_out(

@@ -50,7 +50,7 @@ def test_a_step_returns_after_the_wal_is_synced_outside_the_write_lock(
     real_flock, real_fdatasync = fcntl.flock, os.fdatasync
 
     def flock(fd: int, op: int) -> None:
-        calls.append("lock" if op == fcntl.LOCK_EX else "unlock")
+        calls.append("lock" if op & fcntl.LOCK_EX else "unlock")
         real_flock(fd, op)
 
     def fdatasync(fd: int) -> None:

@@ -1,0 +1,65 @@
+"""load_settings: the keys of the fault-handling settings, their defaults and their checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from server.config import ConfigError, load_settings
+
+BASE = """
+[server]
+{server}
+[database]
+url = "sqlite:///vdno.db"
+{database}
+[tls]
+server_certificate = "tls/server.pem"
+server_key = "tls/server.key"
+client_ca = "pki/tls-ca.pem"
+[hsm]
+module = "/usr/lib/softhsm/libsofthsm2.so"
+token_label = "vdno"
+pin_file = "secrets/user.pin"
+{hsm}
+[trust]
+root_ca = "pki/root-ca.pem"
+issuing_ca = "pki/issuing-ca.pem"
+device_ca = "pki/device-ca.pem"
+"""
+
+
+def settings_of(tmp_path: Path, server: str = "", database: str = "", hsm: str = "", **env: str):
+    path = tmp_path / "config.toml"
+    path.write_text(BASE.format(server=server, database=database, hsm=hsm))
+    return load_settings(path, env)
+
+
+def test_defaults(tmp_path: Path) -> None:
+    settings = settings_of(tmp_path)
+    assert settings.write_lock_wait == 5.0
+    assert (settings.hsm.reconnect_first, settings.hsm.reconnect_max) == (0.2, 5.0)
+
+
+def test_values(tmp_path: Path) -> None:
+    settings = settings_of(
+        tmp_path, database="write_lock_wait = 1.5", hsm="reconnect_first = 0.1\nreconnect_max = 2"
+    )
+    assert settings.write_lock_wait == 1.5
+    assert (settings.hsm.reconnect_first, settings.hsm.reconnect_max) == (0.1, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("section", "line", "message"),
+    [
+        ("database", "write_lock_wait = 0", r"\[database\] write_lock_wait must be a number of seconds"),
+        ("database", 'write_lock_wait = "5"', r"\[database\] write_lock_wait must be a number of seconds"),
+        ("hsm", "reconnect_first = -1", r"\[hsm\] reconnect_first must be a number of seconds"),
+        ("hsm", "reconnect_max = true", r"\[hsm\] reconnect_max must be a number of seconds"),
+        ("hsm", "reconnect_first = 3\nreconnect_max = 2", r"reconnect_max must not be less than"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path: Path, section: str, line: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        settings_of(tmp_path, **{section: line})
