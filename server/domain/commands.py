@@ -1,20 +1,21 @@
-"""The one command the custodian signs: CS02b mode 3 moving a device's NO cells to an area (§5.2)."""
+"""The one command the custodian signs: CS02b mode 3 moving a device's NO cells from a vanilla generation to
+an area DNO (a hand-out) or to the active generation (a rotation)."""
 
 from __future__ import annotations
 
 from gbcs.cells import NO_DS_CELL, NO_KA_CELL, CredentialsReplacementMode
 from gbcs.cs02b import AuthorisingRemotePartyControl, TrustAnchorReplacement, UpdateSecurityCredentialsCommand
 from gbcs.framing import Cra, GeneralSigningApdu, GroupingHeader, MessageCode
-from server.domain.values import Area, VanillaGeneration
+from server.domain.values import CredentialSet, VanillaGeneration
 
 # New NO's seq-number floor set by a hand-out (GBCS 13.3.5: present when control changes hands).
 HAND_OUT_FLOOR = 0
 
 
-def build_hand_out_command(
-    generation: VanillaGeneration, area: Area, device_id: bytes, counter: int, issuing_ca: bytes
+def build_transfer_command(
+    generation: VanillaGeneration, target: CredentialSet, device_id: bytes, counter: int, issuing_ca: bytes
 ) -> GeneralSigningApdu:
-    """The unsigned CS02b mode-3 command moving the device's NO cells from `generation` to `area`."""
+    """The unsigned CS02b mode-3 command moving the device's NO cells from `generation` to `target`."""
     header = GroupingHeader(
         cra=Cra.COMMAND,
         originator_counter=counter,
@@ -25,13 +26,13 @@ def build_hand_out_command(
     payload = UpdateSecurityCredentialsCommand(
         control=AuthorisingRemotePartyControl(
             mode=CredentialsReplacementMode.NETWORK_OPERATOR_BY_NETWORK_OPERATOR,
-            seq_number=counter,  # ARCHITECTURE §5.4: authorisingRemotePartySeqNumber = originator counter
+            seq_number=counter,  # authorisingRemotePartySeqNumber = originator counter (docs: rule 4)
             ta_cell=NO_DS_CELL,
             floor_seq_number=HAND_OUT_FLOOR,
         ),
         replacements=(
-            TrustAnchorReplacement(area.ds_certificate, NO_DS_CELL),
-            TrustAnchorReplacement(area.ka_certificate, NO_KA_CELL),
+            TrustAnchorReplacement(target.ds_certificate, NO_DS_CELL),
+            TrustAnchorReplacement(target.ka_certificate, NO_KA_CELL),
         ),
         certification_path_certificates=(issuing_ca,),
     )

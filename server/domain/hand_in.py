@@ -61,6 +61,7 @@ from server.domain.ports import HandInStore
 from server.domain.values import (
     Area,
     AuthorisedHandIn,
+    BenchOperation,
     ExportedHandIn,
     HandInDraft,
     HandInOrder,
@@ -253,10 +254,15 @@ class HandInService:
             load_certificate
         )
 
-    # -- benches
+    # -- benches (the caller checks the bench first: require_bench)
+    def require_bench(self, bench_id: str, certificate_sha256: str | None = None) -> None:
+        """BenchNotEnrolled / OperationNotAllowed unless the bench may do hand-ins, read afresh."""
+        require_enrolled(
+            bench_id, self._store.read_bench(bench_id), BenchOperation.HAND_IN, certificate_sha256
+        )
+
     def order(self, request: HandInRequest) -> HandInOrder:
         """Record (or find again, for a retry) the order for the meter the bench read."""
-        require_enrolled(request.bench_id, self._store.get_bench(request.bench_id))
         existing = self._store.find_hand_in_order(request.bench_id, request.request_id)
         if existing is not None:
             return self._same_request(existing, request)
@@ -289,14 +295,12 @@ class HandInService:
             raise RequestIdConflict(f"request id {request.request_id!r} was already used for another device")
         return order
 
-    def authorised_commands(self, bench_id: str, device_ids: Sequence[bytes]) -> list[HandInOrder]:
-        require_enrolled(bench_id, self._store.get_bench(bench_id))
+    def authorised_commands(self, device_ids: Sequence[bytes]) -> list[HandInOrder]:
         if len(device_ids) > 1000:
             raise InvalidRequest("device_ids: at most 1000 meters per call")
         return self._store.authorised_hand_ins(list(dict.fromkeys(device_ids)))
 
     def report_outcome(self, bench_id: str, order_id: int, response: bytes) -> MeterOutcome:
-        require_enrolled(bench_id, self._store.get_bench(bench_id))
         if not response:
             raise InvalidRequest("response is required (the meter's signed CS02b response)")
         order = self._store.get_hand_in_order(order_id)

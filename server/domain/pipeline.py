@@ -25,14 +25,15 @@ from typing import Generic, TypeVar
 from gbcs.framing import encode_signed_apdu
 from gbcs.signature import signed_digest, verify_signature
 from gbcs.smki import SmkiCertificate
-from server.domain.commands import build_hand_out_command
+from server.domain.commands import build_transfer_command
 from server.domain.errors import SignatureCheckFailed, Unavailable, VdnoError
 from server.domain.ports import CustodyStore, DigestSigner
 from server.domain.values import (
-    Area,
+    CredentialSet,
     HandOutRequest,
     IssuanceDraft,
     IssuanceRecord,
+    RotationRequest,
     SignedCommand,
     VanillaGeneration,
 )
@@ -75,12 +76,12 @@ class Reply(Generic[T]):
 
 @dataclass(frozen=True)
 class NewIssuance:
-    """A validated hand-out: record it under a fresh counter, then sign it."""
+    """A validated hand-out or rotation: record it under a fresh counter, then sign it."""
 
     draft: IssuanceDraft
     counter_floor: int
-    generation: VanillaGeneration
-    area: Area
+    generation: VanillaGeneration  # whose key signs
+    target: CredentialSet  # what the command installs
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ class UnfinishedIssuance:
 
     record: IssuanceRecord
     generation: VanillaGeneration
-    area: Area
+    target: CredentialSet
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,8 @@ class Refused:
     error: VdnoError
 
 
-Work = HandOutRequest | UnfinishedIssuance
+Request = HandOutRequest | RotationRequest
+Work = Request | UnfinishedIssuance
 # What a caller gets: the released command, or for a new request the record its request id already had,
 # or the refusal of its validation.
 Outcome = SignedCommand | IssuanceRecord | Refused
@@ -129,7 +131,7 @@ class IssuancePipeline:
         signer: DigestSigner,
         issuing_ca: bytes,
         certificate: Callable[[bytes], SmkiCertificate],
-        validate: Callable[[HandOutRequest], NewIssuance],
+        validate: Callable[[Request], NewIssuance],
     ) -> None:
         self._store = store
         self._validate = validate
@@ -142,7 +144,7 @@ class IssuancePipeline:
         self._thread = threading.Thread(target=self._run, name="issuance-pipeline", daemon=True)
         self._thread.start()
 
-    def issue(self, request: HandOutRequest) -> Outcome:
+    def issue(self, request: Request) -> Outcome:
         """Validate the request, record, sign, verify, store, release. A VdnoError from `validate` comes
         back as Refused (a retry may still be owed its stored bytes); a recorded request id comes back as
         its IssuanceRecord."""
@@ -218,7 +220,7 @@ class IssuancePipeline:
     ) -> tuple[list[_Signed], list[_Failed]]:
         drafts: list[tuple[NewIssuance, Reply[Outcome]]] = []
         for work, future in incoming:
-            if isinstance(work, HandOutRequest):
+            if not isinstance(work, UnfinishedIssuance):
                 try:
                     drafts.append((self._validate(work), future))
                 except VdnoError as exc:
@@ -226,7 +228,7 @@ class IssuancePipeline:
                 except Exception as exc:
                     future.set_exception(exc)
         to_sign = [
-            (f, w.record, w.generation, w.area) for w, f in incoming if isinstance(w, UnfinishedIssuance)
+            (f, w.record, w.generation, w.target) for w, f in incoming if isinstance(w, UnfinishedIssuance)
         ]
         try:
             step = self._store.write_issuance_step(
@@ -258,22 +260,22 @@ class IssuancePipeline:
             elif not begun[1]:
                 future.set_result(begun[0])  # the request id is already recorded: the caller resumes it
             else:
-                to_sign.append((future, begun[0], new.generation, new.area))
+                to_sign.append((future, begun[0], new.generation, new.target))
         return self._sign(to_sign)
 
     def _sign(
-        self, work: list[tuple[Reply[Outcome], IssuanceRecord, VanillaGeneration, Area]]
+        self, work: list[tuple[Reply[Outcome], IssuanceRecord, VanillaGeneration, CredentialSet]]
     ) -> tuple[list[_Signed], list[_Failed]]:
         signed: list[_Signed] = []
         failed: list[_Failed] = []
         # signed range: what the HSM signs (as a SHA-256 digest) and what is verified
         by_key: dict[str, list[tuple[Reply[Outcome], IssuanceRecord, VanillaGeneration, bytes]]] = {}
-        for future, record, generation, area in work:
+        for future, record, generation, target in work:
             try:
-                apdu = build_hand_out_command(
-                    generation, area, record.device_id, record.counter, self._issuing_ca
+                apdu = build_transfer_command(
+                    generation, target, record.device_id, record.counter, self._issuing_ca
                 )
-            except Exception as exc:  # e.g. an area certificate the codec cannot place
+            except Exception as exc:  # e.g. a target certificate the codec cannot place
                 failed.append(_Failed(future, record.issuance_id, "command could not be built", exc))
                 continue
             by_key.setdefault(generation.ds_key_uri, []).append(

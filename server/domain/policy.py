@@ -14,17 +14,20 @@ from gbcs.signature import verify_message_signature
 from gbcs.smki import SmkiCertificate, load_certificate, verify_certification_path
 from server.domain.errors import (
     BenchNotEnrolled,
+    CustodyConflict,
     DeviceAlreadyVanilla,
     DeviceCertificateUntrusted,
     DeviceNotVanilla,
     InvalidRequest,
     NoActiveGeneration,
     OfficerNotEnrolled,
+    OperationNotAllowed,
     UnknownNetworkOperator,
 )
 from server.domain.values import (
     Area,
     Bench,
+    BenchOperation,
     BenchStatus,
     CellState,
     GenerationStatus,
@@ -52,9 +55,26 @@ class TrustBundle:
     anchors: TrustAnchors
 
 
-def require_enrolled(bench_id: str, bench: Bench | None) -> None:
+def require_enrolled(
+    bench_id: str,
+    bench: Bench | None,
+    operation: BenchOperation | None = None,
+    certificate_sha256: str | None = None,
+) -> None:
+    """BenchNotEnrolled unless the bench is enrolled (and, when its enrolment pinned a certificate, presents
+    that one); OperationNotAllowed unless it is enrolled for `operation`."""
     if bench is None or bench.status is not BenchStatus.ENROLLED:
         raise BenchNotEnrolled(f"bench {bench_id!r} is not enrolled or has been revoked")
+    if (
+        bench.certificate_sha256 is not None
+        and certificate_sha256 is not None
+        and bench.certificate_sha256 != certificate_sha256
+    ):
+        raise BenchNotEnrolled(
+            f"bench {bench_id!r} presented a certificate other than the one it was enrolled with"
+        )
+    if operation is not None and operation not in bench.operations:
+        raise OperationNotAllowed(f"bench {bench_id!r} is not enrolled for {operation.value}")
 
 
 def require_enrolled_officer(officer_id: str, officer: Officer | None) -> None:
@@ -210,3 +230,16 @@ def find_custodial_generation(
         f"device {device_id.hex()} does not hold a vanilla generation that may sign in its NO cell "
         f"(it holds entity {no_ds.entity_id.hex()})"
     )
+
+
+def rotation_target(
+    device_id: bytes, holding: VanillaGeneration, generations: list[VanillaGeneration]
+) -> VanillaGeneration:
+    """The active generation a meter holding `holding` rotates onto; refused when there is none or the meter
+    already holds it."""
+    target = hand_in_target(generations)
+    if target.generation == holding.generation:
+        raise CustodyConflict(
+            f"device {device_id.hex()} already holds the active vanilla generation {target.generation}"
+        )
+    return target

@@ -92,12 +92,25 @@ class IssuanceStatus(StrEnum):
 
 
 @dataclass(frozen=True)
+class CredentialSet:
+    """What a command installs in a meter's NO cells: one party's DS and KA certificates (DER)."""
+
+    entity_id: bytes
+    ds_certificate: bytes
+    ka_certificate: bytes
+
+
+@dataclass(frozen=True)
 class Area:
     area_id: int
     name: str
     entity_id: bytes
     ds_certificate: bytes  # DER, the area DNO's NO digital-signing certificate
     ka_certificate: bytes  # DER, the area DNO's NO key-agreement certificate
+
+    @property
+    def credentials(self) -> CredentialSet:
+        return CredentialSet(self.entity_id, self.ds_certificate, self.ka_certificate)
 
 
 @dataclass(frozen=True)
@@ -116,6 +129,10 @@ class VanillaGeneration:
     @property
     def signs(self) -> bool:
         return self.status.signs and not self.compromised
+
+    @property
+    def credentials(self) -> CredentialSet:
+        return CredentialSet(self.entity_id, self.ds_certificate, self.ka_certificate)
 
 
 @dataclass(frozen=True)
@@ -206,6 +223,42 @@ class HandOutRequest:
 
 
 @dataclass(frozen=True)
+class RotationRequest:
+    """A bench's request to move a meter in stock from its vanilla generation onto the active one."""
+
+    bench_id: str
+    request_id: str
+    device_id: bytes
+    device_certificate: bytes  # DER device DS certificate (CS02e)
+    credentials_response: bytes  # the device-signed CS02a response (GS APDU)
+
+    @classmethod
+    def create(
+        cls,
+        bench_id: str,
+        request_id: str,
+        device_id: str,
+        device_certificate: bytes,
+        credentials_response: bytes,
+    ) -> RotationRequest:
+        if not device_certificate:
+            raise InvalidRequest("device_certificate is required (the meter's CS02e DS certificate)")
+        if not credentials_response:
+            raise InvalidRequest("credentials_response is required (the meter's signed CS02a response)")
+        return cls(
+            bench_id=parse_bench_id(bench_id),
+            request_id=parse_request_id(request_id),
+            device_id=parse_entity_id(device_id, "device_id"),
+            device_certificate=device_certificate,
+            credentials_response=credentials_response,
+        )
+
+    def fingerprint(self) -> str:
+        """What a retry with the same request id must repeat: the device (and that it is a rotation)."""
+        return hashlib.sha256(b"rotation" + self.device_id).hexdigest()
+
+
+@dataclass(frozen=True)
 class IssuanceDraft:
     """What is recorded before the HSM signs (ARCHITECTURE §5.3)."""
 
@@ -213,9 +266,10 @@ class IssuanceDraft:
     request_id: str
     request_fingerprint: str
     device_id: bytes
-    area_id: int
-    generation: int
+    area_id: int | None  # a hand-out's area
+    generation: int  # whose key signs
     device_certificate: bytes
+    target_generation: int | None = None  # a rotation's target
 
 
 @dataclass(frozen=True)
@@ -225,14 +279,15 @@ class IssuanceRecord:
     request_id: str
     request_fingerprint: str
     device_id: bytes
-    area_id: int
-    generation: int
+    area_id: int | None  # a hand-out's area
+    generation: int  # whose key signs
     counter: int
     device_certificate: bytes
     status: IssuanceStatus
     created_at: datetime
     signed_command: bytes | None = None
     outcome_response: bytes | None = None
+    target_generation: int | None = None  # a rotation's target
 
 
 @dataclass(frozen=True)
@@ -251,15 +306,22 @@ class SignedCommand:
 
     issuance_id: int
     device_id: bytes
-    area_id: int
-    generation: int
+    area_id: int | None  # a hand-out's area
+    generation: int  # whose key signed
     counter: int
     command: bytes
+    target_generation: int | None = None  # a rotation's target
 
     @classmethod
     def of(cls, record: IssuanceRecord, command: bytes) -> SignedCommand:
         return cls(
-            record.issuance_id, record.device_id, record.area_id, record.generation, record.counter, command
+            record.issuance_id,
+            record.device_id,
+            record.area_id,
+            record.generation,
+            record.counter,
+            command,
+            record.target_generation,
         )
 
 

@@ -30,6 +30,7 @@ from server.domain.values import (
     HandOutRequest,
     OutcomeReport,
     RecordedOutcome,
+    RotationRequest,
     SignedCommand,
     parse_area_id,
     parse_entity_id,
@@ -53,10 +54,21 @@ def hand_out_response(command: SignedCommand) -> pb.HandOutResponse:
     return pb.HandOutResponse(
         issuance_id=command.issuance_id,
         device_id=command.device_id.hex().upper(),
-        area_id=command.area_id,
+        area_id=command.area_id or 0,
         generation=command.generation,
         originator_counter=command.counter,
         command=command.command,
+        target_generation=command.target_generation or 0,
+    )
+
+
+def rotation_request_from_pb(bench_id: str, msg: pb.RotationRequest) -> RotationRequest:
+    return RotationRequest.create(
+        bench_id=bench_id,
+        request_id=msg.request_id,
+        device_id=msg.device_id,
+        device_certificate=msg.device_certificate,
+        credentials_response=msg.credentials_response,
     )
 
 

@@ -2,16 +2,18 @@
 
 vdno's client certificate profile (docs and proto/vdno/v1/custodian.proto): the subject has exactly one CN,
 the bench or officer id, and exactly one OU naming the role: "vdno-bench" or "vdno-officer". The TLS layer
-has already checked the chain to the configured client CA; this module reads the verified subject that
-gRPC reports (auth context property `x509_subject`, RFC 4514) and refuses anything else as UNAUTHENTICATED."""
+has already checked the chain to the configured client CA; this module reads the verified certificate that
+gRPC reports (auth context property `x509_pem_cert`) and refuses anything else as UNAUTHENTICATED."""
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from dataclasses import dataclass
 from enum import StrEnum
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from server.domain.errors import Unauthenticated
@@ -28,6 +30,7 @@ class Role(StrEnum):
 class Caller:
     name: str  # the CN: bench id or officer id
     role: Role
+    certificate_sha256: str  # of the verified client certificate (DER): enrolment may pin it
 
     @property
     def actor(self) -> str:
@@ -35,12 +38,14 @@ class Caller:
         return f"{'bench' if self.role is Role.BENCH else 'officer'}:{self.name}"
 
 
-def caller_from_subject(subject: str) -> Caller:
-    """The caller a verified certificate subject names. Unauthenticated, saying why, otherwise."""
+def caller_from_certificate(pem: bytes) -> Caller:
+    """The caller a verified client certificate (PEM, as the TLS layer reports it) names. Unauthenticated,
+    saying why, otherwise."""
     try:
-        name = x509.Name.from_rfc4514_string(subject)
+        certificate = x509.load_pem_x509_certificate(pem)
     except ValueError:
-        raise Unauthenticated("the client certificate subject cannot be read") from None
+        raise Unauthenticated("the client certificate cannot be read") from None
+    name = certificate.subject
     common_names = name.get_attributes_for_oid(NameOID.COMMON_NAME)
     if len(common_names) != 1:
         raise Unauthenticated(
@@ -56,27 +61,28 @@ def caller_from_subject(subject: str) -> Caller:
         )
     cn = common_names[0].value
     text = cn if isinstance(cn, str) else cn.decode("utf-8", "replace")
-    return Caller(text, Role(roles[0]))
+    fingerprint = hashlib.sha256(certificate.public_bytes(Encoding.DER)).hexdigest()
+    return Caller(text, Role(roles[0]), fingerprint)
 
 
 class CallerCache:
-    """caller_from_subject, remembered per subject string (subjects repeat on every call of a client)."""
+    """caller_from_certificate, remembered per certificate (a client presents the same one on every call)."""
 
     def __init__(self) -> None:
-        self._known: dict[str, Caller | Unauthenticated] = {}
+        self._known: dict[bytes, Caller | Unauthenticated] = {}
         self._lock = threading.Lock()
 
-    def caller(self, subject: str) -> Caller:
-        found = self._known.get(subject)
+    def caller(self, pem: bytes) -> Caller:
+        found = self._known.get(pem)
         if found is None:
             try:
-                found = caller_from_subject(subject)
+                found = caller_from_certificate(pem)
             except Unauthenticated as refused:
                 found = refused
             with self._lock:
                 if len(self._known) >= MAX_REMEMBERED_SUBJECTS:
                     self._known.clear()
-                self._known[subject] = found
+                self._known[pem] = found
         if isinstance(found, Unauthenticated):
             raise Unauthenticated(str(found))
         return found

@@ -43,9 +43,9 @@ def status_for(error: e.VdnoError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def _peer_subject(context: grpc.ServicerContext) -> str | None:
-    subjects = context.auth_context().get("x509_subject") or []
-    return bytes(subjects[0]).decode("utf-8", "replace") if subjects else None
+def _peer_certificate(context: grpc.ServicerContext) -> bytes | None:
+    certificates = context.auth_context().get("x509_pem_cert") or []
+    return bytes(certificates[0]) if certificates else None
 
 
 # The caller of this call, set by the interceptor after checking its role (auth_context() copies every TLS
@@ -56,22 +56,27 @@ _CALLER: ContextVar[Caller | None] = ContextVar("vdno_caller", default=None)
 ROLE_OF_SERVICE = {"vdno.v1.BenchService": Role.BENCH, "vdno.v1.CustodyService": Role.OFFICER}
 
 
-def _current(role: Role) -> str:
+def _current(role: Role) -> Caller:
     caller = _CALLER.get()
     if caller is None or caller.role is not role:
         raise e.Unauthenticated("a client certificate naming the caller and its role is required")
-    return caller.name
+    return caller
+
+
+def bench_caller() -> Caller:
+    """The calling bench (its id, and the fingerprint of the certificate it presented)."""
+    return _current(Role.BENCH)
 
 
 def bench_identity() -> str:
     """The calling bench's id: the CN of its verified client certificate (role checked by the interceptor)."""
-    return _current(Role.BENCH)
+    return _current(Role.BENCH).name
 
 
 def officer_identity() -> str:
     """The calling officer's id: the CN of its verified client certificate (role checked by the
     interceptor)."""
-    return _current(Role.OFFICER)
+    return _current(Role.OFFICER).name
 
 
 class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
@@ -107,10 +112,10 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         required = ROLE_OF_SERVICE.get(method.split("/")[1]) if method.count("/") == 2 else None
 
         def identify(context: grpc.ServicerContext) -> Caller:
-            subject = _peer_subject(context)
-            if subject is None:
+            certificate = _peer_certificate(context)
+            if certificate is None:
                 raise e.Unauthenticated("a client certificate naming the caller is required")
-            return callers.caller(subject)
+            return callers.caller(certificate)
 
         def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
             request_id = f"{prefix}{next(ids):010x}"

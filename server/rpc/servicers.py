@@ -11,9 +11,9 @@ from server.domain.errors import InvalidRequest
 from server.domain.fleet import FleetView
 from server.domain.hand_in import HandInService
 from server.domain.issuance import HandOutService
-from server.domain.values import ApprovalRequest, ApprovalStatus, parse_entity_id
+from server.domain.values import ApprovalRequest, ApprovalStatus, BenchOperation, parse_entity_id
 from server.rpc import converters
-from server.rpc.interceptors import bench_identity, officer_identity
+from server.rpc.interceptors import bench_caller, officer_identity
 from vdno.v1 import custodian_pb2 as pb
 from vdno.v1 import custodian_pb2_grpc as pb_grpc
 from vdno.v1 import custody_pb2 as custody_pb
@@ -25,20 +25,35 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
         self._service = service
         self._hand_in = hand_in
 
+    def _bench(self, operation: BenchOperation | None = None, fresh: bool = True) -> str:
+        """The calling bench, once its enrolment (for `operation`) and certificate are checked: a caller may
+        not learn the API's input rules before it is let in."""
+        caller = bench_caller()
+        self._service.require_bench(caller.name, operation, caller.certificate_sha256, fresh)
+        return caller.name
+
+    def _hand_in_bench(self) -> str:
+        caller = bench_caller()
+        self._hand_in.require_bench(caller.name, caller.certificate_sha256)
+        return caller.name
+
     def GetTrustBundle(
         self, request: pb.GetTrustBundleRequest, context: grpc.ServicerContext
     ) -> pb.TrustBundle:
-        return converters.trust_bundle(self._service.trust_bundle(bench_identity()))
-
-    def _bench(self) -> str:
-        """The calling bench, once its enrolment is checked: a caller may not learn the API's input rules
-        before it is let in."""
-        bench = bench_identity()
-        self._service.require_bench(bench)
-        return bench
+        self._bench()
+        return converters.trust_bundle(self._service.trust_bundle())
 
     def RequestHandOut(self, request: pb.HandOutRequest, context: grpc.ServicerContext) -> pb.HandOutResponse:
-        command = self._service.hand_out(converters.hand_out_request(self._bench(), request))
+        # the cached check: the issuance's write checks the bench again, in its transaction
+        bench = self._bench(BenchOperation.HAND_OUT, fresh=False)
+        command = self._service.hand_out(converters.hand_out_request(bench, request))
+        return converters.hand_out_response(command)
+
+    def RequestRotation(
+        self, request: pb.RotationRequest, context: grpc.ServicerContext
+    ) -> pb.HandOutResponse:
+        bench = self._bench(BenchOperation.ROTATION, fresh=False)
+        command = self._service.rotate(converters.rotation_request_from_pb(bench, request))
         return converters.hand_out_response(command)
 
     def ReportOutcome(self, request: pb.OutcomeReport, context: grpc.ServicerContext) -> pb.OutcomeAck:
@@ -46,20 +61,20 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
         return converters.outcome_ack(outcome)
 
     def RequestHandIn(self, request: pb.HandInRequest, context: grpc.ServicerContext) -> pb.HandInOrder:
-        order = self._hand_in.order(converters.hand_in_request_from_pb(self._bench(), request))
+        order = self._hand_in.order(converters.hand_in_request_from_pb(self._hand_in_bench(), request))
         return converters.hand_in_order_to_pb(order)
 
     def FetchHandInCommands(
         self, request: pb.FetchHandInCommandsRequest, context: grpc.ServicerContext
     ) -> pb.HandInCommands:
-        bench = self._bench()
+        self._hand_in_bench()
         devices = converters.device_ids_from_pb(request.device_ids)
-        return converters.hand_in_commands_to_pb(self._hand_in.authorised_commands(bench, devices))
+        return converters.hand_in_commands_to_pb(self._hand_in.authorised_commands(devices))
 
     def ReportHandInOutcome(
         self, request: pb.HandInOutcomeReport, context: grpc.ServicerContext
     ) -> pb.OutcomeAck:
-        outcome = self._hand_in.report_outcome(self._bench(), request.order_id, request.response)
+        outcome = self._hand_in.report_outcome(self._hand_in_bench(), request.order_id, request.response)
         return converters.meter_outcome_to_pb(request.order_id, outcome)
 
 

@@ -35,7 +35,13 @@ from alembic.config import Config
 from sqlalchemy import Connection, DateTime, Engine, create_engine, event, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from server.domain.errors import StoreUnavailable, UnknownIssuance, VdnoError
+from server.domain.errors import (
+    BenchNotEnrolled,
+    KeyNotInCustody,
+    StoreUnavailable,
+    UnknownIssuance,
+    VdnoError,
+)
 from server.domain.values import (
     Area,
     AuditEvent,
@@ -458,17 +464,25 @@ class _HotPathSql:
         greatest = "GREATEST" if pg else "MAX"
         # SQLite: the new row's id is the cursor's lastrowid (issuance_id is the rowid): no row to step to.
         self.record_returns_id = pg
+        # The counter is allocated only while the bench is enrolled and the generation may sign, read in the
+        # transaction that records the issuance: a revocation or a compromise is felt at once, by every
+        # replica, whatever a request's earlier (cached) checks saw.
         self.allocate = q(
             f"UPDATE counters SET last_value = {greatest}(last_value + 1, :floor) "  # noqa: S608 (constant)
-            "WHERE generation = :generation RETURNING last_value"
+            "WHERE generation = :generation "
+            "AND EXISTS (SELECT 1 FROM benches WHERE bench_id = :bench_id AND status = 'enrolled') "
+            "AND EXISTS (SELECT 1 FROM generations g WHERE g.generation = :generation "
+            "AND g.status IN ('active', 'signing-only') AND NOT g.compromised) "
+            "RETURNING last_value"
         )
+        self.bench_status = q("SELECT status FROM benches WHERE bench_id = :bench_id")
         columns = (
             "bench_id, request_id, request_fingerprint, device_id, area_id, generation, counter, "
-            "device_certificate, status, created_at"
+            "device_certificate, status, created_at, target_generation"
         )
         values = (
             ":bench_id, :request_id, :fingerprint, :device_id, :area_id, :generation, :counter, "
-            ":device_certificate, :status, :now"
+            ":device_certificate, :status, :now, :target_generation"
         )
         returning = " RETURNING issuance_id" if pg else ""
         self.record = q(f"INSERT INTO issuances ({columns}) VALUES ({values}){returning}")  # noqa: S608 (constant)
@@ -505,6 +519,7 @@ def _issuance(row: Any) -> IssuanceRecord:
         created_at=_aware(row.created_at),
         signed_command=bytes(row.signed_command) if row.signed_command is not None else None,
         outcome_response=bytes(row.outcome_response) if row.outcome_response is not None else None,
+        target_generation=row.target_generation,
     )
 
 
@@ -782,8 +797,20 @@ class SqlCustodyStore(HandInRecords, CustodyRecords):
             # under a SAVEPOINT nothing of it is kept, and write_issuance_step returns the existing record.
             cur = _cursor(c)
             try:
-                cur.execute(hot.allocate, {"floor": counter_floor, "generation": draft.generation})
-                counter = int(cur.fetchone()[0])
+                cur.execute(
+                    hot.allocate,
+                    {"floor": counter_floor, "generation": draft.generation, "bench_id": draft.bench_id},
+                )
+                allocated = cur.fetchone()
+                if allocated is None:
+                    cur.execute(hot.bench_status, {"bench_id": draft.bench_id})
+                    bench = cur.fetchone()
+                    if bench is None or bench[0] != BenchStatus.ENROLLED.value:
+                        raise BenchNotEnrolled(
+                            f"bench {draft.bench_id!r} is not enrolled or has been revoked"
+                        )
+                    raise KeyNotInCustody(f"vanilla generation {draft.generation} may no longer sign")
+                counter = int(allocated[0])
                 now = _now()
                 cur.execute(
                     hot.record,
@@ -798,6 +825,7 @@ class SqlCustodyStore(HandInRecords, CustodyRecords):
                         "device_certificate": draft.device_certificate,
                         "status": IssuanceStatus.RECORDED.value,
                         "now": hot.timestamp(now),
+                        "target_generation": draft.target_generation,
                     },
                 )
                 issuance_id = cur.fetchone()[0] if hot.record_returns_id else cur.lastrowid
@@ -812,6 +840,7 @@ class SqlCustodyStore(HandInRecords, CustodyRecords):
                         "device": draft.device_id.hex(),
                         "area": draft.area_id,
                         "generation": draft.generation,
+                        "target_generation": draft.target_generation,
                         "counter": counter,
                         "request_id": draft.request_id,
                     },
@@ -829,6 +858,7 @@ class SqlCustodyStore(HandInRecords, CustodyRecords):
                 draft.device_certificate,
                 IssuanceStatus.RECORDED,
                 now,
+                target_generation=draft.target_generation,
             ), True
 
         return op
@@ -886,9 +916,12 @@ class SqlCustodyStore(HandInRecords, CustodyRecords):
     def record_outcome(self, issuance_id: int, outcome: RecordedOutcome, response: bytes, actor: str) -> None:
         def op(c: Connection, events: list[AuditEvent]) -> None:
             row = c.execute(
-                select(issuances.c.device_id, issuances.c.area_id, issuances.c.generation).where(
-                    issuances.c.issuance_id == issuance_id
-                )
+                select(
+                    issuances.c.device_id,
+                    issuances.c.area_id,
+                    issuances.c.generation,
+                    issuances.c.target_generation,
+                ).where(issuances.c.issuance_id == issuance_id)
             ).first()
             if row is None:
                 raise UnknownIssuance(f"no issuance {issuance_id}")
@@ -900,18 +933,19 @@ class SqlCustodyStore(HandInRecords, CustodyRecords):
             )
             device_id = bytes(row.device_id)
             reference = f"issuance:{issuance_id}"
-            if outcome.status is IssuanceStatus.APPLIED:
-                set_custody(
-                    c, device_id, CustodyState.AREA, area_id=row.area_id, generation=None,
-                    event="hand-out-applied", reference=reference, actor=actor, at=now,
-                    cells=(outcome.no_ds, outcome.no_ka),
-                )  # fmt: skip
-            else:
-                set_custody(
-                    c, device_id, CustodyState.VANILLA, area_id=None, generation=row.generation,
-                    event="hand-out-rejected", reference=reference, actor=actor, at=now,
-                    cells=(outcome.no_ds, outcome.no_ka),
-                )  # fmt: skip
+            kind = "rotation" if row.target_generation is not None else "hand-out"
+            applied = outcome.status is IssuanceStatus.APPLIED
+            if applied and row.target_generation is None:
+                state, area, generation = CustodyState.AREA, row.area_id, None
+            elif applied:
+                state, area, generation = CustodyState.VANILLA, None, row.target_generation
+            else:  # refused: the cells hold what they held
+                state, area, generation = CustodyState.VANILLA, None, row.generation
+            set_custody(
+                c, device_id, state, area_id=area, generation=generation,
+                event=f"{kind}-{'applied' if applied else 'rejected'}", reference=reference, actor=actor,
+                at=now, cells=(outcome.no_ds, outcome.no_ka),
+            )  # fmt: skip
             c.execute(
                 update(devices).where(devices.c.device_id == device_id).values(last_issuance_id=issuance_id)
             )

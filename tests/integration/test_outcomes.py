@@ -45,7 +45,7 @@ def test_outcomes_are_checked_against_their_hand_out_and_recorded_once(deploymen
         second_outcome = rpc_error(lambda: report(first_id, replay_response))
 
     assert unknown.code() == grpc.StatusCode.NOT_FOUND
-    assert "no signed hand-out" in unknown.details()
+    assert "no signed command" in unknown.details()
     assert other_device.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "not sent by the command's device" in other_device.details()
     assert bad_signature.code() == grpc.StatusCode.FAILED_PRECONDITION

@@ -12,7 +12,7 @@ from rtds_vectors import read_hex
 
 from gbcs.framing import decode_message
 from gbcs.signature import sign_apdu, verify_message_signature
-from server.domain.commands import build_hand_out_command
+from server.domain.commands import build_transfer_command
 from server.domain.issuance import counter_floor
 from server.domain.values import Area, GenerationStatus, VanillaGeneration
 
@@ -46,7 +46,7 @@ def test_hand_out_command_reproduces_the_rtds_no_by_no_precommand(
     vectors_dir: Path, rtds_parties: tuple[VanillaGeneration, Area, bytes]
 ) -> None:
     generation, area, issuing_ca = rtds_parties
-    apdu = build_hand_out_command(generation, area, RTDS_ESME, 1200, issuing_ca)
+    apdu = build_transfer_command(generation, area.credentials, RTDS_ESME, 1200, issuing_ca)
     expected = read_hex(vectors_dir / "6.15.1_CS02bNOByNO" / "CS02bNOByNO_6.15.1_SUCCESS_PRECOMMAND_GBCS.HEX")
     assert apdu.encode_precommand() == expected
 
@@ -56,7 +56,7 @@ def test_signed_hand_out_command_verifies_with_cryptography(
 ) -> None:
     generation, area, issuing_ca = rtds_parties
     key = load_pem_private_key((vectors_dir / "keystore" / "90b3d51f30020000-ds.key").read_bytes(), None)
-    signed = sign_apdu(build_hand_out_command(generation, area, RTDS_ESME, 1201, issuing_ca), key)  # type: ignore[arg-type]
+    signed = sign_apdu(build_transfer_command(generation, area.credentials, RTDS_ESME, 1201, issuing_ca), key)  # type: ignore[arg-type]
     message = decode_message(signed.encode())
     verify_message_signature(message, x509.load_der_x509_certificate(generation.ds_certificate))
     assert message.apdu.header.originator_counter == 1201

@@ -112,6 +112,7 @@ def store(tmp_path: Path, parties) -> Iterator[SqlCustodyStore]:
     s = open_store(f"sqlite:///{tmp_path / 'vdno.db'}")
     s.add_generation(generation, "test")
     s.upsert_area(area, "test")
+    s.enroll_bench("bench-01", "test")  # an issuance needs an enrolled bench
     yield s
     s.close()
 
@@ -149,7 +150,7 @@ def _validator(parties) -> Callable[[HandOutRequest], NewIssuance]:
             generation.generation,
             request.device_certificate,
         )
-        return NewIssuance(draft, 1, generation, area)
+        return NewIssuance(draft, 1, generation, area.credentials)
 
     return validate
 
@@ -199,7 +200,7 @@ def test_hsm_failure_is_marked_failed_before_the_caller_hears_and_a_retry_finish
     assert record.status is IssuanceStatus.FAILED and record.signed_command is None
     signer.fail = False
     generation, area, _, _ = parties
-    done = pipeline.finish(UnfinishedIssuance(record, generation, area))
+    done = pipeline.finish(UnfinishedIssuance(record, generation, area.credentials))
     assert done.counter == record.counter  # finished under its recorded counter
     _verify(done, parties)
     assert store.list_issuances()[0].signed_command == done.command
@@ -302,6 +303,7 @@ def test_a_defect_in_a_step_fails_its_callers_and_the_pipeline_keeps_serving(
     store = _StoreWithOneBrokenStep(engine)
     store.add_generation(generation, "test")
     store.upsert_area(area, "test")
+    store.enroll_bench("bench-01", "test")
     pipeline = IssuancePipeline(store, signer, issuing_ca, load_certificate, _validator(parties))
     try:
         with pytest.raises(ValueError):

@@ -143,9 +143,12 @@ def test_a_refused_pin_is_tried_once_and_refused_at_once_from_then_on(
 ) -> None:
     _, _, uri = signing_key
     pin = "wrong-pin-5555"
-    with capture_logs() as logs, Pkcs11Signer(
-        hsm_token.module_path, hsm_token.label, pin, worker_thread=worker_thread, reconnect_first=FIRST
-    ) as bad:
+    with (
+        capture_logs() as logs,
+        Pkcs11Signer(
+            hsm_token.module_path, hsm_token.label, pin, worker_thread=worker_thread, reconnect_first=FIRST
+        ) as bad,
+    ):
         with pytest.raises(HsmLoginRefused):
             bad.check()
         started = time.perf_counter()

@@ -92,6 +92,8 @@ def test_reference_data_is_idempotent_and_audited(store: SqlCustodyStore) -> Non
 
 def test_counters_are_floored_increase_and_idempotent(store: SqlCustodyStore) -> None:
     store.add_generation(GEN, "t")
+    for bench in ("bench-01", "bench-02"):  # an issuance needs an enrolled bench
+        store.enroll_bench(bench, "t")
     first, created = begin(store, draft("r1"), counter_floor=1_000)
     assert created and first.counter == 1_000 and first.status is IssuanceStatus.RECORDED
     again, created = begin(store, draft("r1"), counter_floor=5_000)
@@ -104,6 +106,8 @@ def test_counters_are_floored_increase_and_idempotent(store: SqlCustodyStore) ->
 
 def test_signed_bytes_and_outcome_are_recorded(store: SqlCustodyStore) -> None:
     store.add_generation(GEN, "t")
+    for bench in ("bench-01", "bench-02"):  # an issuance needs an enrolled bench
+        store.enroll_bench(bench, "t")
     rec, _ = begin(store, draft("r1"), counter_floor=1)
     done = complete(store, rec, b"\xdf signed")
     assert done.status is IssuanceStatus.SIGNED and done.signed_command == b"\xdf signed"
@@ -122,6 +126,8 @@ def test_signed_bytes_and_outcome_are_recorded(store: SqlCustodyStore) -> None:
 
 def test_one_issuance_step_stores_fails_and_records_each_item_on_its_own(store: SqlCustodyStore) -> None:
     store.add_generation(GEN, "t")
+    for bench in ("bench-01", "bench-02"):  # an issuance needs an enrolled bench
+        store.enroll_bench(bench, "t")
     signed, _ = begin(store, draft("r1"), counter_floor=1)
     failing, _ = begin(store, draft("r2"), counter_floor=1)
     stale = replace(signed, issuance_id=signed.issuance_id + 1000)  # no such record awaits a signature
@@ -144,6 +150,8 @@ def test_one_issuance_step_stores_fails_and_records_each_item_on_its_own(store: 
 
 def test_concurrent_allocation_never_reuses_a_counter(store: SqlCustodyStore) -> None:
     store.add_generation(GEN, "t")
+    for bench in ("bench-01", "bench-02"):  # an issuance needs an enrolled bench
+        store.enroll_bench(bench, "t")
     results: list[int] = []
     lock = threading.Lock()
 
@@ -166,6 +174,8 @@ def test_concurrent_allocation_never_reuses_a_counter(store: SqlCustodyStore) ->
 def test_counters_survive_reopen(store_url: str) -> None:
     s = open_store(store_url)
     s.add_generation(GEN, "t")
+    for bench in ("bench-01", "bench-02"):  # an issuance needs an enrolled bench
+        s.enroll_bench(bench, "t")
     begin(s, draft("r1"), counter_floor=777)
     s.close()
     s = open_store(store_url)  # migrations are idempotent
@@ -191,6 +201,8 @@ def test_store_down_means_unavailable(tmp_path) -> None:
 
     s = open_store(f"sqlite:///{tmp_path / 'x.db'}")
     s.add_generation(GEN, "t")
+    for bench in ("bench-01", "bench-02"):  # an issuance needs an enrolled bench
+        s.enroll_bench(bench, "t")
     with s.engine.begin() as c:
         c.execute(text("DROP TABLE counters"))
     with pytest.raises(StoreUnavailable):

@@ -28,6 +28,8 @@ def draft(request_id: str) -> tuple[IssuanceDraft, int]:
 def store(tmp_path: Path) -> Any:
     s = open_store(f"sqlite:///{tmp_path / 'vdno.db'}")
     s.add_generation(GEN, "t")
+    for bench in ("bench-01", "bench-02"):  # an issuance needs an enrolled bench
+        s.enroll_bench(bench, "t")
     yield s
     s.close()
 

@@ -74,6 +74,8 @@ def free_now(lock_path: Path) -> bool:
 def sqlite_store(tmp_path: Path) -> Iterator[tuple[SqlCustodyStore, Path]]:
     store = open_store(f"sqlite:///{tmp_path / 'vdno.db'}", write_lock_wait=WAIT)
     store.add_generation(GEN, "t")
+    for bench in ("bench-01",):  # an issuance needs an enrolled bench
+        store.enroll_bench(bench, "t")
     yield store, tmp_path / "vdno.db.writelock"
     store.close()
 
@@ -154,6 +156,8 @@ def test_postgres_writes_answer_unavailable_while_another_connection_holds_the_c
     other = make_engine(url)
     try:
         store.add_generation(GEN, "t")
+        for bench in ("bench-01",):  # an issuance needs an enrolled bench
+            store.enroll_bench(bench, "t")
         with other.connect() as holder:
             tx = holder.begin()
             holder.execute(text("SELECT last_value FROM counters WHERE generation = 1 FOR UPDATE"))
