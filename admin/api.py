@@ -104,6 +104,87 @@ class CustodyClient:
         )
         return list(reply.device_ids)
 
+    # -- generations
+    def list_generations(self) -> list[dict[str, Any]]:
+        reply = self._call(self._stub.ListGenerations, custody_pb2.ListGenerationsRequest())
+        return [_as_dict(g) for g in reply.generations]
+
+    def create_generation(self, entity_id: str) -> dict[str, Any]:
+        return _as_dict(
+            self._call(self._stub.CreateGeneration, custody_pb2.CreateGenerationRequest(entity_id=entity_id))
+        )
+
+    def certificate_request(self, generation: int, usage: str) -> bytes:
+        reply = self._call(
+            self._stub.GetCertificateRequest,
+            custody_pb2.CertificateRequestRequest(generation=generation, key_usage=usage),
+        )
+        return bytes(reply.csr)
+
+    def import_certificates(self, generation: int, ds: bytes, ka: bytes) -> dict[str, Any]:
+        request = custody_pb2.ImportGenerationCertificatesRequest(
+            generation=generation, ds_certificate=ds, ka_certificate=ka
+        )
+        return _as_dict(self._call(self._stub.ImportGenerationCertificates, request))
+
+    def mark_compromised(self, generation: int, reason: str) -> dict[str, Any]:
+        request = custody_pb2.MarkCompromisedRequest(generation=generation, reason=reason)
+        return _as_dict(self._call(self._stub.MarkGenerationCompromised, request))
+
+    def destroy_due(self) -> list[int]:
+        return list(self._call(self._stub.DestroyDueGenerations, custody_pb2.DestroyDueRequest()).destroyed)
+
+    # -- two-person control
+    def request_generation_change(self, generation: int, operation: str, reason: str) -> dict[str, Any]:
+        request = custody_pb2.GenerationChangeRequest(
+            generation=generation, operation=operation, reason=reason
+        )
+        return _as_dict(self._call(self._stub.RequestGenerationChange, request))
+
+    def request_area_replacement(self, area_id: int, ds: bytes, ka: bytes, reason: str) -> dict[str, Any]:
+        request = custody_pb2.AreaReplacementRequest(
+            area_id=area_id, ds_certificate=ds, ka_certificate=ka, reason=reason
+        )
+        return _as_dict(self._call(self._stub.RequestAreaReplacement, request))
+
+    def request_bench_enrolment(
+        self, bench_id: str, csr: bytes, facility: str, operations: list[str], reason: str
+    ) -> dict[str, Any]:
+        request = custody_pb2.BenchEnrolmentRequest(
+            bench_id=bench_id, csr=csr, facility=facility, operations=operations, reason=reason
+        )
+        return _as_dict(self._call(self._stub.RequestBenchEnrolment, request))
+
+    def approval_requests(self, include_closed: bool) -> list[dict[str, Any]]:
+        reply = self._call(
+            self._stub.ListApprovalRequests,
+            custody_pb2.ListApprovalRequestsRequest(include_closed=include_closed),
+        )
+        return [_as_dict(r) for r in reply.requests]
+
+    def approve(self, request_id: int) -> dict[str, Any]:
+        return _as_dict(self._call(self._stub.Approve, custody_pb2.ApprovalDecision(request_id=request_id)))
+
+    def reject(self, request_id: int, reason: str) -> dict[str, Any]:
+        decision = custody_pb2.ApprovalDecision(request_id=request_id, reason=reason)
+        return _as_dict(self._call(self._stub.Reject, decision))
+
+    def execute(self, request_id: int) -> dict[str, Any]:
+        return _as_dict(self._call(self._stub.Execute, custody_pb2.ExecuteRequest(request_id=request_id)))
+
+    # -- areas and benches
+    def list_areas(self) -> list[dict[str, Any]]:
+        return [_as_dict(a) for a in self._call(self._stub.ListAreas, custody_pb2.ListAreasRequest()).areas]
+
+    def list_benches(self) -> list[dict[str, Any]]:
+        return [
+            _as_dict(b) for b in self._call(self._stub.ListBenches, custody_pb2.ListBenchesRequest()).benches
+        ]
+
+    def revoke_bench(self, bench_id: str, reason: str) -> dict[str, Any]:
+        request = custody_pb2.RevokeBenchRequest(bench_id=bench_id, reason=reason)
+        return _as_dict(self._call(self._stub.RevokeBench, request))
+
     def _call(self, method: Callable[..., Any], request: Any) -> Any:
         delay = self._backoff
         for attempt in range(1, self._attempts + 1):

@@ -6,30 +6,34 @@ Exit codes (every command): 0 done; 1 the service refused (or, for import, any f
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
+from admin.console import (
+    EXIT_REFUSED,
+    EXIT_UNAVAILABLE,
+    UNREACHABLE,
+    Connection,
+    custody_client,
+    emit,
+    fail,
+    refused,
+    table,
+)
 from client.settings import BenchSettings, SettingsError
 from gbcs.errors import DecodeError
 from gbcs.ids import parse_eui64
 
-EXIT_REFUSED = 1
-EXIT_USAGE = 2
-EXIT_UNAVAILABLE = 3
-UNREACHABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED")
 IMPORTABLE = (".xml", ".hex", ".bin")
 
 app = typer.Typer(
     name="vdno-admin",
     help=(
         "vdno security officers' client: hand-in orders (export for the area DNOs, import what DCC returns) "
-        "and the fleet view. Settings: --config FILE (an [admin] table with server, server_name, ca, cert, "
+        "and the fleet view. Settings: --config FILE (an admin table with server, server_name, ca, cert, "
         "key; `vdno-server init` writes clients/<officer>.toml), flags, or VDNO_SERVER / VDNO_SERVER_NAME. "
         "Exit codes: 0 done; 1 refused by the service; 2 usage or configuration error; 3 service unreachable."
     ),
@@ -44,11 +48,6 @@ app.add_typer(hand_in_app)
 app.add_typer(fleet_app)
 
 
-def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    typer.echo(f"vdno-admin: {message}", err=True)
-    raise typer.Exit(code)
-
-
 def _version(value: bool) -> None:
     if value:
         try:
@@ -56,12 +55,6 @@ def _version(value: bool) -> None:
         except PackageNotFoundError:
             typer.echo("vdno-admin (not installed)")
         raise typer.Exit(0)
-
-
-@dataclass
-class Connection:
-    settings: BenchSettings
-    json_output: bool
 
 
 @app.callback()
@@ -87,42 +80,8 @@ def main(
             section="admin",
         )
     except SettingsError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     ctx.obj = Connection(settings, json_output)
-
-
-def _client(ctx: typer.Context) -> Any:
-    from admin.api import CustodyClient
-
-    connection: Connection = ctx.obj
-    try:
-        ca_pem, cert_pem, key_pem = connection.settings.read_tls()
-    except SettingsError as exc:
-        _fail(str(exc))
-    return CustodyClient(
-        connection.settings.server, ca_pem, cert_pem, key_pem, connection.settings.server_name
-    )
-
-
-def _refused(exc: Exception) -> NoReturn:
-    code = getattr(exc, "code", "UNKNOWN")
-    _fail(str(exc), EXIT_UNAVAILABLE if code in UNREACHABLE else EXIT_REFUSED)
-
-
-def _emit(ctx: typer.Context, document: Any, table: Table | None) -> None:
-    if ctx.obj.json_output or table is None:
-        typer.echo(json.dumps(document, indent=2))
-    else:
-        Console().print(table)
-
-
-def _table(title: str, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> Table:
-    table = Table(title=title)
-    for column in columns:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
-    return table
 
 
 # --- hand-in ---------------------------------------------------------------------------------------
@@ -136,13 +95,13 @@ def hand_in_list(
 ) -> None:
     from admin.api import CustodyCallFailed
 
-    with _client(ctx) as api:
+    with custody_client(ctx) as api:
         try:
             orders = api.list_hand_in_orders(area, status)
         except CustodyCallFailed as exc:
-            _refused(exc)
+            refused(exc)
     columns = ("order_id", "device_id", "area_id", "generation", "status", "seq_number", "bench_id")
-    _emit(ctx, orders, _table("Hand-in orders", columns, orders))
+    emit(ctx, orders, table("Hand-in orders", columns, orders))
 
 
 @hand_in_app.command(
@@ -162,12 +121,12 @@ def hand_in_export(
     from admin.api import CustodyCallFailed
 
     if out.exists() and not out.is_dir():
-        _fail(f"--out {out} is not a directory")
-    with _client(ctx) as api:
+        fail(f"--out {out} is not a directory")
+    with custody_client(ctx) as api:
         try:
             exported = api.export_hand_in_requests(area)
         except CustodyCallFailed as exc:
-            _refused(exc)
+            refused(exc)
     by_area: dict[int, list[tuple[dict[str, Any], bytes]]] = {}
     for record, xml in exported:
         by_area.setdefault(record["area_id"], []).append((record, xml))
@@ -183,7 +142,7 @@ def hand_in_export(
             lines.append(json.dumps(manifest, sort_keys=True))
             written.append({"order_id": record["order_id"], "area_id": area_id, "file": str(path)})
         (folder / "manifest.jsonl").write_text("\n".join(lines) + "\n")
-    _emit(ctx, written, _table(f"Exported to {out}", ("order_id", "area_id", "file"), written))
+    emit(ctx, written, table(f"Exported to {out}", ("order_id", "area_id", "file"), written))
     if not written and not ctx.obj.json_output:
         typer.echo("no orders awaiting authorisation")
 
@@ -196,9 +155,9 @@ def _importable(paths: list[Path]) -> list[Path]:
         elif path.is_file():
             files.append(path)
         else:
-            _fail(f"{path} is neither a file nor a folder")
+            fail(f"{path} is neither a file nor a folder")
     if not files:
-        _fail(f"no {', '.join(IMPORTABLE)} files in {', '.join(map(str, paths))}")
+        fail(f"no {', '.join(IMPORTABLE)} files in {', '.join(map(str, paths))}")
     return files
 
 
@@ -218,7 +177,7 @@ def hand_in_import(
 
     results = []
     unreachable = False
-    with _client(ctx) as api:
+    with custody_client(ctx) as api:
         for path in _importable(paths):
             try:
                 order = api.import_hand_in_command(path.read_bytes())
@@ -238,7 +197,7 @@ def hand_in_import(
                     "reason": "",
                 }
             )
-    _emit(ctx, results, _table("Imported", ("file", "order_id", "device_id", "status", "reason"), results))
+    emit(ctx, results, table("Imported", ("file", "order_id", "device_id", "status", "reason"), results))
     if any(r["status"] in ("refused", "unreadable") for r in results):
         raise typer.Exit(EXIT_UNAVAILABLE if unreachable else EXIT_REFUSED)
 
@@ -250,18 +209,18 @@ def hand_in_import(
 def fleet_summary(ctx: typer.Context) -> None:
     from admin.api import CustodyCallFailed
 
-    with _client(ctx) as api:
+    with custody_client(ctx) as api:
         try:
             summary = api.fleet_summary()
         except CustodyCallFailed as exc:
-            _refused(exc)
+            refused(exc)
     rows = summary["counts"]
-    table = _table(
+    rendered = table(
         f"Fleet: {summary['devices']} meters; {summary['hand_outs_outstanding']} hand-outs unreported",
         ("state", "generation", "area_id", "count"),
         rows,
     )
-    _emit(ctx, summary, table)
+    emit(ctx, summary, rendered)
 
 
 @fleet_app.command("history", help="One meter's custody state and history.")
@@ -273,31 +232,46 @@ def fleet_history(
     try:
         parse_eui64(device)
     except DecodeError as exc:
-        _fail(f"DEVICE: {exc}")
-    with _client(ctx) as api:
+        fail(f"DEVICE: {exc}")
+    with custody_client(ctx) as api:
         try:
             history = api.device_history(device)
         except CustodyCallFailed as exc:
-            _refused(exc)
-    table = _table(
+            refused(exc)
+    rendered = table(
         f"{history['device_id']}: {history['state']}",
         ("at", "event", "state", "area_id", "generation", "reference", "actor"),
         history["events"],
     )
-    _emit(ctx, history, table)
+    emit(ctx, history, rendered)
 
 
 @fleet_app.command("holding", help="The meters the records show on a vanilla generation.")
 def fleet_holding(
     ctx: typer.Context,
     generation: Annotated[int, typer.Option("--generation", min=1, help="vanilla generation")],
+    tray_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--tray-file", metavar="FILE", help="also write one device per line (vdno-bench rotate --tray)"
+        ),
+    ] = None,
 ) -> None:
     from admin.api import CustodyCallFailed
 
-    with _client(ctx) as api:
+    with custody_client(ctx) as api:
         try:
             devices = api.devices_holding(generation)
         except CustodyCallFailed as exc:
-            _refused(exc)
+            refused(exc)
+    if tray_file is not None:
+        lines = [f"# meters on vanilla generation {generation} (vdno-admin fleet holding)", *devices]
+        tray_file.write_text("\n".join(lines) + "\n")
     rows = [{"device_id": d} for d in devices]
-    _emit(ctx, devices, _table(f"Meters on generation {generation}: {len(devices)}", ("device_id",), rows))
+    emit(ctx, devices, table(f"Meters on generation {generation}: {len(devices)}", ("device_id",), rows))
+
+
+from admin.custody_cli import approvals_app, areas_app, benches_app, generations_app  # noqa: E402
+
+for _group in (generations_app, approvals_app, areas_app, benches_app):
+    app.add_typer(_group)

@@ -85,6 +85,18 @@ class BenchClient:
         )
         return self._call(self._stub.RequestHandOut, request)
 
+    def request_rotation(
+        self, request_id: str, device_id: str, device_certificate: bytes, credentials_response: bytes
+    ) -> Any:
+        """RequestRotation -> vdno.v1.HandOutResponse (target_generation set)."""
+        request = custodian_pb2.RotationRequest(
+            request_id=request_id,
+            device_id=device_id,
+            device_certificate=device_certificate,
+            credentials_response=credentials_response,
+        )
+        return self._call(self._stub.RequestRotation, request)
+
     def report_outcome(self, request_id: str, response: bytes) -> Any:
         """ReportOutcome -> vdno.v1.OutcomeAck (status applied | rejected, per-cell outcomes)."""
         return self._call(

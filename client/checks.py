@@ -48,12 +48,44 @@ class CheckedResponse:
 
 def check_command(command: bytes, device_id: bytes, area_id: int, bundle: TrustBundle) -> CheckedCommand:
     """Refuse (CommandRefused with a named reason) anything but a GS-only, KRP-signed CS02b mode-3 command
-    from an active vanilla generation in `bundle`, addressed to `device_id`, installing exactly the area's
-    DS and KA certificates into the NO cells, with the bundle's issuing CA as the path certificate."""
+    from a vanilla generation in `bundle` that may sign, addressed to `device_id`, installing exactly the
+    area's DS and KA certificates into the NO cells, with the bundle's issuing CA as the path certificate."""
     try:
         area = bundle.area(area_id)
     except BundleError as exc:
         raise CommandRefused("unknown-area", str(exc)) from exc
+    return _check_transfer(
+        command, device_id, bundle, area.ds_certificate, area.ka_certificate, f"area {area_id}'s"
+    )
+
+
+def check_rotation_command(command: bytes, device_id: bytes, bundle: TrustBundle) -> CheckedCommand:
+    """As check_command, for a rotation: signed by a vanilla generation that may sign and is not the active
+    one, installing exactly the active generation's DS and KA certificates."""
+    active = bundle.active_generation()
+    if active is None:
+        raise CommandRefused("no-active-generation", "the pinned bundle has no active vanilla generation")
+    checked = _check_transfer(
+        command,
+        device_id,
+        bundle,
+        active.ds_certificate,
+        active.ka_certificate,
+        f"the active generation {active.generation}'s",
+    )
+    if checked.generation.generation == active.generation:
+        raise CommandRefused("wrong-originator", "a rotation is signed by the generation the meter holds")
+    return checked
+
+
+def _check_transfer(
+    command: bytes,
+    device_id: bytes,
+    bundle: TrustBundle,
+    ds_certificate: bytes,
+    ka_certificate: bytes,
+    whose: str,
+) -> CheckedCommand:
     data = bytes(command)
     if not data or data[0] != GENERAL_SIGNING_TAG:
         raise CommandRefused(
@@ -130,7 +162,7 @@ def check_command(command: bytes, device_id: bytes, area_id: int, bundle: TrustB
     except SignatureError as exc:
         raise CommandRefused("bad-signature", f"{exc} (generation {generation.generation})") from exc
 
-    expected = {NO_DS_CELL: area.ds_certificate, NO_KA_CELL: area.ka_certificate}
+    expected = {NO_DS_CELL: ds_certificate, NO_KA_CELL: ka_certificate}
     targets = [r.target for r in payload.replacements]
     if len(payload.replacements) != 2 or set(targets) != set(expected):
         raise CommandRefused(
@@ -142,7 +174,7 @@ def check_command(command: bytes, device_id: bytes, area_id: int, bundle: TrustB
             usage = "DS" if replacement.target == NO_DS_CELL else "KA"
             raise CommandRefused(
                 "wrong-area-certificate",
-                f"the NO {usage} replacement is not area {area_id}'s {usage} certificate from the bundle",
+                f"the NO {usage} replacement is not {whose} {usage} certificate from the bundle",
             )
     if payload.certification_path_certificates != (bytes(bundle.issuing_ca_certificate),):
         raise CommandRefused(

@@ -318,6 +318,119 @@ def hand_out_command(
         raise typer.Exit(1)
 
 
+# --- rotation --------------------------------------------------------------------------------------
+
+
+@app.command(
+    "rotate",
+    short_help="Move meters in stock from their vanilla generation onto the active one.",
+    help=(
+        "Rotate meters in stock: read each meter, request a CS02b mode-3 command signed by the generation it "
+        "holds that installs the active generation's certificates, check it against the pinned trust bundle, "
+        "have DCC add its ACB-SMD MAC (--dcc URL), apply it and report the response. Give --device or "
+        "--tray FILE (one device per line; `vdno-admin fleet holding --generation G --tray-file FILE` writes "
+        "one). "
+        + SETTINGS_HELP
+        + " Exit codes: 0 every meter rotated; 1 any meter refused or failed; 2 usage "
+        "or configuration error."
+    ),
+)
+def rotate_command(
+    device: Annotated[str | None, typer.Option("--device", metavar="EUI", help="device id")] = None,
+    tray: Annotated[Path | None, typer.Option("--tray", metavar="FILE", help="tray file")] = None,
+    server: ServerOpt = None,
+    ca: CaOpt = None,
+    cert: CertOpt = None,
+    key: KeyOpt = None,
+    sim: SimOpt = None,
+    dcc: Annotated[
+        str | None, typer.Option("--dcc", metavar="URL", help="DCC gateway adding the ACB-SMD MAC")
+    ] = None,
+    server_name: ServerNameOpt = None,
+    json_output: JsonOpt = False,
+    request_id: Annotated[
+        str | None, typer.Option("--request-id", metavar="ID", help="request id (single device; to retry)")
+    ] = None,
+    save_commands: SaveOpt = None,
+    reader_id: ReaderOpt = LAB_READER_ID.hex(),
+    config: ConfigOpt = None,
+) -> None:
+    settings = _load_settings(
+        config,
+        server=server,
+        ca=ca,
+        cert=cert,
+        key=key,
+        sim=sim,
+        dcc=dcc,
+        server_name=server_name,
+        save_commands=save_commands,
+    )
+    devices = _devices(device, tray)
+    if tray is not None and request_id is not None:
+        _fail("--request-id applies to a single device (--device), not to a tray")
+    sim_host, sim_port = _sim(settings)
+    ca_pem, cert_pem, key_pem = _tls(settings)
+    reader = _eui(reader_id, "--reader-id")
+
+    from client.api import BenchClient
+    from client.dcc_gateway import HttpDuisGateway
+    from client.handout import rotate
+    from client.transport import SimulatorTransport
+
+    gateway = None if settings.dcc is None else HttpDuisGateway(settings.dcc)
+    with (
+        BenchClient(
+            settings.server, ca_pem, cert_pem, key_pem, server_name_override=settings.server_name
+        ) as api,
+        SimulatorTransport(sim_host, sim_port) as transport,
+    ):
+        try:
+            bundle = api.trust_bundle()
+        except BenchError as exc:
+            _fail(f"cannot fetch the trust bundle: {exc}", 1)
+        results = [
+            rotate(api, transport, bundle, d, request_id, reader, settings.save_commands, gateway)
+            for d in devices
+        ]
+    rows = [r.as_dict() for r in results]
+    if json_output:
+        typer.echo(json.dumps(rows, indent=2))
+    else:
+        columns = ("device", "generation", "targetGeneration", "counter", "status", "reason")
+        Console().print(_results_table("Rotation summary", rows, columns))
+    failed = [r for r in results if r.status != APPLIED]
+    if failed:
+        typer.echo(f"vdno-bench rotate: {len(failed)} of {len(results)} meters not rotated", err=True)
+        raise typer.Exit(1)
+
+
+# --- enrolment -------------------------------------------------------------------------------------
+
+
+@app.command(
+    "keygen",
+    help=(
+        "Make this bench's mTLS key (EC P-256) and a certificate request for it: OUT/<bench>.key (mode 0600; "
+        "it never leaves the bench) and OUT/<bench>.csr (PEM, for a security officer: `vdno-admin benches "
+        "enrol`). Refuses to overwrite an existing key. Exit codes: 0 written; 2 usage error."
+    ),
+)
+def keygen_command(
+    bench: Annotated[
+        str, typer.Option("--bench", metavar="ID", help="this bench's id (the certificate's CN)")
+    ],
+    out: Annotated[Path, typer.Option("--out", metavar="DIR", help="folder for the key and the request")],
+) -> None:
+    from client.enrolment import EnrolmentError, make_key_and_request
+
+    try:
+        key_path, csr_path = make_key_and_request(bench, out)
+    except EnrolmentError as exc:
+        _fail(str(exc))
+    typer.echo(f"wrote {key_path} (keep it here) and {csr_path} (give it to a security officer)")
+
+
 # --- hand-in ---------------------------------------------------------------------------------------
 
 hand_in_app = typer.Typer(

@@ -5,13 +5,14 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 from client.bundle import TrustBundle
-from client.checks import check_command, check_response
+from client.checks import CheckedCommand, check_command, check_response, check_rotation_command
 from client.dcc_gateway import DccGateway
 from client.errors import BenchError, CommandRefused, ResponseRejected, ServiceError, TransportError
 from client.transport import DeviceTransport
@@ -44,6 +45,14 @@ class CustodianApi(Protocol):
     def report_outcome(self, request_id: str, response: bytes) -> Any: ...
 
 
+class RotationApi(Protocol):
+    def request_rotation(
+        self, request_id: str, device_id: str, device_certificate: bytes, credentials_response: bytes
+    ) -> Any: ...
+
+    def report_outcome(self, request_id: str, response: bytes) -> Any: ...
+
+
 class ReadError(BenchError):
     """Reading the meter (CS02e / CS02a) failed or its answer did not verify."""
 
@@ -51,7 +60,7 @@ class ReadError(BenchError):
 @dataclass(frozen=True)
 class HandOutResult:
     device_id: str  # 16 hex digits
-    area_id: int
+    area_id: int | None  # the hand-out's area; None for a rotation
     request_id: str
     counter: int | None
     status: str  # applied | refused | failed
@@ -59,6 +68,7 @@ class HandOutResult:
     command: bytes | None = None  # as the custodian released it (KRP-signed GS APDU)
     generation: int | None = None
     applied_command: bytes | None = None  # as the meter received it (MAC-framed when DCC added the MAC)
+    target_generation: int | None = None  # a rotation's target generation
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -71,6 +81,7 @@ class HandOutResult:
             "reason": self.reason,
             "command": None if self.command is None else self.command.hex(),
             "appliedCommand": None if self.applied_command is None else self.applied_command.hex(),
+            "targetGeneration": self.target_generation,
         }
 
 
@@ -222,6 +233,63 @@ def hand_out(
     it, check and report the response. Without a gateway the signed command is applied as it is (a lab meter
     that does not require the MAC). Never raises for meter, service or check failures: they come back as
     status refused / failed. `save_dir` gets the command exactly as the meter received it."""
+    try:
+        bundle.area(area_id)
+    except BenchError as exc:
+        return HandOutResult(
+            eui64_hex(device_id), area_id, request_id or "", counter=None, status=FAILED, reason=str(exc)
+        )
+
+    def request(rid: str, reading: MeterReading) -> Any:
+        return api.request_hand_out(
+            rid, eui64_hex(device_id), area_id, reading.device_certificate, reading.credentials_response
+        )
+
+    return _transfer(
+        api, transport, bundle, device_id, area_id, request,
+        lambda command: check_command(command, device_id, area_id, bundle),
+        request_id, reader_id, save_dir, gateway,
+    )  # fmt: skip
+
+
+def rotate(
+    api: RotationApi,
+    transport: DeviceTransport,
+    bundle: TrustBundle,
+    device_id: bytes,
+    request_id: str | None = None,
+    reader_id: bytes = LAB_READER_ID,
+    save_dir: Path | None = None,
+    gateway: DccGateway | None = None,
+) -> HandOutResult:
+    """As hand_out, for a meter in stock: the command moves its NO cells from its vanilla generation onto the
+    active one (area None in the result)."""
+
+    def request(rid: str, reading: MeterReading) -> Any:
+        return api.request_rotation(
+            rid, eui64_hex(device_id), reading.device_certificate, reading.credentials_response
+        )
+
+    return _transfer(
+        api, transport, bundle, device_id, None, request,
+        lambda command: check_rotation_command(command, device_id, bundle),
+        request_id, reader_id, save_dir, gateway,
+    )  # fmt: skip
+
+
+def _transfer(
+    api: CustodianApi | RotationApi,
+    transport: DeviceTransport,
+    bundle: TrustBundle,
+    device_id: bytes,
+    area_id: int | None,
+    request: Callable[[str, MeterReading], Any],
+    check: Callable[[bytes], CheckedCommand],
+    request_id: str | None,
+    reader_id: bytes,
+    save_dir: Path | None,
+    gateway: DccGateway | None,
+) -> HandOutResult:
     request_id = request_id or uuid.uuid4().hex
     device_hex = eui64_hex(device_id)
 
@@ -229,26 +297,21 @@ def hand_out(
         return HandOutResult(device_hex, area_id, request_id, status=status, reason=reason, **kw)
 
     try:
-        bundle.area(area_id)
-    except BenchError as exc:
-        return result(FAILED, str(exc), counter=None)
-    try:
         reading = read_meter(transport, device_id, bundle, reader_id)
     except (ReadError, TransportError) as exc:
         return result(FAILED, f"read meter: {exc}", counter=None)
 
     try:
-        issued = api.request_hand_out(
-            request_id, device_hex, area_id, reading.device_certificate, reading.credentials_response
-        )
+        issued = request(request_id, reading)
     except ServiceError as exc:
         return result(FAILED, f"custodian: {exc}", counter=None)
     command = bytes(issued.command)
     counter: int | None = int(issued.originator_counter) or None
     generation: int | None = int(issued.generation) if getattr(issued, "generation", None) else None
+    target_generation = int(getattr(issued, "target_generation", 0)) or None
 
     try:
-        checked = check_command(command, device_id, area_id, bundle)
+        checked = check(command)
     except CommandRefused as exc:
         if save_dir is not None and counter is not None:
             save_command(save_dir, device_id, counter, command)
@@ -260,7 +323,13 @@ def hand_out(
 
     def done(status: str, reason: str) -> HandOutResult:
         return result(
-            status, reason, counter=counter, command=command, generation=generation, applied_command=to_meter
+            status,
+            reason,
+            counter=counter,
+            command=command,
+            generation=generation,
+            applied_command=to_meter,
+            target_generation=target_generation,
         )
 
     if gateway is None:

@@ -15,7 +15,7 @@ from labdcc.dcc import LabDcc
 from labdcc.errors import LabDccError
 from labdcc.parties import ensure_lab_parties
 from labdcc.web import DuisHttpServer
-from labpki.store import atomic_write
+from labpki.store import atomic_write, export_keystore
 
 RESPONSE_SUFFIX = "-response.xml"
 USAGE_ERROR = 2
@@ -52,6 +52,44 @@ def init(state: Path = _STATE) -> None:
     typer.echo(f"initialised {state}:")
     for change in parties.created:
         typer.echo(f"  - {change}")
+
+
+@app.command("smki-issue")
+def smki_issue(
+    state: Path = _STATE,
+    csr: Path = typer.Option(..., "--csr", help="PKCS#10 request (PEM or DER)"),
+    entity_id: str = typer.Option(..., "--entity-id", help="the subject's EUI-64 (x500UniqueIdentifier)"),
+    usage: str = typer.Option(..., "--usage", help="ds | ka"),
+    out: Path = typer.Option(..., "--out", help="where to write the certificate (PEM)"),
+    role: int = typer.Option(3, "--role", help="remote party role (OU): 3 = network operator"),
+) -> None:
+    """Issue an SMKI organisation certificate from a request, as DCC's SMKI does (lab issuing CA in
+    STATE/pki): the request's key, the given entity id and role, one key usage, the SMKI policy. The
+    certificate joins the lab SMKI inventory (STATE/keystore), where the lab ACB looks originators up."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from gbcs.errors import DecodeError
+    from gbcs.ids import parse_eui64
+    from labpki.errors import LabPkiError
+    from labpki.hierarchy import LabHierarchy
+    from labpki.smki import issue_from_csr
+
+    if usage not in ("ds", "ka"):
+        typer.echo("vdno-labdcc: --usage must be ds or ka", err=True)
+        raise typer.Exit(USAGE_ERROR)
+    try:
+        entity = parse_eui64(entity_id)
+        hierarchy = LabHierarchy.load(state / "pki")
+        certificate = issue_from_csr(hierarchy.issuing_ca, csr.read_bytes(), entity, role, usage)  # type: ignore[arg-type]
+    except (DecodeError, LabPkiError, OSError) as exc:
+        typer.echo(f"vdno-labdcc: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(certificate.public_bytes(Encoding.PEM))
+    export_keystore(state / "keystore", [certificate], include_keys=False)  # the SMKI inventory
+    typer.echo(
+        f"issued {out} (entity {entity.hex()}, role {role:02X}, {usage}); added to {state / 'keystore'}"
+    )
 
 
 @app.command()

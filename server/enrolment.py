@@ -69,9 +69,7 @@ class CaFileBenchIssuer:
             )
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
             .add_extension(x509.SubjectKeyIdentifier(hashlib.sha1(spki).digest()[:20]), critical=False)  # noqa: S324 (RFC 5280 method 1)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-            )
+            .add_extension(_authority_key_identifier(ca_cert), critical=False)
             .sign(ca_key, hashes.SHA256())
         )
         return certificate.public_bytes(Encoding.DER)
@@ -89,3 +87,12 @@ class CaFileBenchIssuer:
         if key.public_key().public_numbers() != cert.public_key().public_numbers():  # type: ignore[union-attr]
             raise ConfigError("[enrolment] client_ca_key is not the key of tls.client_ca")
         return cert, key
+
+
+def _authority_key_identifier(ca: x509.Certificate) -> x509.AuthorityKeyIdentifier:
+    """The CA's own subject key identifier (whatever method made it): chain building matches on it."""
+    try:
+        ski = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.public_key())  # type: ignore[arg-type]
+    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)

@@ -43,7 +43,8 @@ from labdcc.dcc import LabDcc
 from labdcc.parties import area_entity_id
 from labdcc.web import DuisHttpServer
 from labpki.hierarchy import LabHierarchy
-from labpki.store import read_certificate, read_certified_key
+from labpki.smki import issue_from_csr
+from labpki.store import export_keystore, read_certificate, read_certified_key
 from scripts.lab_tray import InProcessTransport, tray_device_id, vanilla_tray_profiles
 from server.bootstrap import vanilla_entity_id
 from server.observability import FLUSH_INTERVAL
@@ -302,6 +303,44 @@ def deploy(
     return deployment
 
 
+# -- custody ------------------------------------------------------------------------------------------
+
+
+def smki_certificate(state: Path, csr: bytes, entity_id: bytes, usage: str, role: int = 3) -> bytes:
+    """What DCC's SMKI returns for a request (the lab issuing CA of the state folder): DER."""
+    hierarchy = LabHierarchy.load(state / "pki")
+    certificate = issue_from_csr(hierarchy.issuing_ca, csr, entity_id, role, usage)  # type: ignore[arg-type]
+    export_keystore(state / "keystore", [certificate], include_keys=False)  # the SMKI inventory the ACB reads
+    return certificate.public_bytes(Encoding.DER)
+
+
+def approved(deployment: Deployment, request: dict[str, Any], approver: str = "officer-02") -> dict[str, Any]:
+    """Another officer approves `request` (made by officer-01), then officer-01 executes it."""
+    with deployment.officer(approver) as other:
+        other.approve(int(request["request_id"]))
+    with deployment.officer("officer-01") as officer:
+        return officer.execute(int(request["request_id"]))
+
+
+def certify_generation(deployment: Deployment, entity_id: bytes) -> int:
+    """The whole ceremony for a new generation: keys in the token, CSRs, lab SMKI certificates, import."""
+    with deployment.officer() as officer:
+        created = officer.create_generation(entity_id.hex())
+        number = int(created["generation"])
+        ds, ka = (
+            smki_certificate(deployment.state, officer.certificate_request(number, usage), entity_id, usage)
+            for usage in ("ds", "ka")
+        )
+        officer.import_certificates(number, ds, ka)
+    return number
+
+
+def activate(deployment: Deployment, generation: int) -> dict[str, Any]:
+    with deployment.officer() as officer:
+        request = officer.request_generation_change(generation, "activate-generation", "test: activate")
+    return approved(deployment, request)
+
+
 # -- RPCs ---------------------------------------------------------------------------------------------
 
 
@@ -427,6 +466,40 @@ _READ_ATTRIBUTES = textwrap.dedent(
     print(json.dumps(out))
     """
 )
+
+
+_LIST_LABELS = textwrap.dedent(
+    """
+    import json, os, sys
+    from pkcs11 import Attribute
+    from server.hsm.token import open_token_session
+    module, token = sys.argv[1], sys.argv[2]
+    with open_token_session(module, token, os.environ["VDNO_TEST_PIN"], rw=False) as session:
+        labels = sorted(str(o[Attribute.LABEL]) for o in session.get_objects({}))
+    print(json.dumps(labels))
+    """
+)
+
+
+def token_labels(state: Path, module: Path) -> list[str]:
+    """Labels of every object in the token, read in a separate process (the PIN through the environment)."""
+    env = {
+        **os.environ,
+        "SOFTHSM2_CONF": str(state / "softhsm2.conf"),
+        "VDNO_TEST_PIN": (state / "secrets" / "user.pin").read_text().strip(),
+    }
+    done = subprocess.run(
+        [PYTHON, "-c", _LIST_LABELS, str(module), "vdno"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    labels: list[str] = json.loads(done.stdout)
+    return labels
 
 
 def read_key_attributes(state: Path, module: Path, labels: list[str]) -> dict[str, dict[str, Any]]:

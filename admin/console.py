@@ -1,0 +1,65 @@
+"""What every vdno-admin command shares: its connection settings, the custody client, output as tables or
+JSON, one-line errors with the documented exit codes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from client.settings import BenchSettings, SettingsError
+
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+UNREACHABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    typer.echo(f"vdno-admin: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@dataclass
+class Connection:
+    settings: BenchSettings
+    json_output: bool
+
+
+def custody_client(ctx: typer.Context) -> Any:
+    from admin.api import CustodyClient
+
+    connection: Connection = ctx.obj
+    try:
+        ca_pem, cert_pem, key_pem = connection.settings.read_tls()
+    except SettingsError as exc:
+        fail(str(exc))
+    return CustodyClient(
+        connection.settings.server, ca_pem, cert_pem, key_pem, connection.settings.server_name
+    )
+
+
+def refused(exc: Exception) -> NoReturn:
+    code = getattr(exc, "code", "UNKNOWN")
+    fail(str(exc), EXIT_UNAVAILABLE if code in UNREACHABLE else EXIT_REFUSED)
+
+
+def emit(ctx: typer.Context, document: Any, rendered: Table | None) -> None:
+    """`document` as JSON with --json (or when there is no table), else the table."""
+    if ctx.obj.json_output or rendered is None:
+        typer.echo(json.dumps(document, indent=2))
+    else:
+        Console().print(rendered)
+
+
+def table(title: str, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> Table:
+    out = Table(title=title)
+    for column in columns:
+        out.add_column(column)
+    for row in rows:
+        out.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
+    return out
