@@ -26,6 +26,7 @@ from server.domain.issuance import HandOutService
 from server.domain.policy import TrustAnchors
 from server.domain.values import AuditEvent
 from server.enrolment import CaFileBenchIssuer
+from server.housekeeping import CustodyHousekeeping
 from server.rpc.interceptors import ErrorMappingInterceptor
 from server.rpc.servicers import BenchServicer, CustodyServicer
 from server.store.sql import SqlCustodyStore, open_store
@@ -110,9 +111,12 @@ class RunningServer:
     store: SqlCustodyStore
     service: HandOutService
     close_signer: Callable[[], None]
+    housekeeping: CustodyHousekeeping | None = None
 
     def stop(self, grace: float = 1.0) -> None:
         self.server.stop(grace).wait()
+        if self.housekeeping is not None:
+            self.housekeeping.stop()
         self.service.close()
         self.close_signer()
         self.store.close()
@@ -179,4 +183,6 @@ def build_server(settings: Settings) -> RunningServer:
     server.start()
     health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, store, service, signer.close)
+    housekeeping = CustodyHousekeeping(custody, settings.custody.housekeeping_seconds)
+    housekeeping.start()
+    return RunningServer(server, port, store, service, signer.close, housekeeping)

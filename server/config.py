@@ -66,6 +66,7 @@ class CustodyConfig:
     execution_window_minutes: float = 60.0
     destroy_grace_days: int = 7
     expiry_warning_days: int = 90
+    housekeeping_seconds: float = 60.0  # how often due destructions are carried out and expiry checked
 
 
 @dataclass(frozen=True)
@@ -182,6 +183,7 @@ def _custody(table: Mapping[str, Any]) -> CustodyConfig:
         ("execution_window_minutes", float),
         ("destroy_grace_days", int),
         ("expiry_warning_days", int),
+        ("housekeeping_seconds", float),
     ):
         value = table.get(key, getattr(defaults, key))
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
