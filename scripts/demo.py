@@ -9,13 +9,17 @@ tools, as the people who run them would:
      DUIS requests per area (`vdno-admin hand-in export`); the lab area DNOs sign and DCC's ACB adds its MAC
      (`vdno-labdcc answer`); the officer imports the returned commands, each checked against its order
      (`vdno-admin hand-in import`); another bench applies them (`vdno-bench hand-in apply`);
-  2. in stock: every meter on vanilla generation 1 (`vdno-admin fleet holding`);
-  3. hand-out: each meter to another area, the custodian's signed command MAC-framed by the lab ACB on the
+  2. in stock: every meter on the active vanilla generation (`vdno-admin fleet holding`);
+  3. rotation: officers create the next generation (keys generated in the HSM), have the lab SMKI certify
+     it from CSRs the HSM signed, import the certificates and activate it under two-person control
+     (`vdno-admin generations ...`, `approvals approve`, `approvals execute`); stock moves onto it
+     (`vdno-bench rotate`);
+  4. hand-out: each meter to another area, the custodian's signed command MAC-framed by the lab ACB on the
      way (`vdno-bench hand-out --dcc`);
   checks: every meter read back holds its new area's certificates; the fleet view; one meter's history;
   saved commands inspected with their MAC (`vdno-bench inspect --acb`); the audit log (`verify-audit`).
-Exit 0 only if every meter made the whole journey. Commands applied are left in STATE/commands/hand-in/ and
-STATE/commands/hand-out/ as <device>-<counter>.hex, exactly as the meter received them (MAC header
+Exit 0 only if every meter made the whole journey. Commands applied are left in STATE/commands/hand-in/,
+rotation/ and hand-out/ as <device>-<counter>.hex, exactly as the meter received them (MAC header
 included); the DUIS requests exported and answered in STATE/duis/.
 """
 
@@ -40,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 METERS = 20
 AREAS = "10-23"
-BENCH, APPLY_BENCH, OFFICER = "bench-01", "bench-02", "officer-01"
+BENCH, APPLY_BENCH, OFFICER, APPROVER = "bench-01", "bench-02", "officer-01", "officer-02"
 STARTUP_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
 PY = sys.executable
@@ -146,8 +150,8 @@ class Lab:
             "--server", self.server, "--sim", self.sim,
         ]  # fmt: skip
 
-    def admin(self, *args: str) -> list[str]:
-        config = self.state / "clients" / f"{OFFICER}.toml"
+    def admin(self, *args: str, officer: str = OFFICER) -> list[str]:
+        config = self.state / "clients" / f"{officer}.toml"
         return [PY, "-m", "admin", "--config", str(config), "--server", self.server, "--json", *args]
 
 
@@ -257,19 +261,85 @@ def hand_in(lab: Lab, tray_file: Path, devices: list[str]) -> None:
         raise DemoFailed(f"hand-in not applied everywhere: {applied}")
 
 
-def in_stock(lab: Lab, devices: list[str]) -> None:
+def active_generation(lab: Lab) -> int:
+    generations = json.loads(run(lab.admin("generations", "list"), "vdno-admin generations list"))
+    return max(int(g["generation"]) for g in generations if g["status"] == "active")
+
+
+def in_stock(lab: Lab, devices: list[str]) -> int:
     step("2. in stock: the fleet view")
+    generation = active_generation(lab)
     holding = set(
-        json.loads(run(lab.admin("fleet", "holding", "--generation", "1"), "vdno-admin fleet holding"))
+        json.loads(
+            run(lab.admin("fleet", "holding", "--generation", str(generation)), "vdno-admin fleet holding")
+        )
     )
     ours = {d.upper() for d in devices}
-    say(f"{len(ours & holding)} of this run's {len(ours)} meters are on vanilla generation 1")
+    say(f"{len(ours & holding)} of this run's {len(ours)} meters are on vanilla generation {generation}")
     if not ours <= holding:
         raise DemoFailed(f"not on vanilla: {sorted(ours - holding)}")
+    return generation
+
+
+def rotation(lab: Lab, devices: list[str], old: int) -> int:
+    step("3. rotation: officers make the next generation; stock moves onto it")
+    generations = json.loads(run(lab.admin("generations", "list"), "vdno-admin generations list"))
+    number = max(int(g["generation"]) for g in generations) + 1
+    entity = (b"VDNO\x00\x00\x00" + bytes([number % 256])).hex()
+    created = json.loads(
+        run(lab.admin("generations", "create", "--entity-id", entity), "vdno-admin generations create")
+    )
+    if int(created["generation"]) != number:
+        raise DemoFailed(f"expected generation {number}, got {created['generation']}")
+    say(f"{OFFICER} created generation {number} (entity {entity.upper()}): keys generated in the HSM")
+    pki = lab.state / "pki"
+    for usage in ("ds", "ka"):
+        csr, pem = pki / f"vanilla-g{number}-{usage}.csr", pki / f"vanilla-g{number}-{usage}.pem"
+        run(
+            lab.admin("generations", "csr", str(number), "--usage", usage, "--out", str(csr)),
+            "vdno-admin csr",
+        )
+        issue = [PY, "-m", "labdcc", "smki-issue", "--state", str(lab.state), "--csr", str(csr)]
+        run([*issue, "--entity-id", entity, "--usage", usage, "--out", str(pem)], "vdno-labdcc smki-issue")
+    ds, ka = (str(pki / f"vanilla-g{number}-{usage}.pem") for usage in ("ds", "ka"))
+    run(
+        lab.admin("generations", "import", str(number), "--ds", ds, "--ka", ka),
+        "vdno-admin generations import",
+    )
+    say(f"the lab SMKI certified it from CSRs the HSM signed; {OFFICER} imported the certificates (checked)")
+    request = json.loads(
+        run(lab.admin("generations", "activate", str(number), "--reason", "demo: rotate stock"), "activate")
+    )
+    request_id = str(request["request_id"])
+    run(lab.admin("approvals", "approve", request_id, officer=APPROVER), "vdno-admin approvals approve")
+    run(lab.admin("approvals", "execute", request_id), "vdno-admin approvals execute")
+    if active_generation(lab) != number:
+        raise DemoFailed(f"generation {number} is not active after its approved activation")
+    say(f"{OFFICER} requested its activation, {APPROVER} approved, {OFFICER} executed it:")
+    say(f"  generation {number} is active, {old} signing-only")
+    tray = lab.state / "tray-rotation.txt"
+    run(lab.admin("fleet", "holding", "--generation", str(old), "--tray-file", str(tray)), "fleet holding")
+    on_old = {
+        line.strip().lower() for line in tray.read_text().splitlines() if line and not line.startswith("#")
+    }
+    ours = [d for d in devices if d in on_old]
+    tray.write_text("".join(f"{d}\n" for d in ours))
+    results = json.loads(
+        run(
+            lab.bench(BENCH, "rotate", "--tray", str(tray), "--json", "--dcc", lab.dcc,
+                      "--save-commands", str(lab.state / "commands" / "rotation")),
+            "vdno-bench rotate",
+        )
+    )  # fmt: skip
+    done = [r for r in results if r["status"] == "applied"]
+    say(f"{BENCH} rotated {len(done)} of {len(devices)} meters from generation {old} to {number}")
+    if len(done) != len(devices):
+        raise DemoFailed(f"rotation not applied everywhere: {results}")
+    return number
 
 
 def hand_out(lab: Lab, tray_file: Path, devices: list[str]) -> list[dict[str, Any]]:
-    step(f"3. hand-out: {len(devices)} meters to other areas, through DCC's ACB")
+    step(f"4. hand-out: {len(devices)} meters to other areas, through DCC's ACB")
     results: list[dict[str, Any]] = json.loads(
         run(
             lab.bench(BENCH, "hand-out", "--tray", str(tray_file), "--json", "--dcc", lab.dcc,
@@ -320,7 +390,7 @@ def check(lab: Lab, assignments: list[tuple[str, int]], handed_out: list[dict[st
         say(f"  {at}  {what:<20} {where:<14} {reference:<14} {event['actor']}")
 
     keystore = lab.state / "keystore"
-    for kind in ("hand-in", "hand-out"):
+    for kind in ("hand-in", "rotation", "hand-out"):
         saved = sorted((lab.state / "commands" / kind).glob(f"{first}-*.hex"))
         if not saved:
             raise DemoFailed(f"no saved {kind} command for {first}")
@@ -375,7 +445,8 @@ def demo(state: Path) -> None:
             f"lab DCC on {lab.dcc}")  # fmt: skip
 
         hand_in(lab, tray_file, devices)
-        in_stock(lab, devices)
+        old = in_stock(lab, devices)
+        rotation(lab, devices, old)
         handed_out = hand_out(lab, tray_file, devices)
         check(lab, assignments, handed_out)
     finally:
@@ -385,8 +456,8 @@ def demo(state: Path) -> None:
             say(f"stopped {child.name} (exit {child.proc.returncode})")
 
     say(f"\nvdno demo passed: {len(devices)} of {len(devices)} meters made the whole journey "
-        f"(area -> hand-in -> vanilla generation 1 -> another area).")  # fmt: skip
-    say(f"  commands as the meters received them: {rel(state / 'commands')}/hand-in/, hand-out/")
+        f"(area -> hand-in -> vanilla -> rotation to the next generation -> another area).")  # fmt: skip
+    say(f"  commands as the meters received them: {rel(state / 'commands')}/hand-in/, rotation/, hand-out/")
     say(f"  DUIS requests and responses:          {rel(state / 'duis')}/hand-in/")
     say(f"  officer's client settings:            {rel(state / 'clients' / (OFFICER + '.toml'))}")
 

@@ -29,8 +29,9 @@ def test_the_demo_journey_passes_and_leaves_what_it_promises(tmp_path: Path, sof
 
     hand_in = sorted((state / "commands" / "hand-in").glob("*.hex"))
     hand_out = sorted((state / "commands" / "hand-out").glob("*.hex"))
-    assert len(hand_in) == len(hand_out) == 20
-    for saved in hand_in + hand_out:
+    rotation = sorted((state / "commands" / "rotation").glob("*.hex"))
+    assert len(hand_in) == len(rotation) == len(hand_out) == 20
+    for saved in hand_in + rotation + hand_out:
         assert saved.read_text().startswith("dd"), f"{saved.name} is not MAC-framed"
     requests = sorted((state / "duis" / "hand-in" / "requests").rglob("*.xml"))
     assert len(requests) == 20
