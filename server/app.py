@@ -19,13 +19,22 @@ from gbcs.errors import GbcsError
 from gbcs.smki import load_certificate
 from server.config import ConfigError, Settings, TlsSettings
 from server.domain.custody import CustodyService, CustodySettings
-from server.domain.errors import HsmLoginRefused, HsmUnavailable
+from server.domain.errors import HsmLoginRefused, HsmUnavailable, VdnoError
 from server.domain.fleet import FleetView
 from server.domain.hand_in import HandInService
 from server.domain.issuance import HandOutService
 from server.domain.policy import TrustAnchors
 from server.domain.values import AuditEvent
 from server.enrolment import CaFileBenchIssuer
+from server.health import (
+    DATABASE,
+    HSM,
+    HealthBoard,
+    HealthMonitor,
+    HealthReport,
+    HealthSlots,
+    serve_health,
+)
 from server.housekeeping import CustodyHousekeeping
 from server.rpc.interceptors import ErrorMappingInterceptor
 from server.rpc.servicers import BenchServicer, CustodyServicer
@@ -111,10 +120,18 @@ class RunningServer:
     store: SqlCustodyStore
     service: HandOutService
     close_signer: Callable[[], None]
+    health_servicer: health.HealthServicer
+    monitor: HealthMonitor
+    health_server: grpc.Server | None = None
+    health_port: int | None = None  # the plaintext health listener's, when this process serves it
     housekeeping: CustodyHousekeeping | None = None
 
     def stop(self, grace: float = 1.0) -> None:
+        self.health_servicer.enter_graceful_shutdown()  # NOT_SERVING from now on
+        self.monitor.close()
         self.server.stop(grace).wait()
+        if self.health_server is not None:
+            self.health_server.stop(None)
         if self.housekeeping is not None:
             self.housekeeping.stop()
         self.service.close()
@@ -134,10 +151,14 @@ def mtls_credentials(tls: TlsSettings) -> grpc.ServerCredentials:
         raise ConfigError("tls certificate, key or client CA cannot be read") from exc
 
 
-def build_server(settings: Settings) -> RunningServer:
+def build_server(settings: Settings, health_slots: HealthSlots | None = None) -> RunningServer:
     """Open store and HSM, wire the domain, bind with mandatory mTLS, start. Binds settings.listen
     (use port 0 for a free port; the bound port is returned). The schema is migrated beforehand, once,
-    by `vdno-server serve` (server.store.sql.migrate_database)."""
+    by `vdno-server serve` (server.store.sql.migrate_database).
+
+    Health (server/health.py) is probed in the background from the start. Without `health_slots` (one
+    server process) this process also serves the plaintext health listener (settings.health_listen); with
+    them (one of several processes) it publishes its state there and the parent process serves it."""
     anchors = load_anchors(settings)
     store = open_store(settings.database_url, run_migrations=False, write_lock_wait=settings.write_lock_wait)
     # The issuance pipeline's thread is the one caller: it owns the session, no hand-off per batch.
@@ -177,12 +198,46 @@ def build_server(settings: Settings) -> RunningServer:
         ),
         server,
     )
+    board = HealthBoard(health_servicer, (SERVICE_NAME,), source=f"pid {os.getpid()}")
+    publishers = [board.publish] if health_slots is None else [board.publish, health_slots.publish]
+
+    def publish(report: HealthReport) -> None:
+        for publisher in publishers:
+            publisher(report)
+
+    def active_keys() -> list[str]:
+        try:
+            generations = store.list_generations()
+        except VdnoError:  # the database probe reports that
+            return []
+        return [g.ds_key_uri for g in generations if g.signs]
+
+    monitor = HealthMonitor(
+        {HSM: lambda: signer.probe(active_keys()), DATABASE: store.check_writable},
+        publish,
+        interval=settings.health_interval,
+    )
+    signer.add_listener(lambda: monitor.poke(HSM))
+    monitor.check_now()  # the first answer is already the truth
     port = server.add_secure_port(settings.listen, mtls_credentials(settings.tls))
     if port == 0:
         raise ConfigError(f"cannot listen on {settings.listen}")
+    health_server, health_port = None, None
+    if health_slots is None and settings.health_listen:
+        health_server, health_port = serve_health(settings.health_listen, health_servicer)
     server.start()
-    health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    monitor.start()
     housekeeping = CustodyHousekeeping(custody, settings.custody.housekeeping_seconds)
     housekeeping.start()
-    return RunningServer(server, port, store, service, signer.close, housekeeping)
+    return RunningServer(
+        server,
+        port,
+        store,
+        service,
+        signer.close,
+        health_servicer,
+        monitor,
+        health_server,
+        health_port,
+        housekeeping,
+    )

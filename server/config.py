@@ -88,6 +88,10 @@ class Settings:
     threads: int = 16
     log_level: str = "info"
     write_lock_wait: float = 5.0  # seconds a write waits for the database's write lock (then UNAVAILABLE)
+    # The plaintext grpc.health.v1 listener for load balancers ("" disables it); probes run every
+    # health_interval seconds.
+    health_listen: str = "127.0.0.1:0"
+    health_interval: float = 1.0
     custody: CustodyConfig = CustodyConfig()
     enrolment: EnrolmentConfig = EnrolmentConfig()
 
@@ -109,7 +113,7 @@ def _seconds(table: Mapping[str, Any], key: str, section: str, default: float) -
 
 def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
     """Read `path` (TOML); relative paths are relative to the file. Environment overrides:
-    VDNO_LISTEN, VDNO_DATABASE_URL, VDNO_PROCESSES."""
+    VDNO_LISTEN, VDNO_HEALTH_LISTEN, VDNO_DATABASE_URL, VDNO_PROCESSES."""
     env = os.environ if environ is None else environ
     try:
         raw = tomllib.loads(path.read_text())
@@ -135,6 +139,9 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
         raise ConfigError("[server] processes and threads must be integers") from exc
     if processes < 1 or threads < 1:
         raise ConfigError("[server] processes and threads must be at least 1")
+    health_listen = env.get("VDNO_HEALTH_LISTEN", server.get("health_listen", "127.0.0.1:0"))
+    if not isinstance(health_listen, str):
+        raise ConfigError('[server] health_listen must be "host:port" or "" (no health listener)')
     reconnect_first = _seconds(hsm, "reconnect_first", "hsm", 0.2)
     reconnect_max = _seconds(hsm, "reconnect_max", "hsm", 5.0)
     if reconnect_max < reconnect_first:
@@ -171,6 +178,8 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
         threads=threads,
         log_level=str(server.get("log_level", "info")),
         write_lock_wait=_seconds(raw.get("database", {}), "write_lock_wait", "database", 5.0),
+        health_listen=health_listen,
+        health_interval=_seconds(server, "health_interval", "server", 1.0),
     )
 
 

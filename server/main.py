@@ -6,8 +6,9 @@ import multiprocessing
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import typer
 
@@ -29,28 +30,59 @@ def _settings(config: Path) -> Settings:
         _fail(str(exc))
 
 
-def _serve_one(settings: Settings) -> None:
+def _serve_one(settings: Settings, shared_health: Any = None, process: int = 0) -> None:
     """One server process; `settings` were built once by `serve` (they hold no secret, only where the PIN
-    is read from)."""
+    is read from). With `shared_health` (one of several processes) it publishes its health there for the
+    parent's health listener instead of serving one itself."""
     from server.app import build_server
+    from server.health import HealthSlots
     from server.observability import configure_logging
 
     log_lines = configure_logging(settings.log_level)
     try:
-        running = build_server(settings)
+        slots = None if shared_health is None else HealthSlots(shared_health, process)
+        running = build_server(settings, slots)
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
         print(f"vdno-server listening on port {running.port}", flush=True)
+        if running.health_port is not None:
+            print(f"vdno-server health on port {running.health_port}", flush=True)
         stop.wait()
         running.stop(grace=2.0)
     finally:
         log_lines.close()  # a worker process exits without running atexit hooks
 
 
+def _serve_health_of(settings: Settings, shared: Any, workers: list[Any]) -> Callable[[], None]:
+    """The parent of several server processes serves the health listener for all of them (a worker not
+    started yet or no longer running counts as down); returns its stop function."""
+    from grpc_health.v1 import health
+
+    from server.app import SERVICE_NAME
+    from server.health import HealthBoard, ProcessesHealth, serve_health
+
+    servicer = health.HealthServicer()
+    board = HealthBoard(servicer, (SERVICE_NAME,), source=f"{len(workers)} processes")
+    combined = ProcessesHealth(
+        shared, lambda: [w.is_alive() for w in workers], board.publish, interval=settings.health_interval
+    )
+    server, port = serve_health(settings.health_listen, servicer)
+    combined.start()
+    print(f"vdno-server health on port {port}", flush=True)
+
+    def stop() -> None:
+        servicer.enter_graceful_shutdown()
+        combined.close()
+        server.stop(None)
+
+    return stop
+
+
 @app.command()
 def serve(config: Path = typer.Option(..., "--config", help="TOML settings file")) -> None:
-    """Run the service. With [server] processes > 1, that many processes share the port (SO_REUSEPORT)."""
+    """Run the service. With [server] processes > 1, that many processes share the port (SO_REUSEPORT)
+    and this process serves the health listener for all of them."""
     settings = _settings(config)
     try:
         from server.store.sql import migrate_database
@@ -61,10 +93,19 @@ def serve(config: Path = typer.Option(..., "--config", help="TOML settings file"
             return
         if settings.listen.endswith(":0"):
             _fail("[server] listen needs a fixed port when processes > 1")
+        from server.health import COMPONENTS
+        from server.observability import configure_logging
+
         ctx = multiprocessing.get_context("spawn")
+        shared = ctx.RawArray("b", settings.processes * len(COMPONENTS))  # 0 down, 1 up; see server/health.py
         workers = [
-            ctx.Process(target=_serve_one, args=(settings,), daemon=False) for _ in range(settings.processes)
+            ctx.Process(target=_serve_one, args=(settings, shared, i), daemon=False)
+            for i in range(settings.processes)
         ]
+        log_lines = configure_logging(settings.log_level)
+        # Before the workers: a listener that cannot bind stops nothing but this process. Until the
+        # workers run and report, it answers NOT_SERVING.
+        stop_health = _serve_health_of(settings, shared, workers) if settings.health_listen else None
         for w in workers:
             w.start()
 
@@ -75,8 +116,13 @@ def serve(config: Path = typer.Option(..., "--config", help="TOML settings file"
 
         signal.signal(signal.SIGTERM, _forward)
         signal.signal(signal.SIGINT, _forward)
-        for w in workers:
-            w.join()
+        try:
+            for w in workers:
+                w.join()
+        finally:
+            if stop_health is not None:
+                stop_health()
+            log_lines.close()
     except VdnoError as exc:
         _fail(str(exc))
 

@@ -4,11 +4,13 @@ and build_server function as production), mTLS on 127.0.0.1 with a free port."""
 from __future__ import annotations
 
 import os
-import select
+import queue
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import IO
 
 import grpc
 
@@ -37,34 +39,53 @@ def run_init(state: Path, benches: tuple[str, ...] = ("bench-01",), database_url
 
 
 class ServerProcess:
-    def __init__(self, state: Path, extra_env: dict[str, str] | None = None) -> None:
+    """`vdno-server serve` (or `launcher`, a command line that runs server.main's app the same way) on
+    the state folder's config; `port` is the mTLS port, `health_port` the plaintext health listener's."""
+
+    def __init__(
+        self, state: Path, extra_env: dict[str, str] | None = None, launcher: list[str] | None = None
+    ) -> None:
         self.state = state
         self.extra_env = extra_env or {}
+        self.launcher = launcher or [PYTHON, "-m", "server.main"]
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0
+        self.health_port = 0
         self.log_path = state / "server.log"
 
-    def start(self, timeout: float = 60.0) -> int:
+    def start(self, timeout: float = 60.0, wait_serving: bool = True) -> int:
+        """Start, read the printed ports, then (wait_serving) wait until health says SERVING."""
         env = dict(os.environ)
         env.update(self.extra_env)
         env.setdefault("VDNO_LISTEN", "127.0.0.1:0")
         with self.log_path.open("a") as log:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(
-                [PYTHON, "-m", "server.main", "serve", "--config", str(self.state / "config.toml")],
+                [*self.launcher, "serve", "--config", str(self.state / "config.toml")],
                 stdout=subprocess.PIPE,
                 stderr=log,
                 text=True,
                 env=env,
             )
         deadline = time.monotonic() + timeout
-        assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)  # the bound port, or give up
-        line = self.proc.stdout.readline() if ready else ""
-        if "listening on port" not in line:
-            self.proc.kill()
-            raise RuntimeError(f"server did not start: {line!r}; log: {self.log_path.read_text()[-3000:]}")
-        self.port = int(line.rsplit(" ", 1)[1])
-        wait_until_serving(self.state, self.port, self.proc.poll, max(deadline - time.monotonic(), 1.0))
+        self.port = self.health_port = 0
+        expect_health = env.get("VDNO_HEALTH_LISTEN", "x") != ""
+        lines: queue.SimpleQueue[str] = queue.SimpleQueue()
+        threading.Thread(target=_read_lines, args=(self.proc.stdout, lines), daemon=True).start()
+        while not self.port or (expect_health and not self.health_port):
+            try:
+                line = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
+            except queue.Empty:
+                line = ""
+            if "listening on port" in line:
+                self.port = int(line.rsplit(" ", 1)[1])
+            elif "health on port" in line:
+                self.health_port = int(line.rsplit(" ", 1)[1])
+            else:
+                self.proc.kill()
+                log = self.log_path.read_text()[-3000:]
+                raise RuntimeError(f"server did not start: {line!r}; log: {log}")
+        if wait_serving:
+            wait_until_serving(self.state, self.port, self.proc.poll, max(deadline - time.monotonic(), 1.0))
         return self.port
 
     def channel(
@@ -81,6 +102,14 @@ class ServerProcess:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+
+
+def _read_lines(stream: IO[str] | None, into: queue.SimpleQueue[str]) -> None:
+    """Every line the server prints, until it exits ("" at the end)."""
+    assert stream is not None
+    for line in stream:
+        into.put(line)
+    into.put("")
 
 
 __all__ = ["ServerProcess", "pb", "run_init"]

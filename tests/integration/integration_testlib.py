@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,11 +25,13 @@ from typing import Any
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from harness import ServerProcess, pb, run_init
 from sqlalchemy import Engine, create_engine, select, text
 
 from admin.api import CustodyClient
 from client.api import BenchClient
+from client.errors import ServiceError
 from client.handout import MeterReading, read_meter
 from gbcs.cs02b import (
     AuthorisingRemotePartyControl,
@@ -524,6 +527,186 @@ def read_key_attributes(state: Path, module: Path, labels: list[str]) -> dict[st
     return result
 
 
+# -- faults and health ---------------------------------------------------------------------------------
+
+
+def set_config(state: Path, section: str, key: str, value: str) -> None:
+    """Set `key = value` (a TOML literal) in [section] of the state's config.toml."""
+    path = state / "config.toml"
+    lines = path.read_text().splitlines()
+    start = lines.index(f"[{section}]") + 1
+    end = next((i for i in range(start, len(lines)) if lines[i].startswith("[")), len(lines))
+    lines = [line for i, line in enumerate(lines) if not (start <= i < end and line.startswith(f"{key} ="))]
+    lines.insert(start, f"{key} = {value}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def health_of(port: int, service: str = "") -> str:
+    """What the plaintext health listener on `port` says for `service` ("" is the whole service): a
+    status name, or the gRPC code name of a failed check."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=2
+            )
+        except grpc.RpcError as exc:
+            return str(exc.code().name)
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
+def wait_for_health(port: int, status: str, within: float, service: str = "") -> float:
+    """Seconds until health says `status` for `service`; fails after `within` seconds."""
+    started = time.monotonic()
+    while (seen := health_of(port, service)) != status:
+        assert time.monotonic() - started < within, f"health of {service!r} still {seen} after {within} s"
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+class HealthTimeline:
+    """Polls the health listener ("" service) every 50 ms in a thread; `changes` holds (monotonic time,
+    status) at each change."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.changes: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def __enter__(self) -> HealthTimeline:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._record(health_of(self.port))  # the timeline ends with the status at the end of the block
+
+    def _record(self, status: str) -> None:
+        if not self.changes or self.changes[-1][1] != status:
+            self.changes.append((time.monotonic(), status))
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self._record(health_of(self.port))
+            self._stop.wait(0.05)
+
+    def first(self, status: str, after: float) -> float | None:
+        return next((t for t, s in self.changes if s == status and t >= after), None)
+
+
+@dataclass(frozen=True)
+class HandedOut:
+    """One bench request that ended signed: what the bench got, and how often it was told UNAVAILABLE."""
+
+    bench: str
+    request_id: str
+    device_id: bytes
+    area_id: int
+    command: bytes
+    counter: int
+    issuance_id: int
+    unavailable: int
+    signed_at: float
+
+
+class BenchLoad:
+    """`threads` benches (alternating bench-01 and bench-02) handing out fresh simulated vanilla meters one
+    after another through BenchClient, one attempt per call: a call answered UNAVAILABLE is retried with
+    the same request id every `retry` seconds until it is signed (at most `give_up` seconds). Any other
+    answer fails the run (raised when the block ends)."""
+
+    def __init__(
+        self,
+        deployment: Deployment,
+        threads: int = 4,
+        meters: int = 150,
+        pause: float = 0.05,
+        retry: float = 0.1,
+        give_up: float = 30.0,
+    ) -> None:
+        self.deployment = deployment
+        self.done: list[HandedOut] = []
+        self.unavailable_at: list[float] = []
+        self._pause, self._retry, self._give_up = pause, retry, give_up
+        self._stop = threading.Event()
+        self._errors: list[BaseException] = []
+        self._threads = [
+            threading.Thread(target=self._bench, args=(BENCHES[i % 2], *deployment.meters(meters)))
+            for i in range(threads)
+        ]
+
+    def __enter__(self) -> BenchLoad:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(self._give_up + 10)
+        if self._errors:
+            raise self._errors[0]
+
+    def signed_after(self, moment: float, within: float) -> float:
+        """Seconds from `moment` until a request was signed after it; fails after `within` seconds."""
+        deadline = time.monotonic() + within
+        while True:
+            found = [d.signed_at for d in list(self.done) if d.signed_at > moment]
+            if found:
+                return min(found) - moment
+            assert time.monotonic() < deadline, f"nothing signed within {within} s"
+            time.sleep(0.01)
+
+    def _bench(self, bench: str, transport: InProcessTransport, device_ids: list[bytes]) -> None:
+        try:
+            with self.deployment.client(bench, attempts=1) as api:
+                for n, device_id in enumerate(device_ids):
+                    if self._stop.is_set():
+                        return
+                    self._hand_out(api, bench, transport, device_id, 10 + n % 14)
+                    self._stop.wait(self._pause)
+        except BaseException as exc:
+            self._errors.append(exc)
+
+    def _hand_out(
+        self, api: BenchClient, bench: str, transport: InProcessTransport, device_id: bytes, area: int
+    ) -> None:
+        reading = read_meter(transport, device_id)
+        request_id = new_request_id()
+        unavailable = 0
+        deadline = time.monotonic() + self._give_up
+        while True:
+            try:
+                reply = api.request_hand_out(
+                    request_id,
+                    device_id.hex(),
+                    area,
+                    reading.device_certificate,
+                    reading.credentials_response,
+                )
+                break
+            except ServiceError as exc:
+                if exc.code_name != "UNAVAILABLE" or time.monotonic() > deadline:
+                    raise
+                unavailable += 1
+                self.unavailable_at.append(time.monotonic())
+                time.sleep(self._retry)
+        self.done.append(
+            HandedOut(
+                bench,
+                request_id,
+                device_id,
+                area,
+                reply.command,
+                reply.originator_counter,
+                reply.issuance_id,
+                unavailable,
+                time.monotonic(),
+            )
+        )
+
+
 def log_events(log_text: str) -> list[dict[str, Any]]:
     """The JSON events of a server log (other lines, e.g. Alembic's, are skipped)."""
     events = []
@@ -538,12 +721,16 @@ __all__ = [
     "BENCHES",
     "BIN",
     "VANILLA_G1_ENTITY",
+    "BenchLoad",
     "Deployment",
+    "HandedOut",
+    "HealthTimeline",
     "area_entity_id",
     "deploy",
     "der_of",
     "hand_in_command",
     "hand_out_request",
+    "health_of",
     "log_events",
     "microseconds_now",
     "new_request_id",
@@ -553,5 +740,7 @@ __all__ = [
     "replacement_outcomes",
     "request_command",
     "rpc_error",
+    "set_config",
     "ski_of",
+    "wait_for_health",
 ]

@@ -40,14 +40,25 @@ def test_defaults(tmp_path: Path) -> None:
     settings = settings_of(tmp_path)
     assert settings.write_lock_wait == 5.0
     assert (settings.hsm.reconnect_first, settings.hsm.reconnect_max) == (0.2, 5.0)
+    assert (settings.health_listen, settings.health_interval) == ("127.0.0.1:0", 1.0)
 
 
 def test_values(tmp_path: Path) -> None:
     settings = settings_of(
-        tmp_path, database="write_lock_wait = 1.5", hsm="reconnect_first = 0.1\nreconnect_max = 2"
+        tmp_path,
+        server='health_listen = "0.0.0.0:8081"\nhealth_interval = 0.5',
+        database="write_lock_wait = 1.5",
+        hsm="reconnect_first = 0.1\nreconnect_max = 2",
     )
     assert settings.write_lock_wait == 1.5
     assert (settings.hsm.reconnect_first, settings.hsm.reconnect_max) == (0.1, 2.0)
+    assert (settings.health_listen, settings.health_interval) == ("0.0.0.0:8081", 0.5)
+
+
+def test_the_health_listener_is_disabled_by_an_empty_address(tmp_path: Path) -> None:
+    assert settings_of(tmp_path, server='health_listen = ""').health_listen == ""
+    assert settings_of(tmp_path, VDNO_HEALTH_LISTEN="").health_listen == ""
+    assert settings_of(tmp_path, VDNO_HEALTH_LISTEN="127.0.0.1:9").health_listen == "127.0.0.1:9"
 
 
 @pytest.mark.parametrize(
@@ -58,6 +69,8 @@ def test_values(tmp_path: Path) -> None:
         ("hsm", "reconnect_first = -1", r"\[hsm\] reconnect_first must be a number of seconds"),
         ("hsm", "reconnect_max = true", r"\[hsm\] reconnect_max must be a number of seconds"),
         ("hsm", "reconnect_first = 3\nreconnect_max = 2", r"reconnect_max must not be less than"),
+        ("server", "health_listen = 8081", r"\[server\] health_listen must be"),
+        ("server", "health_interval = 0", r"\[server\] health_interval must be a number of seconds"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, section: str, line: str, message: str) -> None:
