@@ -17,13 +17,16 @@ from grpc_reflection.v1alpha import reflection
 
 from gbcs.errors import GbcsError
 from gbcs.smki import load_certificate
+from server.audit_key import audit_key
 from server.config import ConfigError, Settings, TlsSettings
+from server.domain.checkpoint import AuditCheckpoints
 from server.domain.errors import HsmUnavailable
 from server.domain.fleet import FleetView
 from server.domain.hand_in import HandInService
 from server.domain.issuance import HandOutService
 from server.domain.policy import TrustAnchors
 from server.domain.values import AuditEvent
+from server.rpc.audit_servicer import add_audit_service
 from server.rpc.interceptors import ErrorMappingInterceptor
 from server.rpc.servicers import BenchServicer, CustodyServicer
 from server.store.sql import SqlCustodyStore, open_store
@@ -107,6 +110,7 @@ def build_server(settings: Settings) -> RunningServer:
     (use port 0 for a free port; the bound port is returned). The schema is migrated beforehand, once,
     by `vdno-server serve` (server.store.sql.migrate_database)."""
     anchors = load_anchors(settings)
+    checkpoint_key = audit_key(settings)  # None without an [audit] table: checkpoints are refused
     store = open_store(settings.database_url, run_migrations=False)
     # The issuance pipeline's thread is the one caller: it owns the session, no hand-off per batch.
     signer = open_signer(settings, worker_thread=False)
@@ -131,12 +135,14 @@ def build_server(settings: Settings) -> RunningServer:
     custody_pb2_grpc.add_CustodyServiceServicer_to_server(  # type: ignore[no-untyped-call]
         CustodyServicer(hand_in, FleetView(store)), server
     )
+    audit_service = add_audit_service(server, AuditCheckpoints(store, signer, checkpoint_key, _utc_now))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (
             SERVICE_NAME,
             CUSTODY_SERVICE_NAME,
+            audit_service,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ),

@@ -54,6 +54,12 @@ class TrustSettings:
 
 
 @dataclass(frozen=True)
+class AuditSettings:
+    key_uri: str  # PKCS#11 URI of the audit checkpoint key's private half in the token
+    public_key: Path  # its public key (PEM), which the server and offline verifiers check signatures with
+
+
+@dataclass(frozen=True)
 class Settings:
     listen: str
     database_url: str
@@ -63,6 +69,7 @@ class Settings:
     processes: int = 1
     threads: int = 16
     log_level: str = "info"
+    audit: AuditSettings | None = None  # None: no [audit] table, checkpoints are unavailable
 
 
 def _path(base: Path, table: Mapping[str, Any], key: str, section: str) -> Path:
@@ -71,6 +78,15 @@ def _path(base: Path, table: Mapping[str, Any], key: str, section: str) -> Path:
         raise ConfigError(f"[{section}] {key} is required and must be a path")
     p = Path(value)
     return p if p.is_absolute() else (base / p)
+
+
+def _audit(base: Path, table: object) -> AuditSettings:
+    if not isinstance(table, dict):
+        raise ConfigError("[audit] must be a table")
+    key_uri = table.get("key_uri")
+    if not isinstance(key_uri, str) or not key_uri.startswith("pkcs11:"):
+        raise ConfigError("[audit] key_uri is required and must be a PKCS#11 URI (pkcs11:...)")
+    return AuditSettings(key_uri=key_uri, public_key=_path(base, table, "public_key", "audit"))
 
 
 def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
@@ -124,4 +140,5 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
         processes=processes,
         threads=threads,
         log_level=str(server.get("log_level", "info")),
+        audit=_audit(base, raw["audit"]) if "audit" in raw else None,
     )

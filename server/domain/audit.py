@@ -62,6 +62,15 @@ class ChainHead:
 GENESIS = ChainHead(0, GENESIS_HASH)
 
 
+@dataclass(frozen=True)
+class AuditTip:
+    """The chain head row as a writer sees it, with what the log holds at and after it (one snapshot)."""
+
+    head: ChainHead
+    entry_hash: str | None  # the hash of entry head.seq (None when there is no such entry)
+    beyond: bool  # an entry with a seq after the head's exists
+
+
 class ProblemKind(StrEnum):
     SEQUENCE_GAP = "sequence-gap"  # an entry is missing: the next one has a higher seq
     OUT_OF_ORDER = "out-of-order"  # an entry repeats or goes back in seq (exports)

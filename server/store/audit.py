@@ -18,6 +18,7 @@ from server.domain.audit import (
     GENESIS_HASH,
     AuditReport,
     AuditRow,
+    AuditTip,
     ChainHead,
     CheckpointClaim,
     entry_hash,
@@ -25,7 +26,7 @@ from server.domain.audit import (
     export_line,
     verify_source,
 )
-from server.domain.errors import AuditDocumentInvalid, StoreUnavailable
+from server.domain.errors import AuditChainBroken, AuditDocumentInvalid, StoreUnavailable
 from server.domain.values import AuditEvent
 
 __all__ = ["GENESIS_HASH", "AuditAppender", "AuditSnapshot", "audit_snapshot", "export_log", "verify_chain"]
@@ -33,6 +34,11 @@ __all__ = ["GENESIS_HASH", "AuditAppender", "AuditSnapshot", "audit_snapshot", "
 MAX_ROWS_PER_INSERT = 256  # 8 parameters a row: well under SQLite's and PostgreSQL's parameter limits
 PAGE_ROWS = 2000  # entries held in memory at once while reading the log back
 HEAD = "SELECT seq, hash FROM audit_head WHERE id = 1"
+# The head row with the entries at and just after it, in one statement (one snapshot on PostgreSQL too).
+TIP = (
+    "SELECT h.seq, h.hash, l.seq, l.hash FROM audit_head h "
+    "LEFT JOIN audit_log l ON l.seq >= h.seq AND l.seq <= h.seq + 1 WHERE h.id = 1 ORDER BY l.seq"
+)
 ENTRIES = "SELECT seq, at, event, actor, subject, details, prev_hash, hash FROM audit_log ORDER BY seq"
 # json.dumps with options builds a new encoder per call; this one is built once (and is thread-safe).
 _DETAILS = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
@@ -81,6 +87,20 @@ class AuditAppender:
             cursor.execute(self._update_head, (seq, prev))
         finally:
             cursor.close()
+
+
+def read_audit_tip(conn: Connection) -> AuditTip | None:
+    """The chain head row and what the log holds at and after it. AuditChainBroken when the row is
+    malformed."""
+    rows = conn.exec_driver_sql(TIP).all()
+    if not rows:
+        return None
+    try:
+        head = ChainHead(rows[0][0], rows[0][1])
+    except AuditDocumentInvalid as exc:
+        raise AuditChainBroken(f"the audit chain head row is malformed: {exc}") from None
+    at_head = next((str(r[3]) for r in rows if r[2] == head.seq), None)
+    return AuditTip(head, at_head, any(r[2] is not None and r[2] > head.seq for r in rows))
 
 
 class AuditSnapshot:
