@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from admin.audit_cli import audit_app
 from client.settings import BenchSettings, SettingsError
 from gbcs.errors import DecodeError
 from gbcs.ids import parse_eui64
@@ -42,6 +43,7 @@ hand_in_app = typer.Typer(name="hand-in", help="Hand-in orders: list, export, im
 fleet_app = typer.Typer(name="fleet", help="What the records say of the meters.", no_args_is_help=True)
 app.add_typer(hand_in_app)
 app.add_typer(fleet_app)
+app.add_typer(audit_app)
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
@@ -60,8 +62,9 @@ def _version(value: bool) -> None:
 
 @dataclass
 class Connection:
-    settings: BenchSettings
+    settings: BenchSettings | None  # None: unusable; commands that call the service report settings_error
     json_output: bool
+    settings_error: str = ""
 
 
 @app.callback()
@@ -86,8 +89,9 @@ def main(
             {"server": server, "ca": ca, "cert": cert, "key": key, "server_name": server_name},
             section="admin",
         )
-    except SettingsError as exc:
-        _fail(str(exc))
+    except SettingsError as exc:  # reported when a command calls the service (offline ones need none)
+        ctx.obj = Connection(None, json_output, str(exc))
+        return
     ctx.obj = Connection(settings, json_output)
 
 
@@ -95,13 +99,14 @@ def _client(ctx: typer.Context) -> Any:
     from admin.api import CustodyClient
 
     connection: Connection = ctx.obj
+    settings = connection.settings
+    if settings is None:
+        _fail(connection.settings_error)
     try:
-        ca_pem, cert_pem, key_pem = connection.settings.read_tls()
+        ca_pem, cert_pem, key_pem = settings.read_tls()
     except SettingsError as exc:
         _fail(str(exc))
-    return CustodyClient(
-        connection.settings.server, ca_pem, cert_pem, key_pem, connection.settings.server_name
-    )
+    return CustodyClient(settings.server, ca_pem, cert_pem, key_pem, settings.server_name)
 
 
 def _refused(exc: Exception) -> NoReturn:
