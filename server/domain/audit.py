@@ -226,10 +226,10 @@ def _walk(pages: Iterable[Sequence[AuditRow]], watch: set[int]) -> _Walk:
 
 def _order_problem(seq: object, expected: int) -> AuditProblem:
     if isinstance(seq, int) and not isinstance(seq, bool) and seq > expected:
-        missing = f"entry {expected}" if seq == expected + 1 else f"entries {expected}-{seq - 1}"
+        also = "" if seq == expected + 1 else f", and so are entries up to {seq - 1}"
         return AuditProblem(
             ProblemKind.SEQUENCE_GAP,
-            f"entry {expected}: missing ({missing} absent, the next entry is seq {seq}; sequence gap)",
+            f"entry {expected}: missing{also} (sequence gap: the next entry is seq {seq})",
             expected,
         )
     return AuditProblem(
