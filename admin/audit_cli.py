@@ -3,7 +3,8 @@ export of the log (no server needed: the database the server's configuration nam
 
 Exit codes: checkpoint as every vdno-admin command; verify 0 intact (and every checkpoint reached),
 1 a problem found (each named, with the first bad entry), 2 usage or configuration error, 3 the database
-cannot be read; export 0 written, 2 usage or configuration error, 3 the database cannot be read."""
+cannot be read; export 0 written, 1 the head row is malformed, 2 usage or configuration error, 3 the
+database cannot be read."""
 
 from __future__ import annotations
 
@@ -162,7 +163,8 @@ def _emit_report(report: AuditReport, source: str, as_json: bool) -> None:
         "Verify the audit log offline: seqs contiguous from 1, every prev_hash links, every hash recomputes, "
         "the chain head names the last entry, and for each --against checkpoint: signed by the audit key "
         "and reached by the log (its entry exists with the signed hash). Reads the database of "
-        "--server-config (VDNO_DATABASE_URL overrides), or --export FILE. Names the first bad entry."
+        "--server-config (VDNO_DATABASE_URL overrides), or --export FILE (--server-config then only names "
+        "the audit key). Names the first bad entry."
     ),
 )
 def verify(
@@ -238,7 +240,7 @@ def export(
     out: Annotated[Path, typer.Option("--out", metavar="FILE", help="the export to write (JSON lines)")],
     json_output: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
-    from server.domain.errors import StoreUnavailable
+    from server.domain.errors import AuditDocumentInvalid, StoreUnavailable
     from server.store.audit import export_log
 
     settings = _settings(server_config)
@@ -249,6 +251,8 @@ def export(
             count, head = export_log(engine, handle)
     except StoreUnavailable as exc:
         _fail(str(exc), EXIT_UNAVAILABLE)
+    except AuditDocumentInvalid as exc:
+        _fail(f"{exc}; nothing exported (`audit verify --server-config` names the damage)", EXIT_PROBLEM)
     summary = {"file": str(out), "entries": count, "head": None if head is None else head.as_json()}
     if _json_wanted(ctx, json_output):
         typer.echo(json.dumps(summary, indent=2))

@@ -169,7 +169,7 @@ class AuditSource(Protocol):
         ...
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Walk:
     """Outcome of one walk: the entries verified, the last good one, and the first problem found."""
 

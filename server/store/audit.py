@@ -29,7 +29,18 @@ from server.domain.audit import (
 from server.domain.errors import AuditChainBroken, AuditDocumentInvalid, StoreUnavailable
 from server.domain.values import AuditEvent
 
-__all__ = ["GENESIS_HASH", "AuditAppender", "AuditSnapshot", "audit_snapshot", "export_log", "verify_chain"]
+__all__ = [
+    "GENESIS_HASH",
+    "PAGE_ROWS",
+    "AuditAppender",
+    "AuditSnapshot",
+    "AuditVerification",
+    "audit_snapshot",
+    "export_log",
+    "read_audit_tip",
+    "verify_chain",
+    "verify_log",
+]
 
 MAX_ROWS_PER_INSERT = 256  # 8 parameters a row: well under SQLite's and PostgreSQL's parameter limits
 PAGE_ROWS = 2000  # entries held in memory at once while reading the log back
@@ -166,12 +177,13 @@ def verify_log(
 
 def export_log(engine: Engine, out: TextIO, page_rows: int = PAGE_ROWS) -> tuple[int, ChainHead | None]:
     """Write the log as JSON lines (server/domain/audit.py): the header with the chain head, then every
-    entry as stored, from one snapshot. (entries written, the head)."""
+    entry as stored, from one snapshot. (entries written, the head). AuditDocumentInvalid when the head
+    row is malformed (verify the database itself: it names that)."""
     count = 0
     with audit_snapshot(engine, page_rows) as snapshot:
         out.write(export_header(snapshot.head, datetime.now(UTC).isoformat()) + "\n")
         for page in snapshot.pages():
-            out.write("".join(export_line(tuple(row)) + "\n" for row in page))  # type: ignore[arg-type]
+            out.write("".join(export_line(row) + "\n" for row in page))
             count += len(page)
         return count, snapshot.head
 

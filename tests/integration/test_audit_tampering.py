@@ -1,4 +1,4 @@
-"""Audit log damage, each kind found and named by `vdno-admin audit verify` (ARCHITECTURE §5.9), on SQLite
+"""Audit log damage, each kind found and named by `vdno-admin audit verify`, on SQLite
 and PostgreSQL: checkpoints are made by the real server with the audit key in SoftHSM; each case damages
 a copy of the log with direct SQL, and the export of the damaged copy is verified with the same result.
 Deleting the newest entries with the head moved to match, and an edit with the chain re-hashed after it,
