@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 from google.protobuf.json_format import MessageToDict
 
-from vdno.v1 import custody_pb2, custody_pb2_grpc
+from vdno.v1 import audit_pb2, audit_pb2_grpc, custody_pb2, custody_pb2_grpc
 
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
 
@@ -49,6 +49,7 @@ class CustodyClient:
             options.append(("grpc.ssl_target_name_override", server_name_override))
         self._channel = grpc.secure_channel(target, credentials, options=options)
         self._stub = custody_pb2_grpc.CustodyServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._audit_stub = audit_pb2_grpc.AuditServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._timeout = timeout
         self._attempts = max(1, attempts)
         self._backoff = backoff
@@ -184,6 +185,18 @@ class CustodyClient:
     def revoke_bench(self, bench_id: str, reason: str) -> dict[str, Any]:
         request = custody_pb2.RevokeBenchRequest(bench_id=bench_id, reason=reason)
         return _as_dict(self._call(self._stub.RevokeBench, request))
+
+    def create_checkpoint(self) -> dict[str, Any]:
+        """A signed checkpoint of the audit log (vdno.v1.AuditService): document (JSON text), seq, head_hash,
+        at, key_id."""
+        reply = self._call(self._audit_stub.CreateCheckpoint, audit_pb2.CreateCheckpointRequest())
+        return {
+            "document": reply.document,
+            "seq": int(reply.seq),
+            "head_hash": reply.head_hash,
+            "at": reply.at,
+            "key_id": reply.key_id,
+        }
 
     def _call(self, method: Callable[..., Any], request: Any) -> Any:
         delay = self._backoff

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
+from admin.audit_cli import audit_app
 from admin.console import (
     EXIT_REFUSED,
     EXIT_UNAVAILABLE,
@@ -46,6 +47,7 @@ hand_in_app = typer.Typer(name="hand-in", help="Hand-in orders: list, export, im
 fleet_app = typer.Typer(name="fleet", help="What the records say of the meters.", no_args_is_help=True)
 app.add_typer(hand_in_app)
 app.add_typer(fleet_app)
+app.add_typer(audit_app)
 
 
 def _version(value: bool) -> None:
@@ -79,8 +81,9 @@ def main(
             {"server": server, "ca": ca, "cert": cert, "key": key, "server_name": server_name},
             section="admin",
         )
-    except SettingsError as exc:
-        fail(str(exc))
+    except SettingsError as exc:  # reported when a command calls the service (offline ones need none)
+        ctx.obj = Connection(None, json_output, str(exc))
+        return
     ctx.obj = Connection(settings, json_output)
 
 

@@ -26,21 +26,25 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
 
 @dataclass
 class Connection:
-    settings: BenchSettings
+    settings: BenchSettings | None  # None: unusable; commands that call the service report settings_error
     json_output: bool
+    settings_error: str = ""
 
 
 def custody_client(ctx: typer.Context) -> Any:
+    """The custody API client, from the connection settings (failing here, with their error, when they are
+    unusable: only commands that call the service need them)."""
     from admin.api import CustodyClient
 
     connection: Connection = ctx.obj
+    settings = connection.settings
+    if settings is None:
+        fail(connection.settings_error)
     try:
-        ca_pem, cert_pem, key_pem = connection.settings.read_tls()
+        ca_pem, cert_pem, key_pem = settings.read_tls()
     except SettingsError as exc:
         fail(str(exc))
-    return CustodyClient(
-        connection.settings.server, ca_pem, cert_pem, key_pem, connection.settings.server_name
-    )
+    return CustodyClient(settings.server, ca_pem, cert_pem, key_pem, settings.server_name)
 
 
 def refused(exc: Exception) -> NoReturn:

@@ -17,7 +17,9 @@ from grpc_reflection.v1alpha import reflection
 
 from gbcs.errors import GbcsError
 from gbcs.smki import load_certificate
+from server.audit_key import audit_key
 from server.config import ConfigError, Settings, TlsSettings
+from server.domain.checkpoint import AuditCheckpoints
 from server.domain.custody import CustodyService, CustodySettings
 from server.domain.errors import HsmLoginRefused, HsmUnavailable, VdnoError
 from server.domain.fleet import FleetView
@@ -36,6 +38,7 @@ from server.health import (
     serve_health,
 )
 from server.housekeeping import CustodyHousekeeping
+from server.rpc.audit_servicer import add_audit_service
 from server.rpc.interceptors import ErrorMappingInterceptor
 from server.rpc.servicers import BenchServicer, CustodyServicer
 from server.store.sql import SqlCustodyStore, open_store
@@ -160,6 +163,7 @@ def build_server(settings: Settings, health_slots: HealthSlots | None = None) ->
     server process) this process also serves the plaintext health listener (settings.health_listen); with
     them (one of several processes) it publishes its state there and the parent process serves it."""
     anchors = load_anchors(settings)
+    checkpoint_key = audit_key(settings)  # None without an [audit] table: checkpoints are refused
     store = open_store(settings.database_url, run_migrations=False, write_lock_wait=settings.write_lock_wait)
     # The issuance pipeline's thread is the one caller: it owns the session, no hand-off per batch.
     signer = open_signer(settings, worker_thread=False)
@@ -187,12 +191,14 @@ def build_server(settings: Settings, health_slots: HealthSlots | None = None) ->
     custody_pb2_grpc.add_CustodyServiceServicer_to_server(  # type: ignore[no-untyped-call]
         CustodyServicer(hand_in, FleetView(store), custody), server
     )
+    audit_service = add_audit_service(server, AuditCheckpoints(store, signer, checkpoint_key, _utc_now))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (
             SERVICE_NAME,
             CUSTODY_SERVICE_NAME,
+            audit_service,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ),

@@ -26,6 +26,7 @@ from labpki.store import (
     write_certified_key,
 )
 from labpki.tls import BENCH_ROLE, OFFICER_ROLE, issue_client_certificate, issue_server_certificate
+from server.audit_bootstrap import ensure_audit_config, ensure_audit_key
 from server.config import ConfigError
 from server.domain.values import AREA_NAMES, Area, GenerationStatus, OfficerStatus, VanillaGeneration
 from server.hsm.keys import ensure_keypair, sign_csr
@@ -223,6 +224,9 @@ def initialise_state(
     if not existed:
         report.did("created the lab SMKI hierarchy (root, issuing CA, device CA) and the TLS CA")
     generation, vanilla_certificates = _certify_vanilla(state, pki, 1, report, user_pin, token.module_path)
+    audit_key_event = ensure_audit_key(
+        state, token.module_path, TOKEN_LABEL, user_pin, BOOTSTRAP_ACTOR, report.did
+    )
     areas = [area for area in (_registered_area(areas_folder, a) for a in AREA_NAMES) if area is not None]
     if not areas:
         report.did(
@@ -249,9 +253,12 @@ def initialise_state(
             mode=0o644,
         )
         report.did("wrote config.toml")
+    ensure_audit_config(config, TOKEN_LABEL, report.did)  # also completes a config made before [audit]
 
     store = open_store(database_url or f"sqlite:///{state / 'vdno.db'}")
     try:
+        if audit_key_event is not None:
+            store.record_event(audit_key_event)
         for area in areas:
             if store.upsert_area(area, BOOTSTRAP_ACTOR):
                 report.did(f"registered area {area.area_id} ({area.name})")

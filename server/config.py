@@ -78,6 +78,12 @@ class EnrolmentConfig:
 
 
 @dataclass(frozen=True)
+class AuditSettings:
+    key_uri: str  # PKCS#11 URI of the audit checkpoint key's private half in the token
+    public_key: Path  # its public key (PEM), which the server and offline verifiers check signatures with
+
+
+@dataclass(frozen=True)
 class Settings:
     listen: str
     database_url: str
@@ -94,6 +100,7 @@ class Settings:
     health_interval: float = 1.0
     custody: CustodyConfig = CustodyConfig()
     enrolment: EnrolmentConfig = EnrolmentConfig()
+    audit: AuditSettings | None = None  # None: no [audit] table, checkpoints are unavailable
 
 
 def _path(base: Path, table: Mapping[str, Any], key: str, section: str) -> Path:
@@ -109,6 +116,15 @@ def _seconds(table: Mapping[str, Any], key: str, section: str, default: float) -
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 3600:
         raise ConfigError(f"[{section}] {key} must be a number of seconds, more than 0 and at most 3600")
     return float(value)
+
+
+def _audit(base: Path, table: object) -> AuditSettings:
+    if not isinstance(table, dict):
+        raise ConfigError("[audit] must be a table")
+    key_uri = table.get("key_uri")
+    if not isinstance(key_uri, str) or not key_uri.startswith("pkcs11:"):
+        raise ConfigError("[audit] key_uri is required and must be a PKCS#11 URI (pkcs11:...)")
+    return AuditSettings(key_uri=key_uri, public_key=_path(base, table, "public_key", "audit"))
 
 
 def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
@@ -180,6 +196,7 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
         write_lock_wait=_seconds(raw.get("database", {}), "write_lock_wait", "database", 5.0),
         health_listen=health_listen,
         health_interval=_seconds(server, "health_interval", "server", 1.0),
+        audit=_audit(base, raw["audit"]) if "audit" in raw else None,
     )
 
 

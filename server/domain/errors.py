@@ -147,3 +147,16 @@ class HsmUnavailable(Unavailable):
 # -- our own invariant broke: INTERNAL (never releases a signature)
 class SignatureCheckFailed(VdnoError):
     """An HSM signature failed software verification; the command was not released."""
+
+
+# -- the audit log's checkpoints
+class AuditDocumentInvalid(InvalidRequest):
+    """A checkpoint document or an audit export is malformed; the message says where and what."""
+
+
+class AuditKeyNotConfigured(PolicyRefused):
+    """No audit checkpoint key is configured (the [audit] table): checkpoints are unavailable."""
+
+
+class AuditChainBroken(PolicyRefused):
+    """The audit log's head does not name its newest entry, so it is not signed; verify the log offline."""

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from server.domain.audit import AuditTip
 from server.domain.outcomes import MeterOutcome
 from server.domain.values import (
     Area,
+    AuditEvent,
     AuthorisedHandIn,
     Bench,
     DeviceCustody,
@@ -127,3 +129,18 @@ class HandInStore(Protocol):
     def device_custody(self, device_id: bytes) -> DeviceCustody | None: ...
     def device_history(self, device_id: bytes) -> list[DeviceEvent]: ...
     def devices_holding(self, generation: int) -> list[bytes]: ...
+
+
+class AuditLogStore(Protocol):
+    """The audit log as the checkpoint service sees it. Errors: StoreUnavailable."""
+
+    def get_officer(self, officer_id: str) -> Officer | None: ...
+    def audit_tip(self) -> AuditTip | None:
+        """The chain head row and the entries at and just after it, read in one statement (None: no head
+        row). AuditChainBroken when the head row is malformed."""
+        ...
+
+    def ensure_durable(self) -> None: ...
+    def record_event(self, event: AuditEvent) -> None:
+        """Append one event to the log in a transaction of its own; returns once it is durable."""
+        ...

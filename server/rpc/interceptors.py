@@ -53,7 +53,11 @@ def _peer_certificate(context: grpc.ServicerContext) -> bytes | None:
 _CALLER: ContextVar[Caller | None] = ContextVar("vdno_caller", default=None)
 
 # Which role may call which service (the method path is /<package>.<Service>/<Method>).
-ROLE_OF_SERVICE = {"vdno.v1.BenchService": Role.BENCH, "vdno.v1.CustodyService": Role.OFFICER}
+ROLE_OF_SERVICE = {
+    "vdno.v1.BenchService": Role.BENCH,
+    "vdno.v1.CustodyService": Role.OFFICER,
+    "vdno.v1.AuditService": Role.OFFICER,
+}
 
 
 def _current(role: Role) -> Caller:

@@ -35,6 +35,7 @@ from alembic.config import Config
 from sqlalchemy import Connection, DateTime, Engine, create_engine, event, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from server.domain.audit import AuditTip
 from server.domain.errors import (
     BenchNotEnrolled,
     KeyNotInCustody,
@@ -57,7 +58,7 @@ from server.domain.values import (
     RecordedOutcome,
     VanillaGeneration,
 )
-from server.store.audit import AuditAppender
+from server.store.audit import AuditAppender, read_audit_tip
 from server.store.custody import CustodyRecords, bench_record
 from server.store.fleet import HandInRecords, set_custody
 from server.store.schema import areas, benches, counters, devices, generations, issuances
@@ -678,6 +679,9 @@ class SqlCustodyStore(HandInRecords, CustodyRecords):
 
     def record_event(self, event: AuditEvent) -> None:
         self._writer.submit(lambda _c, events: events.append(event))
+
+    def audit_tip(self) -> AuditTip | None:
+        return self._read(read_audit_tip)
 
     def upsert_area(self, area: Area, actor: str) -> bool:
         def op(c: Connection, events: list[AuditEvent]) -> bool:
