@@ -17,7 +17,8 @@ tools, as the people who run them would:
   4. hand-out: each meter to another area, the custodian's signed command MAC-framed by the lab ACB on the
      way (`vdno-bench hand-out --dcc`);
   checks: every meter read back holds its new area's certificates; the fleet view; one meter's history;
-  saved commands inspected with their MAC (`vdno-bench inspect --acb`); the audit log (`verify-audit`).
+  saved commands inspected with their MAC (`vdno-bench inspect --acb`); a signed audit checkpoint written to
+  STATE/audit/ and the log verified against every checkpoint there (`vdno-admin audit checkpoint, verify`).
 Exit 0 only if every meter made the whole journey. Commands applied are left in STATE/commands/hand-in/,
 rotation/ and hand-out/ as <device>-<counter>.hex, exactly as the meter received them (MAC header
 included); the DUIS requests exported and answered in STATE/duis/.
@@ -408,8 +409,19 @@ def check(lab: Lab, assignments: list[tuple[str, int]], handed_out: list[dict[st
         say(f"$ {inspected}: signature {signature}, MAC {mac}")
         if (signature, mac) != ("valid", "valid"):
             raise DemoFailed(f"{saved[-1]} does not verify: {verification}")
-    say(run([PY, "-m", "server.main", "verify-audit", "--config", str(lab.state / "config.toml")],
-            "vdno-server verify-audit").strip())  # fmt: skip
+    audit = lab.state / "audit"
+    audit.mkdir(exist_ok=True)
+    checkpoint = audit / f"checkpoint-{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 1_000_000:06d}.json"
+    config = lab.state / "clients" / f"{OFFICER}.toml"
+    run([PY, "-m", "admin", "--config", str(config), "--server", lab.server, "audit", "checkpoint",
+         "--out", str(checkpoint)], "vdno-admin audit checkpoint")  # fmt: skip
+    checkpoints = sorted(audit.glob("checkpoint-*.json"))
+    against = [arg for path in checkpoints for arg in ("--against", str(path))]
+    verify = [PY, "-m", "admin", "audit", "verify", "--server-config", str(lab.state / "config.toml")]
+    verified = json.loads(run([*verify, *against, "--json"], "vdno-admin audit verify"))
+    say(f"{OFFICER} wrote a signed audit checkpoint to {rel(checkpoint)}")
+    say(f"the log verifies end to end against all {len(checkpoints)} checkpoints in {rel(audit)}/ "
+        f"({verified.get('entries')} entries)")  # fmt: skip
     saved_hand_out = {f"{r['device']}-{r['counter']}.hex" for r in handed_out}
     present = {p.name for p in (lab.state / "commands" / "hand-out").glob("*.hex")}
     if not saved_hand_out <= present:

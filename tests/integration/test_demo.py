@@ -41,3 +41,5 @@ def test_the_demo_journey_passes_and_leaves_what_it_promises(tmp_path: Path, sof
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-2000:]
     assert "already initialised; nothing changed" in second.stdout
     assert "fleet: 40 meters in the records" in second.stdout
+    assert len(list((state / "audit").glob("checkpoint-*.json"))) == 2
+    assert "against all 2 checkpoints" in second.stdout
