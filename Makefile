@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 STATE   ?= state
 SHELL   := /bin/bash
 
-.PHONY: setup softhsm proto test lint demo bench clean
+.PHONY: setup softhsm proto test lint demo bench clean coverage-floor
 
 setup: $(VENV)/.installed softhsm proto
 
@@ -12,6 +12,9 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[server,dev]' --config-settings editable_mode=compat
+	@# Every Python process of the venv measures coverage when COVERAGE_PROCESS_START is set (the tests'
+	@# server, CLI and simulator subprocesses included); without it this line does nothing.
+	echo "import coverage; coverage.process_startup()" > "$$($(PY) -c 'import site; print(site.getsitepackages()[0])')/vdno-coverage.pth"
 	touch $@
 
 softhsm:
@@ -27,8 +30,16 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
+# The tests, with branch coverage of every process they start, reported per package (docs/testing.md).
 test: lint
-	$(VENV)/bin/pytest -n 2 --dist loadfile
+	$(PY) -m coverage erase
+	COVERAGE_PROCESS_START=$(CURDIR)/pyproject.toml $(VENV)/bin/pytest -n 2 --dist loadfile
+	$(PY) -m coverage combine -q
+	$(PY) scripts/coverage_floor.py --report-only
+
+# Fails when branch coverage of the rule-bearing packages is below their floors (after `make test`).
+coverage-floor:
+	$(PY) scripts/coverage_floor.py
 
 demo: setup
 	$(PY) scripts/demo.py --state $(STATE)
