@@ -1,4 +1,4 @@
-"""Name every field of a decoded CS02a/b/d/e message (gbcs/README §4, §8) as a JSON-ready document."""
+"""Name every field of a decoded CS02a/b/d/e message (gbcs/README.md §4, §8) as a JSON-ready document."""
 
 from __future__ import annotations
 

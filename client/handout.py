@@ -1,4 +1,5 @@
-"""One hand-out, end to end (ARCHITECTURE §4): read the meter, ask the custodian, check, apply, report."""
+"""One hand-out, end to end (docs/architecture.md §4): read the meter, ask the custodian, check, apply,
+report."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Trust-anchor cell identifiers and the enums shared by CS02a and CS02b (README §5, §8)."""
+"""Trust-anchor cell identifiers and the enums shared by CS02a and CS02b (gbcs/README.md §5, §8)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ class RemotePartyRole(IntEnum):
 
 
 class KeyUsage(IntEnum):
-    """The one X.509 KeyUsage bit a cell holds; DER BIT STRING contents in README §5."""
+    """The one X.509 KeyUsage bit a cell holds; DER BIT STRING contents in gbcs/README.md §5."""
 
     DIGITAL_SIGNATURE = 0  # 03 02 07 80
     KEY_AGREEMENT = 4  # 03 02 03 08
@@ -48,7 +48,7 @@ class CredentialsReplacementMode(IntEnum):
 
 
 class StatusCode(IntEnum):
-    """CS02b per-cell StatusCode (README §5; numbers shared with RFC 5934)."""
+    """CS02b per-cell StatusCode (gbcs/README.md §5; numbers shared with RFC 5934)."""
 
     SUCCESS = 0
     DECODE_ERROR = 1

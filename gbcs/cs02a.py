@@ -1,4 +1,4 @@
-"""CS02a Provide Security Credentials Details (README §8.3)."""
+"""CS02a Provide Security Credentials Details (gbcs/README.md §8.3)."""
 
 from __future__ import annotations
 

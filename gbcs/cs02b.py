@@ -1,4 +1,5 @@
-"""CS02b Update Security Credentials: command, response and future-dated alert payloads (README §8.1, §8.2).
+"""CS02b Update Security Credentials: command, response and future-dated alert payloads
+(gbcs/README.md §8.1, §8.2).
 
 Commands encode to DER; responses and alerts decode with a lenient BER reader (non-minimal lengths).
 Certificates are carried as their exact DER bytes.

@@ -1,6 +1,6 @@
-"""GBCS framing: length encoding (README §2), MAC Header (§3), General Signing grouping header (§4).
+"""GBCS framing: length encoding (gbcs/README.md §2), MAC Header (§3), General Signing grouping header (§4).
 
-Wire shapes (README §1):
+Wire shapes (gbcs/README.md §1):
   GS only:    DF <grouping header> <content> [sig-len sig]
   MAC-framed: DD 00*6 <len> 11 <invocation counter 4> <GS APDU incl. sig-len and sig> <MAC 12>
 A PRECOMMAND is a GS APDU with no sig-len byte (or a trailing 00 null-signature byte).
@@ -49,7 +49,7 @@ class MessageCode(IntEnum):
 
 
 def encode_length(n: int) -> bytes:
-    """README §2: 00-7F one byte; 81 nn; 82 nn nn. EncodeError if n < 0 or n > 0xFFFF."""
+    """gbcs/README.md §2: 00-7F one byte; 81 nn; 82 nn nn. EncodeError if n < 0 or n > 0xFFFF."""
     if not isinstance(n, int) or n < 0 or n > 0xFFFF:
         raise EncodeError(f"length {n!r} outside 0..65535")
     return ber.der_length(n)
@@ -72,7 +72,7 @@ def read_length(data: bytes, offset: int) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class GroupingHeader:
-    """README §4. Ids are 8 bytes; date_time is the 12-byte DLMS date-time or None (encoded 00)."""
+    """gbcs/README.md §4. Ids are 8 bytes; date_time is the 12-byte DLMS date-time or None (encoded 00)."""
 
     cra: Cra
     originator_counter: int  # 64-bit unsigned, big-endian on the wire
@@ -148,7 +148,7 @@ class GeneralSigningApdu:
             raise EncodeError(f"signature must be 0 or {SIGNATURE_LEN} bytes, got {len(self.signature)}")
 
     def signed_bytes(self) -> bytes:
-        """GBCS signed range (README §6): from the byte after DF through the last content byte."""
+        """GBCS signed range (gbcs/README.md §6): from the byte after DF through the last content byte."""
         return self.header.encode() + encode_length(len(self.content)) + bytes(self.content)
 
     def encode(self) -> bytes:

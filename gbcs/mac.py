@@ -1,4 +1,4 @@
-"""ACB-SMD MAC (README §7), for lab and test use: ECDH P-256 -> KDF -> AES-128-GMAC, 12-byte tag."""
+"""ACB-SMD MAC (gbcs/README.md §7), for lab and test use: ECDH P-256 -> KDF -> AES-128-GMAC, 12-byte tag."""
 
 from __future__ import annotations
 
@@ -56,8 +56,8 @@ def compute_mac(
     originator_id, _ = header.business_ids
     key = derive_mac_key(private_key, peer, header)
     iv = originator_id + counter
-    # README §7 [verified]: AAD = 11 ‖ five zero bytes ‖ APDU. We place the invocation counter in the first
-    # four of them (always 0 in RTDS, so which of the zero bytes it occupies is unconfirmed).
+    # gbcs/README.md §7 [verified]: AAD = 11 ‖ five zero bytes ‖ APDU. We place the invocation counter in
+    # the first four of them (always 0 in RTDS, so which of the zero bytes it occupies is unconfirmed).
     aad = bytes([SECURITY_CONTROL_AUTH_ONLY]) + counter + b"\x00" + bytes(apdu_bytes)
     return AESGCM(key).encrypt(iv, b"", aad)[:MAC_LEN]
 

@@ -1,4 +1,5 @@
-"""KRP / device signature (README §6): ECDSA P-256 SHA-256 over the signed range, raw r‖s (64 bytes)."""
+"""KRP / device signature (gbcs/README.md §6): ECDSA P-256 SHA-256 over the signed range, raw r‖s
+(64 bytes)."""
 
 from __future__ import annotations
 

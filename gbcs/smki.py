@@ -1,5 +1,5 @@
-"""SMKI certificate helpers (README §10): read entity id, role (OU), key usage, SKI; check a replacement
-certificate against a target cell; certification-path validation with a caller-supplied clock."""
+"""SMKI certificate helpers (gbcs/README.md §10): read entity id, role (OU), key usage, SKI; check a
+replacement certificate against a target cell; certification-path validation with a caller-supplied clock."""
 
 from __future__ import annotations
 
@@ -180,8 +180,8 @@ def _single_key_usage(extensions: x509.Extensions) -> KeyUsage:
 
 
 def check_replacement_for_cell(cert: SmkiCertificate, cell: TrustAnchorCellIdentifier) -> None:
-    """README §9.5: OU (role) equals the cell's role, key usage equals the cell's, not a CA/device cert.
-    CertificateError(status_code=5 badCertificate) otherwise."""
+    """gbcs/README.md §9.5: OU (role) equals the cell's role, key usage equals the cell's, not a CA/device
+    cert. CertificateError(status_code=5 badCertificate) otherwise."""
     if cert.is_ca:
         raise CertificateError("replacement certificate is a CA certificate", StatusCode.BAD_CERTIFICATE)
     if cert.is_device:

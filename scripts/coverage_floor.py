@@ -53,9 +53,7 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "coverage.json"
-        subprocess.run(
-            [sys.executable, "-m", "coverage", "json", "-q", "-o", str(out)], cwd=ROOT, check=True
-        )
+        subprocess.run([sys.executable, "-m", "coverage", "json", "-q", "-o", str(out)], cwd=ROOT, check=True)
         report = json.loads(out.read_text())
     files = measured(report)
     failed = []

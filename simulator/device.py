@@ -3,7 +3,7 @@
 `SimulatedDevice.process(message) -> response bytes` handles:
 
 * CS02b Update Security Credentials in mode 3 (networkOperatorByNetworkOperator) and mode 8
-  (anyExceptAbnormalRootByRecovery), with the checks of gbcs/README §9;
+  (anyExceptAbnormalRootByRecovery), with the checks of gbcs/README.md §9;
 * CS02a Provide Security Credentials Details and CS02e Provide Device Certificate (reads).
 
 Responses are GS-only (`DF … 40 sig`), signed with the device DS key. When the profile carries no DS
@@ -11,7 +11,7 @@ private key (RTDS publishes none) the device signs with an ephemeral key made at
 then right but the signature does not verify with the published device certificate (`ds_public_key` gives
 the key actually used).
 
-Decisions (the GBCS device-side rules are only partly public, see README §0):
+Decisions (the GBCS device-side rules are only partly public, see gbcs/README.md §0):
 
 * No signed response is possible -> `DeviceRefused(status, reason)` is raised: bytes that do not decode
   (status 1 decodeError), a message not addressed to this device or not a command (status None: a real
@@ -566,7 +566,8 @@ _KU_ORDER = {
 
 
 def _uid(cert: SmkiCertificate) -> bytes:
-    """Entity id for outcome/CS02a reporting; CA certificates (root cell) report all-zero (README §8.2)."""
+    """Entity id for outcome/CS02a reporting; CA certificates (root cell) report all-zero
+    (gbcs/README.md §8.2)."""
     return cert.entity_id if len(cert.entity_id) == 8 else _ZERO_ID
 
 

@@ -47,7 +47,7 @@ from simulator.errors import ProfileError
 
 PROFILE_FORMAT = "vdno-sim-device/1"
 
-# The trust-anchor cells of a SMETS2 device (README §5, §9); the NO cells come from gbcs.cells.
+# The trust-anchor cells of a SMETS2 device (gbcs/README.md §5, §9); the NO cells come from gbcs.cells.
 ROOT_CELL = TrustAnchorCellIdentifier(RemotePartyRole.ROOT, KeyUsage.KEY_CERT_SIGN)
 RECOVERY_CELL = TrustAnchorCellIdentifier(RemotePartyRole.RECOVERY, KeyUsage.DIGITAL_SIGNATURE)
 SUPPLIER_DS_CELL = TrustAnchorCellIdentifier(RemotePartyRole.SUPPLIER, KeyUsage.DIGITAL_SIGNATURE)

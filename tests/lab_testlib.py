@@ -1,5 +1,5 @@
 """Builders shared by the bench-client and simulator tests: lab organisation certificates and signed CS02b
-commands (gbcs/README §9), made with labpki and gbcs's public API."""
+commands (gbcs/README.md §9), made with labpki and gbcs's public API."""
 
 from __future__ import annotations
 

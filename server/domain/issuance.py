@@ -1,6 +1,6 @@
 """Hand-out issuance: validate here, then record -> build -> sign in the HSM -> verify in software ->
 store the signed bytes -> release in the issuance pipeline (server/domain/pipeline.py); retries, twins
-and outcomes (ARCHITECTURE §4, §5 rules 2-6)."""
+and outcomes (docs/architecture.md §4, §5.2-5.6)."""
 
 from __future__ import annotations
 

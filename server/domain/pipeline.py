@@ -1,4 +1,4 @@
-"""The issuance pipeline: ARCHITECTURE §5 rules 3 and 6 at one durable write per step instead of two
+"""The issuance pipeline: docs/architecture.md §5.3 and §5.6 at one durable write per step instead of two
 per issuance.
 
 One thread per process runs steps, and it also validates the requests it takes (the caller's checks of
@@ -291,7 +291,7 @@ class IssuancePipeline:
                 continue
             for (future, record, generation, signed_range), signature in zip(items, signatures, strict=True):
                 try:
-                    # ARCHITECTURE §5.6: verified with the certificate's public key before release.
+                    # docs/architecture.md §5.6: verified with the certificate's public key before release.
                     verify_signature(
                         signed_range,
                         signature,

@@ -1,4 +1,4 @@
-"""Policy checks before anything is signed (ARCHITECTURE §4 step 3, §5 rule 2)."""
+"""Policy checks before anything is signed (docs/architecture.md §4 step 3, §5.2)."""
 
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ class DigestSigner(Protocol):
     """Signs SHA-256 digests with a private EC P-256 key held in the HSM (CKM_ECDSA).
 
     `key` is the RFC 7512 PKCS#11 URI from configuration naming the private key.
-    Implementations serialise calls into the token (ARCHITECTURE §5.7) and are safe to call from
+    Implementations serialise calls into the token (docs/architecture.md §5.7) and are safe to call from
     many threads. Errors: HsmUnavailable (token down: retry), HsmLoginRefused (the PIN was refused:
     an operator must act), KeyNotInCustody (no such key, or it fails its attribute checks).
     """
@@ -44,7 +44,7 @@ class DigestSigner(Protocol):
 class CustodyStore(Protocol):
     """What the domain reads and writes (bootstrap and officers' custody writes use the concrete store).
     Every write also appends its security event to the hash-chained audit log in the same
-    transaction (ARCHITECTURE §5.9). Errors: StoreUnavailable when nothing could be made durable."""
+    transaction (docs/architecture.md §5.9). Errors: StoreUnavailable when nothing could be made durable."""
 
     # reference data
     def get_area(self, area_id: int) -> Area | None: ...
@@ -58,11 +58,11 @@ class CustodyStore(Protocol):
         """The bench as the database says now: a revocation is felt at once."""
         ...
 
-    # issuance (ARCHITECTURE §5.3-5.5)
+    # issuance (docs/architecture.md §5.3-5.5)
     def find_issuance(self, bench_id: str, request_id: str) -> IssuanceRecord | None: ...
     def ensure_durable(self) -> None:
         """Return once every commit this store can read is durable: call it before releasing what was
-        read (ARCHITECTURE §5.3). StoreUnavailable if that cannot be made sure."""
+        read (docs/architecture.md §5.3). StoreUnavailable if that cannot be made sure."""
         ...
 
     def write_issuance_step(

@@ -260,7 +260,7 @@ class RotationRequest:
 
 @dataclass(frozen=True)
 class IssuanceDraft:
-    """What is recorded before the HSM signs (ARCHITECTURE §5.3)."""
+    """What is recorded before the HSM signs (docs/architecture.md §5.3)."""
 
     bench_id: str
     request_id: str

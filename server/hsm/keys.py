@@ -3,7 +3,7 @@ back, find them, and have them sign a PKCS#10 CSR. These run in the single-threa
 session from `open_token_session` (server/hsm/token.py); the signing service uses Pkcs11Signer.
 
 Private keys are made with CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE true, CKA_EXTRACTABLE false
-(ARCHITECTURE §5.1) and never leave the token.
+(docs/architecture.md §5.1) and never leave the token.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Pkcs11Signer: the DigestSigner (server/domain/ports.py) backed by a PKCS#11 token that may come and go.
 
-python-pkcs11 crashes when two threads call into one token at once (ARCHITECTURE §5.7), so the session has
-one owner at a time: every token call of the signer (jobs, health probes, reconnection) runs under its lock.
-By default a dedicated worker thread runs the jobs: every call, from any thread, becomes a job on a queue
-while the caller waits on a concurrent.futures.Future. With worker_thread=False (the server: the issuance
-pipeline's thread is the only caller), jobs run in the calling thread under the lock, without the two
+python-pkcs11 crashes when two threads call into one token at once (docs/architecture.md §5.7), so the session
+has one owner at a time: every token call of the signer (jobs, health probes, reconnection) runs under its
+lock. By default a dedicated worker thread runs the jobs: every call, from any thread, becomes a job on a
+queue while the caller waits on a concurrent.futures.Future. With worker_thread=False (the server: the
+issuance pipeline's thread is the only caller), jobs run in the calling thread under the lock, without the two
 hand-offs. To scale, run more processes, or more signers (each owns its own session; they may share a
 token: login is done so that closing one never logs the others out, see server/hsm/_cki.py).
 

@@ -174,7 +174,7 @@ def open_token_session(
     unreadable to this process until the module is initialised again: so when the token cannot be
     reached, the module is reinitialised once and the session opened again (ending any other session of
     this process on the module). A refused PIN is not tried again.
-    Not for concurrent use: python-pkcs11 sessions must be owned by one thread (ARCHITECTURE §5.7).
+    Not for concurrent use: python-pkcs11 sessions must be owned by one thread (docs/architecture.md §5.7).
     """
     path = str(module_path)
     gate = module_gate(path)

@@ -1,5 +1,5 @@
-"""Hash-chained audit log (ARCHITECTURE §5.9): append inside the caller's transaction; read it back in one
-consistent snapshot, a page at a time (constant memory on SQLite and PostgreSQL), to verify or export it
+"""Hash-chained audit log (docs/architecture.md §5.9): append inside the caller's transaction; read it back in
+one consistent snapshot, a page at a time (constant memory on SQLite and PostgreSQL), to verify or export it
 offline. The chain's rules and the verification are server/domain/audit.py."""
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ _DETAILS = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
 
 
 class AuditAppender:
-    """Appends events inside the caller's transaction (ARCHITECTURE §5.9), with its SQL prepared once for
-    the dialect. The chain head row serialises appenders: PostgreSQL locks it (FOR UPDATE) so replicas
+    """Appends events inside the caller's transaction (docs/architecture.md §5.9), with its SQL prepared once
+    for the dialect. The chain head row serialises appenders: PostgreSQL locks it (FOR UPDATE) so replicas
     take turns; on SQLite the writer already holds the database's write lock."""
 
     def __init__(self, dialect: Dialect) -> None:

@@ -132,8 +132,8 @@ def _now() -> datetime:
 
 
 class _WalSync:
-    """Durability of a SQLite writer's commits (ARCHITECTURE §5.3). The writer's connection commits with
-    synchronous=NORMAL: the transaction is appended to `<db>-wal` without waiting for the disk. sync(),
+    """Durability of a SQLite writer's commits (docs/architecture.md §5.3). The writer's connection commits
+    with synchronous=NORMAL: the transaction is appended to `<db>-wal` without waiting for the disk. sync(),
     called after the commit and after the write lock is released, fdatasyncs the WAL file: the other writers
     commit while this one waits for the disk, and one sync covers every frame written before it. That
     is enough because SQLite reuses or removes a WAL file only after a checkpoint has copied its frames into

@@ -1,5 +1,5 @@
-"""Custody (ARCHITECTURE §5.1, §5.8): the vanilla private keys were generated in the token and cannot leave
-it; the running service keeps its PIN out of argv and out of its log, and PKCS#11 codes out of both the
+"""Custody (docs/architecture.md §5.1, §5.8): the vanilla private keys were generated in the token and cannot
+leave it; the running service keeps its PIN out of argv and out of its log, and PKCS#11 codes out of both the
 log and what clients see."""
 
 from __future__ import annotations

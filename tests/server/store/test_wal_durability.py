@@ -1,5 +1,5 @@
-"""SQLite durability (ARCHITECTURE §5.3): the writers commit with synchronous=NORMAL and fdatasync the WAL
-after releasing the write lock, before any write is reported done."""
+"""SQLite durability (docs/architecture.md §5.3): the writers commit with synchronous=NORMAL and fdatasync the
+WAL after releasing the write lock, before any write is reported done."""
 
 from __future__ import annotations
 
