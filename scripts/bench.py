@@ -4,7 +4,7 @@ Measured in one run on this machine (client and server share it):
   1. raw: one Pkcs11Signer session signing SHA-256 digests back to back with the vanilla key;
   2. baseline: a bare mTLS gRPC server (same TLS files, same token and key, same number of processes)
      that does one SoftHSM signature per call and nothing else, driven by the same client loop with
-     requests of the same size; the issue's yardstick for what this machine can do at all;
+     requests of the same size; the yardstick for what this machine can do at all;
   3. end to end: `vdno-server serve` (subprocess(es), SQLite durable, group commit) answering
      RequestHandOut from 1 and from 8 concurrent benches, each call a new request id, so every call
      allocates a counter, records the issuance, signs in the HSM, verifies, stores, releases.
