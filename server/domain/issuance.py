@@ -52,7 +52,7 @@ CERTIFICATE_MEMO = 4096
 
 def counter_floor(now: datetime) -> int:
     """Microseconds since the epoch: counters never fall behind this, so a restore from an old backup
-    cannot reuse a counter (docs/architecture.md, rule 4)."""
+    cannot reuse a counter (docs/architecture.md §5.4)."""
     return int(now.timestamp() * 1_000_000)
 
 
