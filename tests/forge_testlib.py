@@ -34,8 +34,8 @@ from gbcs.cs02b import (
     UpdateSecurityCredentialsResponse,
 )
 from gbcs.errors import GbcsError
-from gbcs.framing import Cra, GeneralSigningApdu, GroupingHeader, MessageCode, decode_message
-from gbcs.mac import add_mac
+from gbcs.framing import Cra, GbcsMessage, GeneralSigningApdu, GroupingHeader, MessageCode, decode_message
+from gbcs.mac import add_mac, verify_mac
 from gbcs.signature import sign_apdu, verify_message_signature
 from gbcs.smki import load_certificate
 from labpki.smki import (
@@ -69,7 +69,6 @@ OTHER_DEVICE_ID = bytes.fromhex("00db0000f0f0f002")
 STRANGER_ID = bytes.fromhex("5a5a5a5a5a5a5a5a")  # an entity nobody registered
 RESPONSE_TIME = b"\x07\xea\x01\x01\xff\x00\x00\x00\x00\x80\x00\xff"  # 2026-01-01 as a DLMS date-time
 COUNTER = 1_700_000_000_000_001
-SeqNumber = int
 
 
 @dataclass(frozen=True)
@@ -749,12 +748,10 @@ def anatomy(
     return parts
 
 
-def _mac_ok(message: object, acb_mac: tuple[ec.EllipticCurvePrivateKey, bytes]) -> bool:
-    from gbcs.mac import verify_mac
-
+def _mac_ok(message: GbcsMessage, acb_mac: tuple[ec.EllipticCurvePrivateKey, bytes]) -> bool:
     key, device_ka = acb_mac
     try:
-        verify_mac(message, key, x509.load_der_x509_certificate(device_ka))  # type: ignore[arg-type]
+        verify_mac(message, key, x509.load_der_x509_certificate(device_ka))
     except GbcsError:
         return False
     return True
