@@ -8,6 +8,7 @@ from client.bundle import AreaCredentials, TrustBundle, VanillaGeneration
 from client.errors import BundleError, CommandRefused, ResponseRejected
 from gbcs.cells import NO_DS_CELL, NO_KA_CELL, CredentialsReplacementMode, KeyUsage, RemotePartyRole
 from gbcs.cs02b import (
+    AuthorisingRemotePartyControl,
     ExecutionOutcome,
     UpdateSecurityCredentialsCommand,
     UpdateSecurityCredentialsResponse,
@@ -25,6 +26,10 @@ from gbcs.framing import (
 from gbcs.ids import eui64_hex
 from gbcs.signature import verify_message_signature
 from gbcs.smki import SmkiCertificate, load_certificate
+
+# The seq-number floor a hand-out, rotation or hand-in gives the new NO cell holder (GBCS 13.3.5
+# newRemotePartyFloorSeqNumber): the custodian and the lab DNOs set 0.
+NEW_NO_FLOOR = 0
 
 
 @dataclass(frozen=True)
@@ -128,10 +133,15 @@ def _check_transfer(
             f"authorisingRemotePartySeqNumber {control.seq_number} != Originator Counter "
             f"{header.originator_counter}",
         )
-    if control.plaintext_symmetric_key is not None or control.other_seq_number_changes is not None:
+    if (
+        control.plaintext_symmetric_key is not None
+        or control.other_seq_number_changes is not None
+        or control.specialist_floor_seq_numbers is not None
+    ):
         raise CommandRefused(
-            "unexpected-field", "plaintextSymmetricKey / otherRemotePartySeqNumberChanges present"
+            "unexpected-field", "plaintextSymmetricKey / seq-number changes for other roles present"
         )
+    _check_floor_and_time_checks(control)
     if payload.execution_date_time is not None:
         raise CommandRefused("future-dated", "hand-out commands must execute immediately")
 
@@ -181,6 +191,19 @@ def _check_transfer(
             "wrong-path-certificate", "certificationPathCertificates is not exactly the bundle's issuing CA"
         )
     return CheckedCommand(message, header, payload, generation)
+
+
+def _check_floor_and_time_checks(control: AuthorisingRemotePartyControl) -> None:
+    """The new NO's seq-number floor is NEW_NO_FLOOR (a higher one would lock it out of the meter), and the
+    meter keeps its time-based certificate path checks (GBCS 13.3.5)."""
+    if control.floor_seq_number != NEW_NO_FLOOR:
+        raise CommandRefused(
+            "wrong-floor", f"newRemotePartyFloorSeqNumber {control.floor_seq_number} is not {NEW_NO_FLOOR}"
+        )
+    if control.apply_time_based_cpv_checks not in (None, 0):
+        raise CommandRefused(
+            "time-checks-disapplied", "applyTimeBasedCPVChecks disapplies the certificate validity checks"
+        )
 
 
 @dataclass(frozen=True)
@@ -294,6 +317,7 @@ def check_hand_in_command(
         raise CommandRefused(
             "unexpected-field", "plaintextSymmetricKey / seq-number changes for other roles present"
         )
+    _check_floor_and_time_checks(control)
     if payload.execution_date_time is not None:
         raise CommandRefused("future-dated", "hand-in commands must execute immediately")
     return CheckedHandIn(message, header, payload, area, generation)

@@ -65,3 +65,11 @@ def postgres_url() -> str:
     url = os.environ.get("VDNO_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
     require_part("PostgreSQL", _postgres_reachable(url), f"cannot connect to {url}")
     return url
+
+
+@pytest.fixture(scope="session")
+def forge_world():  # type: ignore[no-untyped-def]
+    """The lab world of forge_testlib (real keys; certificates valid from a day ago), one per session."""
+    from forge_testlib import make_forge_world
+
+    return make_forge_world()

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
-from gbcs.cells import NO_DS_CELL, NO_KA_CELL, KeyUsage, StatusCode
+from gbcs.cells import NO_DS_CELL, NO_KA_CELL, CredentialsReplacementMode, KeyUsage, StatusCode
 from gbcs.cs02b import UpdateSecurityCredentialsResponse
 from gbcs.errors import GbcsError
 from gbcs.framing import Cra, MessageCode, decode_message
@@ -69,6 +69,8 @@ def check_meter_response(
         raise OutcomeRejected("response carries no execution outcome")
     if result.seq_number != counter:
         raise OutcomeRejected("response's execution outcome is not for the command's seq number")
+    if result.mode != CredentialsReplacementMode.NETWORK_OPERATOR_BY_NETWORK_OPERATOR:
+        raise OutcomeRejected("response's execution outcome is not for a mode-3 command")
     expected_key = {
         KeyUsage.DIGITAL_SIGNATURE: expected.ds_key_identifier,
         KeyUsage.KEY_AGREEMENT: expected.ka_key_identifier,
