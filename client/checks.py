@@ -309,6 +309,12 @@ def check_hand_in_command(
             f"authorisingRemotePartySeqNumber {control.seq_number} is not above the meter's "
             f"{stored_seq_number}",
         )
+    if control.seq_number != header.originator_counter:
+        raise CommandRefused(
+            "counter-mismatch",
+            f"authorisingRemotePartySeqNumber {control.seq_number} != Originator Counter "
+            f"{header.originator_counter}",
+        )
     if (
         control.plaintext_symmetric_key is not None
         or control.other_seq_number_changes is not None

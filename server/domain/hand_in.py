@@ -223,6 +223,11 @@ def check_hand_in_command(
             f"authorisingRemotePartySeqNumber {control.seq_number} is not above the meter's stored NO seq "
             f"number {order.seq_number}"
         )
+    if control.seq_number != header.originator_counter:  # gbcs/README.md §8.1: equal in every RTDS command
+        raise refuse(
+            f"authorisingRemotePartySeqNumber {control.seq_number} is not its Originator Counter "
+            f"{header.originator_counter}"
+        )
     if control.floor_seq_number != HAND_IN_FLOOR:
         raise refuse(f"newRemotePartyFloorSeqNumber {control.floor_seq_number} is not {HAND_IN_FLOOR}")
     if control.apply_time_based_cpv_checks not in (None, 0):
