@@ -301,14 +301,18 @@ class _GroupCommitWriter:
         self._queue.put(list(zip(ops, futures, strict=True)))
         return futures
 
-    def run_group(self, ops: Sequence[WriteOp[Any]]) -> list[Any]:
+    def run_group(
+        self, ops: Sequence[WriteOp[Any]], lock: Callable[[Connection], None] | None = None
+    ) -> list[Any]:
         """Not threaded: run ops now, in the caller's thread, as one transaction; each op's result, or the
-        VdnoError it failed with (StoreUnavailable for anything the database refused)."""
+        VdnoError it failed with (StoreUnavailable for anything the database refused). `lock` runs first in
+        the transaction, outside the ops' SAVEPOINTs, so that an op rolled back cannot release what it
+        locks; if it fails, every op answers StoreUnavailable."""
         assert self._thread is None, "run_group is for a writer without a thread; use submit_group"
         if not ops:
             return []
         with self._here:
-            return [result if error is None else error for result, error in self._run_batch(list(ops))]
+            return [result if error is None else error for result, error in self._run_batch(list(ops), lock)]
 
     def close(self) -> None:
         if self._thread is not None:
@@ -353,16 +357,18 @@ class _GroupCommitWriter:
             if stop:
                 return
 
-    def _run_batch(self, ops: list[WriteOp[Any]]) -> list[tuple[Any, VdnoError | None]]:
+    def _run_batch(
+        self, ops: list[WriteOp[Any]], lock: Callable[[Connection], None] | None = None
+    ) -> list[tuple[Any, VdnoError | None]]:
         if self._lock is None:
-            return self._run_transaction(ops)
+            return self._run_transaction(ops, lock)
         if not self._lock.acquire():
             busy = StoreUnavailable(
                 f"the database's write lock was not free within {self._lock_wait:g} s; nothing was recorded"
             )
             return [(None, busy)] * len(ops)
         try:
-            outcomes = self._run_transaction(ops)
+            outcomes = self._run_transaction(ops, lock)
         finally:
             self._lock.release()
         if self._wal is not None:
@@ -388,16 +394,18 @@ class _GroupCommitWriter:
                 self._wal.reset()  # the WAL may have been removed and created again since the last one
         return self._conn
 
-    def _run_transaction(self, ops: list[WriteOp[Any]]) -> list[tuple[Any, VdnoError | None]]:
+    def _run_transaction(
+        self, ops: list[WriteOp[Any]], lock: Callable[[Connection], None] | None = None
+    ) -> list[tuple[Any, VdnoError | None]]:
         """(result, None) or (None, the op's VdnoError) per op, in order; every error that is not a
         VdnoError becomes StoreUnavailable."""
         errors = (SQLAlchemyError, self._driver_error)
         try:
             outcomes = None
             if self._optimistic:
-                outcomes = self._attempt(ops, savepoints=False)
+                outcomes = self._attempt(ops, savepoints=False, lock=lock)
             if outcomes is None:
-                outcomes = self._attempt(ops, savepoints=True)
+                outcomes = self._attempt(ops, savepoints=True, lock=lock)
             assert outcomes is not None
         except errors as exc:
             self._drop_connection()
@@ -415,14 +423,16 @@ class _GroupCommitWriter:
         return results
 
     def _attempt(
-        self, ops: list[WriteOp[Any]], savepoints: bool
+        self, ops: list[WriteOp[Any]], savepoints: bool, lock: Callable[[Connection], None] | None = None
     ) -> list[tuple[Any, BaseException | None]] | None:
-        """One transaction over the ops. Without savepoints: None (and nothing committed) as soon as an
-        op fails, so that the caller runs them again with them."""
+        """One transaction over the ops (after `lock`). Without savepoints: None (and nothing committed)
+        as soon as an op fails, so that the caller runs them again with them."""
         outcomes: list[tuple[Any, BaseException | None]] = []
         op_errors = (VdnoError, SQLAlchemyError, self._driver_error)
         conn = self._connection()
         with conn.begin() as tx:
+            if lock is not None:
+                lock(conn)
             audit: list[AuditEvent] = []
             for op in ops:
                 events: list[AuditEvent] = []
@@ -477,6 +487,16 @@ class _HotPathSql:
             "RETURNING last_value"
         )
         self.bench_status = q("SELECT status FROM benches WHERE bench_id = :bench_id")
+        # PostgreSQL: the counter rows a step allocates from, locked as the UPDATE above locks them, in one
+        # order (SQLite: the writer holds the database's write lock already).
+        self.lock_counters = (
+            q(
+                "SELECT generation FROM counters WHERE generation = ANY(:generations) "
+                "ORDER BY generation FOR NO KEY UPDATE"
+            )
+            if pg
+            else None
+        )
         columns = (
             "bench_id, request_id, request_fingerprint, device_id, area_id, generation, counter, "
             "device_certificate, status, created_at, target_generation"
@@ -780,7 +800,7 @@ class SqlCustodyStore(HandInRecords, CustodyRecords):
         ops: list[WriteOp[Any]] = [self._complete_op(record, command) for record, command in signed]
         ops += [self._fail_op(issuance_id, reason) for issuance_id, reason in failed]
         ops += [self._begin_op(draft, floor) for draft, floor in drafts]
-        outcomes = self._step_writer.run_group(ops)
+        outcomes = self._step_writer.run_group(ops, self._counter_lock(drafts))
         stored = outcomes[: len(signed)]
         begun = outcomes[len(signed) + len(failed) :]
         for i, (draft, _) in enumerate(drafts):
@@ -792,6 +812,29 @@ class SqlCustodyStore(HandInRecords, CustodyRecords):
                 if found is not None:
                     begun[i] = (found, False)
         return IssuanceStep(stored=tuple(stored), begun=tuple(begun))
+
+    def _counter_lock(
+        self, drafts: Sequence[tuple[IssuanceDraft, int]]
+    ) -> Callable[[Connection], None] | None:
+        """PostgreSQL: a step that allocates counters locks their rows first, before any other lock, in
+        generation order, in the step's own transaction (not an op's SAVEPOINT). Replicas then wait for
+        one another only at that point: never while one holds an issuance row (storing signed bytes,
+        marking a failure) that the other's twin of a request id must wait for in the unique check, nor
+        with the generations the other way round. And a twin's rolled-back op cannot release the lock
+        halfway through the step."""
+        statement = self._hot.lock_counters
+        wanted = sorted({draft.generation for draft, _ in drafts})
+        if statement is None or not wanted:
+            return None
+
+        def lock(c: Connection) -> None:
+            cur = _cursor(c)
+            try:
+                cur.execute(statement, {"generations": wanted})
+            finally:
+                cur.close()
+
+        return lock
 
     def _begin_op(self, draft: IssuanceDraft, counter_floor: int) -> WriteOp[tuple[IssuanceRecord, bool]]:
         hot = self._hot
