@@ -23,7 +23,7 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -70,6 +70,9 @@ REFERENCE_TTL = 1.0  # seconds a replica may serve bench/area/generation data it
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 MAX_BATCH = 128
 WRITE_LOCK_WAIT = 5.0  # seconds a write waits for the database's write lock before it is refused
+MIGRATION_LOCK_WAIT = 120.0  # seconds a process waits for another one's migration before it gives up
+# PostgreSQL advisory lock of the migrations: (this constant, hash of the schema's name).
+MIGRATION_LOCK_CLASS = int.from_bytes(b"vdno", "big") >> 1
 
 
 def make_engine(url: str, writer: bool = False, lock_wait: float | None = None) -> Engine:
@@ -115,16 +118,60 @@ def make_engine(url: str, writer: bool = False, lock_wait: float | None = None) 
     return engine
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest Alembic revision (idempotent)."""
+def migrate(engine: Engine, lock_wait: float = MIGRATION_LOCK_WAIT) -> None:
+    """Bring the schema to the newest Alembic revision (idempotent). Processes that start together on one
+    database take turns, each waiting at most `lock_wait` seconds (then StoreUnavailable): on PostgreSQL
+    under an advisory lock of the schema held by the migrating transaction, on a SQLite file under an
+    exclusive flock on `<db>.migratelock`. The next one finds the schema at the newest revision."""
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
+    pg = engine.dialect.name == "postgresql"
+    database = engine.url.database
+    lock_path = Path(database + ".migratelock") if not pg and database and database != ":memory:" else None
     try:
-        with engine.begin() as conn:
+        with _file_lock(lock_path, lock_wait), engine.begin() as conn:
+            if pg:
+                _advisory_migration_lock(conn, lock_wait)
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
     except SQLAlchemyError as exc:
         raise StoreUnavailable("database migration failed") from exc
+
+
+def _advisory_migration_lock(conn: Connection, wait: float) -> None:
+    """The schema's migration lock, held until `conn`'s transaction ends; StoreUnavailable after `wait`."""
+    conn.exec_driver_sql(f"SET LOCAL lock_timeout = {max(1, round(wait * 1000))}")
+    try:
+        conn.exec_driver_sql(
+            f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_CLASS}, hashtext(coalesce(current_schema(), '')))"
+        )
+    except SQLAlchemyError as exc:
+        raise StoreUnavailable(
+            f"another process has been migrating the database for {wait:g} s; try again later"
+        ) from exc
+    conn.exec_driver_sql("SET LOCAL lock_timeout = 0")  # the migration's own statements wait as before
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path | None, wait: float) -> Iterator[None]:
+    """An exclusive flock on `path` (nothing for None) while the block runs; StoreUnavailable after `wait`
+    seconds without it."""
+    if path is None:
+        yield
+        return
+    with path.open("a+b") as held:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise StoreUnavailable(
+                        f"another process has been migrating the database for {wait:g} s; try again later"
+                    ) from None
+                time.sleep(0.02)
+        yield  # closing the file releases the lock
 
 
 def _now() -> datetime:
