@@ -65,3 +65,13 @@ def postgres_url() -> str:
     url = os.environ.get("VDNO_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
     require_part("PostgreSQL", _postgres_reachable(url), f"cannot connect to {url}")
     return url
+
+
+@pytest.fixture(scope="session")
+def postgres_backup_tools() -> tuple[str, str]:
+    """Paths of pg_dump and pg_restore, to back up and restore the machine's PostgreSQL."""
+    dump, restore = shutil.which("pg_dump"), shutil.which("pg_restore")
+    how = "install the Debian package postgresql-client"
+    require_part("pg_dump and pg_restore", bool(dump and restore), how)
+    assert dump is not None and restore is not None
+    return dump, restore
