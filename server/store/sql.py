@@ -33,7 +33,7 @@ from typing import Any, TypeVar, cast
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, DateTime, Engine, create_engine, event, insert, select, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from server.domain.audit import AuditTip
 from server.domain.errors import (
@@ -73,6 +73,7 @@ WRITE_LOCK_WAIT = 5.0  # seconds a write waits for the database's write lock bef
 MIGRATION_LOCK_WAIT = 120.0  # seconds a process waits for another one's migration before it gives up
 # PostgreSQL advisory lock of the migrations: (this constant, hash of the schema's name).
 MIGRATION_LOCK_CLASS = int.from_bytes(b"vdno", "big") >> 1
+LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE when lock_timeout ends a wait
 
 
 def make_engine(url: str, writer: bool = False, lock_wait: float | None = None) -> Engine:
@@ -145,7 +146,9 @@ def _advisory_migration_lock(conn: Connection, wait: float) -> None:
         conn.exec_driver_sql(
             f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_CLASS}, hashtext(coalesce(current_schema(), '')))"
         )
-    except SQLAlchemyError as exc:
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+            raise
         raise StoreUnavailable(
             f"another process has been migrating the database for {wait:g} s; try again later"
         ) from exc
