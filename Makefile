@@ -4,9 +4,9 @@ PY      := $(VENV)/bin/python
 STATE   ?= state
 SHELL   := /bin/bash
 
-.PHONY: setup softhsm proto test lint demo bench clean coverage-floor
+.PHONY: setup softhsm pg-client proto test lint demo bench clean coverage-floor
 
-setup: $(VENV)/.installed softhsm proto
+setup: $(VENV)/.installed softhsm pg-client proto
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -21,6 +21,13 @@ softhsm:
 	@if ! command -v softhsm2-util >/dev/null 2>&1; then \
 	  echo "installing SoftHSM (Debian package softhsm2)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq softhsm2 >/dev/null; \
+	fi
+
+# pg_dump and pg_restore, for the backup-and-restore tests against the machine's PostgreSQL.
+pg-client:
+	@if ! command -v pg_dump >/dev/null 2>&1; then \
+	  echo "installing the PostgreSQL client tools (Debian package postgresql-client)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-client >/dev/null; \
 	fi
 
 proto: $(VENV)/.installed

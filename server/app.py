@@ -154,10 +154,13 @@ def mtls_credentials(tls: TlsSettings) -> grpc.ServerCredentials:
         raise ConfigError("tls certificate, key or client CA cannot be read") from exc
 
 
-def build_server(settings: Settings, health_slots: HealthSlots | None = None) -> RunningServer:
+def build_server(
+    settings: Settings, health_slots: HealthSlots | None = None, share_port: bool = False
+) -> RunningServer:
     """Open store and HSM, wire the domain, bind with mandatory mTLS, start. Binds settings.listen
-    (use port 0 for a free port; the bound port is returned). The schema is migrated beforehand, once,
-    by `vdno-server serve` (server.store.sql.migrate_database).
+    (use port 0 for a free port; the bound port is returned): with share_port (one of a server's worker
+    processes) with SO_REUSEPORT, else alone (see server/port_claim.py). The schema is migrated
+    beforehand, once, by `vdno-server serve` (server.store.sql.migrate_database).
 
     Health (server/health.py) is probed in the background from the start. Without `health_slots` (one
     server process) this process also serves the plaintext health listener (settings.health_listen); with
@@ -183,7 +186,7 @@ def build_server(settings: Settings, health_slots: HealthSlots | None = None) ->
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="rpc"),
         interceptors=[ErrorMappingInterceptor(on_refused_auth=audit_refusal)],
-        options=[("grpc.so_reuseport", 1)],
+        options=[("grpc.so_reuseport", 1 if share_port else 0)],
     )
     custodian_pb2_grpc.add_BenchServiceServicer_to_server(  # type: ignore[no-untyped-call]
         BenchServicer(service, hand_in), server
@@ -225,7 +228,12 @@ def build_server(settings: Settings, health_slots: HealthSlots | None = None) ->
     )
     signer.add_listener(lambda: monitor.poke(HSM))
     monitor.check_now()  # the first answer is already the truth
-    port = server.add_secure_port(settings.listen, mtls_credentials(settings.tls))
+    try:
+        port = server.add_secure_port(settings.listen, mtls_credentials(settings.tls))
+    except RuntimeError as exc:  # gRPC could not bind
+        raise ConfigError(
+            f"cannot listen on {settings.listen}: the port is in use, or the address is not this machine's"
+        ) from exc
     if port == 0:
         raise ConfigError(f"cannot listen on {settings.listen}")
     health_server, health_port = None, None

@@ -41,7 +41,7 @@ def _serve_one(settings: Settings, shared_health: Any = None, process: int = 0) 
     log_lines = configure_logging(settings.log_level)
     try:
         slots = None if shared_health is None else HealthSlots(shared_health, process)
-        running = build_server(settings, slots)
+        running = build_server(settings, slots, share_port=shared_health is not None)
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
@@ -82,17 +82,22 @@ def _serve_health_of(settings: Settings, shared: Any, workers: list[Any]) -> Cal
 @app.command()
 def serve(config: Path = typer.Option(..., "--config", help="TOML settings file")) -> None:
     """Run the service. With [server] processes > 1, that many processes share the port (SO_REUSEPORT)
-    and this process serves the health listener for all of them."""
+    and this process serves the health listener for all of them. A fixed port is claimed first: another
+    vdno-server holding it stops this one at once (exit 2), whatever database either uses."""
     settings = _settings(config)
+    claim = None
     try:
+        from server.port_claim import check_shareable, claim_port
         from server.store.sql import migrate_database
 
+        claim = claim_port(settings.listen)  # held until this process ends
         migrate_database(settings.database_url)  # once, here: worker processes must not race to migrate
         if settings.processes == 1:
             _serve_one(settings)
             return
-        if settings.listen.endswith(":0"):
+        if claim is None:
             _fail("[server] listen needs a fixed port when processes > 1")
+        check_shareable(settings.listen)
         from server.health import COMPONENTS
         from server.observability import configure_logging
 
@@ -125,6 +130,9 @@ def serve(config: Path = typer.Option(..., "--config", help="TOML settings file"
             log_lines.close()
     except VdnoError as exc:
         _fail(str(exc))
+    finally:
+        if claim is not None:
+            claim.close()
 
 
 @app.command()

@@ -73,3 +73,13 @@ def forge_world():  # type: ignore[no-untyped-def]
     from forge_testlib import make_forge_world
 
     return make_forge_world()
+
+
+@pytest.fixture(scope="session")
+def postgres_backup_tools() -> tuple[str, str]:
+    """Paths of pg_dump and pg_restore, to back up and restore the machine's PostgreSQL."""
+    dump, restore = shutil.which("pg_dump"), shutil.which("pg_restore")
+    how = "install the Debian package postgresql-client"
+    require_part("pg_dump and pg_restore", bool(dump and restore), how)
+    assert dump is not None and restore is not None
+    return dump, restore

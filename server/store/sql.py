@@ -23,7 +23,7 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -33,7 +33,7 @@ from typing import Any, TypeVar, cast
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, DateTime, Engine, create_engine, event, insert, select, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from server.domain.audit import AuditTip
 from server.domain.errors import (
@@ -70,6 +70,10 @@ REFERENCE_TTL = 1.0  # seconds a replica may serve bench/area/generation data it
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 MAX_BATCH = 128
 WRITE_LOCK_WAIT = 5.0  # seconds a write waits for the database's write lock before it is refused
+MIGRATION_LOCK_WAIT = 120.0  # seconds a process waits for another one's migration before it gives up
+# PostgreSQL advisory lock of the migrations: (this constant, hash of the schema's name).
+MIGRATION_LOCK_CLASS = int.from_bytes(b"vdno", "big") >> 1
+LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE when lock_timeout ends a wait
 
 
 def make_engine(url: str, writer: bool = False, lock_wait: float | None = None) -> Engine:
@@ -115,16 +119,62 @@ def make_engine(url: str, writer: bool = False, lock_wait: float | None = None) 
     return engine
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest Alembic revision (idempotent)."""
+def migrate(engine: Engine, lock_wait: float = MIGRATION_LOCK_WAIT) -> None:
+    """Bring the schema to the newest Alembic revision (idempotent). Processes that start together on one
+    database take turns, each waiting at most `lock_wait` seconds (then StoreUnavailable): on PostgreSQL
+    under an advisory lock of the schema held by the migrating transaction, on a SQLite file under an
+    exclusive flock on `<db>.migratelock`. The next one finds the schema at the newest revision."""
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
+    pg = engine.dialect.name == "postgresql"
+    database = engine.url.database
+    lock_path = Path(database + ".migratelock") if not pg and database and database != ":memory:" else None
     try:
-        with engine.begin() as conn:
+        with _file_lock(lock_path, lock_wait), engine.begin() as conn:
+            if pg:
+                _advisory_migration_lock(conn, lock_wait)
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
     except SQLAlchemyError as exc:
         raise StoreUnavailable("database migration failed") from exc
+
+
+def _advisory_migration_lock(conn: Connection, wait: float) -> None:
+    """The schema's migration lock, held until `conn`'s transaction ends; StoreUnavailable after `wait`."""
+    conn.exec_driver_sql(f"SET LOCAL lock_timeout = {max(1, round(wait * 1000))}")
+    try:
+        conn.exec_driver_sql(
+            f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_CLASS}, hashtext(coalesce(current_schema(), '')))"
+        )
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+            raise
+        raise StoreUnavailable(
+            f"another process has been migrating the database for {wait:g} s; try again later"
+        ) from exc
+    conn.exec_driver_sql("SET LOCAL lock_timeout = 0")  # the migration's own statements wait as before
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path | None, wait: float) -> Iterator[None]:
+    """An exclusive flock on `path` (nothing for None) while the block runs; StoreUnavailable after `wait`
+    seconds without it."""
+    if path is None:
+        yield
+        return
+    with path.open("a+b") as held:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise StoreUnavailable(
+                        f"another process has been migrating the database for {wait:g} s; try again later"
+                    ) from None
+                time.sleep(0.02)
+        yield  # closing the file releases the lock
 
 
 def _now() -> datetime:
@@ -301,14 +351,18 @@ class _GroupCommitWriter:
         self._queue.put(list(zip(ops, futures, strict=True)))
         return futures
 
-    def run_group(self, ops: Sequence[WriteOp[Any]]) -> list[Any]:
+    def run_group(
+        self, ops: Sequence[WriteOp[Any]], lock: Callable[[Connection], None] | None = None
+    ) -> list[Any]:
         """Not threaded: run ops now, in the caller's thread, as one transaction; each op's result, or the
-        VdnoError it failed with (StoreUnavailable for anything the database refused)."""
+        VdnoError it failed with (StoreUnavailable for anything the database refused). `lock` runs first in
+        the transaction, outside the ops' SAVEPOINTs, so that an op rolled back cannot release what it
+        locks; if it fails, every op answers StoreUnavailable."""
         assert self._thread is None, "run_group is for a writer without a thread; use submit_group"
         if not ops:
             return []
         with self._here:
-            return [result if error is None else error for result, error in self._run_batch(list(ops))]
+            return [result if error is None else error for result, error in self._run_batch(list(ops), lock)]
 
     def close(self) -> None:
         if self._thread is not None:
@@ -353,16 +407,18 @@ class _GroupCommitWriter:
             if stop:
                 return
 
-    def _run_batch(self, ops: list[WriteOp[Any]]) -> list[tuple[Any, VdnoError | None]]:
+    def _run_batch(
+        self, ops: list[WriteOp[Any]], lock: Callable[[Connection], None] | None = None
+    ) -> list[tuple[Any, VdnoError | None]]:
         if self._lock is None:
-            return self._run_transaction(ops)
+            return self._run_transaction(ops, lock)
         if not self._lock.acquire():
             busy = StoreUnavailable(
                 f"the database's write lock was not free within {self._lock_wait:g} s; nothing was recorded"
             )
             return [(None, busy)] * len(ops)
         try:
-            outcomes = self._run_transaction(ops)
+            outcomes = self._run_transaction(ops, lock)
         finally:
             self._lock.release()
         if self._wal is not None:
@@ -388,16 +444,18 @@ class _GroupCommitWriter:
                 self._wal.reset()  # the WAL may have been removed and created again since the last one
         return self._conn
 
-    def _run_transaction(self, ops: list[WriteOp[Any]]) -> list[tuple[Any, VdnoError | None]]:
+    def _run_transaction(
+        self, ops: list[WriteOp[Any]], lock: Callable[[Connection], None] | None = None
+    ) -> list[tuple[Any, VdnoError | None]]:
         """(result, None) or (None, the op's VdnoError) per op, in order; every error that is not a
         VdnoError becomes StoreUnavailable."""
         errors = (SQLAlchemyError, self._driver_error)
         try:
             outcomes = None
             if self._optimistic:
-                outcomes = self._attempt(ops, savepoints=False)
+                outcomes = self._attempt(ops, savepoints=False, lock=lock)
             if outcomes is None:
-                outcomes = self._attempt(ops, savepoints=True)
+                outcomes = self._attempt(ops, savepoints=True, lock=lock)
             assert outcomes is not None
         except errors as exc:
             self._drop_connection()
@@ -415,14 +473,16 @@ class _GroupCommitWriter:
         return results
 
     def _attempt(
-        self, ops: list[WriteOp[Any]], savepoints: bool
+        self, ops: list[WriteOp[Any]], savepoints: bool, lock: Callable[[Connection], None] | None = None
     ) -> list[tuple[Any, BaseException | None]] | None:
-        """One transaction over the ops. Without savepoints: None (and nothing committed) as soon as an
-        op fails, so that the caller runs them again with them."""
+        """One transaction over the ops (after `lock`). Without savepoints: None (and nothing committed)
+        as soon as an op fails, so that the caller runs them again with them."""
         outcomes: list[tuple[Any, BaseException | None]] = []
         op_errors = (VdnoError, SQLAlchemyError, self._driver_error)
         conn = self._connection()
         with conn.begin() as tx:
+            if lock is not None:
+                lock(conn)
             audit: list[AuditEvent] = []
             for op in ops:
                 events: list[AuditEvent] = []
@@ -477,6 +537,16 @@ class _HotPathSql:
             "RETURNING last_value"
         )
         self.bench_status = q("SELECT status FROM benches WHERE bench_id = :bench_id")
+        # PostgreSQL: the counter rows a step allocates from, locked as the UPDATE above locks them, in one
+        # order (SQLite: the writer holds the database's write lock already).
+        self.lock_counters = (
+            q(
+                "SELECT generation FROM counters WHERE generation = ANY(:generations) "
+                "ORDER BY generation FOR NO KEY UPDATE"
+            )
+            if pg
+            else None
+        )
         columns = (
             "bench_id, request_id, request_fingerprint, device_id, area_id, generation, counter, "
             "device_certificate, status, created_at, target_generation"
@@ -780,7 +850,7 @@ class SqlCustodyStore(HandInRecords, CustodyRecords):
         ops: list[WriteOp[Any]] = [self._complete_op(record, command) for record, command in signed]
         ops += [self._fail_op(issuance_id, reason) for issuance_id, reason in failed]
         ops += [self._begin_op(draft, floor) for draft, floor in drafts]
-        outcomes = self._step_writer.run_group(ops)
+        outcomes = self._step_writer.run_group(ops, self._counter_lock(drafts))
         stored = outcomes[: len(signed)]
         begun = outcomes[len(signed) + len(failed) :]
         for i, (draft, _) in enumerate(drafts):
@@ -792,6 +862,29 @@ class SqlCustodyStore(HandInRecords, CustodyRecords):
                 if found is not None:
                     begun[i] = (found, False)
         return IssuanceStep(stored=tuple(stored), begun=tuple(begun))
+
+    def _counter_lock(
+        self, drafts: Sequence[tuple[IssuanceDraft, int]]
+    ) -> Callable[[Connection], None] | None:
+        """PostgreSQL: a step that allocates counters locks their rows first, before any other lock, in
+        generation order, in the step's own transaction (not an op's SAVEPOINT). Replicas then wait for
+        one another only at that point: never while one holds an issuance row (storing signed bytes,
+        marking a failure) that the other's twin of a request id must wait for in the unique check, nor
+        with the generations the other way round. And a twin's rolled-back op cannot release the lock
+        halfway through the step."""
+        statement = self._hot.lock_counters
+        wanted = sorted({draft.generation for draft, _ in drafts})
+        if statement is None or not wanted:
+            return None
+
+        def lock(c: Connection) -> None:
+            cur = _cursor(c)
+            try:
+                cur.execute(statement, {"generations": wanted})
+            finally:
+                cur.close()
+
+        return lock
 
     def _begin_op(self, draft: IssuanceDraft, counter_floor: int) -> WriteOp[tuple[IssuanceRecord, bool]]:
         hot = self._hot
