@@ -85,7 +85,6 @@ def test_three_replicas_start_together_on_a_new_database(
     assert versions == [ScriptDirectory(str(MIGRATIONS)).get_current_head()]
 
 
-
 # -- backup and restore -----------------------------------------------------------------------------
 
 
