@@ -344,7 +344,12 @@ class _GroupCommitWriter:
                     stop = True
                     break
                 batch.extend(nxt)
-            outcomes = self._run_batch([op for op, _ in batch])
+            outcomes: list[tuple[Any, BaseException | None]]
+            try:
+                outcomes = list(self._run_batch([op for op, _ in batch]))
+            except Exception as exc:  # a defect: fail this batch's callers; the writer serves the next ones
+                self._drop_connection()
+                outcomes = [(None, exc)] * len(batch)
             for (_, fut), (result, error) in zip(batch, outcomes, strict=True):
                 if error is None:
                     fut.set_result(result)
