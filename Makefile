@@ -2,9 +2,10 @@
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STATE   ?= state
+FUZZ_CASES ?= 100000
 SHELL   := /bin/bash
 
-.PHONY: setup softhsm pg-client proto test lint demo bench clean coverage-floor
+.PHONY: setup softhsm pg-client proto test lint demo bench fuzz clean coverage-floor
 
 setup: $(VENV)/.installed softhsm pg-client proto
 
@@ -54,5 +55,10 @@ demo: setup
 bench: setup
 	$(PY) scripts/bench.py --state $(STATE)-bench --out bench-results.json
 
+# A long fuzz campaign against a real server (fresh state folder): counts by status; fails on INTERNAL,
+# UNKNOWN, a hang, a stopped server, a log line that is not JSON, or a refused hand-out afterwards.
+fuzz: setup
+	$(PY) scripts/fuzz.py --state $(STATE)-fuzz --cases $(FUZZ_CASES)
+
 clean:
-	rm -rf $(VENV) $(STATE) $(STATE)-bench vdno
+	rm -rf $(VENV) $(STATE) $(STATE)-bench $(STATE)-fuzz vdno

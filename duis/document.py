@@ -76,6 +76,8 @@ def parse_document(data: bytes, root_name: str) -> ET.Element:
         raise DuisError(f"document refused: {exc}") from exc
     except ET.ParseError as exc:
         raise DuisError(f"document is not well-formed XML: {exc}") from exc
+    except LookupError as exc:  # the XML declaration names an encoding the parser does not know
+        raise DuisError(f"document declares an unknown encoding: {exc}") from exc
     if not isinstance(parsed, ET.Element):
         raise DuisError("document has no root element")
     expected = sr_tag(root_name)

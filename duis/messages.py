@@ -61,7 +61,7 @@ def _check_certificate(value: object, what: str) -> bytes:
         raise DuisError(f"{what} must be non-empty DER bytes, got {type(value).__name__}")
     try:
         x509.load_der_x509_certificate(value)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise DuisError(f"{what} is not an X.509 DER certificate: {exc}") from exc
     return value
 

@@ -4,6 +4,7 @@ replacement certificate against a target cell; certification-path validation wit
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -46,25 +47,63 @@ class SmkiCertificate:
     is_device: bool
 
 
-def load_certificate(data: bytes) -> SmkiCertificate:
-    """DER or PEM -> SmkiCertificate. CertificateError naming what is off (not P-256, no OU, ...)."""
+# What cryptography parses only when it is first read, each with the name a refusal gives it. load_certificate
+# reads every one, so a malformed field is refused there, by name, and never raises later from whatever code
+# reads it first.
+_LAZY_FIELDS: tuple[tuple[str, Callable[[x509.Certificate], object]], ...] = (
+    ("version", lambda c: c.version),
+    ("serialNumber", lambda c: c.serial_number),
+    ("signature algorithm", lambda c: (c.signature_algorithm_oid, c.signature_algorithm_parameters)),
+    ("signature hash algorithm", lambda c: c.signature_hash_algorithm),
+    ("issuer", lambda c: c.issuer.rfc4514_string()),
+    ("subject", lambda c: c.subject.rfc4514_string()),
+    ("validity", lambda c: (c.not_valid_before_utc, c.not_valid_after_utc)),
+    ("subjectPublicKeyInfo", lambda c: (c.public_key_algorithm_oid, c.public_key())),
+    ("extensions", lambda c: [(e.oid, e.critical, e.value) for e in c.extensions]),
+    ("signature", lambda c: c.signature),
+    ("tbsCertificate", lambda c: c.tbs_certificate_bytes),
+)
+_DETAIL = 160  # characters of the parser's own words a refusal repeats
+
+
+def _detail(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= _DETAIL else text[: _DETAIL - 3] + "..."
+
+
+def read_x509_certificate(data: bytes) -> x509.Certificate:
+    """DER or PEM -> x509.Certificate with every field parsed (see _LAZY_FIELDS). CertificateError naming
+    the field that does not parse."""
     data = bytes(data)
     try:
         if data.lstrip().startswith(b"-----BEGIN"):
             cert = x509.load_pem_x509_certificate(data)
         else:
             cert = x509.load_der_x509_certificate(data)
-        der = cert.public_bytes(serialization.Encoding.DER)
-        key = cert.public_key()
-        extensions = cert.extensions
-    except (
-        ValueError,
-        TypeError,
-        UnsupportedAlgorithm,
-        x509.DuplicateExtension,
-        x509.UnsupportedGeneralNameType,
-    ) as exc:
-        raise CertificateError(f"not a parseable X.509 certificate: {exc}") from exc
+    except x509.InvalidVersion as exc:
+        raise CertificateError(f"certificate version does not parse: {_detail(exc)}") from exc
+    except (ValueError, TypeError) as exc:
+        raise CertificateError(f"not a parseable X.509 certificate: {_detail(exc)}") from exc
+    for name, read in _LAZY_FIELDS:
+        try:
+            read(cert)
+        # cryptography reports a malformed field as ValueError, TypeError, InvalidVersion,
+        # UnsupportedAlgorithm, DuplicateExtension, UnsupportedGeneralNameType, ...: on bytes from outside,
+        # each of them is the certificate's fault.
+        except Exception as exc:
+            raise CertificateError(f"certificate {name} does not parse: {_detail(exc)}") from exc
+    if cert.serial_number <= 0:
+        raise CertificateError("certificate serialNumber is not a positive integer (RFC 5280 4.1.2.2)")
+    return cert
+
+
+def load_certificate(data: bytes) -> SmkiCertificate:
+    """DER or PEM -> SmkiCertificate, every field parsed. CertificateError naming what is off (a field that
+    does not parse, not P-256, no OU, ...)."""
+    cert = read_x509_certificate(data)
+    der = cert.public_bytes(serialization.Encoding.DER)
+    key = cert.public_key()
+    extensions = cert.extensions
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
         raise CertificateError("certificate key is not EC P-256 (prime256v1)")
 

@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 import grpc  # noqa: E402
 
-from scripts.lab_service import bench_channel, free_port, wait_until_serving  # noqa: E402
+from scripts.lab_service import bench_channel, free_port, open_private_log, wait_until_serving  # noqa: E402
 from vdno.v1 import custodian_pb2 as pb  # noqa: E402
 from vdno.v1 import custodian_pb2_grpc as pb_grpc  # noqa: E402
 
@@ -325,7 +325,7 @@ def main() -> int:
 
     port = free_port()
     env = dict(os.environ, VDNO_LISTEN=f"127.0.0.1:{port}", VDNO_PROCESSES=str(args.processes))
-    log = (state / "bench-server.log").open("w")
+    log = open_private_log(state / "bench-server.log", "w")
     server = subprocess.Popen(
         [sys.executable, "-m", "server.main", "serve", "--config", str(state / "config.toml")],
         stdout=subprocess.DEVNULL,

@@ -43,6 +43,8 @@ from typing import IO, Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from scripts.lab_service import open_private_log  # noqa: E402
+
 METERS = 20
 AREAS = "10-23"
 BENCH, APPLY_BENCH, OFFICER, APPROVER = "bench-01", "bench-02", "officer-01", "officer-02"
@@ -88,7 +90,7 @@ class Child:
     def __init__(self, name: str, args: Sequence[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.name = name
         self.log_path = log
-        self.log: IO[str] = log.open("w", buffering=1)
+        self.log: IO[str] = open_private_log(log, "w")
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.proc = subprocess.Popen(
             list(args),

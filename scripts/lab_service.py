@@ -3,13 +3,22 @@ Used by the demo, the benchmark and the integration tests."""
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+def open_private_log(path: Path, mode: str = "a") -> IO[str]:
+    """A log file for a service's stderr, created readable by this user only (mode "a" or "w"); line
+    buffered. A log holds records: request ids, callers, devices."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if mode == "a" else os.O_TRUNC)
+    return os.fdopen(os.open(path, flags, 0o600), mode, buffering=1)
 
 
 def free_port() -> int:

@@ -26,7 +26,6 @@ from server.domain.fleet import FleetView
 from server.domain.hand_in import HandInService
 from server.domain.issuance import HandOutService
 from server.domain.policy import TrustAnchors
-from server.domain.values import AuditEvent
 from server.enrolment import CaFileBenchIssuer
 from server.health import (
     DATABASE,
@@ -38,6 +37,7 @@ from server.health import (
     serve_health,
 )
 from server.housekeeping import CustodyHousekeeping
+from server.refusals import RefusalAudit
 from server.rpc.audit_servicer import add_audit_service
 from server.rpc.interceptors import ErrorMappingInterceptor
 from server.rpc.servicers import BenchServicer, CustodyServicer
@@ -128,6 +128,7 @@ class RunningServer:
     health_server: grpc.Server | None = None
     health_port: int | None = None  # the plaintext health listener's, when this process serves it
     housekeeping: CustodyHousekeeping | None = None
+    refusals: RefusalAudit | None = None
 
     def stop(self, grace: float = 1.0) -> None:
         self.health_servicer.enter_graceful_shutdown()  # NOT_SERVING from now on
@@ -137,6 +138,8 @@ class RunningServer:
             self.health_server.stop(None)
         if self.housekeeping is not None:
             self.housekeeping.stop()
+        if self.refusals is not None:
+            self.refusals.close()  # the counts still open are recorded
         self.service.close()
         self.close_signer()
         self.store.close()
@@ -180,12 +183,10 @@ def build_server(
     hand_in = HandInService(store, anchors, _utc_now)
     custody = build_custody(settings, store, signer, anchors)
 
-    def audit_refusal(actor: str, reason: str) -> None:
-        store.record_event(AuditEvent("auth.refused", actor, "rpc", {"reason": reason}))
-
+    refusals = RefusalAudit(store.record_event)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="rpc"),
-        interceptors=[ErrorMappingInterceptor(on_refused_auth=audit_refusal)],
+        interceptors=[ErrorMappingInterceptor(on_refused_auth=refusals.refused)],
         options=[("grpc.so_reuseport", 1 if share_port else 0)],
     )
     custodian_pb2_grpc.add_BenchServiceServicer_to_server(  # type: ignore[no-untyped-call]
@@ -254,4 +255,5 @@ def build_server(
         health_server,
         health_port,
         housekeeping,
+        refusals,
     )

@@ -56,6 +56,7 @@ from server.domain.values import (
     GenerationRecord,
     GenerationStatus,
     Officer,
+    check_free_text,
     parse_area_id,
     parse_bench_id,
 )
@@ -386,7 +387,7 @@ class CustodyService:
     ) -> tuple[GenerationRecord, list[bytes]]:
         """Disable at once, with no approval; the meters the records show still holding it."""
         self.require_officer(officer_id)
-        if not reason.strip():
+        if not check_free_text(reason, "reason").strip():
             raise InvalidRequest("reason is required: say why the generation is compromised")
         record = self._store.mark_compromised(generation, reason.strip()[:500], f"officer:{officer_id}")
         return record, self._store.devices_holding(generation)
@@ -420,7 +421,7 @@ class CustodyService:
         """Record a request for an operation that needs approval. It is checked now, so that a request that
         cannot succeed is refused at once; it is checked again when executed."""
         self.require_officer(officer_id)
-        if not reason.strip():
+        if not check_free_text(reason, "reason").strip():
             raise InvalidRequest("reason is required: approvers see what, why and who")
         self._precheck(operation, subject, parameters)
         now = self._clock()
@@ -469,7 +470,7 @@ class CustodyService:
         reason: str,
     ) -> ApprovalRequest:
         bench_id = parse_bench_id(bench_id)
-        if not facility.strip():
+        if not check_free_text(facility, "facility").strip():
             raise InvalidRequest("facility is required: where the bench is")
         if not operations:
             raise InvalidRequest("operations: name at least one of hand-in, hand-out, rotation")
@@ -544,7 +545,7 @@ class CustodyService:
 
     def reject(self, officer_id: str, request_id: int, why: str) -> ApprovalRequest:
         self.require_officer(officer_id)
-        if not why.strip():
+        if not check_free_text(why, "reason").strip():
             raise InvalidRequest("why is required when rejecting a request")
         return self._store.reject_approval(request_id, officer_id, self._clock(), why.strip()[:500])
 
@@ -711,7 +712,7 @@ class CustodyService:
     def revoke_bench(self, officer_id: str, bench_id: str, reason: str) -> bool:
         """At once (no approval: revoking must never wait); felt by the bench's next call on every replica."""
         self.require_officer(officer_id)
-        if not reason.strip():
+        if not check_free_text(reason, "reason").strip():
             raise InvalidRequest("reason is required: say why the bench is revoked")
         return self._store.revoke_bench_now(
             parse_bench_id(bench_id), reason.strip()[:500], f"officer:{officer_id}"

@@ -49,6 +49,27 @@ def parse_area_id(value: int) -> int:
     return value
 
 
+MAX_RECORD_ID = 2**31 - 1  # record ids and generation numbers are SQL INTEGER columns (PostgreSQL: 32 bits)
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def parse_record_id(value: int, what: str) -> int:
+    """A record id or number from a request (an order, an approval request, a generation): 1 to
+    MAX_RECORD_ID."""
+    if not 1 <= value <= MAX_RECORD_ID:
+        raise InvalidRequest(f"{what} must be 1 to {MAX_RECORD_ID}, got {value}")
+    return value
+
+
+def check_free_text(text: str, what: str) -> str:
+    """Free text an officer gives (a reason, a facility): no control characters but tab and line breaks (a
+    database text column holds no NUL)."""
+    found = _CONTROL.search(text)
+    if found is not None:
+        raise InvalidRequest(f"{what} holds the control character U+{ord(found.group()):04X}")
+    return text
+
+
 def parse_request_id(text: str) -> str:
     if not _REQUEST_ID.match(text or ""):
         raise InvalidRequest("request id must be 1-64 characters of letters, digits and . _ : -")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 
+from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from gbcs.cells import KeyUsage
@@ -34,6 +35,7 @@ from server.domain.values import (
     SignedCommand,
     parse_area_id,
     parse_entity_id,
+    parse_record_id,
 )
 from vdno.v1 import custodian_pb2 as pb
 from vdno.v1 import custody_pb2 as custody_pb
@@ -275,7 +277,7 @@ def key_usage_from_pb(value: str) -> KeyUsage:
 def generation_number_from_pb(value: int) -> int:
     if value < 1:
         raise InvalidRequest("generation is required (1 or more)")
-    return value
+    return parse_record_id(value, "generation")
 
 
 def approval_operation_from_pb(value: str) -> ApprovalOperation:
@@ -340,13 +342,35 @@ def bench_to_pb(bench: Bench) -> custody_pb.BenchInfo:
     )
 
 
-def certificate_request_from_pb(data: bytes) -> bytes:
-    """A PKCS#10 request as DER (PEM accepted)."""
-    from cryptography import x509
+# What cryptography parses of a PKCS#10 request only when it is first read (see gbcs.smki._LAZY_FIELDS).
+_CSR_FIELDS: tuple[tuple[str, Callable[[x509.CertificateSigningRequest], object]], ...] = (
+    ("subject", lambda r: r.subject.rfc4514_string()),
+    ("signature algorithm", lambda r: (r.signature_algorithm_oid, r.signature_hash_algorithm)),
+    ("subjectPublicKeyInfo", lambda r: r.public_key()),
+    ("extensions", lambda r: [(e.oid, e.critical, e.value) for e in r.extensions]),
+    ("attributes", lambda r: [(a.oid, a.value) for a in r.attributes]),
+    ("signature", lambda r: r.is_signature_valid),
+)
 
+
+def certificate_request_from_pb(data: bytes) -> bytes:
+    """A PKCS#10 request as DER (PEM accepted), every field parsed. InvalidRequest naming the field that
+    does not parse."""
     try:
         if data.lstrip().startswith(b"-----BEGIN"):
-            return x509.load_pem_x509_csr(data).public_bytes(Encoding.DER)
-        return x509.load_der_x509_csr(data).public_bytes(Encoding.DER)
-    except ValueError as exc:
-        raise InvalidRequest(f"csr is not a PKCS#10 certificate request: {exc}") from None
+            csr = x509.load_pem_x509_csr(data)
+        else:
+            csr = x509.load_der_x509_csr(data)
+    except (ValueError, x509.InvalidVersion) as exc:
+        raise InvalidRequest(f"csr is not a PKCS#10 certificate request: {_detail(exc)}") from None
+    for name, read in _CSR_FIELDS:
+        try:
+            read(csr)
+        except Exception as exc:  # cryptography's several exception types: each is the request's fault here
+            raise InvalidRequest(f"csr {name} does not parse: {_detail(exc)}") from None
+    return csr.public_bytes(Encoding.DER)
+
+
+def _detail(exc: BaseException, limit: int = 160) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

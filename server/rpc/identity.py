@@ -12,10 +12,11 @@ import threading
 from dataclasses import dataclass
 from enum import StrEnum
 
-from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
+from gbcs.errors import CertificateError
+from gbcs.smki import read_x509_certificate
 from server.domain.errors import Unauthenticated
 
 MAX_REMEMBERED_SUBJECTS = 4096
@@ -42,8 +43,8 @@ def caller_from_certificate(pem: bytes) -> Caller:
     """The caller a verified client certificate (PEM, as the TLS layer reports it) names. Unauthenticated,
     saying why, otherwise."""
     try:
-        certificate = x509.load_pem_x509_certificate(pem)
-    except ValueError:
+        certificate = read_x509_certificate(pem)
+    except CertificateError:
         raise Unauthenticated("the client certificate cannot be read") from None
     name = certificate.subject
     common_names = name.get_attributes_for_oid(NameOID.COMMON_NAME)

@@ -43,6 +43,30 @@ def status_for(error: e.VdnoError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+class UndecodableRequest:
+    """What the interceptor's request deserializer returns for bytes that are not the method's request
+    message: the call is answered INVALID_ARGUMENT (once the caller is identified), not gRPC's INTERNAL
+    with a traceback in the log."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def tolerant_deserializer(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def read(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as exc:  # protobuf's DecodeError, or whatever else malformed bytes raise
+            return UndecodableRequest(" ".join(str(exc).split())[:160] or type(exc).__name__)
+
+    return read
+
+
 def _peer_certificate(context: grpc.ServicerContext) -> bytes | None:
     certificates = context.auth_context().get("x509_pem_cert") or []
     return bytes(certificates[0]) if certificates else None
@@ -131,6 +155,8 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 if caller.role is not required:
                     raise e.WrongRole(f"a {caller.role.value} certificate may not call {method}")
                 _CALLER.set(caller)
+                if isinstance(request, UndecodableRequest):
+                    raise e.InvalidRequest(f"the request message does not decode: {request.reason}")
                 response = inner(request, context)
                 log.info(
                     "rpc.ok",
@@ -168,6 +194,6 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 
         return grpc.unary_unary_rpc_method_handler(
             wrapped,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=tolerant_deserializer(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )

@@ -7,11 +7,16 @@ import json
 import grpc
 
 from server.domain.custody import CustodyService, GenerationView
-from server.domain.errors import InvalidRequest
 from server.domain.fleet import FleetView
 from server.domain.hand_in import HandInService
 from server.domain.issuance import HandOutService
-from server.domain.values import ApprovalRequest, ApprovalStatus, BenchOperation, parse_entity_id
+from server.domain.values import (
+    ApprovalRequest,
+    ApprovalStatus,
+    BenchOperation,
+    parse_entity_id,
+    parse_record_id,
+)
 from server.rpc import converters
 from server.rpc.interceptors import bench_caller, officer_identity
 from vdno.v1 import custodian_pb2 as pb
@@ -74,8 +79,10 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
     def ReportHandInOutcome(
         self, request: pb.HandInOutcomeReport, context: grpc.ServicerContext
     ) -> pb.OutcomeAck:
-        outcome = self._hand_in.report_outcome(self._hand_in_bench(), request.order_id, request.response)
-        return converters.meter_outcome_to_pb(request.order_id, outcome)
+        bench = self._hand_in_bench()
+        order_id = parse_record_id(request.order_id, "order_id")
+        outcome = self._hand_in.report_outcome(bench, order_id, request.response)
+        return converters.meter_outcome_to_pb(order_id, outcome)
 
 
 class CustodyServicer(custody_grpc.CustodyServiceServicer):
@@ -129,9 +136,8 @@ class CustodyServicer(custody_grpc.CustodyServiceServicer):
         self, request: custody_pb.DevicesHoldingRequest, context: grpc.ServicerContext
     ) -> custody_pb.DeviceList:
         officer = self._officer()
-        if request.generation == 0:
-            raise InvalidRequest("generation is required (1 or more)")
-        return converters.device_list_to_pb(self._fleet.holding(officer, request.generation))
+        generation = converters.generation_number_from_pb(request.generation)
+        return converters.device_list_to_pb(self._fleet.holding(officer, generation))
 
     # -- generations
     def ListGenerations(
@@ -244,17 +250,23 @@ class CustodyServicer(custody_grpc.CustodyServiceServicer):
     def Approve(
         self, request: custody_pb.ApprovalDecision, context: grpc.ServicerContext
     ) -> custody_pb.ApprovalRequestInfo:
-        return self._approval(self._custody.approve(self._officer(), request.request_id))
+        officer = self._officer()
+        return self._approval(
+            self._custody.approve(officer, parse_record_id(request.request_id, "request_id"))
+        )
 
     def Reject(
         self, request: custody_pb.ApprovalDecision, context: grpc.ServicerContext
     ) -> custody_pb.ApprovalRequestInfo:
-        return self._approval(self._custody.reject(self._officer(), request.request_id, request.reason))
+        officer = self._officer()
+        request_id = parse_record_id(request.request_id, "request_id")
+        return self._approval(self._custody.reject(officer, request_id, request.reason))
 
     def Execute(
         self, request: custody_pb.ExecuteRequest, context: grpc.ServicerContext
     ) -> custody_pb.ExecutionResult:
-        executed = self._custody.execute(self._officer(), request.request_id)
+        officer = self._officer()
+        executed = self._custody.execute(officer, parse_record_id(request.request_id, "request_id"))
         return custody_pb.ExecutionResult(
             request=self._approval(executed.request, ApprovalStatus.EXECUTED),
             outcome_json=json.dumps(executed.outcome, sort_keys=True),

@@ -33,6 +33,7 @@ from typing import Any, TypeVar, cast
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, DateTime, Engine, create_engine, event, insert, select, update
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from server.domain.audit import AuditTip
@@ -60,6 +61,7 @@ from server.domain.values import (
 )
 from server.store.audit import AuditAppender, read_audit_tip
 from server.store.custody import CustodyRecords, bench_record
+from server.store.files import create_private_file
 from server.store.fleet import HandInRecords, set_custody
 from server.store.schema import areas, benches, counters, devices, generations, issuances
 
@@ -83,6 +85,7 @@ def make_engine(url: str, writer: bool = False, lock_wait: float | None = None) 
     only user, _GroupCommitWriter, makes each commit durable itself (_WalSync). `lock_wait`: seconds a
     statement waits for a lock (SQLite's busy timeout, else 30 s; PostgreSQL's lock_timeout, else none)."""
     if url.startswith("sqlite"):
+        create_private_file(make_url(url).database)
         timeout = 30.0 if lock_wait is None else lock_wait
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": timeout})
         begin = "BEGIN IMMEDIATE" if writer else "BEGIN"
@@ -398,7 +401,12 @@ class _GroupCommitWriter:
                     stop = True
                     break
                 batch.extend(nxt)
-            outcomes = self._run_batch([op for op, _ in batch])
+            outcomes: list[tuple[Any, BaseException | None]]
+            try:
+                outcomes = list(self._run_batch([op for op, _ in batch]))
+            except Exception as exc:  # a defect: fail this batch's callers; the writer serves the next ones
+                self._drop_connection()
+                outcomes = [(None, exc)] * len(batch)
             for (_, fut), (result, error) in zip(batch, outcomes, strict=True):
                 if error is None:
                     fut.set_result(result)

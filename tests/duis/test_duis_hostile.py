@@ -50,6 +50,7 @@ EXTERNAL_ENTITY = b"""<?xml version="1.0"?>
         (EXTERNAL_ENTITY, "DOCTYPE"),
         (b'<!DOCTYPE sr:Request><sr:Request xmlns:sr="' + SR_NS.encode() + b'"/>', "DOCTYPE"),
         (b"<sr:Request", "not well-formed"),
+        (b'<?xml version="1.0" encoding="UTN-8"?><sr:Request/>', "declares an unknown encoding"),
         (b"<Request/>", "root element is Request, expected sr:Request"),
         (
             b'<sr:Response xmlns:sr="' + SR_NS.encode() + b'" schemaVersion="5.4"/>',
@@ -117,6 +118,12 @@ def test_bad_base64_and_bad_certificates_are_named(duis_dir: Path) -> None:
     )
     with pytest.raises(DuisError, match=r"sr:KeyAgreementCertificate is not an X\.509 DER certificate"):
         decode_request(not_a_certificate)
+    encoded = sample[start : sample.index(b"<", start)]
+    certificate = bytearray(base64.b64decode(encoded))
+    certificate[certificate.index(b"\xa0\x03\x02\x01\x02") + 4] = 0x07  # version v8: refused as it loads
+    bad_version = sample.replace(encoded, base64.b64encode(bytes(certificate)))
+    with pytest.raises(DuisError, match=r"not an X\.509 DER certificate: 7 is not a valid X509 version"):
+        decode_request(bad_version)
     with pytest.raises(DuisError, match="sr:ApplyTimeBasedCPVChecks 'yes'"):
         decode_request(
             sample.replace(b">true</sr:ApplyTimeBasedCPVChecks>", b">yes</sr:ApplyTimeBasedCPVChecks>")

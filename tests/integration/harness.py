@@ -14,7 +14,7 @@ from typing import IO
 
 import grpc
 
-from scripts.lab_service import bench_channel, wait_until_serving
+from scripts.lab_service import bench_channel, open_private_log, wait_until_serving
 from vdno.v1 import custodian_pb2 as pb
 
 PYTHON = sys.executable
@@ -58,7 +58,7 @@ class ServerProcess:
         env = dict(os.environ)
         env.update(self.extra_env)
         env.setdefault("VDNO_LISTEN", "127.0.0.1:0")
-        with self.log_path.open("a") as log:  # the child keeps its own copy of the descriptor
+        with open_private_log(self.log_path) as log:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(
                 [*self.launcher, "serve", "--config", str(self.state / "config.toml")],
                 stdout=subprocess.PIPE,

@@ -4,11 +4,18 @@ changed before the server starts)."""
 
 from __future__ import annotations
 
+import json
+import stat
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from integration_testlib import (
     Deployment,
     area_entity_id,
@@ -122,6 +129,64 @@ def test_client_certificate_from_another_ca_fails_the_tls_handshake(deployment: 
     error, log = _call_without_reaching_a_servicer(deployment, channel)
     assert error.code() == grpc.StatusCode.UNAVAILABLE
     assert "CERTIFICATE_VERIFY_FAILED" in log
+
+
+def client_certificate(
+    ca: CertifiedKey, subject: list[tuple[x509.ObjectIdentifier, str]]
+) -> tuple[bytes, bytes]:
+    """(key PEM, certificate PEM) of a client certificate from `ca` with exactly the subject given (labpki.tls
+    issues only vdno's profile: one CN, one OU)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    start = datetime.now(UTC) - timedelta(minutes=5)
+    certificate = (
+        x509.CertificateBuilder()
+        .serial_number(x509.random_serial_number())
+        .issuer_name(ca.certificate.subject)
+        .subject_name(x509.Name([x509.NameAttribute(oid, value) for oid, value in subject]))
+        .not_valid_before(start)
+        .not_valid_after(start + timedelta(days=1))
+        .public_key(key.public_key())
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca.signing_key, hashes.SHA256())
+    )
+    return pem_pair(CertifiedKey(certificate, key))
+
+
+@pytest.mark.parametrize(
+    ("subject", "why"),
+    [
+        (
+            [(NameOID.ORGANIZATIONAL_UNIT_NAME, "vdno-bench")],
+            "exactly one CN (the bench or officer id), not 0",
+        ),
+        (
+            [
+                (NameOID.COMMON_NAME, "bench-01"),
+                (NameOID.COMMON_NAME, "bench-02"),
+                (NameOID.ORGANIZATIONAL_UNIT_NAME, "vdno-bench"),
+            ],
+            "exactly one CN (the bench or officer id), not 2",
+        ),
+        ([(NameOID.COMMON_NAME, "bench-01")], "exactly one role OU"),
+    ],
+    ids=["no-cn", "two-cns", "no-role"],
+)
+@pytest.mark.usefixtures("no_new_issuance")
+def test_client_certificate_without_one_cn_and_one_role_is_unauthenticated(
+    deployment: Deployment,
+    meters: InProcessTransport,
+    subject: list[tuple[x509.ObjectIdentifier, str]],
+    why: str,
+) -> None:
+    """The TLS CA vouches for the certificate; the service still refuses a subject outside its profile."""
+    tls_ca = read_certified_key(deployment.state / "pki", "tls-ca")
+    error = refused(deployment, valid_request(meters), client_cert=client_certificate(tls_ca, subject))
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert why in error.details()
+    # audited (the first such refusal at once; repeats within the interval as one counted entry)
+    events = deployment.audit_events("auth.refused")
+    assert ("unknown", "Unauthenticated") in [(e.actor, json.loads(e.details)["reason"]) for e in events]
 
 
 @pytest.mark.usefixtures("no_new_issuance")
@@ -265,3 +330,39 @@ def test_refusals_leave_no_secrets_in_the_log(deployment: Deployment) -> None:
     assert pin not in log and so_pin not in log
     assert "CKR" not in log
     assert "Traceback" not in log
+
+
+def test_repeated_refusals_of_one_identity_are_audited_as_one_entry_with_a_count(
+    deployment: Deployment, meters: InProcessTransport
+) -> None:
+    """The first refusal is audited at once; the rest of the interval (60 s) becomes one entry with their
+    count, written when the interval ends or, as here, when the service stops."""
+    tls_ca = read_certified_key(deployment.state / "pki", "tls-ca")
+    flooder = pem_pair(issue_client_certificate(tls_ca, "bench-97"))
+    channel, stub = deployment.stub(client_cert=flooder)
+    with channel:
+        for _ in range(25):
+            error = rpc_error(lambda: stub.GetTrustBundle(pb.GetTrustBundleRequest(), timeout=10))
+            assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+
+    def audited() -> list[dict[str, object]]:
+        events = deployment.audit_events("auth.refused")
+        return [json.loads(e.details) for e in events if e.actor == "bench:bench-97"]
+
+    assert audited() == [{"reason": "BenchNotEnrolled", "count": 1}]
+    deployment.restart()  # a graceful stop records the counts still open
+    first, rest = audited()
+    assert first["count"] == 1 and rest["count"] == 24 and rest["reason"] == "BenchNotEnrolled"
+    assert rest["interval_seconds"] == 60.0 and rest["since"] <= rest["last"]
+    assert deployment.verify_audit().returncode == 0
+
+
+def test_state_files_holding_records_are_readable_by_the_service_user_only(deployment: Deployment) -> None:
+    database = deployment.state / "vdno.db"
+    with deployment.client() as api:  # the server's connections are open: the WAL and its index exist
+        api.trust_bundle()
+    files = [database, database.with_name("vdno.db-wal"), database.with_name("vdno.db-shm")]
+    files.append(deployment.server.log_path)
+    time.sleep(0.2)
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path.name

@@ -1,18 +1,24 @@
-"""server.observability: JSON lines, written in whole-line batches of at most PIPE_BUF bytes."""
+"""server.observability: JSON lines, written in whole-line batches of at most PIPE_BUF bytes; everything a
+server process writes to stderr is one JSON object per line."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import json
+import logging
 import os
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import structlog
 
-from server.observability import ATOMIC_WRITE, BatchedLineLogger, configure_logging
+from server.observability import ATOMIC_WRITE, BatchedLineLogger, StdlibLogHandler, configure_logging
 
 
 class RecordingOut(io.RawIOBase):
@@ -133,3 +139,97 @@ def test_configure_logging_writes_json_lines_with_level_timestamp_and_bound_cont
     finally:
         lines.close()
         structlog.reset_defaults()
+
+
+def test_standard_library_records_are_json_lines_with_the_exception_as_a_field() -> None:
+    out = RecordingOut()
+    lines = configure_logging("info", out)
+    try:
+        logging.getLogger("grpc._server").info("Exception calling application: %s", "boom")
+        try:
+            raise ValueError("bad bytes")
+        except ValueError:
+            logging.getLogger("sqlalchemy.pool").exception("connection failed")
+        logging.getLogger("alembic.runtime.migration").debug("not shown below the level")
+        lines.flush()
+        events = [json.loads(line) for line in out.text().splitlines()]
+        assert [(e["logger"], e["level"], e["event"]) for e in events] == [
+            ("grpc._server", "info", "Exception calling application: boom"),
+            ("sqlalchemy.pool", "error", "connection failed"),
+        ]
+        assert events[1]["exception"].startswith("Traceback (most recent call last):")
+        assert events[1]["exception"].rstrip().endswith("ValueError: bad bytes")
+        assert "exception" not in events[0] and events[0]["timestamp"].endswith("Z")
+    finally:
+        lines.close()
+        structlog.reset_defaults()
+    assert not [h for h in logging.getLogger().handlers if isinstance(h, StdlibLogHandler)]
+
+
+def test_a_logged_exception_is_one_line_carrying_the_traceback() -> None:
+    out = RecordingOut()
+    lines = configure_logging("info", out)
+    try:
+        try:
+            {}["missing"]
+        except KeyError:
+            structlog.get_logger("vdno.rpc").exception("rpc.internal_error", rpc_id="r-1")
+        [line] = out.text().splitlines()  # an error is written at once
+        event = json.loads(line)
+        assert event["rpc_id"] == "r-1" and event["level"] == "error"
+        assert "Traceback (most recent call last):" in event["exception"]
+        assert "KeyError: 'missing'" in event["exception"]
+    finally:
+        lines.close()
+        structlog.reset_defaults()
+
+
+EVERYTHING_ON_STDERR = textwrap.dedent(
+    """
+    import logging, os, sys, threading, warnings
+    import structlog
+    from server.observability import configure_logging
+    lines = configure_logging("info")
+    logging.getLogger("grpc._cython.cygrpc").warning("a library warning")
+    os.write(2, b"E1205 07:09:34.812999   14250 ssl_transport_security.cc:1658] Handshake failed\\n")
+    os.write(2, b"a raw line\\n")
+    print("printed to sys.stderr", file=sys.stderr)
+    warnings.warn("a deprecation", DeprecationWarning, stacklevel=1)
+    def fail():
+        raise RuntimeError("a thread died")
+    thread = threading.Thread(target=fail, name="doomed")
+    thread.start()
+    thread.join()
+    structlog.get_logger("vdno").info("done")
+    os.write(2, b"a last fragment without an end")
+    lines.close()
+    """
+)
+
+
+def test_every_line_a_server_process_writes_to_stderr_is_one_json_object() -> None:
+    done = subprocess.run(
+        [sys.executable, "-W", "always", "-c", EVERYTHING_ON_STDERR],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode == 0, done.stderr
+    events = [json.loads(line) for line in done.stderr.splitlines()]  # each line parses
+    assert all(isinstance(e, dict) for e in events)
+    by_event = {e["event"]: e for e in events}
+    assert by_event["a library warning"]["logger"] == "grpc._cython.cygrpc"
+    raw = {e["line"]: e["level"] for e in events if e["event"] == "stderr"}
+    assert raw == {
+        "E1205 07:09:34.812999   14250 ssl_transport_security.cc:1658] Handshake failed": "error",
+        "a raw line": "warning",
+        "printed to sys.stderr": "warning",
+        "a last fragment without an end": "warning",
+    }
+    [warned] = [e for e in events if e.get("logger") == "py.warnings"]
+    assert "DeprecationWarning: a deprecation" in warned["event"]
+    died = by_event["thread.uncaught_exception"]
+    assert died["thread"] == "doomed" and "RuntimeError: a thread died" in died["exception"]
+    assert "done" in by_event
