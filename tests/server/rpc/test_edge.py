@@ -7,6 +7,8 @@ stack trace."""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -20,10 +22,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+import server
 from labpki.smki import CertifiedKey, new_p256_key
 from labpki.tls import OFFICER_ROLE, issue_client_certificate, issue_server_certificate, make_tls_ca
 from server.config import ConfigError
 from server.domain import errors as e
+from server.port_claim import PortHeld
 from server.rpc.interceptors import ErrorMappingInterceptor, bench_identity, officer_identity
 from vdno.v1 import custodian_pb2 as pb
 from vdno.v1 import custodian_pb2_grpc as pb_grpc
@@ -71,10 +75,16 @@ EXPECTED: dict[type[e.VdnoError], grpc.StatusCode] = {
     # a start-up error (configuration), raised by no servicer; imported above so that the set of subclasses
     # found does not depend on which test modules ran before in the same process
     ConfigError: grpc.StatusCode.INTERNAL,
+    PortHeld: grpc.StatusCode.INTERNAL,  # start-up only; never raised by a servicer
 }
 
 
 def all_errors(root: type[e.VdnoError] = e.VdnoError) -> set[type[e.VdnoError]]:
+    """Every subclass of `root` in the server package, whichever modules this process imported so far."""
+    if root is e.VdnoError:
+        for module in pkgutil.walk_packages(server.__path__, "server."):
+            if ".migrations" not in module.name:
+                importlib.import_module(module.name)
     found = set()
     for child in root.__subclasses__():
         found.add(child)
