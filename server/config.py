@@ -91,14 +91,22 @@ def _environ(info: ValidationInfo) -> Mapping[str, str]:
 # -- value types ------------------------------------------------------------------------------------------
 
 
-def _host_port(value: str) -> str:
+def host_port_problem(value: str) -> str | None:
+    """What is wrong with `value` as a HOST:PORT address, or None."""
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit():
-        raise _problem(f"must be HOST:PORT (port 0 picks a free one) — got {value!r}")
+        return f"must be HOST:PORT (port 0 picks a free one) — got {value!r}"
     if int(port) > 65535:
-        raise _problem(f"port {port} is outside 0-65535")
+        return f"port {port} is outside 0-65535"
     if host.startswith("[") != host.endswith("]") or (":" in host and not host.startswith("[")):
-        raise _problem(f"must be HOST:PORT with an IPv6 host in brackets, [::1]:PORT — got {value!r}")
+        return f"must be HOST:PORT with an IPv6 host in brackets, [::1]:PORT — got {value!r}"
+    return None
+
+
+def _host_port(value: str) -> str:
+    problem = host_port_problem(value)
+    if problem is not None:
+        raise _problem(problem)
     return value
 
 

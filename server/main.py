@@ -209,18 +209,29 @@ def init(
     database_url: str | None = typer.Option(
         None, "--database-url", envvar="VDNO_DATABASE_URL", help="register state in this database instead"
     ),
+    sim: str | None = typer.Option(
+        None, "--sim", metavar="HOST:PORT", help="the benches' device transport, for their settings files"
+    ),
+    dcc: str | None = typer.Option(
+        None, "--dcc", metavar="URL", help="the DCC gateway adding the ACB-SMD MAC, for their settings files"
+    ),
 ) -> None:
-    """Initialise (idempotently) the embedded default in a state folder."""
-    from server.bootstrap import initialise_state
-    from server.config import normalise_database_url
+    """Initialise (idempotently) the embedded default in a state folder. Each new bench's settings file
+    (clients/<bench>.toml) names --sim and --dcc when given (a commented placeholder otherwise)."""
+    from server.bootstrap import BenchParts, initialise_state
+    from server.config import host_port_problem, normalise_database_url
 
+    if sim is not None and (problem := host_port_problem(sim)):
+        _fail(f"--sim: {problem}")
+    if dcc is not None and not dcc.startswith(("http://", "https://")):
+        _fail(f"--dcc: must be an http:// or https:// URL — got {dcc!r}")
     if database_url is not None:
         try:
             database_url = normalise_database_url(database_url, Path.cwd(), check_files=True)
         except ValueError as exc:
             _fail(f"--database-url (or VDNO_DATABASE_URL): {exc}")
     try:
-        initialise_state(state, tuple(bench), database_url=database_url, officers=tuple(officer))
+        initialise_state(state, tuple(bench), database_url, tuple(officer), bench_parts=BenchParts(sim, dcc))
     except ConfigError as exc:
         _fail_all(exc.problems)
     except VdnoError as exc:
