@@ -103,13 +103,16 @@ def checkpoint(
 
 
 def _settings(server_config: Path) -> Settings:
-    from server.config import load_settings
-    from server.domain.errors import VdnoError
+    """The server's settings, offline: only its database and audit key are used, so the TLS, HSM and CA
+    files it names are not read (they may live on the server alone). One line per problem, exit 2."""
+    from server.config import ConfigError, load_settings
 
     try:
-        return load_settings(server_config)
-    except VdnoError as exc:
-        _fail(f"--server-config: {exc}")
+        return load_settings(server_config, check_files=False)
+    except ConfigError as exc:
+        for problem in exc.problems[:-1]:
+            typer.echo(f"vdno-admin: --server-config {server_config}: {problem}", err=True)
+        _fail(f"--server-config {server_config}: {exc.problems[-1]}")
 
 
 @contextmanager

@@ -6,6 +6,7 @@ Exit codes (every command): 0 done; 1 the service refused (or, for import, any f
 from __future__ import annotations
 
 import json
+import os
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Any
@@ -34,8 +35,9 @@ app = typer.Typer(
     name="vdno-admin",
     help=(
         "vdno security officers' client: hand-in orders (export for the area DNOs, import what DCC returns) "
-        "and the fleet view. Settings: --config FILE (an admin table with server, server_name, ca, cert, "
-        "key; `vdno-server init` writes clients/<officer>.toml), flags, or VDNO_SERVER / VDNO_SERVER_NAME. "
+        "and the fleet view. Settings: --config FILE, else the file VDNO_ADMIN_CONFIG names (an admin table "
+        "with server, server_name, ca, cert, key; `vdno-server init` writes clients/<officer>.toml), "
+        "VDNO_SERVER / VDNO_SERVER_NAME (over the file), flags (over both). "
         "Exit codes: 0 done; 1 refused by the service; 2 usage or configuration error; 3 service unreachable."
     ),
     add_completion=False,
@@ -75,6 +77,9 @@ def main(
 ) -> None:
     if ctx.resilient_parsing:
         return
+    # gRPC core reads it once, when grpc is first imported (commands import it): no log lines of its own
+    # (TLS handshake failures) on stderr unless asked for, e.g. GRPC_VERBOSITY=debug.
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     try:
         settings = BenchSettings.load(
             config,

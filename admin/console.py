@@ -40,11 +40,14 @@ def custody_client(ctx: typer.Context) -> Any:
     settings = connection.settings
     if settings is None:
         fail(connection.settings_error)
+    from client.tls import TlsSetupError, check_handshake
+
     try:
-        ca_pem, cert_pem, key_pem = settings.read_tls()
-    except SettingsError as exc:
+        tls = settings.load_tls()
+        check_handshake(tls, *settings.server_address(), settings.server_name)
+    except (SettingsError, TlsSetupError) as exc:  # a TLS mistake names the file or side at fault
         fail(str(exc))
-    return CustodyClient(settings.server, ca_pem, cert_pem, key_pem, settings.server_name)
+    return CustodyClient(settings.server, tls.ca_pem, tls.cert_pem, tls.key_pem, settings.server_name)
 
 
 def refused(exc: Exception) -> NoReturn:

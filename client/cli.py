@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -29,6 +30,14 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def main() -> None:
+    """Before any command: gRPC core reads GRPC_VERBOSITY once, when grpc is first imported (each command
+    imports it), and would otherwise write its own log lines (TLS handshake failures) to stderr. Set it
+    to debug to see them."""
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
@@ -137,10 +146,16 @@ def _load_settings(config: Path | None, **flags: Any) -> BenchSettings:
 
 
 def _tls(settings: BenchSettings) -> tuple[bytes, bytes, bytes]:
+    """(CA, certificate, key) PEM, checked, after a handshake with the server: a TLS mistake names the file
+    or the side at fault (exit 2) before any call."""
+    from client.tls import TlsSetupError, check_handshake
+
     try:
-        return settings.read_tls()
-    except SettingsError as exc:
+        tls = settings.load_tls()
+        check_handshake(tls, *settings.server_address(), settings.server_name)
+    except (SettingsError, TlsSetupError) as exc:
         _fail(str(exc))
+    return tls.ca_pem, tls.cert_pem, tls.key_pem
 
 
 def _sim(settings: BenchSettings) -> tuple[str, int]:
@@ -173,9 +188,10 @@ def _results_table(title: str, rows: list[dict[str, Any]], columns: tuple[str, .
 
 
 SETTINGS_HELP = (
-    "Settings may come from --config FILE (keys server, server_name, ca, cert, key, sim, dcc, save_commands, "
-    "at top level or in a [bench] table; `vdno-server init` writes clients/<bench>.toml) and the environment "
-    "(VDNO_SERVER, VDNO_SERVER_NAME, VDNO_SIM, VDNO_DCC); flags win."
+    "Settings may come from --config FILE, else the file VDNO_BENCH_CONFIG names (keys server, server_name, "
+    "ca, cert, key, sim, dcc, save_commands, at top level or in a [bench] table; `vdno-server init` writes "
+    "clients/<bench>.toml), and from the environment (VDNO_SERVER, VDNO_SERVER_NAME, VDNO_SIM, VDNO_DCC), "
+    "which overrides the file; flags win."
 )
 
 ServerOpt = Annotated[str | None, typer.Option("--server", metavar="HOST:PORT")]

@@ -1,5 +1,6 @@
-"""Bench settings: command-line flags over a TOML file (`vdno-server init` writes clients/<bench>.toml) over
-the environment. Paths in the file are relative to the file."""
+"""Bench (and officer) settings: command-line flags over the environment over a TOML file (`vdno-server init`
+writes clients/<id>.toml; --config, else the file VDNO_BENCH_CONFIG or VDNO_ADMIN_CONFIG names). Paths in
+the file are relative to the file."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from client.errors import BenchError
+from client.tls import ClientTls, TlsSetupError, load_client_tls
 
 # key -> environment variable that overrides the file (flags override both)
 ENVIRONMENT = {
@@ -19,6 +21,8 @@ ENVIRONMENT = {
     "sim": "VDNO_SIM",
     "dcc": "VDNO_DCC",
 }
+# [section] of the settings file -> the environment variable naming the file when --config is not given
+CONFIG_ENVIRONMENT = {"bench": "VDNO_BENCH_CONFIG", "admin": "VDNO_ADMIN_CONFIG"}
 PATH_KEYS = ("ca", "cert", "key", "save_commands")
 KNOWN_KEYS = ("server", "server_name", "ca", "cert", "key", "sim", "dcc", "save_commands")
 
@@ -58,35 +62,43 @@ class BenchSettings:
         env = os.environ if environ is None else environ
         file_values: dict[str, Any] = {}
         base = Path.cwd()
+        source = "--config"
+        if config is None and env.get(CONFIG_ENVIRONMENT.get(section, "")):
+            source = CONFIG_ENVIRONMENT[section]
+            config = Path(env[source])
         if config is not None:
             try:
                 with config.open("rb") as handle:
                     document = tomllib.load(handle)
-            except (OSError, tomllib.TOMLDecodeError) as exc:
-                raise SettingsError(f"cannot read --config {config}: {exc}") from exc
+            except OSError as exc:
+                raise SettingsError(f"cannot read {source} {config}: {exc.strerror or exc}") from exc
+            except tomllib.TOMLDecodeError as exc:
+                raise SettingsError(f"{source} {config} is not valid TOML: {exc}") from exc
             table = document.get(section, document)
             if not isinstance(table, dict):
-                raise SettingsError(f"--config {config}: [{section}] is not a table")
+                raise SettingsError(f"{source} {config}: [{section}] is not a table")
             file_values = {str(k).replace("-", "_"): v for k, v in table.items()}
             unknown = sorted(set(file_values) - set(KNOWN_KEYS) - {section})
             if unknown:
-                raise SettingsError(f"--config {config}: unknown keys {', '.join(unknown)}")
+                raise SettingsError(f"{source} {config}: unknown keys {', '.join(unknown)}")
             base = config.resolve().parent
         values: dict[str, Any] = {}
         for key in KNOWN_KEYS:
             flag = flags.get(key)
             if flag is not None:
                 values[key] = flag
+            elif key in ENVIRONMENT and env.get(ENVIRONMENT[key]):
+                values[key] = env[ENVIRONMENT[key]]
             elif key in file_values:
                 value = file_values[key]
                 if not isinstance(value, str) or not value:
-                    raise SettingsError(f"--config {config}: {key} must be a non-empty string")
+                    raise SettingsError(f"{source} {config}: {key} must be a non-empty string")
                 values[key] = base / value if key in PATH_KEYS and not Path(value).is_absolute() else value
-            elif key in ENVIRONMENT and env.get(ENVIRONMENT[key]):
-                values[key] = env[ENVIRONMENT[key]]
         missing = [f"--{k.replace('_', '-')}" for k in ("server", "ca", "cert", "key") if not values.get(k)]
         if missing:
-            raise SettingsError(f"missing {', '.join(missing)} (on the command line or in --config)")
+            variable = CONFIG_ENVIRONMENT.get(section)
+            named = f", or in the file {variable} names" if variable else ""
+            raise SettingsError(f"missing {', '.join(missing)} (give them as flags, in --config FILE{named})")
         host_port(str(values["server"]), "--server")
         if values.get("sim"):
             host_port(str(values["sim"]), "--sim")
@@ -101,15 +113,20 @@ class BenchSettings:
             save_commands=None if values.get("save_commands") is None else Path(values["save_commands"]),
         )
 
+    def load_tls(self) -> ClientTls:
+        """The TLS files, read and checked (client.tls.load_client_tls); SettingsError naming the file."""
+        try:
+            return load_client_tls(self.ca, self.cert, self.key)
+        except TlsSetupError as exc:
+            raise SettingsError(str(exc)) from None
+
     def read_tls(self) -> tuple[bytes, bytes, bytes]:
-        """(CA, certificate, key) PEM bytes; SettingsError naming the file that cannot be read."""
-        out = []
-        for flag, path in (("--ca", self.ca), ("--cert", self.cert), ("--key", self.key)):
-            try:
-                out.append(path.read_bytes())
-            except OSError as exc:
-                raise SettingsError(f"cannot read {flag} {path}: {exc.strerror or exc}") from exc
-        return out[0], out[1], out[2]
+        """(CA, certificate, key) PEM bytes, checked; SettingsError naming the file at fault."""
+        tls = self.load_tls()
+        return tls.ca_pem, tls.cert_pem, tls.key_pem
+
+    def server_address(self) -> tuple[str, int]:
+        return host_port(self.server, "--server")
 
     def require_sim(self) -> tuple[str, int]:
         if not self.sim:

@@ -46,6 +46,15 @@ def vanilla_entity_id(generation: int) -> bytes:
     return b"VDNO\x00\x00\x00" + bytes([generation])
 
 
+@dataclass(frozen=True)
+class BenchParts:
+    """What `init` writes into each new bench settings file for the bench's own parts (None: a commented
+    placeholder): its device transport, HOST:PORT, and the DCC gateway adding the ACB-SMD MAC, a URL."""
+
+    sim: str | None = None
+    dcc: str | None = None
+
+
 @dataclass
 class BootstrapReport:
     changes: list[str] = field(default_factory=list)
@@ -173,18 +182,35 @@ client_ca_key = "pki/tls-ca.key"  # lab: the client CA key, for benches enrolled
 
 CLIENT_TEMPLATE = """\
 # vdno client settings for {name} (written by `vdno-server init`); paths are relative to this file.
-# Environment overrides: VDNO_SERVER (server), VDNO_SERVER_NAME (server_name).
+# Use: `{program} --config THIS_FILE ...`, or set {config_variable} to its path and leave --config out.
+# The environment overrides a key (VDNO_SERVER, VDNO_SERVER_NAME{more_variables}); a flag overrides both.
 [{section}]
+# HOST:PORT of the custodian, and the name its TLS certificate holds
 server = "{server}"
 server_name = "localhost"
+# the CA of the server's certificate; this {role}'s client certificate (CN {name}, OU vdno-{role}) and key
 ca = "../pki/tls-ca.pem"
 cert = "../tls/{name}.pem"
 key = "../tls/{name}.key"
+{bench_keys}"""
+# A bench's own parts: its device transport (HOST:PORT) and the DCC gateway that adds the ACB-SMD MAC (URL).
+BENCH_KEYS = """\
+# this bench's device transport (HOST:PORT) and the DCC gateway that adds the ACB-SMD MAC (URL); in the lab,
+# where `vdno-sim serve` and `vdno-labdcc serve` listen
+{sim}
+{dcc}
+# save_commands = "../commands"  # keep each applied command as <device>-<counter>.hex
 """
 
 
 def _client(
-    state: Path, pki: LabHierarchy, name: str, role: str, section: str, report: BootstrapReport
+    state: Path,
+    pki: LabHierarchy,
+    name: str,
+    role: str,
+    section: str,
+    report: BootstrapReport,
+    bench_parts: BenchParts | None = None,
 ) -> None:
     """The client's mTLS certificate (CN = its id, OU = its role) and its settings file, once."""
     tls = state / "tls"
@@ -194,7 +220,23 @@ def _client(
     settings = state / "clients" / f"{name}.toml"
     if not settings.exists():
         settings.parent.mkdir(parents=True, exist_ok=True)
-        text = CLIENT_TEMPLATE.format(name=name, section=section, server=DEFAULT_LISTEN)
+        bench = section == "bench"
+        parts = bench_parts or BenchParts()
+        text = CLIENT_TEMPLATE.format(
+            name=name,
+            section=section,
+            server=DEFAULT_LISTEN,
+            program="vdno-bench" if bench else "vdno-admin",
+            config_variable="VDNO_BENCH_CONFIG" if bench else "VDNO_ADMIN_CONFIG",
+            more_variables=", VDNO_SIM, VDNO_DCC" if bench else "",
+            role="bench" if bench else "officer",
+            bench_keys=BENCH_KEYS.format(
+                sim=f'sim = "{parts.sim}"' if parts.sim else '# sim = "127.0.0.1:PORT"',
+                dcc=f'dcc = "{parts.dcc}"' if parts.dcc else '# dcc = "http://127.0.0.1:PORT/duis"',
+            )
+            if bench
+            else "",
+        )
         atomic_write(settings, text.encode(), mode=0o644)
         report.did(f"wrote clients/{name}.toml")
 
@@ -205,10 +247,12 @@ def initialise_state(
     database_url: str | None = None,
     officers: tuple[str, ...] = ("officer-01", "officer-02"),
     areas_folder: Path | None = None,
+    bench_parts: BenchParts | None = None,
 ) -> None:
     """database_url: register areas, generation, benches and officers there instead of the state's SQLite file
     (e.g. PostgreSQL); config.toml still names the SQLite file, override it with VDNO_DATABASE_URL. A bench or
-    officer already known to the database (even revoked) is left as it is."""
+    officer already known to the database (even revoked) is left as it is. bench_parts: written into the
+    settings file of each bench that has none yet."""
     state = state.resolve()
     state.mkdir(parents=True, exist_ok=True)
     areas_folder = (areas_folder or state / "areas").resolve()
@@ -239,7 +283,7 @@ def initialise_state(
         write_certified_key(tls, "server", issue_server_certificate(pki.tls_ca))
         report.did("issued the server TLS certificate")
     for bench in benches:
-        _client(state, pki, bench, BENCH_ROLE, "bench", report)
+        _client(state, pki, bench, BENCH_ROLE, "bench", report, bench_parts)
     for officer in officers:
         _client(state, pki, officer, OFFICER_ROLE, "admin", report)
 

@@ -12,33 +12,90 @@ from typing import Any, NoReturn
 
 import typer
 
-from server.config import Settings, load_settings
+from server.config import ConfigError, Settings, load_settings
 from server.domain.errors import VdnoError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="vdno: the vanilla DNO custodian service")
+# Exit codes: 0 done; 1 verify-audit found the log broken; 2 a configuration, database or start-up problem
+# (one line each on stderr, no traceback).
+EXIT_USAGE = 2
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="vdno: the vanilla DNO custodian service",
+)
 
 
-def _fail(message: str, code: int = 2) -> NoReturn:
+def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     typer.echo(f"vdno-server: {message}", err=True)
     raise typer.Exit(code)
 
 
-def _settings(config: Path) -> Settings:
+def _fail_all(problems: tuple[str, ...], where: str = "") -> NoReturn:
+    """One line per problem, then exit 2."""
+    for problem in problems:
+        typer.echo(f"vdno-server: {where}{problem}", err=True)
+    raise typer.Exit(EXIT_USAGE)
+
+
+def _settings(config: Path, check_files: bool = True) -> Settings:
     try:
-        return load_settings(config)
-    except VdnoError as exc:
-        _fail(str(exc))
+        return load_settings(config, check_files=check_files)
+    except ConfigError as exc:
+        _fail_all(exc.problems, f"{config}: ")
 
 
-def _serve_one(settings: Settings, shared_health: Any = None, process: int = 0) -> None:
+def _empty_database_warning(settings: Settings) -> str | None:
+    """The start-up warning for a database that lacks the reference data every call needs (one `init` never
+    ran against, or a replica that started before it finished): calls are refused until it is there, so the
+    server starts and says so (it serves as soon as `init` has run, without a restart)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from server.store.inventory import missing_reference_data
+    from server.store.sql import make_engine
+
+    engine = make_engine(settings.database_url)
+    try:
+        missing = missing_reference_data(engine)
+    except SQLAlchemyError:  # the database went away since the migration: the health probe reports that
+        return None
+    finally:
+        engine.dispose()
+    if not missing:
+        return None
+    shown = make_url(settings.database_url).render_as_string(hide_password=True)
+    what = ", ".join(f"no {kind}" for kind in missing[:-1]) + (" and " if len(missing) > 1 else "")
+    if missing == ["area"]:  # `init` registers only the areas whose certificates it finds
+        advice = (
+            "register the area DNOs' certificates (`vdno-admin areas replace`, or `vdno-server init` with "
+            "them in <state>/areas/); hand-outs and hand-ins are refused until then"
+        )
+    else:
+        advice = f"run `vdno-server init --database-url {shown}`; calls that need them are refused until then"
+    return f"database {shown} has {what}no {missing[-1]}: {advice}"
+
+
+def _log_startup_warning(warning: str | None) -> None:
+    if warning is not None:
+        import structlog
+
+        structlog.get_logger("vdno.server").warning("database.empty", problem=warning)
+
+
+def _serve_one(
+    settings: Settings, shared_health: Any = None, process: int = 0, startup_warning: str | None = None
+) -> None:
     """One server process; `settings` were built once by `serve` (they hold no secret, only where the PIN
     is read from). With `shared_health` (one of several processes) it publishes its health there for the
-    parent's health listener instead of serving one itself."""
+    parent's health listener instead of serving one itself. `startup_warning` is logged once logging runs."""
     from server.app import build_server
     from server.health import HealthSlots
     from server.observability import configure_logging
 
     log_lines = configure_logging(settings.log_level)
+    _log_startup_warning(startup_warning)
     try:
         slots = None if shared_health is None else HealthSlots(shared_health, process)
         running = build_server(settings, slots, share_port=shared_health is not None)
@@ -92,8 +149,12 @@ def serve(config: Path = typer.Option(..., "--config", help="TOML settings file"
 
         claim = claim_port(settings.listen)  # held until this process ends
         migrate_database(settings.database_url)  # once, here: worker processes must not race to migrate
+        # Printed before logging starts (every later stderr line is JSON); logged as database.empty too.
+        warning = _empty_database_warning(settings)
+        if warning is not None:
+            typer.echo(f"vdno-server: warning: {warning}", err=True)
         if settings.processes == 1:
-            _serve_one(settings)
+            _serve_one(settings, startup_warning=warning)
             return
         if claim is None:
             _fail("[server] listen needs a fixed port when processes > 1")
@@ -108,6 +169,7 @@ def serve(config: Path = typer.Option(..., "--config", help="TOML settings file"
             for i in range(settings.processes)
         ]
         log_lines = configure_logging(settings.log_level)
+        _log_startup_warning(warning)
         # Before the workers: a listener that cannot bind stops nothing but this process. Until the
         # workers run and report, it answers NOT_SERVING.
         stop_health = _serve_health_of(settings, shared, workers) if settings.health_listen else None
@@ -128,6 +190,8 @@ def serve(config: Path = typer.Option(..., "--config", help="TOML settings file"
             if stop_health is not None:
                 stop_health()
             log_lines.close()
+    except ConfigError as exc:
+        _fail_all(exc.problems)
     except VdnoError as exc:
         _fail(str(exc))
     finally:
@@ -145,24 +209,59 @@ def init(
     database_url: str | None = typer.Option(
         None, "--database-url", envvar="VDNO_DATABASE_URL", help="register state in this database instead"
     ),
+    sim: str | None = typer.Option(
+        None, "--sim", metavar="HOST:PORT", help="the benches' device transport, for their settings files"
+    ),
+    dcc: str | None = typer.Option(
+        None, "--dcc", metavar="URL", help="the DCC gateway adding the ACB-SMD MAC, for their settings files"
+    ),
 ) -> None:
-    """Initialise (idempotently) the embedded default in a state folder."""
-    from server.bootstrap import initialise_state
+    """Initialise (idempotently) the embedded default in a state folder. Each new bench's settings file
+    (clients/<bench>.toml) names --sim and --dcc when given (a commented placeholder otherwise)."""
+    from server.bootstrap import BenchParts, initialise_state
+    from server.config import host_port_problem, normalise_database_url
 
+    if sim is not None and (problem := host_port_problem(sim)):
+        _fail(f"--sim: {problem}")
+    if dcc is not None and not dcc.startswith(("http://", "https://")):
+        _fail(f"--dcc: must be an http:// or https:// URL — got {dcc!r}")
+    if database_url is not None:
+        try:
+            database_url = normalise_database_url(database_url, Path.cwd(), check_files=True)
+        except ValueError as exc:
+            _fail(f"--database-url (or VDNO_DATABASE_URL): {exc}")
     try:
-        initialise_state(state, tuple(bench), database_url=database_url, officers=tuple(officer))
+        initialise_state(state, tuple(bench), database_url, tuple(officer), bench_parts=BenchParts(sim, dcc))
+    except ConfigError as exc:
+        _fail_all(exc.problems)
     except VdnoError as exc:
         _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot initialise {state}: {exc.strerror or exc}{_filename(exc)}")
+
+
+def _filename(exc: OSError) -> str:
+    return f" ({exc.filename})" if exc.filename else ""
 
 
 @app.command("verify-audit")
 def verify_audit(config: Path = typer.Option(..., "--config", help="TOML settings file")) -> None:
     """Check the hash-chained audit log end to end (offline). Exit 0 only if it is intact."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from server.store.audit import verify_chain
     from server.store.sql import make_engine
 
-    settings = _settings(config)
-    result = verify_chain(make_engine(settings.database_url))
+    settings = _settings(config, check_files=False)  # needs only the database: no TLS, HSM or CA file
+    engine = make_engine(settings.database_url)
+    try:
+        result = verify_chain(engine)
+    except VdnoError as exc:  # StoreUnavailable: the database or its audit tables cannot be read
+        _fail(str(exc))
+    except SQLAlchemyError as exc:
+        _fail(f"cannot read the audit log: {str(exc).strip().splitlines()[0]}")
+    finally:
+        engine.dispose()
     if result.ok:
         typer.echo(f"audit log intact: {result.entries} entries")
         return

@@ -165,7 +165,10 @@ def audit_snapshot(engine: Engine, page_rows: int = PAGE_ROWS) -> Iterator[Audit
             with conn.begin():
                 yield AuditSnapshot(conn, page_rows)
     except errors as exc:
-        raise StoreUnavailable(f"the audit log in {engine.url.render_as_string()} cannot be read") from exc
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]  # no statement, no link
+        raise StoreUnavailable(
+            f"the audit log in {engine.url.render_as_string()} cannot be read: {reason}"
+        ) from exc
 
 
 def verify_log(

@@ -32,6 +32,10 @@ from typing import Any, TypeVar, cast
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import Script, ScriptDirectory
+from alembic.script.revision import RevisionError
+from alembic.util import CommandError
 from sqlalchemy import Connection, DateTime, Engine, create_engine, event, insert, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
@@ -126,20 +130,54 @@ def migrate(engine: Engine, lock_wait: float = MIGRATION_LOCK_WAIT) -> None:
     """Bring the schema to the newest Alembic revision (idempotent). Processes that start together on one
     database take turns, each waiting at most `lock_wait` seconds (then StoreUnavailable): on PostgreSQL
     under an advisory lock of the schema held by the migrating transaction, on a SQLite file under an
-    exclusive flock on `<db>.migratelock`. The next one finds the schema at the newest revision."""
+    exclusive flock on `<db>.migratelock`. The next one finds the schema at the newest revision.
+
+    A failure is StoreUnavailable in one line naming the revision and the database's error:
+    "database migration 0002 (Hand-in orders, ...) failed: (sqlite3.OperationalError) table ... exists"."""
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
+    applied: list[str] = []
+    cfg.attributes["on_version_apply"] = lambda step, **_: applied.append(step.up_revision_id)
     pg = engine.dialect.name == "postgresql"
     database = engine.url.database
     lock_path = Path(database + ".migratelock") if not pg and database and database != ":memory:" else None
+    pending: list[Script] | None = None  # the revisions to apply, oldest first, once the database is open
     try:
         with _file_lock(lock_path, lock_wait), engine.begin() as conn:
             if pg:
                 _advisory_migration_lock(conn, lock_wait)
+            pending = _pending_revisions(cfg, conn)
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
     except SQLAlchemyError as exc:
-        raise StoreUnavailable("database migration failed") from exc
+        if pending is None:
+            where = engine.url.render_as_string(hide_password=True)
+            raise StoreUnavailable(f"cannot open the database {where}: {_first_line(exc)}") from exc
+        failed = pending[len(applied)] if len(applied) < len(pending) else None
+        revision = "" if failed is None else f" {failed.revision} ({_first_line(failed.doc)})"
+        raise StoreUnavailable(f"database migration{revision} failed: {_first_line(exc)}") from exc
+    except OSError as exc:  # the lock file next to a SQLite database
+        raise StoreUnavailable(f"cannot open the database's migration lock: {exc}") from exc
+
+
+def _pending_revisions(cfg: Config, conn: Connection) -> list[Script]:
+    """The revisions an upgrade to head applies to the database on `conn`, oldest first. StoreUnavailable
+    when the database is at a revision these migrations do not know (a newer vdno migrated it)."""
+    scripts = ScriptDirectory.from_config(cfg)
+    current = MigrationContext.configure(conn).get_current_heads()
+    try:
+        return list(reversed(list(scripts.iterate_revisions("heads", current[0] if current else "base"))))
+    except (RevisionError, CommandError) as exc:
+        raise StoreUnavailable(
+            f"the database is at revision {', '.join(current)}, which this vdno-server does not know (its "
+            f"newest is {scripts.get_current_head()}): a newer vdno-server has migrated it"
+        ) from exc
+
+
+def _first_line(error: object) -> str:
+    """The first line of an error (SQLAlchemy adds the statement and a link on the lines after it)."""
+    lines = str(error or "").strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def _advisory_migration_lock(conn: Connection, wait: float) -> None:

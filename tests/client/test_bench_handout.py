@@ -29,6 +29,8 @@ from gbcs.cells import NO_DS_CELL
 from gbcs.cs02a import ProvideSecurityCredentialsCommand
 from gbcs.framing import MessageCode, decode_message
 from labpki.smki import issue_device_certificate, make_device_ca
+from labpki.store import write_certificate, write_private_key
+from labpki.tls import BENCH_ROLE, issue_client_certificate, make_tls_ca
 
 
 def test_hand_out_applied(world: LabWorld, tmp_path: Path) -> None:
@@ -167,8 +169,13 @@ def _cli(*args: str) -> tuple[int, str]:
 
 @pytest.fixture
 def pems(tmp_path: Path) -> list[str]:
-    for name in ("ca.pem", "cert.pem", "key.pem"):
-        (tmp_path / name).write_text("x")
+    """Real TLS files (the CLI checks them before any call); nothing listens at --server."""
+    ca = make_tls_ca()
+    write_certificate(tmp_path / "ca.pem", ca.certificate)
+    bench = issue_client_certificate(ca, "bench-01", role=BENCH_ROLE)
+    write_certificate(tmp_path / "cert.pem", bench.certificate)
+    assert bench.private_key is not None
+    write_private_key(tmp_path / "key.pem", bench.private_key)
     base = ["--server", "127.0.0.1:1", "--sim", "127.0.0.1:2"]
     return [
         *base,

@@ -72,10 +72,10 @@ EXPECTED: dict[type[e.VdnoError], grpc.StatusCode] = {
     e.StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
     e.HsmUnavailable: grpc.StatusCode.UNAVAILABLE,
     e.SignatureCheckFailed: grpc.StatusCode.INTERNAL,
-    # a start-up error (configuration), raised by no servicer; imported above so that the set of subclasses
-    # found does not depend on which test modules ran before in the same process
+    # start-up errors (configuration, a port another server holds), raised by no servicer; imported above so
+    # that the set of subclasses found does not depend on which test modules ran before in the same process
     ConfigError: grpc.StatusCode.INTERNAL,
-    PortHeld: grpc.StatusCode.INTERNAL,  # start-up only; never raised by a servicer
+    PortHeld: grpc.StatusCode.INTERNAL,
 }
 
 
