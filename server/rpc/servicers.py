@@ -11,7 +11,13 @@ from server.domain.errors import InvalidRequest
 from server.domain.fleet import FleetView
 from server.domain.hand_in import HandInService
 from server.domain.issuance import HandOutService
-from server.domain.values import ApprovalRequest, ApprovalStatus, BenchOperation, parse_entity_id
+from server.domain.values import (
+    ApprovalRequest,
+    ApprovalStatus,
+    BenchOperation,
+    parse_entity_id,
+    parse_request_id,
+)
 from server.rpc import converters
 from server.rpc.interceptors import bench_caller, officer_identity
 from vdno.v1 import custodian_pb2 as pb
@@ -60,6 +66,13 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
         outcome = self._service.report_outcome(converters.outcome_report(self._bench(), request))
         return converters.outcome_ack(outcome)
 
+    def CancelRequest(
+        self, request: pb.CancelRequestRequest, context: grpc.ServicerContext
+    ) -> pb.CancelledCommand:
+        bench = self._bench()
+        record = self._service.cancel_request(bench, parse_request_id(request.request_id), request.reason)
+        return converters.cancelled_command(record)
+
     def RequestHandIn(self, request: pb.HandInRequest, context: grpc.ServicerContext) -> pb.HandInOrder:
         order = self._hand_in.order(converters.hand_in_request_from_pb(self._hand_in_bench(), request))
         return converters.hand_in_order_to_pb(order)
@@ -74,15 +87,24 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
     def ReportHandInOutcome(
         self, request: pb.HandInOutcomeReport, context: grpc.ServicerContext
     ) -> pb.OutcomeAck:
-        outcome = self._hand_in.report_outcome(self._hand_in_bench(), request.order_id, request.response)
+        outcome = self._hand_in.report_outcome(
+            self._hand_in_bench(), request.order_id, request.response, request.credentials_answer
+        )
         return converters.meter_outcome_to_pb(request.order_id, outcome)
 
 
 class CustodyServicer(custody_grpc.CustodyServiceServicer):
-    def __init__(self, hand_in: HandInService, fleet: FleetView, custody: CustodyService) -> None:
+    def __init__(
+        self,
+        hand_in: HandInService,
+        fleet: FleetView,
+        custody: CustodyService,
+        hand_out: HandOutService,
+    ) -> None:
         self._hand_in = hand_in
         self._fleet = fleet
         self._custody = custody
+        self._hand_out = hand_out
 
     def _officer(self) -> str:
         """The calling officer, once enrolment is checked (before any input is read)."""
@@ -289,3 +311,13 @@ class CustodyServicer(custody_grpc.CustodyServiceServicer):
         self._custody.revoke_bench(officer, request.bench_id, request.reason)
         bench = next(b for b in self._custody.benches(officer) if b.bench_id == request.bench_id)
         return converters.bench_to_pb(bench)
+
+    # -- commands
+    def CancelCommand(
+        self, request: custody_pb.CancelCommandRequest, context: grpc.ServicerContext
+    ) -> pb.CancelledCommand:
+        officer = self._officer()
+        if request.issuance_id == 0:
+            raise InvalidRequest("issuance_id is required (as a refusal names it: issuance N)")
+        record = self._hand_out.cancel_issuance(officer, request.issuance_id, request.reason)
+        return converters.cancelled_command(record)
