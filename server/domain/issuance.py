@@ -166,15 +166,16 @@ class HandOutService:
         try:
             outcome = self._pipeline.issue(request)
         except OutstandingCommand:
-            if not self._abandon_stale(request.device_id):
-                raise
-            outcome = self._pipeline.issue(request)  # the attempt in the way had died: try again, once
+            self._make_way(request.device_id)
+            outcome = self._pipeline.issue(request)  # the attempt in the way is gone: try again, once
         if isinstance(outcome, SignedCommand):
             return outcome
         if isinstance(outcome, IssuanceRecord):
             return self._resume(outcome, request)
         # Refused. A retry of a request released earlier gets its bytes even if its inputs no longer pass
         # (e.g. the meter has applied the command since); an unfinished one is not finished on them.
+        if isinstance(outcome.error, DeviceNotVanilla):
+            self._settle_from_reading(request)  # the reading may prove an earlier command applied
         try:
             existing = self._store.find_issuance(request.bench_id, request.request_id)
         except Unavailable:
@@ -183,22 +184,27 @@ class HandOutService:
             existing.signed_command is not None or existing.status is IssuanceStatus.CANCELLED
         ):
             return self._resume(existing, request)
-        if isinstance(outcome.error, DeviceNotVanilla):
-            self._settle_from_reading(request)  # the reading may prove an earlier command applied
         raise outcome.error
 
-    def _abandon_stale(self, device_id: bytes) -> bool:
-        """True when the meter's outstanding issuance was a RECORDED one older than STALE_ATTEMPT, now
-        FAILED (its attempt died; nothing of it was released)."""
+    def _make_way(self, device_id: bytes) -> None:
+        """A request for the meter met its outstanding issuance. Signed: OutstandingCommand naming it.
+        Recorded and not yet STALE_ATTEMPT old: Unavailable (it is being signed, or its attempt died: either
+        way a retry within the bench's budget gets a definite answer). Older: its attempt died; it is failed
+        and the caller tries again."""
         outstanding = self._store.outstanding_issuance(device_id)
-        if (
-            outstanding is None
-            or outstanding.status is not IssuanceStatus.RECORDED
-            or self._clock() - outstanding.created_at < STALE_ATTEMPT
-        ):
-            return False
+        if outstanding is None:
+            return
+        if outstanding.status is not IssuanceStatus.RECORDED:
+            raise OutstandingCommand(
+                f"device {device_id.hex()} has an outstanding command: {outstanding.describe()}; its "
+                "outcome must be reported (or the command cancelled) first"
+            )
+        if self._clock() - outstanding.created_at < STALE_ATTEMPT:
+            raise Unavailable(
+                f"another request for device {device_id.hex()} ({outstanding.describe()}) is being signed; "
+                "retry with the same request id"
+            )
         self._store.fail_abandoned_issuances(self._clock() - STALE_ATTEMPT)
-        return True
 
     def fail_abandoned(self) -> list[int]:
         """Mark FAILED every issuance RECORDED more than STALE_ATTEMPT ago (at start-up and by the
