@@ -809,15 +809,19 @@ class SqlCustodyStore(HandInRecords, CustodyRecords):
             if self._conflict(stored[i]):  # finishing a failed attempt while another command holds the meter
                 stored[i] = self._outstanding_refusal(record.device_id, stored[i])
         for i, (draft, _) in enumerate(drafts):
-            if self._conflict(begun[i]):
-                # the request id is already recorded (a retry, or a twin in another process), or the meter
-                # has an outstanding command (uq_issuance_outstanding_device)
-                found = self.find_issuance(draft.bench_id, draft.request_id)
-                begun[i] = (
-                    (found, False)
-                    if found is not None
-                    else self._outstanding_refusal(draft.device_id, begun[i])
-                )
+            outcome = begun[i]
+            if not isinstance(outcome, VdnoError) or (
+                isinstance(outcome, StoreUnavailable) and not self._conflict(outcome)
+            ):
+                continue
+            # Refused: the request id may be recorded already (a retry, or a twin in another process), which
+            # is answered from its record whatever the refusal (the meter's records may have moved on since,
+            # by this very command). Else a conflict is the meter's outstanding command.
+            found = self.find_issuance(draft.bench_id, draft.request_id)
+            if found is not None:
+                begun[i] = (found, False)
+            elif self._conflict(outcome):
+                begun[i] = self._outstanding_refusal(draft.device_id, outcome)
         return IssuanceStep(stored=tuple(stored), begun=tuple(begun))
 
     def _conflict(self, outcome: object) -> bool:
