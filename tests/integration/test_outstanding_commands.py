@@ -20,9 +20,12 @@ from integration_testlib import (
     rpc_error,
 )
 from sqlalchemy import insert, text
+from typer.testing import CliRunner
 
 from admin.api import CustodyCallFailed
+from admin.cli import app as admin_app
 from client.api import ATTEMPTS, BACKOFF
+from client.cli import app as bench_app
 from client.errors import ServiceError
 from client.handout import ALREADY_APPLIED, APPLIED, hand_out, read_meter
 from gbcs.cells import StatusCode
@@ -103,14 +106,37 @@ def test_one_outstanding_command_per_meter_and_its_cancellation(deployment: Depl
 
 def test_the_bench_that_asked_cancels_and_the_meter_is_free_again(deployment: Deployment) -> None:
     transport, [device_id] = deployment.meters(1)
-    request_command(deployment, transport, device_id, 14, "bench-01", "mine-1")
-    with deployment.client("bench-01") as api:
-        cancelled = api.cancel_request("mine-1", "the bench refused the meter's seal")
-    assert (cancelled.status, cancelled.cancelled_by, cancelled.released) == (
+    reply, _ = request_command(deployment, transport, device_id, 14, "bench-01", "mine-1")
+    bench = [
+        "--server", deployment.target, "--server-name", "localhost", "--ca", str(deployment.tls_ca),
+        "--cert", str(deployment.bench_cert("bench-01")), "--key", str(deployment.bench_key("bench-01")),
+    ]  # fmt: skip
+    done = CliRunner().invoke(
+        bench_app,
+        ["cancel", "--request-id", "mine-1", "--reason", "the meter's seal is broken", "--json", *bench],
+    )
+    assert done.exit_code == 0, done.stderr
+    cancelled = json.loads(done.stdout)
+    assert (cancelled["status"], cancelled["cancelledBy"], cancelled["released"]) == (
         "cancelled",
         "bench:bench-01",
         True,
     )
+    unknown = CliRunner().invoke(bench_app, ["cancel", "--request-id", "none-such", "--reason", "x", *bench])
+    assert unknown.exit_code == 1 and "NOT_FOUND" in unknown.stderr
+    # An officer cancelling it again changes nothing; the answer says who cancelled it.
+    officer = [
+        "--config",
+        str(deployment.state / "clients" / "officer-01.toml"),
+        "--server",
+        deployment.target,
+    ]
+    again = CliRunner().invoke(
+        admin_app,
+        [*officer, "--json", "commands", "cancel", "--issuance", str(reply.issuance_id), "--reason", "x"],
+    )
+    assert again.exit_code == 0, again.stderr
+    assert json.loads(again.stdout)["cancelled_by"] == "bench:bench-01"
     with deployment.client("bench-02") as api:
         result = hand_out(api, transport, api.trust_bundle(), device_id, 15, gateway=deployment.dcc)
     assert result.status == APPLIED, result.reason
