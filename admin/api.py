@@ -186,6 +186,11 @@ class CustodyClient:
         request = custody_pb2.RevokeBenchRequest(bench_id=bench_id, reason=reason)
         return _as_dict(self._call(self._stub.RevokeBench, request))
 
+    def cancel_command(self, issuance_id: int, reason: str) -> dict[str, Any]:
+        """Withdraw a hand-out or rotation command that has no outcome (vdno.v1.CancelledCommand)."""
+        request = custody_pb2.CancelCommandRequest(issuance_id=issuance_id, reason=reason)
+        return _as_dict(self._call(self._stub.CancelCommand, request))
+
     def create_checkpoint(self) -> dict[str, Any]:
         """A signed checkpoint of the audit log (vdno.v1.AuditService): document (JSON text), seq, head_hash,
         at, key_id."""

@@ -47,8 +47,12 @@ app = typer.Typer(
 )
 hand_in_app = typer.Typer(name="hand-in", help="Hand-in orders: list, export, import.", no_args_is_help=True)
 fleet_app = typer.Typer(name="fleet", help="What the records say of the meters.", no_args_is_help=True)
+commands_app = typer.Typer(
+    name="commands", help="Hand-out and rotation commands: cancel one.", no_args_is_help=True
+)
 app.add_typer(hand_in_app)
 app.add_typer(fleet_app)
+app.add_typer(commands_app)
 app.add_typer(audit_app)
 
 
@@ -277,6 +281,35 @@ def fleet_holding(
         tray_file.write_text("\n".join(lines) + "\n")
     rows = [{"device_id": d} for d in devices]
     emit(ctx, devices, table(f"Meters on generation {generation}: {len(devices)}", ("device_id",), rows))
+
+
+# --- commands --------------------------------------------------------------------------------------
+
+
+@commands_app.command(
+    "cancel",
+    help=(
+        "Withdraw a hand-out or rotation command that has no outcome, e.g. one a lost bench left outstanding "
+        "(a refusal names it: 'issuance N'). It is not handed out again and the meter is free for another "
+        "request; audited. A meter that received it may still apply it: its outcome is still taken when a "
+        "bench reports it, or reads the meter with another request. Exit codes: 0 cancelled; 1 refused; "
+        "2 usage error; 3 the service is unreachable."
+    ),
+)
+def commands_cancel(
+    ctx: typer.Context,
+    issuance: Annotated[int, typer.Option("--issuance", min=1, metavar="N", help="issuance id")],
+    reason: Annotated[str, typer.Option("--reason", help="why (audited)")],
+) -> None:
+    from admin.api import CustodyCallFailed
+
+    with custody_client(ctx) as api:
+        try:
+            cancelled = api.cancel_command(issuance, reason)
+        except CustodyCallFailed as exc:
+            refused(exc)
+    columns = ("issuance_id", "device_id", "bench_id", "request_id", "status", "released", "cancelled_by")
+    emit(ctx, cancelled, table("Cancelled", columns, [cancelled]))
 
 
 from admin.custody_cli import approvals_app, areas_app, benches_app, generations_app  # noqa: E402

@@ -18,6 +18,14 @@ T = TypeVar("T")
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
 
 
+# The retry budget: UNAVAILABLE (a dropped connection, a restarting server, a request still being signed) is
+# retried with the same request id ATTEMPTS times, waiting BACKOFF s, then twice as long each time:
+# 0.25 + 0.5 + 1 + 2 + 4 = 7.75 s in all. The service abandons an attempt that died with its process after
+# 5 s (server/domain/issuance.py STALE_ATTEMPT), inside this budget, so a retry finishes it.
+ATTEMPTS = 6
+BACKOFF = 0.25
+
+
 class BenchClient:
     """BenchService client. Every call retries UNAVAILABLE (incl. dropped connections) `attempts` times
     with exponential backoff, resending the same request (the server is idempotent on (bench, request id)).
@@ -32,8 +40,8 @@ class BenchClient:
         server_name_override: str | None = None,
         *,
         timeout: float = 30.0,
-        attempts: int = 5,
-        backoff: float = 0.25,
+        attempts: int = ATTEMPTS,
+        backoff: float = BACKOFF,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         credentials = grpc.ssl_channel_credentials(
@@ -97,11 +105,18 @@ class BenchClient:
         )
         return self._call(self._stub.RequestRotation, request)
 
-    def report_outcome(self, request_id: str, response: bytes) -> Any:
-        """ReportOutcome -> vdno.v1.OutcomeAck (status applied | rejected, per-cell outcomes)."""
-        return self._call(
-            self._stub.ReportOutcome, custodian_pb2.OutcomeReport(request_id=request_id, response=response)
+    def report_outcome(self, request_id: str, response: bytes = b"", credentials_answer: bytes = b"") -> Any:
+        """ReportOutcome -> vdno.v1.OutcomeAck (status applied | rejected, per-cell outcomes): the meter's
+        CS02b response, or its CS02a answer when it already held what the command installs."""
+        report = custodian_pb2.OutcomeReport(
+            request_id=request_id, response=response, credentials_answer=credentials_answer
         )
+        return self._call(self._stub.ReportOutcome, report)
+
+    def cancel_request(self, request_id: str, reason: str) -> Any:
+        """CancelRequest -> vdno.v1.CancelledCommand: withdraw this bench's command for the request."""
+        request = custodian_pb2.CancelRequestRequest(request_id=request_id, reason=reason)
+        return self._call(self._stub.CancelRequest, request)
 
     def request_hand_in(
         self, request_id: str, device_id: str, device_certificate: bytes, credentials_response: bytes
@@ -122,11 +137,16 @@ class BenchClient:
         )
         return [AuthorisedHandIn.from_proto(item) for item in reply.commands]
 
-    def report_hand_in_outcome(self, order_id: int, response: bytes) -> OutcomeAck:
-        """ReportHandInOutcome: the meter's signed response to an applied hand-in command."""
+    def report_hand_in_outcome(
+        self, order_id: int, response: bytes = b"", credentials_answer: bytes = b""
+    ) -> OutcomeAck:
+        """ReportHandInOutcome: the meter's signed response to an applied hand-in command, or its CS02a
+        answer when it already held the vanilla generation the command installs."""
         reply = self._call(
             self._stub.ReportHandInOutcome,
-            custodian_pb2.HandInOutcomeReport(order_id=order_id, response=response),
+            custodian_pb2.HandInOutcomeReport(
+                order_id=order_id, response=response, credentials_answer=credentials_answer
+            ),
         )
         return OutcomeAck.from_proto(reply)
 

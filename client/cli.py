@@ -206,6 +206,35 @@ ReaderOpt = Annotated[str, typer.Option("--reader-id", metavar="EUI", help="orig
 SaveOpt = Annotated[
     Path | None, typer.Option("--save-commands", metavar="DIR", help="save <device>-<counter>.hex")
 ]
+RequestIdOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--request-id",
+        metavar="ID",
+        help="request id (--device; reuse it to retry), or a tray's run id: its request ids are ID:DEVICE",
+    ),
+]
+NewRunOpt = Annotated[
+    bool,
+    typer.Option("--new-run", help="start a new tray run even if the tray's journal holds an open one"),
+]
+TRAY_RUN_HELP = (
+    "A tray run keeps a journal beside the tray file (<tray>.<command>.journal); its request ids are "
+    "RUN:DEVICE (DEVICE as 16 lower-case hex digits), RUN being --request-id, else the journal's open run, "
+    "else a new one. Rerunning a tray after a crash reuses every request id: commands already signed are "
+    "returned as they were, and a meter found already holding its command's certificates is reported with "
+    "its signed CS02a answer instead of being sent the command again. The run is finished once every meter "
+    "succeeded; --new-run starts another at once."
+)
+
+
+def _journal(tray: Path, kind: str, run: str | None, new_run: bool) -> Any:
+    from client.tray import JournalError, TrayJournal
+
+    try:
+        return TrayJournal.open(tray, kind, run, new_run)
+    except JournalError as exc:
+        _fail(str(exc))
 
 
 # --- hand-out --------------------------------------------------------------------------------------
@@ -219,8 +248,11 @@ SaveOpt = Annotated[
         "transport, request a signed CS02b mode-3 command from the custodian, check it against the pinned "
         "trust bundle, have DCC add its ACB-SMD MAC (--dcc URL; without it the command goes as signed), "
         "apply it and report the meter's response. Give --device and --area, or --tray FILE "
-        "('EUI AREA' per line, or CSV device,area; '#' comments). " + SETTINGS_HELP + " "
-        "Exit codes: 0 every meter applied; 1 any meter refused or failed; 2 usage or configuration error."
+        "('EUI AREA' per line, or CSV device,area; '#' comments). "
+        + TRAY_RUN_HELP
+        + " "
+        + SETTINGS_HELP
+        + " Exit codes: 0 every meter applied; 1 any meter refused or failed; 2 usage or configuration error."
     ),
 )
 def hand_out_command(
@@ -237,9 +269,8 @@ def hand_out_command(
     ] = None,
     server_name: ServerNameOpt = None,
     json_output: JsonOpt = False,
-    request_id: Annotated[
-        str | None, typer.Option("--request-id", metavar="ID", help="request id (single device; to retry)")
-    ] = None,
+    request_id: RequestIdOpt = None,
+    new_run: NewRunOpt = False,
     save_commands: SaveOpt = None,
     reader_id: ReaderOpt = LAB_READER_ID.hex(),
     config: ConfigOpt = None,
@@ -259,8 +290,6 @@ def hand_out_command(
         _fail("give either --device and --area, or --tray, not both")
     if tray is None and (device is None or area is None):
         _fail("give --device EUI and --area ID, or --tray FILE")
-    if tray is not None and request_id is not None:
-        _fail("--request-id applies to a single device (--device), not to a tray")
     if request_id is not None and not request_id.strip():
         _fail("--request-id must not be empty")
     entries = (
@@ -274,12 +303,14 @@ def hand_out_command(
     save_dir = settings.save_commands
     if save_dir is not None and save_dir.exists() and not save_dir.is_dir():
         _fail(f"--save-commands {save_dir} is not a directory")
+    journal = None if tray is None else _journal(tray, "hand-out", request_id, new_run)
 
     # imported here so `inspect` works without touching grpc
     from client.api import BenchClient
     from client.dcc_gateway import HttpDuisGateway
     from client.handout import hand_out
     from client.transport import SimulatorTransport
+    from client.tray import run_tray
 
     gateway = None if settings.dcc is None else HttpDuisGateway(settings.dcc)
     results: list[HandOutResult] = []
@@ -294,29 +325,38 @@ def hand_out_command(
         except BenchError as exc:
             _fail(f"cannot fetch the trust bundle: {exc}", 1)
 
-        def run(entry: TrayEntry) -> HandOutResult:
-            assert entry.area_id is not None  # parse_tray(need_area=True)
+        areas = {entry.device_id: entry.area_id for entry in entries}
+
+        def run(device_id: bytes, rid: str | None) -> HandOutResult:
+            area_id = areas[device_id]
+            assert area_id is not None  # parse_tray(need_area=True)
             return hand_out(
                 api,
                 transport,
                 bundle,
-                entry.device_id,
-                entry.area_id,
-                request_id=request_id,
+                device_id,
+                area_id,
+                request_id=rid,
                 reader_id=reader,
                 save_dir=save_dir,
                 gateway=gateway,
             )
 
-        if tray is not None and not json_output:
+        if journal is None:
+            results = [run(entry.device_id, request_id) for entry in entries]
+        elif json_output:
+            results = run_tray(journal, [e.device_id for e in entries], run, APPLIED)
+        else:
             with _progress() as progress:
                 task = progress.add_task("handing out", total=len(entries))
-                for entry in entries:
-                    progress.update(task, description=f"meter {entry.device_id.hex()}")
-                    results.append(run(entry))
+
+                def shown(device_id: bytes, rid: str) -> HandOutResult:
+                    progress.update(task, description=f"meter {device_id.hex()}")
+                    result = run(device_id, rid)
                     progress.advance(task)
-        else:
-            results = [run(entry) for entry in entries]
+                    return result
+
+                results = run_tray(journal, [e.device_id for e in entries], shown, APPLIED)
 
     if json_output:
         typer.echo(json.dumps([r.as_dict() for r in results], indent=2))
@@ -346,6 +386,8 @@ def hand_out_command(
         "have DCC add its ACB-SMD MAC (--dcc URL), apply it and report the response. Give --device or "
         "--tray FILE (one device per line; `vdno-admin fleet holding --generation G --tray-file FILE` writes "
         "one). "
+        + TRAY_RUN_HELP
+        + " "
         + SETTINGS_HELP
         + " Exit codes: 0 every meter rotated; 1 any meter refused or failed; 2 usage "
         "or configuration error."
@@ -364,9 +406,8 @@ def rotate_command(
     ] = None,
     server_name: ServerNameOpt = None,
     json_output: JsonOpt = False,
-    request_id: Annotated[
-        str | None, typer.Option("--request-id", metavar="ID", help="request id (single device; to retry)")
-    ] = None,
+    request_id: RequestIdOpt = None,
+    new_run: NewRunOpt = False,
     save_commands: SaveOpt = None,
     reader_id: ReaderOpt = LAB_READER_ID.hex(),
     config: ConfigOpt = None,
@@ -383,16 +424,16 @@ def rotate_command(
         save_commands=save_commands,
     )
     devices = _devices(device, tray)
-    if tray is not None and request_id is not None:
-        _fail("--request-id applies to a single device (--device), not to a tray")
     sim_host, sim_port = _sim(settings)
     ca_pem, cert_pem, key_pem = _tls(settings)
     reader = _eui(reader_id, "--reader-id")
+    journal = None if tray is None else _journal(tray, "rotate", request_id, new_run)
 
     from client.api import BenchClient
     from client.dcc_gateway import HttpDuisGateway
     from client.handout import rotate
     from client.transport import SimulatorTransport
+    from client.tray import run_tray
 
     gateway = None if settings.dcc is None else HttpDuisGateway(settings.dcc)
     with (
@@ -405,10 +446,14 @@ def rotate_command(
             bundle = api.trust_bundle()
         except BenchError as exc:
             _fail(f"cannot fetch the trust bundle: {exc}", 1)
-        results = [
-            rotate(api, transport, bundle, d, request_id, reader, settings.save_commands, gateway)
-            for d in devices
-        ]
+
+        def run(device_id: bytes, rid: str | None) -> HandOutResult:
+            return rotate(api, transport, bundle, device_id, rid, reader, settings.save_commands, gateway)
+
+        if journal is None:
+            results = [run(d, request_id) for d in devices]
+        else:
+            results = run_tray(journal, devices, run, APPLIED)
     rows = [r.as_dict() for r in results]
     if json_output:
         typer.echo(json.dumps(rows, indent=2))
@@ -419,6 +464,60 @@ def rotate_command(
     if failed:
         typer.echo(f"vdno-bench rotate: {len(failed)} of {len(results)} meters not rotated", err=True)
         raise typer.Exit(1)
+
+
+# --- cancellation ----------------------------------------------------------------------------------
+
+
+@app.command(
+    "cancel",
+    short_help="Withdraw this bench's command for a request id.",
+    help=(
+        "Withdraw this bench's hand-out or rotation command for --request-id (for a tray run: RUN:DEVICE, as "
+        "the run's journal lists them) when it has no outcome yet: the custodian no longer hands it out, and "
+        "the meter is free for another request. Only for a command that will not be applied: a meter that "
+        "received it may still apply it, and its outcome is still taken when reported. "
+        + SETTINGS_HELP
+        + " Exit codes: 0 cancelled; 1 refused by the custodian; 2 usage or configuration error."
+    ),
+)
+def cancel_command(
+    request_id: Annotated[str, typer.Option("--request-id", metavar="ID", help="the request to withdraw")],
+    reason: Annotated[str, typer.Option("--reason", help="why (audited)")],
+    server: ServerOpt = None,
+    ca: CaOpt = None,
+    cert: CertOpt = None,
+    key: KeyOpt = None,
+    server_name: ServerNameOpt = None,
+    json_output: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    settings = _load_settings(config, server=server, ca=ca, cert=cert, key=key, server_name=server_name)
+    ca_pem, cert_pem, key_pem = _tls(settings)
+    if not reason.strip():
+        _fail("--reason must say why the command is withdrawn")
+
+    from client.api import BenchClient
+
+    with BenchClient(
+        settings.server, ca_pem, cert_pem, key_pem, server_name_override=settings.server_name
+    ) as api:
+        try:
+            cancelled = api.cancel_request(request_id, reason)
+        except BenchError as exc:
+            _fail(f"cancel: {exc}", 1)
+    row = {
+        "issuanceId": int(cancelled.issuance_id),
+        "device": cancelled.device_id,
+        "requestId": cancelled.request_id,
+        "status": cancelled.status,
+        "released": bool(cancelled.released),
+        "cancelledBy": cancelled.cancelled_by,
+    }
+    if json_output:
+        typer.echo(json.dumps(row, indent=2))
+    else:
+        Console().print(_results_table("Cancelled", [row], tuple(row)))
 
 
 # --- enrolment -------------------------------------------------------------------------------------
@@ -484,7 +583,7 @@ def _print_hand_in(title: str, results: list[Any], json_output: bool) -> None:
 @hand_in_app.command(
     "order",
     help=(
-        "Read each meter (CS02e, CS02a) and order its hand-in. " + SETTINGS_HELP + " "
+        "Read each meter (CS02e, CS02a) and order its hand-in. " + TRAY_RUN_HELP + " " + SETTINGS_HELP + " "
         "Exit codes: 0 every meter ordered; 1 any meter failed; 2 usage or configuration error."
     ),
 )
@@ -498,9 +597,8 @@ def hand_in_order_command(
     sim: SimOpt = None,
     server_name: ServerNameOpt = None,
     json_output: JsonOpt = False,
-    request_id: Annotated[
-        str | None, typer.Option("--request-id", metavar="ID", help="request id (single device; to retry)")
-    ] = None,
+    request_id: RequestIdOpt = None,
+    new_run: NewRunOpt = False,
     reader_id: ReaderOpt = LAB_READER_ID.hex(),
     config: ConfigOpt = None,
 ) -> None:
@@ -508,15 +606,15 @@ def hand_in_order_command(
         config, server=server, ca=ca, cert=cert, key=key, sim=sim, server_name=server_name
     )
     devices = _devices(device, tray)
-    if tray is not None and request_id is not None:
-        _fail("--request-id applies to a single device (--device), not to a tray")
     sim_host, sim_port = _sim(settings)
     ca_pem, cert_pem, key_pem = _tls(settings)
     reader = _eui(reader_id, "--reader-id")
+    journal = None if tray is None else _journal(tray, "hand-in-order", request_id, new_run)
 
     from client.api import BenchClient
-    from client.hand_in import ORDERED, order_hand_in
+    from client.hand_in import ORDERED, HandInResult, order_hand_in
     from client.transport import SimulatorTransport
+    from client.tray import run_tray
 
     with (
         BenchClient(
@@ -528,7 +626,14 @@ def hand_in_order_command(
             bundle = api.trust_bundle()
         except BenchError as exc:
             _fail(f"cannot fetch the trust bundle: {exc}", 1)
-        results = [order_hand_in(api, transport, bundle, d, request_id, reader) for d in devices]
+
+        def run(device_id: bytes, rid: str | None) -> HandInResult:
+            return order_hand_in(api, transport, bundle, device_id, rid, reader)
+
+        if journal is None:
+            results = [run(d, request_id) for d in devices]
+        else:
+            results = run_tray(journal, devices, run, ORDERED)
     _print_hand_in("Hand-in orders", results, json_output)
     failed = [r for r in results if r.status != ORDERED]
     if failed:

@@ -11,10 +11,21 @@ from typing import Any, Protocol
 from client.bundle import TrustBundle
 from client.checks import check_hand_in_command, check_response
 from client.errors import BenchError, CommandRefused, ResponseRejected, ServiceError, TransportError
-from client.handout import LAB_READER_ID, MeterReading, ReadError, read_meter, save_command
+from client.handout import (
+    ALREADY_APPLIED,
+    LAB_READER_ID,
+    MeterReading,
+    ReadError,
+    holds_installed,
+    read_meter,
+    save_command,
+)
 from client.messages import AuthorisedHandIn, HandInOrder, OutcomeAck
 from client.transport import DeviceTransport
 from gbcs.cells import KeyUsage, RemotePartyRole
+from gbcs.cs02b import UpdateSecurityCredentialsCommand
+from gbcs.errors import GbcsError
+from gbcs.framing import decode_message
 from gbcs.ids import eui64_hex
 
 ORDERED = "ordered"  # the custodian recorded the order; the area DNO's command is awaited
@@ -31,7 +42,9 @@ class HandInApi(Protocol):
 
     def fetch_hand_in_commands(self, device_ids: list[str]) -> list[AuthorisedHandIn]: ...
 
-    def report_hand_in_outcome(self, order_id: int, response: bytes) -> OutcomeAck: ...
+    def report_hand_in_outcome(
+        self, order_id: int, response: bytes = b"", credentials_answer: bytes = b""
+    ) -> OutcomeAck: ...
 
 
 @dataclass(frozen=True)
@@ -141,6 +154,28 @@ def apply_hand_in(
     state = network_operator_state(reading)
     if state.signing_entity is None:
         return result(FAILED, "the meter reported no network-operator signing cell")
+    generation = bundle.generation(authorised.generation)
+    floor = _floor_seq_number(authorised.command)
+    installs = (
+        {}
+        if generation is None
+        else {
+            KeyUsage.DIGITAL_SIGNATURE: generation.ds_certificate,
+            KeyUsage.KEY_AGREEMENT: generation.ka_certificate,
+        }
+    )
+    if floor is not None and holds_installed(reading, installs, floor):
+        # Applied before (a run that crashed between applying and reporting): not sent again; the meter's
+        # signed CS02a answer, read after the command was authorised, is the outcome.
+        try:
+            ack = api.report_hand_in_outcome(
+                authorised.order_id, credentials_answer=reading.credentials_response
+            )
+        except ServiceError as exc:
+            return result(FAILED, f"report outcome (the meter already held the vanilla generation): {exc}")
+        if ack.status != APPLIED:
+            return result(FAILED, f"custodian recorded the outcome as {ack.status or 'unknown'}")
+        return result(APPLIED, ALREADY_APPLIED)
     try:
         checked = check_hand_in_command(
             authorised.command,
@@ -172,6 +207,15 @@ def apply_hand_in(
     if ack.status != APPLIED:
         return result(FAILED, f"custodian recorded the outcome as {ack.status or 'unknown'}")
     return result(APPLIED, "")
+
+
+def _floor_seq_number(command: bytes) -> int | None:
+    """The command's newRemotePartyFloorSeqNumber (0 when absent); None when it does not decode."""
+    try:
+        payload = UpdateSecurityCredentialsCommand.decode(decode_message(command).apdu.content)
+    except GbcsError:
+        return None
+    return payload.control.floor_seq_number or 0
 
 
 def apply_hand_ins(

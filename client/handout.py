@@ -31,6 +31,8 @@ LAB_READER_ID = bytes(8)  # the lab reader's originator id (0000000000000000) fo
 APPLIED = "applied"
 REFUSED = "refused"
 FAILED = "failed"
+# The reason given with APPLIED when the meter already held what the command installs (not sent again).
+ALREADY_APPLIED = "the meter already held the command's certificates: reported its signed CS02a answer"
 
 
 class CustodianApi(Protocol):
@@ -43,7 +45,9 @@ class CustodianApi(Protocol):
         credentials_response: bytes,
     ) -> Any: ...
 
-    def report_outcome(self, request_id: str, response: bytes) -> Any: ...
+    def report_outcome(
+        self, request_id: str, response: bytes = b"", credentials_answer: bytes = b""
+    ) -> Any: ...
 
 
 class RotationApi(Protocol):
@@ -51,7 +55,9 @@ class RotationApi(Protocol):
         self, request_id: str, device_id: str, device_certificate: bytes, credentials_response: bytes
     ) -> Any: ...
 
-    def report_outcome(self, request_id: str, response: bytes) -> Any: ...
+    def report_outcome(
+        self, request_id: str, response: bytes = b"", credentials_answer: bytes = b""
+    ) -> Any: ...
 
 
 class ReadError(BenchError):
@@ -211,6 +217,38 @@ def read_meter(
     return MeterReading(device, a_response, credentials)
 
 
+def network_operator_cells(reading: MeterReading) -> tuple[dict[int, tuple[bytes, bytes]], int | None]:
+    """The NO cells as read, {key usage bit: (entity id, key identifier)}, and the NO role's stored seq
+    number."""
+    for role in reading.credentials.roles:
+        if role.role == RemotePartyRole.NETWORK_OPERATOR:
+            cells = {
+                int(c.key_usage): (c.subject_unique_id, c.subject_key_identifier) for c in role.cells or ()
+            }
+            return cells, role.current_seq_number
+    return {}, None
+
+
+def holds_installed(
+    reading: MeterReading, installs: dict[KeyUsage, bytes], floor_seq_number: int | None
+) -> bool:
+    """Whether the meter, as read, already holds what a command installs: each NO cell it replaces holds
+    exactly its certificate (entity id and key identifier), and the NO seq number is the command's
+    newRemotePartyFloorSeqNumber, as applying it leaves it (GBCS 13.3.5). The custodian checks the same
+    (server/domain/outcomes.py, the evidence rule) before it takes the CS02a answer as the outcome."""
+    cells, seq_number = network_operator_cells(reading)
+    if not installs or seq_number != (floor_seq_number or 0):
+        return False
+    for usage, certificate in installs.items():
+        try:
+            cert = load_certificate(certificate)
+        except GbcsError:
+            return False
+        if cells.get(int(usage)) != (cert.entity_id, cert.subject_key_identifier):
+            return False
+    return True
+
+
 def save_command(folder: Path, device_id: bytes, counter: int, command: bytes) -> Path:
     """`<device>-<counter>.hex`, lower-case hex text."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -332,6 +370,22 @@ def _transfer(
             applied_command=to_meter,
             target_generation=target_generation,
         )
+
+    installs = {
+        (KeyUsage.DIGITAL_SIGNATURE if r.target == NO_DS_CELL else KeyUsage.KEY_AGREEMENT): r.certificate
+        for r in checked.payload.replacements
+    }
+    if holds_installed(reading, installs, checked.payload.control.floor_seq_number):
+        # Applied before (a run that crashed between applying and reporting): not sent again; the meter's
+        # signed CS02a answer, read after the command was issued, is the outcome.
+        try:
+            ack = api.report_outcome(request_id, credentials_answer=reading.credentials_response)
+        except ServiceError as exc:
+            return done(FAILED, f"report outcome (the meter already held the command's certificates): {exc}")
+        status = str(getattr(ack, "status", ""))
+        if status != APPLIED:
+            return done(FAILED, f"custodian recorded the outcome as {status or 'unknown'}")
+        return done(APPLIED, ALREADY_APPLIED)
 
     if gateway is None:
         to_meter = command

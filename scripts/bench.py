@@ -7,7 +7,9 @@ Measured in one run on this machine (client and server share it):
      requests of the same size; the yardstick for what this machine can do at all;
   3. end to end: `vdno-server serve` (subprocess(es), SQLite durable, group commit) answering
      RequestHandOut from 1 and from 8 concurrent benches, each call a new request id, so every call
-     allocates a counter, records the issuance, signs in the HSM, verifies, stores, releases.
+     allocates a counter, records the issuance, signs in the HSM, verifies, stores, releases. Every call
+     hands out a meter of its own (the service keeps one outstanding command per meter), from a pool of
+     fresh meters read before the load starts.
 Baseline and end to end take turns in short windows (--rounds), so both see the same machine.
 Prints signed/s, p50/p99 latency, the ratios end-to-end / raw and end-to-end / baseline, and the share
 of CPU time the hypervisor took away (steal) during each phase; writes them as JSON to --out.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import os
 import statistics
@@ -84,18 +87,33 @@ def measure_raw_hsm(state: Path, seconds: float) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def make_readings(state: Path, count: int) -> list[tuple[str, bytes, bytes]]:
-    """(device id, device DS certificate, signed CS02a response) for `count` simulated vanilla meters,
-    read the way a bench reads them (client.handout.read_meter)."""
-    from client.handout import read_meter
-    from scripts.lab_tray import InProcessTransport, vanilla_tray_profiles
+Reading = tuple[str, bytes, bytes]  # device id, device DS certificate, signed CS02a response
 
-    transport = InProcessTransport(vanilla_tray_profiles(state, count))
-    readings = []
-    for device_id in transport.list_devices():
-        reading = read_meter(transport, device_id)
-        readings.append((device_id.hex().upper(), reading.device_certificate, reading.credentials_response))
-    return readings
+
+class Readings:
+    """Readings of fresh simulated vanilla meters (new device ids on every run: the state folder's database
+    outlives a run), read the way a bench reads them (client.handout.read_meter). `take()` hands each out
+    once, to whichever bench thread asks; thread-safe."""
+
+    def __init__(self, state: Path, count: int) -> None:
+        from client.handout import read_meter
+        from scripts.lab_tray import InProcessTransport, vanilla_tray_profiles
+
+        first = int(time.time()) * count % (2**32 - 2 * count) + 1
+        transport = InProcessTransport(vanilla_tray_profiles(state, count, first, require_acb_mac=False))
+        self._items: list[Reading] = []
+        for device_id in transport.list_devices():
+            reading = read_meter(transport, device_id)
+            device = device_id.hex().upper()
+            self._items.append((device, reading.device_certificate, reading.credentials_response))
+        self._next = itertools.count()
+
+    def take(self) -> Reading:
+        """A meter no call has had yet."""
+        index = next(self._next)
+        if index >= len(self._items):
+            raise RuntimeError(f"all {len(self._items):,} fresh meters are used: run with fewer --seconds")
+        return self._items[index]
 
 
 def cpu_steal_share() -> Callable[[], float | None]:
@@ -123,36 +141,36 @@ def cpu_steal_share() -> Callable[[], float | None]:
 Call = Callable[[grpc.Channel], Callable[[int], object]]
 
 
-def hand_out_request(readings: list[tuple[str, bytes, bytes]], index: int, i: int) -> pb.HandOutRequest:
-    """Bench `index`'s i-th request: a new request id, so every call is a new issuance."""
-    device, cert, reading = readings[(index * 7919 + i) % len(readings)]
+def hand_out_request(reading: Reading, i: int) -> pb.HandOutRequest:
+    """A bench's i-th request: a new request id, so every call is a new issuance."""
+    device, cert, credentials = reading
     return pb.HandOutRequest(
         request_id=uuid.uuid4().hex,
         device_id=device,
         area_id=10 + (i % 14),
         device_certificate=cert,
-        credentials_response=reading,
+        credentials_response=credentials,
     )
 
 
-def hand_out_call(readings: list[tuple[str, bytes, bytes]], index: int) -> Call:
-    """RequestHandOut."""
+def hand_out_call(readings: Readings) -> Call:
+    """RequestHandOut, each call for a meter of its own."""
 
     def bind(channel: grpc.Channel) -> Callable[[int], object]:
         stub = pb_grpc.BenchServiceStub(channel)
         stub.GetTrustBundle(pb.GetTrustBundleRequest())  # handshake outside the timed loop
-        return lambda i: stub.RequestHandOut(hand_out_request(readings, index, i), timeout=10)
+        return lambda i: stub.RequestHandOut(hand_out_request(readings.take(), i), timeout=10)
 
     return bind
 
 
-def baseline_call(readings: list[tuple[str, bytes, bytes]], index: int) -> Call:
+def baseline_call(reading: Reading) -> Call:
     """The bare server's one method, sent the same bytes a hand-out request would carry."""
 
     def bind(channel: grpc.Channel) -> Callable[[int], object]:
         sign = channel.unary_unary(BASELINE_METHOD)
         sign(b"handshake", timeout=10)
-        return lambda i: sign(hand_out_request(readings, index, i).SerializeToString(), timeout=10)
+        return lambda i: sign(hand_out_request(reading, i).SerializeToString(), timeout=10)
 
     return bind
 
@@ -321,7 +339,11 @@ def main() -> int:
 
     raw = measure_raw_hsm(state, args.seconds / 2)
     print(f"raw HSM (one session, CKM_ECDSA P-256): {raw:,.0f} signs/s")
-    readings = make_readings(state, 64)
+    # Enough meters for every end-to-end call at 1,000 signed/s on average over both bench counts (the
+    # first error names the pool running dry).
+    meters = int(1_000 * args.seconds * 2)
+    readings = Readings(state, meters)
+    print(f"read {meters:,} fresh meters")
 
     port = free_port()
     env = dict(os.environ, VDNO_LISTEN=f"127.0.0.1:{port}", VDNO_PROCESSES=str(args.processes))
@@ -341,14 +363,15 @@ def main() -> int:
         baseline_port, baselines = start_baseline(state, args.processes)
         time.sleep(1.0)  # SERVING came from one worker process; let the others finish starting
         window = args.seconds / args.rounds
+        sample = readings.take()  # the baseline's requests: the same size as a hand-out's
         for n in (1, 8):
             # This machine's CPU is shared (the hypervisor's steal comes and goes): baseline and end to end
             # take turns in short windows, so both see the same conditions; the ratio is the median of
             # the rounds' ratios.
             pairs = [
                 (
-                    run_load(baseline_port, state, n, window, lambda i: baseline_call(readings, i)),
-                    run_load(port, state, n, window, lambda i: hand_out_call(readings, i)),
+                    run_load(baseline_port, state, n, window, lambda i: baseline_call(sample)),
+                    run_load(port, state, n, window, lambda i: hand_out_call(readings)),
                 )
                 for _ in range(args.rounds)
             ]

@@ -180,7 +180,13 @@ def build_server(
     except HsmLoginRefused:  # the signer logged it; every call is refused until a restart
         pass
     service = HandOutService(store, signer, anchors, _utc_now)
-    hand_in = HandInService(store, anchors, _utc_now)
+    try:  # issuances an earlier process left RECORDED when it stopped: they no longer hold their meters
+        abandoned = service.fail_abandoned()
+        if abandoned:
+            structlog.get_logger("vdno.server").warning("issuance.abandoned", issuances=abandoned)
+    except VdnoError as exc:  # the database is away: health says so; the housekeeping tries again
+        structlog.get_logger("vdno.server").warning("issuance.abandoned_deferred", reason=str(exc))
+    hand_in = HandInService(store, anchors, _utc_now, settle=service.settle_from_reading)
     custody = build_custody(settings, store, signer, anchors)
 
     refusals = RefusalAudit(store.record_event)
@@ -193,7 +199,7 @@ def build_server(
         BenchServicer(service, hand_in), server
     )
     custody_pb2_grpc.add_CustodyServiceServicer_to_server(  # type: ignore[no-untyped-call]
-        CustodyServicer(hand_in, FleetView(store), custody), server
+        CustodyServicer(hand_in, FleetView(store), custody, service), server
     )
     audit_service = add_audit_service(server, AuditCheckpoints(store, signer, checkpoint_key, _utc_now))
     health_servicer = health.HealthServicer()
@@ -242,7 +248,9 @@ def build_server(
         health_server, health_port = serve_health(settings.health_listen, health_servicer)
     server.start()
     monitor.start()
-    housekeeping = CustodyHousekeeping(custody, settings.custody.housekeeping_seconds)
+    housekeeping = CustodyHousekeeping(
+        custody, settings.custody.housekeeping_seconds, fail_abandoned=service.fail_abandoned
+    )
     housekeeping.start()
     return RunningServer(
         server,

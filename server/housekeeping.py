@@ -1,6 +1,7 @@
 """Custody housekeeping in the background of each server process: generations whose destruction grace period
-is over get their keys deleted (the officers' `destroy-due` does the same on demand), and signing generations
-whose certificates expire within the warning window are logged as a warning (once a day each)."""
+is over get their keys deleted (the officers' `destroy-due` does the same on demand), signing generations
+whose certificates expire within the warning window are logged as a warning (once a day each), and
+issuances an attempt abandoned (left RECORDED by a process that stopped) are marked FAILED."""
 
 from __future__ import annotations
 
@@ -21,9 +22,14 @@ class CustodyHousekeeping:
     """A daemon thread running `run_once` every `interval` seconds until `stop()`."""
 
     def __init__(
-        self, custody: CustodyService, interval: float, clock: Callable[[], float] = time.monotonic
+        self,
+        custody: CustodyService,
+        interval: float,
+        clock: Callable[[], float] = time.monotonic,
+        fail_abandoned: Callable[[], list[int]] | None = None,
     ) -> None:
         self._custody = custody
+        self._fail_abandoned = fail_abandoned
         self._interval = interval
         self._clock = clock
         self._warned: dict[int, float] = {}
@@ -47,6 +53,8 @@ class CustodyHousekeeping:
 
     def run_once(self) -> None:
         try:
+            if self._fail_abandoned is not None and (abandoned := self._fail_abandoned()):
+                log.warning("issuance.abandoned", issuances=abandoned)
             destroyed = self._custody.destroy_due("service")
             for generation in destroyed:
                 log.warning("generation.destroyed", generation=generation)

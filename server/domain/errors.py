@@ -94,6 +94,10 @@ class OutstandingCommand(PolicyRefused):
     """The device already has an order or command outstanding; the message names it."""
 
 
+class CommandCancelled(PolicyRefused):
+    """The request's command was cancelled: it is not handed out again (ask anew with a new request id)."""
+
+
 class HandInCommandRefused(PolicyRefused):
     """A command returned for a hand-in order fails a check against that order; the message says which."""
 

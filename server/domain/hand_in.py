@@ -43,11 +43,17 @@ from server.domain.errors import (
     HandInCommandRefused,
     InvalidRequest,
     OutcomeRejected,
+    OutstandingCommand,
     RequestIdConflict,
     UnknownArea,
     UnknownOrder,
 )
-from server.domain.outcomes import ExpectedCells, MeterOutcome, check_meter_response
+from server.domain.outcomes import (
+    ExpectedCells,
+    MeterOutcome,
+    check_credentials_answer,
+    check_meter_response,
+)
 from server.domain.policy import (
     TrustAnchors,
     check_device_certificate,
@@ -247,14 +253,22 @@ def check_hand_in_command(
     return AuthorisedHandIn(order.order_id, bytes(data), header.originator_counter, True)
 
 
+# Settles a meter's released, unreported hand-out or rotation from a reading that proves it applied
+# (HandOutService.settle_from_reading): (device id, device certificate, CS02a answer, actor) -> settled.
+Settle = Callable[[bytes, bytes, bytes, str], object | None]
+
+
 class HandInService:
     """The hand-in workflows. Thread-safe (the store serialises writes); one instance per process."""
 
-    def __init__(self, store: HandInStore, anchors: TrustAnchors, clock: Clock) -> None:
+    def __init__(
+        self, store: HandInStore, anchors: TrustAnchors, clock: Clock, settle: Settle | None = None
+    ) -> None:
         self._store = store
         self._anchors = anchors
         self._device_ca = load_certificate(anchors.device_ca)
         self._clock = clock
+        self._settle = settle
         self._certificate: Callable[[bytes], SmkiCertificate] = functools.lru_cache(CERTIFICATE_MEMO)(
             load_certificate
         )
@@ -280,6 +294,7 @@ class HandInService:
             request.device_id, cells.signing, self._store.list_areas(), generations, self._certificate
         )
         target = hand_in_target(generations)
+        self._require_no_outstanding_command(request)
         draft = HandInDraft(
             bench_id=request.bench_id,
             request_id=request.request_id,
@@ -294,6 +309,23 @@ class HandInService:
         order, created = self._store.record_hand_in_order(draft)
         return order if created else self._same_request(order, request)
 
+    def _require_no_outstanding_command(self, request: HandInRequest) -> None:
+        """One outstanding command per meter: a hand-out or rotation released for it and not yet reported
+        holds it, unless the reading proves that command applied (then its outcome is recorded first)."""
+        outstanding = self._store.outstanding_issuance(request.device_id)
+        if outstanding is None:
+            return
+        if outstanding.signed_command is not None and self._settle is not None:
+            actor = f"bench:{request.bench_id}"
+            self._settle(request.device_id, request.device_certificate, request.credentials_response, actor)
+            outstanding = self._store.outstanding_issuance(request.device_id)
+            if outstanding is None:
+                return
+        raise OutstandingCommand(
+            f"device {request.device_id.hex()} has an outstanding command: {outstanding.describe()}; its "
+            "outcome must be reported (or the command cancelled) first"
+        )
+
     @staticmethod
     def _same_request(order: HandInOrder, request: HandInRequest) -> HandInOrder:
         if order.request_fingerprint != request.fingerprint():
@@ -305,33 +337,63 @@ class HandInService:
             raise InvalidRequest("device_ids: at most 1000 meters per call")
         return self._store.authorised_hand_ins(list(dict.fromkeys(device_ids)))
 
-    def report_outcome(self, bench_id: str, order_id: int, response: bytes) -> MeterOutcome:
-        if not response:
-            raise InvalidRequest("response is required (the meter's signed CS02b response)")
+    def report_outcome(
+        self, bench_id: str, order_id: int, response: bytes, credentials_answer: bytes = b""
+    ) -> MeterOutcome:
+        """The meter's signed CS02b response to the order's command, or (the bench found the meter already
+        on the vanilla generation and did not send it again) its CS02a answer read after the command was
+        authorised, by the evidence rule of server/domain/outcomes.py. Recorded once; a later answer that
+        verifies to the same status answers the same."""
+        if bool(response) == bool(credentials_answer):
+            raise InvalidRequest(
+                "give exactly one of response (the meter's signed CS02b response) and credentials_answer "
+                "(its signed CS02a answer)"
+            )
         order = self._store.get_hand_in_order(order_id)
         if order is None:
             raise UnknownOrder(f"no hand-in order {order_id}")
         if order.command is None or order.counter is None:
             raise OutcomeRejected(f"hand-in order {order_id} has no authorised command to report on")
+        outcome = self._verify(order, response, credentials_answer)
+        if order.outcome_response is not None:
+            if order.status.value != outcome.status.value:
+                raise OutcomeRejected(
+                    f"an outcome ({order.status.value}) was already recorded for hand-in order {order_id}"
+                )
+            return outcome
+        self._store.record_hand_in_outcome(
+            order.order_id, outcome, response or credentials_answer, f"bench:{bench_id}"
+        )
+        return outcome
+
+    def _verify(self, order: HandInOrder, response: bytes, credentials_answer: bytes) -> MeterOutcome:
+        assert order.counter is not None
         generation = self._generation(order.generation)
-        outcome = check_meter_response(
+        expected = ExpectedCells(
+            generation.entity_id,
+            self._certificate(generation.ds_certificate).subject_key_identifier,
+            self._certificate(generation.ka_certificate).subject_key_identifier,
+        )
+        device_certificate = self._certificate(order.device_certificate).certificate
+        if credentials_answer:
+            authorised = order.authorised_at or order.created_at
+            return check_credentials_answer(
+                credentials_answer,
+                device_id=order.device_id,
+                device_certificate=device_certificate,
+                expected=expected,
+                floor_seq_number=HAND_IN_FLOOR,
+                read_after=int(authorised.timestamp() * 1_000_000),
+                now=int(self._clock().timestamp() * 1_000_000),
+            )
+        return check_meter_response(
             response,
             device_id=order.device_id,
-            device_certificate=self._certificate(order.device_certificate).certificate,
+            device_certificate=device_certificate,
             command_originator=order.area_entity_id,
             counter=order.counter,
-            expected=ExpectedCells(
-                generation.entity_id,
-                self._certificate(generation.ds_certificate).subject_key_identifier,
-                self._certificate(generation.ka_certificate).subject_key_identifier,
-            ),
+            expected=expected,
         )
-        if order.outcome_response is not None:
-            if order.outcome_response != response:
-                raise OutcomeRejected(f"an outcome was already recorded for hand-in order {order_id}")
-            return outcome
-        self._store.record_hand_in_outcome(order.order_id, outcome, response, f"bench:{bench_id}")
-        return outcome
 
     # -- officers
     def require_officer(self, officer_id: str) -> None:

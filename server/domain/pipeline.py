@@ -250,8 +250,8 @@ class IssuancePipeline:
         for s, stored in zip(signed, step.stored, strict=True):
             if isinstance(stored, VdnoError):
                 s.future.set_exception(stored)
-            else:
-                s.future.set_result(SignedCommand.of(stored, s.command))
+            else:  # another attempt may have stored its bytes first: the stored bytes are the ones released
+                s.future.set_result(SignedCommand.of(stored, stored.signed_command or s.command))
         for x in failed:
             x.future.set_exception(x.error)
         for (new, future), begun in zip(drafts, step.begun, strict=True):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Protocol
 
 from server.domain.audit import AuditTip
@@ -12,6 +13,7 @@ from server.domain.values import (
     AuditEvent,
     AuthorisedHandIn,
     Bench,
+    Cancellation,
     DeviceCustody,
     DeviceEvent,
     FleetSummary,
@@ -72,19 +74,49 @@ class CustodyStore(Protocol):
         drafts: Sequence[tuple[IssuanceDraft, int]],
     ) -> IssuanceStep:
         """One durable write for the issuance pipeline, returning only after it committed:
-        - `signed`: store each verified signed command (status SIGNED); UnknownIssuance if the record is
-          not awaiting a signature;
+        - `signed`: store each verified signed command (status SIGNED) and return the record; when another
+          attempt stored its bytes first, the record with those (the ones to release); CommandCancelled
+          if it was cancelled, OutstandingCommand if another issuance holds the meter meanwhile,
+          UnknownIssuance otherwise when the record is not awaiting a signature;
         - `failed`: mark each (issuance id, reason) FAILED if still RECORDED (best effort: an error leaves
           the record RECORDED, which a retry may finish once it is stale);
         - `drafts`: per (draft, counter floor), allocate the generation's next counter,
           max(last + 1, floor), and record the issuance; (existing record, False) when (bench, request id)
-          is already recorded, and nothing is written for it.
+          is already recorded, and nothing is written for it. Refused (nothing written): OutstandingCommand
+          naming the meter's outstanding issuance, DeviceNotVanilla when the device's records show it
+          elsewhere than on the draft's generation (OutstandingCommand with a hand-in outstanding),
+          BenchNotEnrolled, KeyNotInCustody.
         Writes that the caller hands in together commit together whenever the store can do so."""
         ...
 
-    def record_outcome(
-        self, issuance_id: int, outcome: RecordedOutcome, response: bytes, actor: str
-    ) -> None: ...
+    def record_outcome(self, issuance_id: int, outcome: RecordedOutcome, response: bytes, actor: str) -> bool:
+        """Record the verified outcome (status, the answer, and the device's custody per `outcome.custody`
+        while the records still show the device on the generation that signed); False, changing nothing,
+        when the issuance already has one."""
+        ...
+
+    # one outstanding command per meter, abandoned attempts, cancellations (ARCHITECTURE §5.12)
+    def get_issuance(self, issuance_id: int) -> IssuanceRecord | None: ...
+    def outstanding_issuance(self, device_id: bytes) -> IssuanceRecord | None:
+        """The meter's RECORDED or SIGNED, unreported issuance (at most one: the store enforces it)."""
+        ...
+
+    def unreported_commands(self, device_id: bytes) -> list[IssuanceRecord]:
+        """The meter's released commands without an outcome (the outstanding one, cancelled ones), newest
+        first."""
+        ...
+
+    def device_custody(self, device_id: bytes) -> DeviceCustody | None: ...
+    def fail_abandoned_issuances(self, recorded_before: datetime) -> list[int]:
+        """Mark FAILED (audited) every issuance still RECORDED that was recorded before `recorded_before`."""
+        ...
+
+    def cancel_issuance(
+        self, issuance_id: int, cancellation: Cancellation, bench_id: str | None = None
+    ) -> IssuanceRecord:
+        """RECORDED, SIGNED or FAILED -> CANCELLED (audited); idempotent; CustodyConflict once an outcome is
+        recorded; with `bench_id`, UnknownIssuance unless it is that bench's."""
+        ...
 
 
 class HandInStore(Protocol):
@@ -106,6 +138,10 @@ class HandInStore(Protocol):
 
     def find_hand_in_order(self, bench_id: str, request_id: str) -> HandInOrder | None: ...
     def get_hand_in_order(self, order_id: int) -> HandInOrder | None: ...
+    def outstanding_issuance(self, device_id: bytes) -> IssuanceRecord | None:
+        """The meter's RECORDED or SIGNED, unreported hand-out or rotation, if any."""
+        ...
+
     def outstanding_hand_in(self, device_id: bytes) -> HandInOrder | None:
         """The device's order that is AWAITING or AUTHORISED, if any (at most one: the store enforces it)."""
         ...

@@ -108,8 +108,14 @@ class IssuanceStatus(StrEnum):
     RECORDED = "recorded"  # counter allocated, not yet signed (write-ahead)
     SIGNED = "signed"  # signature verified and stored; released to the bench
     FAILED = "failed"  # signing or verification failed; counter burnt, nothing released
-    APPLIED = "applied"  # the meter's signed response reports every cell replaced
+    APPLIED = "applied"  # the meter's signed answer shows both NO cells holding what the command installs
     REJECTED = "rejected"  # the meter's signed response reports a refusal
+    CANCELLED = "cancelled"  # withdrawn before an outcome; a meter that received it may still apply it
+
+    @property
+    def outstanding(self) -> bool:
+        """Holds the meter: no other command may be issued for it (one outstanding command per meter)."""
+        return self in (IssuanceStatus.RECORDED, IssuanceStatus.SIGNED)
 
 
 @dataclass(frozen=True)
@@ -309,6 +315,19 @@ class IssuanceRecord:
     signed_command: bytes | None = None
     outcome_response: bytes | None = None
     target_generation: int | None = None  # a rotation's target
+    cancelled_by: str | None = None  # officer:<id> | bench:<id>
+    cancel_reason: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return "rotation" if self.target_generation is not None else "hand-out"
+
+    def describe(self) -> str:
+        """How refusals name it: request id, bench, issuance id and status."""
+        return (
+            f"request {self.request_id!r} of bench {self.bench_id} ({self.kind}, issuance "
+            f"{self.issuance_id}, {self.status.value})"
+        )
 
 
 @dataclass(frozen=True)
@@ -348,15 +367,44 @@ class SignedCommand:
 
 @dataclass(frozen=True)
 class OutcomeReport:
+    """What a bench reports for a released command: the meter's signed CS02b response to it, or (when the
+    meter already held what the command installs, so the bench did not send it again) the meter's signed
+    CS02a answer read after the command was issued. Exactly one of the two."""
+
     bench_id: str
     request_id: str
-    response: bytes  # the meter's signed CS02b response
+    response: bytes  # the meter's signed CS02b response, or b""
+    credentials_answer: bytes = b""  # the meter's signed CS02a answer, or b""
 
     @classmethod
-    def create(cls, bench_id: str, request_id: str, response: bytes) -> OutcomeReport:
-        if not response:
-            raise InvalidRequest("response is required (the meter's signed CS02b response)")
-        return cls(parse_bench_id(bench_id), parse_request_id(request_id), response)
+    def create(
+        cls, bench_id: str, request_id: str, response: bytes, credentials_answer: bytes = b""
+    ) -> OutcomeReport:
+        if bool(response) == bool(credentials_answer):
+            raise InvalidRequest(
+                "give exactly one of response (the meter's signed CS02b response) and credentials_answer "
+                "(its signed CS02a answer)"
+            )
+        return cls(parse_bench_id(bench_id), parse_request_id(request_id), response, credentials_answer)
+
+    @property
+    def evidence(self) -> bytes:
+        return self.response or self.credentials_answer
+
+
+@dataclass(frozen=True)
+class Cancellation:
+    """An officer's or a bench's withdrawal of a command (audited with its reason)."""
+
+    actor: str  # officer:<id> | bench:<id>
+    reason: str
+
+    @classmethod
+    def create(cls, actor: str, reason: str) -> Cancellation:
+        text = (reason or "").strip()
+        if not text or len(text) > 500:
+            raise InvalidRequest("reason is required (1-500 characters): say why the command is withdrawn")
+        return cls(actor, text)
 
 
 @dataclass(frozen=True)
@@ -374,6 +422,11 @@ class RecordedOutcome:
     cell_statuses: tuple[tuple[int, int, int], ...]  # (role, key usage bit, status code)
     no_ds: CellState | None
     no_ka: CellState | None
+    # what the records then say the meter holds, from the verified answer (None: what they said before)
+    custody: CustodyState | None = None
+    area_id: int | None = None
+    generation: int | None = None
+    evidence: str = "response"  # response (CS02b) | credentials (CS02a)
 
 
 @dataclass(frozen=True)
@@ -478,6 +531,7 @@ class HandInOrder:
     counter: int | None = None  # the DNO's originator counter in `command`
     mac_present: bool = False
     outcome_response: bytes | None = None
+    authorised_at: datetime | None = None
 
 
 @dataclass(frozen=True)

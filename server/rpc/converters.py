@@ -29,6 +29,7 @@ from server.domain.values import (
     HandInRequest,
     HandInStatus,
     HandOutRequest,
+    IssuanceRecord,
     OutcomeReport,
     RecordedOutcome,
     RotationRequest,
@@ -75,7 +76,20 @@ def rotation_request_from_pb(bench_id: str, msg: pb.RotationRequest) -> Rotation
 
 
 def outcome_report(bench_id: str, msg: pb.OutcomeReport) -> OutcomeReport:
-    return OutcomeReport.create(bench_id, msg.request_id, msg.response)
+    return OutcomeReport.create(bench_id, msg.request_id, msg.response, msg.credentials_answer)
+
+
+def cancelled_command(record: IssuanceRecord) -> pb.CancelledCommand:
+    return pb.CancelledCommand(
+        issuance_id=record.issuance_id,
+        device_id=record.device_id.hex().upper(),
+        bench_id=record.bench_id,
+        request_id=record.request_id,
+        status=record.status.value,
+        released=record.signed_command is not None,
+        cancelled_by=record.cancelled_by or "",
+        reason=record.cancel_reason or "",
+    )
 
 
 _USAGE_NAMES = {KeyUsage.DIGITAL_SIGNATURE: "digitalSignature", KeyUsage.KEY_AGREEMENT: "keyAgreement"}

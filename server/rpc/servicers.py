@@ -16,6 +16,7 @@ from server.domain.values import (
     BenchOperation,
     parse_entity_id,
     parse_record_id,
+    parse_request_id,
 )
 from server.rpc import converters
 from server.rpc.interceptors import bench_caller, officer_identity
@@ -65,6 +66,13 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
         outcome = self._service.report_outcome(converters.outcome_report(self._bench(), request))
         return converters.outcome_ack(outcome)
 
+    def CancelRequest(
+        self, request: pb.CancelRequestRequest, context: grpc.ServicerContext
+    ) -> pb.CancelledCommand:
+        bench = self._bench()
+        record = self._service.cancel_request(bench, parse_request_id(request.request_id), request.reason)
+        return converters.cancelled_command(record)
+
     def RequestHandIn(self, request: pb.HandInRequest, context: grpc.ServicerContext) -> pb.HandInOrder:
         order = self._hand_in.order(converters.hand_in_request_from_pb(self._hand_in_bench(), request))
         return converters.hand_in_order_to_pb(order)
@@ -81,15 +89,22 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
     ) -> pb.OutcomeAck:
         bench = self._hand_in_bench()
         order_id = parse_record_id(request.order_id, "order_id")
-        outcome = self._hand_in.report_outcome(bench, order_id, request.response)
+        outcome = self._hand_in.report_outcome(bench, order_id, request.response, request.credentials_answer)
         return converters.meter_outcome_to_pb(order_id, outcome)
 
 
 class CustodyServicer(custody_grpc.CustodyServiceServicer):
-    def __init__(self, hand_in: HandInService, fleet: FleetView, custody: CustodyService) -> None:
+    def __init__(
+        self,
+        hand_in: HandInService,
+        fleet: FleetView,
+        custody: CustodyService,
+        hand_out: HandOutService,
+    ) -> None:
         self._hand_in = hand_in
         self._fleet = fleet
         self._custody = custody
+        self._hand_out = hand_out
 
     def _officer(self) -> str:
         """The calling officer, once enrolment is checked (before any input is read)."""
@@ -301,3 +316,12 @@ class CustodyServicer(custody_grpc.CustodyServiceServicer):
         self._custody.revoke_bench(officer, request.bench_id, request.reason)
         bench = next(b for b in self._custody.benches(officer) if b.bench_id == request.bench_id)
         return converters.bench_to_pb(bench)
+
+    # -- commands
+    def CancelCommand(
+        self, request: custody_pb.CancelCommandRequest, context: grpc.ServicerContext
+    ) -> pb.CancelledCommand:
+        officer = self._officer()
+        issuance_id = parse_record_id(request.issuance_id, "issuance_id")
+        record = self._hand_out.cancel_issuance(officer, issuance_id, request.reason)
+        return converters.cancelled_command(record)

@@ -69,6 +69,7 @@ def _order(row: Any) -> HandInOrder:
         counter=None if row.counter is None else int(row.counter),
         mac_present=bool(row.mac_present),
         outcome_response=None if row.outcome_response is None else bytes(row.outcome_response),
+        authorised_at=None if row.authorised_at is None else _aware(row.authorised_at),
     )
 
 

@@ -67,6 +67,11 @@ benches = Table(
     Column("certificate_sha256", String(64)),  # of the certificate issued at enrolment from the bench's CSR
 )
 
+# Issuances that hold a meter: recorded (being signed) or signed and not yet reported. Queries that must use
+# the partial indexes below repeat these predicates literally.
+OUTSTANDING_ISSUANCE = "status IN ('recorded', 'signed')"
+CANCELLED_ISSUANCE = "status = 'cancelled'"
+
 issuances = Table(
     "issuances",
     metadata,
@@ -87,8 +92,27 @@ issuances = Table(
     Column("outcome_at", DateTime(timezone=True)),
     Column("outcome_response", LargeBinary),
     Column("target_generation", Integer),  # rotation: the generation the meter moves onto
+    Column("cancelled_at", DateTime(timezone=True)),
+    Column("cancelled_by", String(128)),  # officer:<id> | bench:<id>
+    Column("cancel_reason", Text),
     UniqueConstraint("bench_id", "request_id", name="uq_issuance_bench_request"),
     UniqueConstraint("generation", "counter", name="uq_issuance_generation_counter"),
+    # one outstanding command per meter, whichever replica or bench asks: the INSERT that records an
+    # issuance fails while the meter has another recorded or signed, unreported one
+    Index(
+        "uq_issuance_outstanding_device",
+        "device_id",
+        unique=True,
+        sqlite_where=text(OUTSTANDING_ISSUANCE),
+        postgresql_where=text(OUTSTANDING_ISSUANCE),
+    ),
+    # cancelled commands a meter may still apply (read when a report or a reading settles one)
+    Index(
+        "ix_issuance_cancelled_device",
+        "device_id",
+        sqlite_where=text(CANCELLED_ISSUANCE),
+        postgresql_where=text(CANCELLED_ISSUANCE),
+    ),
 )
 
 devices = Table(

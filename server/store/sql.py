@@ -36,14 +36,18 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import Script, ScriptDirectory
 from alembic.script.revision import RevisionError
 from alembic.util import CommandError
-from sqlalchemy import Connection, DateTime, Engine, create_engine, event, insert, select, update
+from sqlalchemy import Connection, DateTime, Engine, create_engine, event, insert, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from server.domain.audit import AuditTip
 from server.domain.errors import (
     BenchNotEnrolled,
+    CommandCancelled,
+    CustodyConflict,
+    DeviceNotVanilla,
     KeyNotInCustody,
+    OutstandingCommand,
     StoreUnavailable,
     UnknownIssuance,
     VdnoError,
@@ -53,6 +57,7 @@ from server.domain.values import (
     AuditEvent,
     Bench,
     BenchStatus,
+    Cancellation,
     CellState,
     CustodyState,
     GenerationStatus,
@@ -67,7 +72,16 @@ from server.store.audit import AuditAppender, read_audit_tip
 from server.store.custody import CustodyRecords, bench_record
 from server.store.files import create_private_file
 from server.store.fleet import HandInRecords, set_custody
-from server.store.schema import areas, benches, counters, devices, generations, issuances
+from server.store.schema import (
+    CANCELLED_ISSUANCE,
+    OUTSTANDING_ISSUANCE,
+    areas,
+    benches,
+    counters,
+    devices,
+    generations,
+    issuances,
+)
 
 T = TypeVar("T")
 # A write: runs inside the batch transaction and appends the security events it causes to the list.
@@ -571,15 +585,21 @@ class _HotPathSql:
         greatest = "GREATEST" if pg else "MAX"
         # SQLite: the new row's id is the cursor's lastrowid (issuance_id is the rowid): no row to step to.
         self.record_returns_id = pg
-        # The counter is allocated only while the bench is enrolled and the generation may sign, read in the
-        # transaction that records the issuance: a revocation or a compromise is felt at once, by every
-        # replica, whatever a request's earlier (cached) checks saw.
+        # The counter is allocated only while the bench is enrolled, the generation may sign and the records
+        # do not show the meter elsewhere than on that generation, read in the transaction that records the
+        # issuance: a revocation, a compromise or an outcome is felt at once, by every replica, whatever a
+        # request's earlier (cached) checks or its reading of the meter saw. (A meter the records have never
+        # seen has no row.) The INSERT that follows fails while the meter has an outstanding issuance
+        # (uq_issuance_outstanding_device): together, no extra statement per issuance.
         self.allocate = q(
             f"UPDATE counters SET last_value = {greatest}(last_value + 1, :floor) "  # noqa: S608 (constant)
             "WHERE generation = :generation "
             "AND EXISTS (SELECT 1 FROM benches WHERE bench_id = :bench_id AND status = 'enrolled') "
             "AND EXISTS (SELECT 1 FROM generations g WHERE g.generation = :generation "
             "AND g.status IN ('active', 'signing-only') AND NOT g.compromised) "
+            "AND NOT EXISTS (SELECT 1 FROM devices d WHERE d.device_id = :device_id "
+            "AND d.custody_state IS NOT NULL AND (d.custody_state <> 'vanilla' OR d.generation IS NULL "
+            "OR d.generation <> :generation)) "
             "RETURNING last_value"
         )
         self.bench_status = q("SELECT status FROM benches WHERE bench_id = :bench_id")
@@ -637,6 +657,8 @@ def _issuance(row: Any) -> IssuanceRecord:
         signed_command=bytes(row.signed_command) if row.signed_command is not None else None,
         outcome_response=bytes(row.outcome_response) if row.outcome_response is not None else None,
         target_generation=row.target_generation,
+        cancelled_by=row.cancelled_by,
+        cancel_reason=row.cancel_reason,
     )
 
 
@@ -899,14 +921,23 @@ class SqlCustodyStore(HandInRecords, CustodyRecords):
         outcomes = self._step_writer.run_group(ops, self._counter_lock(drafts))
         stored = outcomes[: len(signed)]
         begun = outcomes[len(signed) + len(failed) :]
+        for i, (record, _) in enumerate(signed):
+            if self._conflict(stored[i]):  # finishing a failed attempt while another command holds the meter
+                stored[i] = self._outstanding_refusal(record.device_id, stored[i])
         for i, (draft, _) in enumerate(drafts):
-            error = begun[i]
-            if isinstance(error, StoreUnavailable) and isinstance(
-                error.__cause__, (IntegrityError, self._driver_integrity_error)
-            ):  # the request id is already recorded (a retry, or a twin in another process)
-                found = self.find_issuance(draft.bench_id, draft.request_id)
-                if found is not None:
-                    begun[i] = (found, False)
+            outcome = begun[i]
+            if not isinstance(outcome, VdnoError) or (
+                isinstance(outcome, StoreUnavailable) and not self._conflict(outcome)
+            ):
+                continue
+            # Refused: the request id may be recorded already (a retry, or a twin in another process), which
+            # is answered from its record whatever the refusal (the meter's records may have moved on since,
+            # by this very command). Else a conflict is the meter's outstanding command.
+            found = self.find_issuance(draft.bench_id, draft.request_id)
+            if found is not None:
+                begun[i] = (found, False)
+            elif self._conflict(outcome):
+                begun[i] = self._outstanding_refusal(draft.device_id, outcome)
         return IssuanceStep(stored=tuple(stored), begun=tuple(begun))
 
     def _counter_lock(
@@ -932,6 +963,21 @@ class SqlCustodyStore(HandInRecords, CustodyRecords):
 
         return lock
 
+    def _conflict(self, outcome: object) -> bool:
+        return isinstance(outcome, StoreUnavailable) and isinstance(
+            outcome.__cause__, (IntegrityError, self._driver_integrity_error)
+        )
+
+    def _outstanding_refusal(self, device_id: bytes, error: VdnoError) -> VdnoError:
+        """OutstandingCommand naming the meter's outstanding issuance; `error` if there is none (any more)."""
+        outstanding = self.outstanding_issuance(device_id)
+        if outstanding is None:
+            return error
+        return OutstandingCommand(
+            f"device {device_id.hex()} has an outstanding command: {outstanding.describe()}; its outcome "
+            "must be reported (or the command cancelled) first"
+        )
+
     def _begin_op(self, draft: IssuanceDraft, counter_floor: int) -> WriteOp[tuple[IssuanceRecord, bool]]:
         hot = self._hot
 
@@ -942,17 +988,16 @@ class SqlCustodyStore(HandInRecords, CustodyRecords):
             try:
                 cur.execute(
                     hot.allocate,
-                    {"floor": counter_floor, "generation": draft.generation, "bench_id": draft.bench_id},
+                    {
+                        "floor": counter_floor,
+                        "generation": draft.generation,
+                        "bench_id": draft.bench_id,
+                        "device_id": draft.device_id,
+                    },
                 )
                 allocated = cur.fetchone()
                 if allocated is None:
-                    cur.execute(hot.bench_status, {"bench_id": draft.bench_id})
-                    bench = cur.fetchone()
-                    if bench is None or bench[0] != BenchStatus.ENROLLED.value:
-                        raise BenchNotEnrolled(
-                            f"bench {draft.bench_id!r} is not enrolled or has been revoked"
-                        )
-                    raise KeyNotInCustody(f"vanilla generation {draft.generation} may no longer sign")
+                    raise self._refusal(c, draft)
                 counter = int(allocated[0])
                 now = _now()
                 cur.execute(
@@ -1006,6 +1051,44 @@ class SqlCustodyStore(HandInRecords, CustodyRecords):
 
         return op
 
+    def _refusal(self, c: Connection, draft: IssuanceDraft) -> VdnoError:
+        """Why the counter was not allocated (read in the same transaction)."""
+        cur = _cursor(c)
+        try:
+            cur.execute(self._hot.bench_status, {"bench_id": draft.bench_id})
+            bench = cur.fetchone()
+        finally:
+            cur.close()
+        if bench is None or bench[0] != BenchStatus.ENROLLED.value:
+            return BenchNotEnrolled(f"bench {draft.bench_id!r} is not enrolled or has been revoked")
+        device = c.execute(
+            select(devices.c.custody_state, devices.c.area_id, devices.c.generation).where(
+                devices.c.device_id == draft.device_id
+            )
+        ).first()
+        if (
+            device is not None
+            and device.custody_state is not None
+            and (device.custody_state != CustodyState.VANILLA.value or device.generation != draft.generation)
+        ):
+            state = CustodyState(device.custody_state)
+            where = {
+                CustodyState.AREA: f"in area {device.area_id}",
+                CustodyState.VANILLA: f"on vanilla generation {device.generation}",
+                CustodyState.HAND_IN_ORDERED: f"with a hand-in ordered (from area {device.area_id})",
+                CustodyState.HAND_IN_AUTHORISED: f"with a hand-in authorised (from area {device.area_id})",
+            }.get(state, f"holding {state.value} certificates")
+            error = (
+                OutstandingCommand
+                if state in (CustodyState.HAND_IN_ORDERED, CustodyState.HAND_IN_AUTHORISED)
+                else DeviceNotVanilla
+            )
+            return error(
+                f"the custodian's records show device {draft.device_id.hex()} {where}, not on vanilla "
+                f"generation {draft.generation} as its reading says: read the meter again"
+            )
+        return KeyNotInCustody(f"vanilla generation {draft.generation} may no longer sign")
+
     def _complete_op(self, record: IssuanceRecord, signed_command: bytes) -> WriteOp[IssuanceRecord]:
         hot = self._hot
 
@@ -1027,6 +1110,17 @@ class SqlCustodyStore(HandInRecords, CustodyRecords):
             finally:
                 cur.close()
             if updated != 1:
+                # Another attempt (a retry in another process, after this one looked abandoned) stored its
+                # signed bytes first: those are the ones released, this signature is dropped.
+                query = select(issuances).where(issuances.c.issuance_id == record.issuance_id)
+                row = c.execute(query).first()
+                if row is not None and row.status == IssuanceStatus.CANCELLED.value:
+                    raise CommandCancelled(
+                        f"request {record.request_id!r} was cancelled by {row.cancelled_by}: "
+                        f"{row.cancel_reason}"
+                    )
+                if row is not None and row.signed_command is not None:
+                    return _issuance(row)
                 raise UnknownIssuance(f"issuance {record.issuance_id} is not awaiting a signature")
             events.append(
                 AuditEvent(
@@ -1056,52 +1150,201 @@ class SqlCustodyStore(HandInRecords, CustodyRecords):
 
         return op
 
-    def record_outcome(self, issuance_id: int, outcome: RecordedOutcome, response: bytes, actor: str) -> None:
-        def op(c: Connection, events: list[AuditEvent]) -> None:
+    def record_outcome(self, issuance_id: int, outcome: RecordedOutcome, response: bytes, actor: str) -> bool:
+        """Record the verified outcome once (False when one was recorded meanwhile, and nothing changes).
+        The device's custody follows `outcome.custody` only while the records still show it on the
+        generation that signed (a command applies only from there): an outcome reported after the records
+        moved on (a cancelled command reported late) is recorded on the issuance and audited, and the
+        device's records are left as they are."""
+
+        def op(c: Connection, events: list[AuditEvent]) -> bool:
             row = c.execute(
                 select(
                     issuances.c.device_id,
-                    issuances.c.area_id,
                     issuances.c.generation,
                     issuances.c.target_generation,
+                    issuances.c.status,
                 ).where(issuances.c.issuance_id == issuance_id)
             ).first()
             if row is None:
                 raise UnknownIssuance(f"no issuance {issuance_id}")
             now = _now()
-            c.execute(
+            updated = c.execute(
                 update(issuances)
-                .where(issuances.c.issuance_id == issuance_id)
+                .where(issuances.c.issuance_id == issuance_id, issuances.c.outcome_response.is_(None))
                 .values(status=outcome.status.value, outcome_response=response, outcome_at=now)
-            )
+            ).rowcount
+            if updated != 1:
+                return False
             device_id = bytes(row.device_id)
             reference = f"issuance:{issuance_id}"
             kind = "rotation" if row.target_generation is not None else "hand-out"
             applied = outcome.status is IssuanceStatus.APPLIED
-            if applied and row.target_generation is None:
-                state, area, generation = CustodyState.AREA, row.area_id, None
-            elif applied:
-                state, area, generation = CustodyState.VANILLA, None, row.target_generation
-            else:  # refused: the cells hold what they held
-                state, area, generation = CustodyState.VANILLA, None, row.generation
-            set_custody(
-                c, device_id, state, area_id=area, generation=generation,
-                event=f"{kind}-{'applied' if applied else 'rejected'}", reference=reference, actor=actor,
-                at=now, cells=(outcome.no_ds, outcome.no_ka),
-            )  # fmt: skip
-            c.execute(
-                update(devices).where(devices.c.device_id == device_id).values(last_issuance_id=issuance_id)
+            device = c.execute(
+                select(devices.c.custody_state, devices.c.generation).where(devices.c.device_id == device_id)
+            ).first()
+            moved_on = (
+                device is not None
+                and device.custody_state is not None
+                and (
+                    device.custody_state != CustodyState.VANILLA.value or device.generation != row.generation
+                )
             )
+            custody = "unchanged" if moved_on or outcome.custody is None else outcome.custody.value
+            if custody != "unchanged":
+                assert outcome.custody is not None
+                set_custody(
+                    c, device_id, outcome.custody, area_id=outcome.area_id, generation=outcome.generation,
+                    event=f"{kind}-{'applied' if applied else 'rejected'}", reference=reference, actor=actor,
+                    at=now, cells=(outcome.no_ds, outcome.no_ka),
+                )  # fmt: skip
+                c.execute(
+                    update(devices)
+                    .where(devices.c.device_id == device_id)
+                    .values(last_issuance_id=issuance_id)
+                )
             events.append(
                 AuditEvent(
                     "outcome.reported",
                     actor,
-                    f"issuance:{issuance_id}",
-                    {"status": outcome.status.value, "cells": [list(s) for s in outcome.cell_statuses]},
+                    reference,
+                    {
+                        "status": outcome.status.value,
+                        "cells": [list(s) for s in outcome.cell_statuses],
+                        "evidence": outcome.evidence,
+                        "was": row.status,
+                        "custody": custody,
+                    },
                 ),
             )
+            return True
 
-        self._writer.submit(op)
+        return bool(self._writer.submit(op))
+
+    def get_issuance(self, issuance_id: int) -> IssuanceRecord | None:
+        row = self._read(
+            lambda c: c.execute(select(issuances).where(issuances.c.issuance_id == issuance_id)).first()
+        )
+        return None if row is None else _issuance(row)
+
+    def outstanding_issuance(self, device_id: bytes) -> IssuanceRecord | None:
+        """The meter's recorded or signed, unreported issuance, if any (at most one: the index says so)."""
+        row = self._read(
+            lambda c: c.execute(
+                select(issuances).where(issuances.c.device_id == device_id, text(OUTSTANDING_ISSUANCE))
+            ).first()
+        )
+        return None if row is None else _issuance(row)
+
+    def unreported_commands(self, device_id: bytes) -> list[IssuanceRecord]:
+        """The meter's released commands without an outcome, newest first: the outstanding one (signed) and
+        cancelled ones that a meter may still have applied."""
+
+        def read(c: Connection) -> list[Any]:
+            rows = list(
+                c.execute(
+                    select(issuances).where(issuances.c.device_id == device_id, text(OUTSTANDING_ISSUANCE))
+                ).all()
+            )
+            rows += c.execute(
+                select(issuances).where(issuances.c.device_id == device_id, text(CANCELLED_ISSUANCE))
+            ).all()
+            return rows
+
+        records = [_issuance(r) for r in self._read(read)]
+        return sorted(
+            (r for r in records if r.signed_command is not None and r.outcome_response is None),
+            key=lambda r: r.issuance_id,
+            reverse=True,
+        )
+
+    def fail_abandoned_issuances(self, recorded_before: datetime) -> list[int]:
+        """Mark FAILED every issuance still RECORDED that was recorded before `recorded_before` (its attempt
+        died: nothing of it was released, since signed bytes are stored before release); audited. A retry of
+        the request then finishes it under its recorded counter. Returns their ids."""
+
+        # Read first (through the outstanding index: a handful of rows), write only when there is any.
+        query = select(issuances.c.issuance_id).where(
+            text(OUTSTANDING_ISSUANCE),
+            issuances.c.status == IssuanceStatus.RECORDED.value,
+            issuances.c.created_at < recorded_before,
+        )
+        if not self._read(lambda c: c.execute(query).first()):
+            return []
+
+        def op(c: Connection, events: list[AuditEvent]) -> list[int]:
+            ids = [int(r.issuance_id) for r in c.execute(query).all()]
+            reason = "attempt abandoned (its process stopped before signing it)"
+            for issuance_id in ids:
+                c.execute(
+                    update(issuances)
+                    .where(
+                        issuances.c.issuance_id == issuance_id,
+                        issuances.c.status == IssuanceStatus.RECORDED.value,
+                    )
+                    .values(status=IssuanceStatus.FAILED.value, failure=reason)
+                )
+                events.append(
+                    AuditEvent("command.failed", "service", f"issuance:{issuance_id}", {"reason": reason})
+                )
+            return ids
+
+        result: list[int] = self._writer.submit(op)
+        return result
+
+    def cancel_issuance(
+        self, issuance_id: int, cancellation: Cancellation, bench_id: str | None = None
+    ) -> IssuanceRecord:
+        """Withdraw a command that has no outcome (RECORDED, SIGNED or FAILED -> CANCELLED); audited as
+        command.cancelled, saying whether its signed bytes had been released. With `bench_id`, only that
+        bench's issuance (UnknownIssuance otherwise). Cancelling a cancelled command changes nothing."""
+
+        def op(c: Connection, events: list[AuditEvent]) -> IssuanceRecord:
+            row = c.execute(select(issuances).where(issuances.c.issuance_id == issuance_id)).first()
+            if row is None or (bench_id is not None and row.bench_id != bench_id):
+                raise UnknownIssuance(f"no issuance {issuance_id}" if bench_id is None else "no such request")
+            record = _issuance(row)
+            if record.status is IssuanceStatus.CANCELLED:
+                return record
+            if record.status in (IssuanceStatus.APPLIED, IssuanceStatus.REJECTED):
+                raise CustodyConflict(
+                    f"{record.describe()} has its outcome recorded: there is nothing to cancel"
+                )
+            now = _now()
+            c.execute(
+                update(issuances)
+                .where(issuances.c.issuance_id == issuance_id, issuances.c.status == record.status.value)
+                .values(
+                    status=IssuanceStatus.CANCELLED.value,
+                    cancelled_at=now,
+                    cancelled_by=cancellation.actor,
+                    cancel_reason=cancellation.reason,
+                )
+            )
+            events.append(
+                AuditEvent(
+                    "command.cancelled",
+                    cancellation.actor,
+                    f"issuance:{issuance_id}",
+                    {
+                        "device": record.device_id.hex(),
+                        "bench": record.bench_id,
+                        "request_id": record.request_id,
+                        "was": record.status.value,
+                        "released": record.signed_command is not None,
+                        "reason": cancellation.reason,
+                    },
+                )
+            )
+            return replace(
+                record,
+                status=IssuanceStatus.CANCELLED,
+                cancelled_by=cancellation.actor,
+                cancel_reason=cancellation.reason,
+            )
+
+        result: IssuanceRecord = self._writer.submit(op)
+        return result
 
 
 def open_store(

@@ -255,8 +255,10 @@ class FakeCustodian:
         counter = int(kwargs.pop("counter", 5000))
         return FakeIssued(build_command(self.world, counter=counter, **kwargs), counter)
 
-    def report_outcome(self, request_id: str, response: bytes) -> FakeAck:
-        self.reports.append((request_id, response))
+    def report_outcome(
+        self, request_id: str, response: bytes = b"", credentials_answer: bytes = b""
+    ) -> FakeAck:
+        self.reports.append((request_id, response or credentials_answer))
         return self.ack
 
 

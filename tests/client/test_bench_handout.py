@@ -372,3 +372,25 @@ def test_cli_tray_table_and_exit_1(fake_backends: dict[str, Any], pems: list[str
     result = CliRunner().invoke(app, ["hand-out", "--tray", str(tray), "--json", *pems])
     assert result.exit_code == 1
     assert [d["status"] for d in json.loads(result.stdout)] == ["applied", "failed"]
+
+
+def test_cli_tray_reruns_reuse_request_ids_until_the_run_is_finished(
+    fake_backends: dict[str, Any], pems: list[str], tmp_path: Path
+) -> None:
+    tray = tmp_path / "tray.txt"
+    tray.write_text(f"{DEVICE_ID.hex()} {AREA_ID}\n{OTHER_DEVICE_ID.hex()} {AREA_ID}\n")
+
+    def run(*args: str) -> list[str]:
+        result = CliRunner().invoke(app, ["hand-out", "--tray", str(tray), "--json", *args, *pems])
+        assert result.exit_code in (0, 1), result.stderr
+        return [request[0] for request in fake_backends["api"].requests]
+
+    first = run()  # the second meter fails (no such meter): the run stays open
+    assert len(first) == 1 and first[0].endswith(f":{DEVICE_ID.hex()}")
+    assert run() == first
+    given = run("--request-id", "dock-3")
+    assert given == [f"dock-3:{DEVICE_ID.hex()}"]
+    assert run("--new-run") != first
+    tray.write_text(f"{DEVICE_ID.hex()} {AREA_ID}\n")
+    finished = run()  # every meter applied: the run is finished
+    assert run() != finished

@@ -395,6 +395,39 @@ def no_cells(device: SimulatedDevice) -> tuple[bytes, bytes]:
     return device.cells[NO_DS_CELL], device.cells[NO_KA_CELL]
 
 
+def record_mismatches(deployment: Deployment, meters: dict[bytes, SimulatedDevice]) -> list[str]:
+    """Each meter whose records differ from its real cells, named with both: the custody state the NO cells
+    imply (an area DNO's set -> area, a vanilla generation's -> vanilla) against devices.custody_state, area
+    and generation, and the NO cells' (entity id, key id) against the recorded ones. A meter the records
+    have never seen must still hold vanilla generation 1, as it came."""
+    areas = {area_entity_id(a): a for a in range(10, 24)}
+    vanilla = {vanilla_entity_id(g): g for g in range(1, 10)}
+    problems = []
+    with deployment.store() as store:
+        for device_id, meter in meters.items():
+            ds, ka = (meter.cell_certificate(cell) for cell in (NO_DS_CELL, NO_KA_CELL))
+            assert ds is not None and ka is not None
+            if ds.entity_id in areas:
+                real = ("area", areas[ds.entity_id], None)
+            else:
+                real = ("vanilla", None, vanilla.get(ds.entity_id))
+            custody = store.device_custody(device_id)
+            if custody is None:
+                recorded: tuple[str, int | None, int | None] = ("vanilla", None, 1)
+            else:
+                recorded = (custody.state.value, custody.area_id, custody.generation)
+            if recorded != real:
+                problems.append(f"{device_id.hex()}: records {recorded}, cells {real}")
+            ds_cell, ka_cell = store.device_cells(device_id)
+            held = ((ds.entity_id, ds.subject_key_identifier), (ka.entity_id, ka.subject_key_identifier))
+            kept = tuple(
+                None if c is None else (c.entity_id, c.subject_key_identifier) for c in (ds_cell, ka_cell)
+            )
+            if custody is not None and kept != held:
+                problems.append(f"{device_id.hex()}: recorded cells {kept}, real cells {held}")
+    return problems
+
+
 def replacement_outcomes(response: bytes) -> tuple[ReplacementOutcome, ...]:
     """Per-cell outcomes of a meter's signed CS02b response."""
     payload = UpdateSecurityCredentialsResponse.decode(decode_message(response).apdu.content)
@@ -737,6 +770,7 @@ __all__ = [
     "no_cells",
     "postgres_schema",
     "read_key_attributes",
+    "record_mismatches",
     "replacement_outcomes",
     "request_command",
     "rpc_error",

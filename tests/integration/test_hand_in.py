@@ -18,6 +18,7 @@ from integration_testlib import (
     hand_in_command,
     microseconds_now,
     new_request_id,
+    record_mismatches,
     replacement_outcomes,
     rpc_error,
 )
@@ -26,8 +27,9 @@ from sqlalchemy import select
 from admin.api import CustodyCallFailed
 from client.errors import ServiceError
 from client.hand_in import APPLIED, ORDERED, apply_hand_ins, order_hand_in
-from client.handout import read_meter
+from client.handout import ALREADY_APPLIED, read_meter
 from gbcs.cells import NO_DS_CELL, StatusCode
+from gbcs.framing import MessageCode, decode_message
 from labpki.hierarchy import LabHierarchy
 from labpki.smki import issue_organisation_certificate, new_p256_key
 from labpki.tls import OFFICER_ROLE, issue_client_certificate
@@ -230,11 +232,49 @@ def test_the_meter_refuses_a_tampered_mac_and_a_replay_of_an_applied_command(dep
     replayed = meter.process(authorised.command)
     assert StatusCode.SUCCESS not in statuses(replayed)
     assert meter.cells == vanilla_cells
-    # A report of the replay's refusal is not taken as the order's outcome: the order stays applied.
-    with deployment.client() as api, pytest.raises(ServiceError) as second:
-        api.report_hand_in_outcome(authorised.order_id, replayed)
-    assert second.value.code_name == "FAILED_PRECONDITION"
-    assert order_row(deployment, ordered.order_id).status == "applied"
+    # The replay's refusal shows the NO cells on the vanilla generation the command installs (as a rerun
+    # after a crash would find them): it answers "applied" again, never "rejected", and the order keeps the
+    # outcome it had.
+    first = order_row(deployment, ordered.order_id).outcome_response
+    with deployment.client() as api:
+        again = api.report_hand_in_outcome(authorised.order_id, replayed)
+    assert again.status == "applied"
+    row = order_row(deployment, ordered.order_id)
+    assert row.status == "applied" and row.outcome_response == first
+
+
+def test_a_hand_in_applied_before_a_crash_is_reported_with_the_meters_cs02a_answer(
+    deployment: Deployment,
+) -> None:
+    ordered = order(deployment, 20)
+    meter = ordered.transport.devices[ordered.device_id]
+    with deployment.officer() as officer:
+        [xml] = [
+            xml
+            for rec, xml in officer.export_hand_in_requests(20)
+            if bytes.fromhex(rec["device_id"]) == ordered.device_id
+        ]
+        officer.import_hand_in_command(deployment.dcc.answer_request(xml))
+    with deployment.client() as api:
+        [authorised] = api.fetch_hand_in_commands([ordered.device_id.hex()])
+        stale = read_meter(ordered.transport, ordered.device_id)  # before the command applied
+    assert statuses(meter.process(authorised.command)) == {StatusCode.SUCCESS}  # the bench died here
+    with deployment.client("bench-02") as api, pytest.raises(ServiceError) as refused:
+        api.report_hand_in_outcome(ordered.order_id, credentials_answer=stale.credentials_response)
+    assert refused.value.code_name == "FAILED_PRECONDITION"
+    assert "do not hold what the command installs" in refused.value.message
+    assert order_row(deployment, ordered.order_id).status == "authorised"
+
+    # The rerun finds the meter on the vanilla generation: it reports its CS02a answer, not the command.
+    with deployment.client("bench-02") as api:
+        [result] = apply_hand_ins(api, ordered.transport, api.trust_bundle(), [ordered.device_id])
+    assert (result.status, result.reason) == (APPLIED, ALREADY_APPLIED)
+    row = order_row(deployment, ordered.order_id)
+    assert row.status == "applied"
+    assert decode_message(bytes(row.outcome_response)).apdu.header.message_code == (
+        MessageCode.CS02A_PROVIDE_SECURITY_CREDENTIALS
+    )
+    assert record_mismatches(deployment, ordered.transport.devices) == []
 
 
 # -- orders the service does not take -------------------------------------------------------------------

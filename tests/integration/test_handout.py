@@ -28,7 +28,7 @@ from integration_testlib import (
 
 from client.checks import check_command
 from client.errors import CommandRefused
-from client.handout import APPLIED, hand_out, read_meter
+from client.handout import APPLIED, FAILED, hand_out, read_meter
 from gbcs.cells import StatusCode
 from gbcs.cs02b import UpdateSecurityCredentialsCommand
 from gbcs.framing import decode_message
@@ -75,7 +75,7 @@ def test_one_meter_is_handed_out_end_to_end(deployment: Deployment) -> None:
 
 
 def test_same_request_id_twice_returns_identical_bytes_and_one_issuance(deployment: Deployment) -> None:
-    transport, [device_id] = deployment.meters(1)
+    transport, [device_id, other_device] = deployment.meters(2)
     request_id = new_request_id()
     channel, stub = deployment.stub("bench-01")
     other_channel, other_stub = deployment.stub("bench-02")
@@ -87,9 +87,15 @@ def test_same_request_id_twice_returns_identical_bytes_and_one_issuance(deployme
         retry = stub.RequestHandOut(
             hand_out_request(read_meter(transport, device_id), device_id, 16, request_id), timeout=30
         )
-        # Request ids belong to a bench: the same id from another bench is another issuance.
+        # Request ids belong to a bench: the same id from another bench is another request. For the same
+        # meter it is refused while the first command is outstanding; for another meter it is signed.
+        held = rpc_error(
+            lambda: other_stub.RequestHandOut(
+                hand_out_request(read_meter(transport, device_id), device_id, 16, request_id), timeout=30
+            )
+        )
         elsewhere = other_stub.RequestHandOut(
-            hand_out_request(read_meter(transport, device_id), device_id, 16, request_id), timeout=30
+            hand_out_request(read_meter(transport, other_device), other_device, 16, request_id), timeout=30
         )
 
     assert retry.command == first.command
@@ -100,6 +106,8 @@ def test_same_request_id_twice_returns_identical_bytes_and_one_issuance(deployme
     signed = [e for e in deployment.audit_events("command.issued") if e.subject == subject]
     assert len(signed) == 1, "a retry must never produce a second signature"
 
+    assert held.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert f"request {request_id!r} of bench bench-01" in held.details()
     assert elsewhere.issuance_id != first.issuance_id
     assert elsewhere.originator_counter > first.originator_counter
     assert len(deployment.issuance_rows("bench-02", request_id)) == 1
@@ -210,13 +218,14 @@ def test_replayed_command_is_refused_by_the_meter(deployment: Deployment) -> Non
     assert statuses(meter.process(handed_out.applied_command)) == {StatusCode.BAD_SEQUENCE_NUMBER}
     assert no_cells(meter) == vanilla
 
-    # A new hand-out (a new, higher counter) is accepted.
+    # That hand-in went round the custodian, whose records still show the meter in area 14: a new hand-out
+    # is refused on them, however fresh the reading (a hand-in through the custodian is test_journey's).
     with deployment.client() as api:
         again = hand_out(api, transport, bundle, device_id, 15, gateway=deployment.dcc)
-    assert again.status == APPLIED, again.reason
-    assert again.counter is not None and handed_out.counter is not None
-    assert again.counter > handed_out.counter
-    assert no_cells(meter) == deployment.area_certificates(15)
+    assert again.status == FAILED
+    assert "FAILED_PRECONDITION" in again.reason and "records show device" in again.reason
+    assert "in area 14" in again.reason
+    assert no_cells(meter) == vanilla
 
 
 def test_200_concurrent_requests_never_reuse_a_counter(deployment: Deployment) -> None:

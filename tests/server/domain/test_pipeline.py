@@ -3,6 +3,7 @@ port; the PKCS#11 signer is tested in tests/server/hsm and end to end in tests/i
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -131,7 +132,10 @@ def pipeline(store: SqlCustodyStore, signer: SoftwareSigner, parties) -> Iterato
 
 
 def _request(request_id: str | None = None, readings: bytes = b"cs02a") -> HandOutRequest:
-    return HandOutRequest("bench-01", request_id or uuid.uuid4().hex, DEVICE, 10, b"cert", readings)
+    """A request for a meter of its own (one outstanding command per meter): the device follows the id."""
+    rid = request_id or uuid.uuid4().hex
+    device = DEVICE[:2] + hashlib.sha256(rid.encode()).digest()[:6]
+    return HandOutRequest("bench-01", rid, device, 10, b"cert", readings)
 
 
 def _validator(parties) -> Callable[[HandOutRequest], NewIssuance]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import uuid
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from server.domain.values import (
     Area,
     AuditEvent,
     CellState,
+    CustodyState,
     GenerationStatus,
     IssuanceDraft,
     IssuanceRecord,
@@ -57,7 +59,9 @@ GEN = VanillaGeneration(
 
 
 def draft(request_id: str, bench: str = "bench-01") -> IssuanceDraft:
-    return IssuanceDraft(bench, request_id, "fp", b"\x00\xdb\x12\x34\x56\x78\x90\xa0", 12, 1, b"cert")
+    """A hand-out draft for a meter of its own (one outstanding command per meter)."""
+    device = b"\x00\xdb" + hashlib.sha256(request_id.encode()).digest()[:6]
+    return IssuanceDraft(bench, request_id, "fp", device, 12, 1, b"cert")
 
 
 def begin(store: SqlCustodyStore, d: IssuanceDraft, counter_floor: int) -> tuple[IssuanceRecord, bool]:
@@ -115,7 +119,15 @@ def test_signed_bytes_and_outcome_are_recorded(store: SqlCustodyStore) -> None:
     cells = CellState(b"LAB\x00\x00\x03\x00\x0c", b"\x41" * 8)
     store.record_outcome(
         rec.issuance_id,
-        RecordedOutcome(rec.issuance_id, IssuanceStatus.APPLIED, ((3, 0, 0), (3, 4, 0)), cells, cells),
+        RecordedOutcome(
+            rec.issuance_id,
+            IssuanceStatus.APPLIED,
+            ((3, 0, 0), (3, 4, 0)),
+            cells,
+            cells,
+            custody=CustodyState.AREA,
+            area_id=12,
+        ),
         b"resp",
         "bench:x",
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,9 @@ GEN = VanillaGeneration(
 
 
 def draft(request_id: str) -> tuple[IssuanceDraft, int]:
-    return IssuanceDraft("bench-01", request_id, "fp", bytes(8), 12, 1, b"cert"), 1
+    """A hand-out draft for a meter of its own (one outstanding command per meter)."""
+    device = hashlib.sha256(request_id.encode()).digest()[:8]
+    return IssuanceDraft("bench-01", request_id, "fp", device, 12, 1, b"cert"), 1
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import signal
 import subprocess
@@ -38,7 +39,9 @@ sys.stdin.read()  # until the test closes stdin (or kills this process)
 
 
 def draft(request_id: str) -> tuple[IssuanceDraft, int]:
-    return IssuanceDraft("bench-01", request_id, "fp", bytes(8), 12, 1, b"cert"), 1
+    """A hand-out draft for a meter of its own (one outstanding command per meter)."""
+    device = hashlib.sha256(request_id.encode()).digest()[:8]
+    return IssuanceDraft("bench-01", request_id, "fp", device, 12, 1, b"cert"), 1
 
 
 def start_holder(lock_path: Path) -> subprocess.Popen[str]:

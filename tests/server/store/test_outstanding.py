@@ -1,0 +1,177 @@
+"""One outstanding command per meter, abandoned attempts and cancellations in the store, on SQLite and
+PostgreSQL: what the issuance write refuses, in its own transaction, and what it keeps."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import insert, text
+from test_sql_store import GEN, begin, complete, draft, store, store_url  # noqa: F401 (fixtures)
+
+from server.domain.errors import (
+    CommandCancelled,
+    CustodyConflict,
+    DeviceNotVanilla,
+    OutstandingCommand,
+    UnknownIssuance,
+)
+from server.domain.values import (
+    Cancellation,
+    CellState,
+    CustodyState,
+    IssuanceDraft,
+    IssuanceStatus,
+    RecordedOutcome,
+)
+from server.store.audit import verify_chain
+from server.store.schema import issuances
+from server.store.sql import MIGRATIONS, SqlCustodyStore, make_engine, open_store
+
+AREA_CELLS = CellState(b"LAB\x00\x00\x03\x00\x0c", b"\x41" * 8)
+
+
+@pytest.fixture
+def ready(store: SqlCustodyStore) -> SqlCustodyStore:  # noqa: F811
+    store.add_generation(GEN, "t")
+    for bench in ("bench-01", "bench-02"):
+        store.enroll_bench(bench, "t")
+    return store
+
+
+def same_meter(request_id: str, bench: str, like: IssuanceDraft) -> IssuanceDraft:
+    return IssuanceDraft(bench, request_id, "fp", like.device_id, 12, 1, b"cert")
+
+
+def applied(issuance_id: int, custody: CustodyState | None = CustodyState.AREA) -> RecordedOutcome:
+    return RecordedOutcome(
+        issuance_id, IssuanceStatus.APPLIED, (), AREA_CELLS, AREA_CELLS, custody=custody, area_id=12
+    )
+
+
+def events(of: SqlCustodyStore, name: str) -> list[tuple[str, str]]:
+    query = text("SELECT actor, subject FROM audit_log WHERE event = :e ORDER BY seq")
+    with of.engine.connect() as c:
+        return [(r.actor, r.subject) for r in c.execute(query, {"e": name})]
+
+
+def test_a_meter_with_a_signed_unreported_command_takes_no_other(ready: SqlCustodyStore) -> None:
+    first = draft("r1")
+    record, _ = begin(ready, first, counter_floor=100)
+    complete(ready, record, b"\xdf one")
+    with pytest.raises(OutstandingCommand) as refused:
+        begin(ready, same_meter("r2", "bench-02", first), counter_floor=1)
+    assert "request 'r1' of bench bench-01 (hand-out, issuance 1, signed)" in str(refused.value)
+    again, created = begin(ready, first, counter_floor=1)  # its own retry is still answered
+    assert not created and again.issuance_id == record.issuance_id
+    other, _ = begin(ready, draft("r3"), counter_floor=1)  # the refusal burnt no counter
+    assert other.counter == record.counter + 1
+    # Reported: the meter is in area 12 now, and the records refuse a hand-out on an old reading.
+    assert ready.record_outcome(record.issuance_id, applied(record.issuance_id), b"resp", "bench:x")
+    assert not ready.record_outcome(record.issuance_id, applied(record.issuance_id), b"resp", "bench:x")
+    with pytest.raises(DeviceNotVanilla, match=r"records show device .* in area 12"):
+        begin(ready, same_meter("r4", "bench-02", first), counter_floor=1)
+    again, created = begin(ready, first, counter_floor=1)  # its own retry: still its record
+    assert not created and again.issuance_id == record.issuance_id
+    assert verify_chain(ready.engine).ok
+
+
+def test_an_abandoned_attempt_is_failed_and_frees_its_meter(ready: SqlCustodyStore) -> None:
+    first = draft("r1")
+    record, _ = begin(ready, first, counter_floor=1)
+    with pytest.raises(OutstandingCommand, match="recorded"):
+        begin(ready, same_meter("r2", "bench-02", first), counter_floor=1)
+    assert ready.fail_abandoned_issuances(datetime.now(UTC) - timedelta(seconds=60)) == []
+    assert ready.fail_abandoned_issuances(datetime.now(UTC) + timedelta(seconds=1)) == [record.issuance_id]
+    assert ready.find_issuance("bench-01", "r1").status is IssuanceStatus.FAILED
+    assert events(ready, "command.failed") == [("service", f"issuance:{record.issuance_id}")]
+    other, created = begin(ready, same_meter("r2", "bench-02", first), counter_floor=1)
+    assert created
+    # Finishing the failed attempt now would be a second command for the meter: refused, nothing stored.
+    (stored,) = ready.write_issuance_step(((record, b"\xdf late"),), (), ()).stored
+    assert isinstance(stored, OutstandingCommand) and "request 'r2'" in str(stored)
+    assert ready.find_issuance("bench-01", "r1").signed_command is None
+    # The attempt that did sign first keeps its bytes; a second attempt is answered with them.
+    first_bytes = complete(ready, other, b"\xdf first")
+    second = complete(ready, other, b"\xdf second")
+    assert first_bytes.signed_command == second.signed_command == b"\xdf first"
+
+
+def test_a_cancelled_command_frees_its_meter_and_still_takes_its_outcome(ready: SqlCustodyStore) -> None:
+    first = draft("r1")
+    record, _ = begin(ready, first, counter_floor=1)
+    complete(ready, record, b"\xdf one")
+    with pytest.raises(UnknownIssuance):  # another bench's request is not its to cancel
+        ready.cancel_issuance(record.issuance_id, Cancellation("bench:bench-02", "x"), bench_id="bench-02")
+    cancelled = ready.cancel_issuance(record.issuance_id, Cancellation("officer:o1", "bench lost"))
+    assert cancelled.status is IssuanceStatus.CANCELLED and cancelled.cancelled_by == "officer:o1"
+    assert ready.cancel_issuance(record.issuance_id, Cancellation("officer:o2", "again")).cancelled_by == (
+        "officer:o1"
+    )
+    assert events(ready, "command.cancelled") == [("officer:o1", f"issuance:{record.issuance_id}")]
+    second, created = begin(ready, same_meter("r2", "bench-02", first), counter_floor=1)
+    assert created
+    # The meter applied the cancelled command after all: its outcome is taken, and moves the records.
+    assert ready.record_outcome(record.issuance_id, applied(record.issuance_id), b"resp", "bench:bench-01")
+    assert ready.find_issuance("bench-01", "r1").status is IssuanceStatus.APPLIED
+    assert ready.device_custody(first.device_id).state is CustodyState.AREA
+    with pytest.raises(CustodyConflict, match="outcome recorded"):
+        ready.cancel_issuance(record.issuance_id, Cancellation("officer:o1", "too late"))
+    # The other command's late outcome is recorded on it, and leaves the records where they are.
+    complete(ready, second, b"\xdf two")
+    late = RecordedOutcome(
+        second.issuance_id, IssuanceStatus.REJECTED, (), AREA_CELLS, AREA_CELLS, CustodyState.VANILLA, None, 1
+    )
+    assert ready.record_outcome(second.issuance_id, late, b"resp2", "bench:bench-02")
+    assert ready.device_custody(first.device_id).state is CustodyState.AREA
+    # A cancelled attempt that was still being signed is not stored.
+    third, _ = begin(ready, draft("r5"), counter_floor=1)
+    ready.cancel_issuance(
+        third.issuance_id, Cancellation("bench:bench-01", "wrong meter"), bench_id="bench-01"
+    )
+    (stored,) = ready.write_issuance_step(((third, b"\xdf three"),), (), ()).stored
+    assert isinstance(stored, CommandCancelled)
+    assert verify_chain(ready.engine).ok
+
+
+def test_migration_0004_closes_older_outstanding_commands_of_a_meter(store_url: str) -> None:  # noqa: F811
+    engine = make_engine(store_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0003")
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        for issuance_id, status in ((1, "signed"), (2, "recorded"), (3, "signed"), (4, "applied")):
+            conn.execute(
+                insert(issuances).values(
+                    issuance_id=issuance_id,
+                    bench_id="b",
+                    request_id=f"r{issuance_id}",
+                    request_fingerprint="fp",
+                    device_id=b"\x00" * 8,
+                    area_id=12,
+                    generation=1,
+                    counter=issuance_id,
+                    device_certificate=b"c",
+                    status=status,
+                    created_at=now,
+                )
+            )
+    engine.dispose()
+    migrated = open_store(store_url)
+    try:
+        by_id = {r.issuance_id: r for r in migrated.list_issuances()}
+        assert [by_id[i].status for i in (1, 2, 3, 4)] == [
+            IssuanceStatus.CANCELLED,
+            IssuanceStatus.FAILED,
+            IssuanceStatus.SIGNED,
+            IssuanceStatus.APPLIED,
+        ]
+        assert by_id[1].cancelled_by == "migration:0004"
+        assert migrated.outstanding_issuance(b"\x00" * 8).issuance_id == 3
+    finally:
+        migrated.close()
