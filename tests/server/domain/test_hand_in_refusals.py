@@ -268,10 +268,12 @@ def test_outcomes_are_checked_against_the_authorised_command_and_recorded_once(
     assert outcome.status is IssuanceStatus.APPLIED
     assert (outcome.no_ds.entity_id, outcome.no_ka.entity_id) == (VANILLA_ID, VANILLA_ID)  # type: ignore[union-attr]
     assert service.report_outcome("bench-02", order.order_id, genuine) == outcome  # the same report again
-    again = forge_world.response(forge_world.hand_in()).encode()  # signed anew: other bytes
+    again = forge_world.response(forge_world.hand_in()).encode()  # signed anew: other bytes, same outcome
+    assert service.report_outcome("bench-01", order.order_id, again) == outcome
+    refusal = forge_world.response(forge_world.hand_in(), (5, 5)).encode()  # another outcome
     with pytest.raises(OutcomeRejected) as twice:
-        service.report_outcome("bench-01", order.order_id, again)
-    assert str(twice.value) == f"an outcome was already recorded for hand-in order {order.order_id}"
+        service.report_outcome("bench-01", order.order_id, refusal)
+    assert str(twice.value) == f"an outcome (applied) was already recorded for hand-in order {order.order_id}"
     assert store.get_hand_in_order(order.order_id).status is HandInStatus.APPLIED  # type: ignore[union-attr]
 
 

@@ -106,12 +106,13 @@ def test_a_response_missing_a_cell_is_not_applied(forge_world: ForgeWorld, defec
 
 def test_outcomes_for_other_cells_are_reported_but_place_nothing(forge_world: ForgeWorld) -> None:
     """A cell outcome for neither NO cell (here the NO prepayment KA cell, which a meter does not have:
-    status 25) is listed, and both NO cells are still read from their own outcomes."""
+    status 25) is listed, and both NO cells are still read from their own outcomes: both hold what the
+    command installs, so the command is applied (the records follow the cells)."""
     form = forge_world.hand_out()
     prepayment = TrustAnchorReplacement(forge_world.area.ka_der, replace(NO_KA_CELL, cell_usage=1))
     response = forge_world.response(replace(form, replacements=(*form.replacements, prepayment)), (0, 0, 25))
     outcome = check(forge_world, response.encode())
     assert outcome.cell_statuses == ((3, 0, 0), (3, 4, 0), (3, 4, 25))
-    assert outcome.status is IssuanceStatus.REJECTED
+    assert outcome.status is IssuanceStatus.APPLIED
     assert outcome.no_ds == CellState(AREA_ENTITY, forge_world.area.ds_ski)
     assert outcome.no_ka == CellState(AREA_ENTITY, forge_world.area.ka_ski)

@@ -4,6 +4,7 @@ used to deadlock happens on every run instead of now and then."""
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 import uuid
@@ -39,7 +40,9 @@ def generation(number: int) -> VanillaGeneration:
 
 
 def draft(request_id: str, gen: int = 1) -> IssuanceDraft:
-    return IssuanceDraft("bench-01", request_id, "fp", b"\x00\xdb\x12\x34\x56\x78\x90\xa0", 12, gen, b"cert")
+    """A hand-out request of bench-01 for a meter of its own (one outstanding command per meter)."""
+    device = b"\x00\xdb" + hashlib.sha256(request_id.encode()).digest()[:6]
+    return IssuanceDraft("bench-01", request_id, "fp", device, 12, gen, b"cert")
 
 
 @pytest.fixture
