@@ -78,6 +78,20 @@ class EnrolmentConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """[metrics]: Prometheus metrics over plain HTTP at /metrics ("" disables the listener). With
+    [server] processes > 1 the parent process serves the metrics of every worker."""
+
+    listen: str = "127.0.0.1:0"
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """(host, port) of `listen` (checked by load_settings; "[::1]:9464" gives "::1")."""
+        host, _, port = self.listen.rpartition(":")
+        return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+@dataclass(frozen=True)
 class AuditSettings:
     key_uri: str  # PKCS#11 URI of the audit checkpoint key's private half in the token
     public_key: Path  # its public key (PEM), which the server and offline verifiers check signatures with
@@ -101,6 +115,7 @@ class Settings:
     custody: CustodyConfig = CustodyConfig()
     enrolment: EnrolmentConfig = EnrolmentConfig()
     audit: AuditSettings | None = None  # None: no [audit] table, checkpoints are unavailable
+    metrics: MetricsConfig = MetricsConfig()
 
 
 def _path(base: Path, table: Mapping[str, Any], key: str, section: str) -> Path:
@@ -129,7 +144,7 @@ def _audit(base: Path, table: object) -> AuditSettings:
 
 def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
     """Read `path` (TOML); relative paths are relative to the file. Environment overrides:
-    VDNO_LISTEN, VDNO_HEALTH_LISTEN, VDNO_DATABASE_URL, VDNO_PROCESSES."""
+    VDNO_LISTEN, VDNO_HEALTH_LISTEN, VDNO_DATABASE_URL, VDNO_PROCESSES, VDNO_METRICS_LISTEN."""
     env = os.environ if environ is None else environ
     try:
         raw = tomllib.loads(path.read_text())
@@ -197,7 +212,21 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
         health_listen=health_listen,
         health_interval=_seconds(server, "health_interval", "server", 1.0),
         audit=_audit(base, raw["audit"]) if "audit" in raw else None,
+        metrics=_metrics(raw.get("metrics", {}), env),
     )
+
+
+def _metrics(table: object, env: Mapping[str, str]) -> MetricsConfig:
+    if not isinstance(table, dict):
+        raise ConfigError("[metrics] must be a table")
+    unknown = sorted(set(table) - {"listen"})
+    if unknown:
+        raise ConfigError(f"[metrics] unknown keys: {', '.join(unknown)}")
+    listen = env.get("VDNO_METRICS_LISTEN", table.get("listen", MetricsConfig.listen))
+    host, _, port = listen.rpartition(":") if isinstance(listen, str) else ("", "", "")
+    if listen != "" and (not host or not port.isdigit() or int(port) > 65535):
+        raise ConfigError(f'[metrics] listen must be "host:port" or "" (no metrics listener), not {listen!r}')
+    return MetricsConfig(listen)
 
 
 def _custody(table: Mapping[str, Any]) -> CustodyConfig:

@@ -76,3 +76,28 @@ def test_the_health_listener_is_disabled_by_an_empty_address(tmp_path: Path) -> 
 def test_bad_values_name_the_key(tmp_path: Path, section: str, line: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         settings_of(tmp_path, **{section: line})
+
+
+def test_the_metrics_listener_is_loopback_by_default_and_disabled_by_an_empty_address(tmp_path: Path) -> None:
+    assert settings_of(tmp_path).metrics.listen == "127.0.0.1:0"
+    path = tmp_path / "config.toml"
+    path.write_text(BASE.format(server="", database="", hsm="") + '[metrics]\nlisten = "[::1]:9464"\n')
+    assert load_settings(path, {}).metrics.address == ("::1", 9464)
+    assert load_settings(path, {"VDNO_METRICS_LISTEN": ""}).metrics.listen == ""
+    assert load_settings(path, {"VDNO_METRICS_LISTEN": "0.0.0.0:9"}).metrics.address == ("0.0.0.0", 9)
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('listen = "9464"', r'\[metrics\] listen must be "host:port" or ""'),
+        ('listen = "127.0.0.1:99999"', r"\[metrics\] listen must be"),
+        ("listen = 9464", r"\[metrics\] listen must be"),
+        ('port = "9464"', r"\[metrics\] unknown keys: port"),
+    ],
+)
+def test_bad_metrics_settings_name_the_key(tmp_path: Path, table: str, message: str) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(BASE.format(server="", database="", hsm="") + f"[metrics]\n{table}\n")
+    with pytest.raises(ConfigError, match=message):
+        load_settings(path, {})
