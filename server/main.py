@@ -140,14 +140,14 @@ def _serve_for_workers(
         for publisher in publishers:
             publisher(report)
 
-    combined = ProcessesHealth(
-        shared, lambda: [w.is_alive() for w in workers], publish, interval=settings.health_interval
-    )
     if publishers:
+        combined = ProcessesHealth(
+            shared, lambda: [w.is_alive() for w in workers], publish, interval=settings.health_interval
+        )
         combined.start()
+        stops.insert(0, combined.close)
 
     def stop() -> None:
-        combined.close()
         for step in stops:
             step()
 

@@ -10,6 +10,7 @@ import contextlib
 import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -541,6 +542,18 @@ def set_config(state: Path, section: str, key: str, value: str) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+@contextlib.contextmanager
+def token_away(state: Path) -> Iterator[None]:
+    """SoftHSM's directory of the token moved out of the token dir (the token is removed), then back."""
+    [directory] = [p for p in (state / "tokens").iterdir() if p.is_dir()]
+    away = state / f"away-{directory.name}"
+    shutil.move(directory, away)
+    try:
+        yield
+    finally:
+        shutil.move(away, directory)
+
+
 def health_of(port: int, service: str = "") -> str:
     """What the plaintext health listener on `port` says for `service` ("" is the whole service): a
     status name, or the gRPC code name of a failed check."""
@@ -742,5 +755,6 @@ __all__ = [
     "rpc_error",
     "set_config",
     "ski_of",
+    "token_away",
     "wait_for_health",
 ]
