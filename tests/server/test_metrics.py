@@ -4,6 +4,8 @@ in real subprocesses)."""
 
 from __future__ import annotations
 
+import json
+import re
 import socket
 import subprocess
 import sys
@@ -162,3 +164,23 @@ def test_processes_write_their_values_to_files_that_the_parent_serves_combined(t
     ended.register(ProcessesCollector(tmp_path, lambda: set(pids)))
     assert ended.get_sample_value("vdno_audit_head_sequence") is None
     assert ended.get_sample_value("vdno_pipeline_step_requests_count") == 7
+
+
+def test_the_sample_dashboard_is_json_with_a_panel_for_every_family_on_the_chosen_datasource() -> None:
+    path = Path(__file__).resolve().parents[2] / "docs" / "grafana" / "vdno-dashboard.json"
+    dashboard = json.loads(path.read_text())
+    [datasource] = [v for v in dashboard["templating"]["list"] if v["type"] == "datasource"]
+    assert datasource["query"] == "prometheus"
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    assert {p["id"] for p in dashboard["panels"]} == set(range(1, len(dashboard["panels"]) + 1))
+    exprs = []
+    for panel in panels:
+        assert panel["datasource"]["uid"] == f"${{{datasource['name']}}}", panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"] == panel["datasource"]
+            assert 'job=~"$job"' in target["expr"], target["expr"]
+            exprs.append(target["expr"])
+    families = {family.name for family in ServerMetrics(CollectorRegistry()).registry.collect()}
+    assert len(families) == 10
+    for family in families:  # counters are named with _total, histograms by their series
+        assert any(re.search(rf"\b{family}(_total|_bucket|_sum|_count)?\{{", e) for e in exprs), family
