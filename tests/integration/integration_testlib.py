@@ -721,7 +721,7 @@ class BenchLoad:
 
 
 def log_events(log_text: str) -> list[dict[str, Any]]:
-    """The JSON events of a server log (other lines, e.g. Alembic's, are skipped)."""
+    """The JSON events of a server log (a line that is not JSON is skipped)."""
     events = []
     for line in log_text.splitlines():
         if line.startswith("{"):
