@@ -24,6 +24,7 @@ from labpki.smki import CertifiedKey, new_p256_key
 from labpki.tls import OFFICER_ROLE, issue_client_certificate, issue_server_certificate, make_tls_ca
 from server.config import ConfigError
 from server.domain import errors as e
+from server.port_claim import PortHeld
 from server.rpc.interceptors import ErrorMappingInterceptor, bench_identity, officer_identity
 from vdno.v1 import custodian_pb2 as pb
 from vdno.v1 import custodian_pb2_grpc as pb_grpc
@@ -68,9 +69,11 @@ EXPECTED: dict[type[e.VdnoError], grpc.StatusCode] = {
     e.StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
     e.HsmUnavailable: grpc.StatusCode.UNAVAILABLE,
     e.SignatureCheckFailed: grpc.StatusCode.INTERNAL,
-    # a start-up error (configuration), raised by no servicer; imported above so that the set of subclasses
-    # found does not depend on which test modules ran before in the same process
+    # start-up errors (configuration, a port another server holds), raised by no servicer; imported above
+    # so that the set of subclasses found does not depend on which test modules ran before in the same
+    # process
     ConfigError: grpc.StatusCode.INTERNAL,
+    PortHeld: grpc.StatusCode.INTERNAL,
 }
 
 
