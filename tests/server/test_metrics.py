@@ -14,6 +14,7 @@ import urllib.request
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from subprocess import PIPE
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -136,6 +137,7 @@ _WORKER = textwrap.dedent(
     for _ in range(int(sys.argv[2])):
         metrics.issuance(BenchOperation.HAND_OUT, IssuanceOutcome.SIGNED, 1)
         metrics.step(1, 0.01, True)
+    sys.stdin.readline()  # the test says when
     metrics.audit_head(int(sys.argv[3]))
     """
 )
@@ -143,25 +145,26 @@ _WORKER = textwrap.dedent(
 
 def test_processes_write_their_values_to_files_that_the_parent_serves_combined(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[2]
-    pids = []
-    for count, head in ((3, 17), (4, 18)):  # the second reads the head later: the most recent value wins
-        done = subprocess.run(
-            [sys.executable, "-c", _WORKER, str(tmp_path), str(count), str(head)], cwd=root, check=False,
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr[-2000:]
-        pids += [int(p.stem.rsplit("_", 1)[1]) for p in tmp_path.glob("counter_*.db")]
-    assert len(set(pids)) == 2
+    command = [sys.executable, "-c", _WORKER, str(tmp_path)]
+    workers = [
+        subprocess.Popen([*command, str(count), str(head)], cwd=root, text=True, stdin=PIPE, stderr=PIPE)
+        for count, head in ((3, 18), (4, 17))
+    ]
+    for worker in workers:  # one after the other: the second's audit head is the most recent
+        _, errors = worker.communicate("go\n", timeout=60)
+        assert worker.returncode == 0, errors[-2000:]
+    pids = {w.pid for w in workers}
+    assert {int(p.stem.rsplit("_", 1)[1]) for p in tmp_path.glob("counter_*.db")} == pids
     registry = CollectorRegistry()
     registry.register(ProcessesCollector(tmp_path, lambda: []))
     value = registry.get_sample_value
     assert value("vdno_issuances_total", {"kind": "hand-out", "outcome": "signed", "generation": "1"}) == 7
     assert value("vdno_pipeline_step_requests_count") == 7
     assert value("vdno_database_write_seconds_sum", {"result": "ok"}) == pytest.approx(0.07)
-    assert value("vdno_audit_head_sequence") == 18
+    assert value("vdno_audit_head_sequence") == 17  # the most recent, not the largest
     # Once both processes have ended, their live gauges are dropped; their counts stay.
     ended = CollectorRegistry()
-    ended.register(ProcessesCollector(tmp_path, lambda: set(pids)))
+    ended.register(ProcessesCollector(tmp_path, lambda: pids))
     assert ended.get_sample_value("vdno_audit_head_sequence") is None
     assert ended.get_sample_value("vdno_pipeline_step_requests_count") == 7
 
