@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from concurrent import futures
@@ -14,6 +15,7 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
 
 from gbcs.errors import GbcsError
 from gbcs.smki import load_certificate
@@ -37,6 +39,7 @@ from server.health import (
     serve_health,
 )
 from server.housekeeping import CustodyHousekeeping
+from server.metrics import MetricsListener, ServerMetrics
 from server.refusals import RefusalAudit
 from server.rpc.audit_servicer import add_audit_service
 from server.rpc.interceptors import ErrorMappingInterceptor
@@ -129,6 +132,12 @@ class RunningServer:
     health_port: int | None = None  # the plaintext health listener's, when this process serves it
     housekeeping: CustodyHousekeeping | None = None
     refusals: RefusalAudit | None = None
+    metrics: ServerMetrics | None = None
+    metrics_listener: MetricsListener | None = None  # when this process serves /metrics
+
+    @property
+    def metrics_port(self) -> int | None:
+        return None if self.metrics_listener is None else self.metrics_listener.port
 
     def stop(self, grace: float = 1.0) -> None:
         self.health_servicer.enter_graceful_shutdown()  # NOT_SERVING from now on
@@ -136,6 +145,8 @@ class RunningServer:
         self.server.stop(grace).wait()
         if self.health_server is not None:
             self.health_server.stop(None)
+        if self.metrics_listener is not None:
+            self.metrics_listener.stop()
         if self.housekeeping is not None:
             self.housekeeping.stop()
         if self.refusals is not None:
@@ -166,8 +177,10 @@ def build_server(
     beforehand, once, by `vdno-server serve` (server.store.sql.migrate_database).
 
     Health (server/health.py) is probed in the background from the start. Without `health_slots` (one
-    server process) this process also serves the plaintext health listener (settings.health_listen); with
-    them (one of several processes) it publishes its state there and the parent process serves it."""
+    server process) this process also serves the plaintext health listener (settings.health_listen) and
+    the metrics listener (settings.metrics); with them (one of several processes) it publishes its health
+    there and its metrics into the files server.metrics.use_values named, and the parent process serves
+    both."""
     anchors = load_anchors(settings)
     checkpoint_key = audit_key(settings)  # None without an [audit] table: checkpoints are refused
     store = open_store(settings.database_url, run_migrations=False, write_lock_wait=settings.write_lock_wait)
@@ -179,7 +192,8 @@ def build_server(
         structlog.get_logger("vdno.server").warning("hsm.not_ready", reason=str(exc))
     except HsmLoginRefused:  # the signer logged it; every call is refused until a restart
         pass
-    service = HandOutService(store, signer, anchors, _utc_now)
+    metrics = ServerMetrics(CollectorRegistry())
+    service = HandOutService(store, signer, anchors, _utc_now, observer=metrics)
     try:  # issuances an earlier process left RECORDED when it stopped: they no longer hold their meters
         abandoned = service.fail_abandoned()
         if abandoned:
@@ -192,7 +206,7 @@ def build_server(
     refusals = RefusalAudit(store.record_event)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="rpc"),
-        interceptors=[ErrorMappingInterceptor(on_refused_auth=refusals.refused)],
+        interceptors=[ErrorMappingInterceptor(on_refused_auth=refusals.refused, observer=metrics)],
         options=[("grpc.so_reuseport", 1 if share_port else 0)],
     )
     custodian_pb2_grpc.add_BenchServiceServicer_to_server(  # type: ignore[no-untyped-call]
@@ -215,7 +229,10 @@ def build_server(
         server,
     )
     board = HealthBoard(health_servicer, (SERVICE_NAME,), source=f"pid {os.getpid()}")
-    publishers = [board.publish] if health_slots is None else [board.publish, health_slots.publish]
+    # One process: its own health is the service's (vdno_up). Several: the parent combines them.
+    publishers = (
+        [board.publish, metrics.health] if health_slots is None else [board.publish, health_slots.publish]
+    )
 
     def publish(report: HealthReport) -> None:
         for publisher in publishers:
@@ -228,8 +245,15 @@ def build_server(
             return []
         return [g.ds_key_uri for g in generations if g.signs]
 
+    def probe_database() -> None:
+        store.check_writable()
+        with contextlib.suppress(VdnoError):  # a broken head is for the audit verification to report
+            tip = store.audit_tip()
+            if tip is not None:
+                metrics.audit_head(tip.head.seq)
+
     monitor = HealthMonitor(
-        {HSM: lambda: signer.probe(active_keys()), DATABASE: store.check_writable},
+        {HSM: lambda: signer.probe(active_keys()), DATABASE: probe_database},
         publish,
         interval=settings.health_interval,
     )
@@ -246,10 +270,16 @@ def build_server(
     health_server, health_port = None, None
     if health_slots is None and settings.health_listen:
         health_server, health_port = serve_health(settings.health_listen, health_servicer)
+    metrics_listener = None
+    if health_slots is None and settings.metrics.listen:
+        metrics_listener = MetricsListener(settings.metrics, metrics.registry)
     server.start()
     monitor.start()
     housekeeping = CustodyHousekeeping(
-        custody, settings.custody.housekeeping_seconds, fail_abandoned=service.fail_abandoned
+        custody,
+        settings.custody.housekeeping_seconds,
+        fail_abandoned=service.fail_abandoned,
+        on_expiry=metrics.generations_expiry,
     )
     housekeeping.start()
     return RunningServer(
@@ -264,4 +294,6 @@ def build_server(
         health_port,
         housekeeping,
         refusals,
+        metrics,
+        metrics_listener,
     )

@@ -57,8 +57,10 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "VDNO_HEALTH_LISTEN": ("server", "health_listen"),
     "VDNO_PROCESSES": ("server", "processes"),
     "VDNO_DATABASE_URL": ("database", "url"),
+    "VDNO_METRICS_LISTEN": ("metrics", "listen"),
 }
-EMPTY_IS_A_VALUE = frozenset({"VDNO_HEALTH_LISTEN"})  # "" disables the health listener
+# "" disables the health or metrics listener
+EMPTY_IS_A_VALUE = frozenset({"VDNO_HEALTH_LISTEN", "VDNO_METRICS_LISTEN"})
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DATABASE_DRIVERS = ("sqlite", "sqlite+pysqlite", "postgresql+psycopg")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -390,6 +392,19 @@ class EnrolmentConfig(Table):
     client_ca_key: PemPrivateKey | None = None
 
 
+class MetricsConfig(Table):
+    """[metrics]: Prometheus metrics over plain HTTP at /metrics ("" disables the listener). With
+    [server] processes > 1 the parent process serves the metrics of every worker."""
+
+    listen: HostPortOrEmpty = "127.0.0.1:0"
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """(host, port) of `listen`; "[::1]:9464" gives "::1"."""
+        host, _, port = self.listen.rpartition(":")
+        return host.removeprefix("[").removesuffix("]"), int(port)
+
+
 class AuditSettings(Table):
     """[audit]"""
 
@@ -411,6 +426,7 @@ class Settings(Table):
     custody: CustodyConfig = CustodyConfig()
     enrolment: EnrolmentConfig = EnrolmentConfig()
     audit: AuditSettings | None = None  # None: no [audit] table, checkpoints are unavailable
+    metrics: MetricsConfig = MetricsConfig()
 
     @model_validator(mode="after")
     def _enrolment_key_is_the_client_cas(self, info: ValidationInfo) -> Settings:

@@ -1,13 +1,14 @@
 """Custody housekeeping in the background of each server process: generations whose destruction grace period
 is over get their keys deleted (the officers' `destroy-due` does the same on demand), signing generations
 whose certificates expire within the warning window are logged as a warning (once a day each), and
-issuances an attempt abandoned (left RECORDED by a process that stopped) are marked FAILED."""
+issuances an attempt abandoned (left RECORDED by a process that stopped) are marked FAILED. Every signing
+generation's expiry is handed to `on_expiry` (metrics) at each run."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import structlog
 
@@ -27,9 +28,11 @@ class CustodyHousekeeping:
         interval: float,
         clock: Callable[[], float] = time.monotonic,
         fail_abandoned: Callable[[], list[int]] | None = None,
+        on_expiry: Callable[[Sequence[GenerationView]], None] | None = None,
     ) -> None:
         self._custody = custody
         self._fail_abandoned = fail_abandoned
+        self._on_expiry = on_expiry
         self._interval = interval
         self._clock = clock
         self._warned: dict[int, float] = {}
@@ -59,6 +62,8 @@ class CustodyHousekeeping:
             for generation in destroyed:
                 log.warning("generation.destroyed", generation=generation)
             self.expiring = self._custody.expiring()
+            if self._on_expiry is not None:
+                self._on_expiry(self._custody.signing_expiry())
         except VdnoError as exc:  # the token or the database is away: health says so; try again later
             log.warning("custody.housekeeping_deferred", reason=str(exc))
             return

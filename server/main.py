@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -77,106 +80,192 @@ def _empty_database_warning(settings: Settings) -> str | None:
     return f"database {shown} has {what}no {missing[-1]}: {advice}"
 
 
-def _log_startup_warning(warning: str | None) -> None:
-    if warning is not None:
-        import structlog
+def _database_for_log(url: str) -> str:
+    """The database URL without its password."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
 
-        structlog.get_logger("vdno.server").warning("database.empty", problem=warning)
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(not a database URL)"
 
 
-def _serve_one(
-    settings: Settings, shared_health: Any = None, process: int = 0, startup_warning: str | None = None
-) -> None:
-    """One server process; `settings` were built once by `serve` (they hold no secret, only where the PIN
-    is read from). With `shared_health` (one of several processes) it publishes its health there for the
-    parent's health listener instead of serving one itself. `startup_warning` is logged once logging runs."""
+def _run(settings: Settings, slots: Any = None, process: int | None = None) -> None:
+    """Serve until SIGTERM or SIGINT (logging is configured). With `slots` (one of several processes) it
+    publishes its health there and its metrics into files, for the parent process to serve."""
+    import structlog
+
     from server.app import build_server
+
+    log = structlog.get_logger("vdno.server")
+    worker = {} if process is None else {"process": process}
+    running = build_server(settings, slots, share_port=slots is not None)
+    stop = threading.Event()
+    received: list[str] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        received.append(signal.Signals(signum).name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    host = settings.listen.rpartition(":")[0]
+    log.info(
+        "server.started",
+        listen=f"{host}:{running.port}",
+        health_port=running.health_port,
+        metrics_port=running.metrics_port,
+        pid=os.getpid(),
+        **worker,
+    )
+    print(f"vdno-server listening on port {running.port}", flush=True)
+    if running.health_port is not None:
+        print(f"vdno-server health on port {running.health_port}", flush=True)
+    if running.metrics_port is not None:
+        print(f"vdno-server metrics on port {running.metrics_port}", flush=True)
+    stop.wait()
+    log.info("server.stopping", signal=received[0] if received else None, pid=os.getpid(), **worker)
+    running.stop(grace=2.0)
+    log.info("server.stopped", pid=os.getpid(), **worker)
+
+
+def _serve_one(settings: Settings, shared_health: Any, process: int, metrics_dir: Path) -> None:
+    """One of several server processes, started by `serve`; `settings` were built once by `serve` (they
+    hold no secret, only where the PIN is read from). It publishes its health in `shared_health` and its
+    metrics into files in `metrics_dir`, for the parent's listeners."""
     from server.health import HealthSlots
+    from server.metrics import use_values
     from server.observability import configure_logging
 
     log_lines = configure_logging(settings.log_level)
-    _log_startup_warning(startup_warning)
     try:
-        slots = None if shared_health is None else HealthSlots(shared_health, process)
-        running = build_server(settings, slots, share_port=shared_health is not None)
-        stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
-        print(f"vdno-server listening on port {running.port}", flush=True)
-        if running.health_port is not None:
-            print(f"vdno-server health on port {running.health_port}", flush=True)
-        stop.wait()
-        running.stop(grace=2.0)
+        use_values(metrics_dir)  # before the first metric is made
+        _run(settings, HealthSlots(shared_health, process), process)
     finally:
         log_lines.close()  # a worker process exits without running atexit hooks
 
 
-def _serve_health_of(settings: Settings, shared: Any, workers: list[Any]) -> Callable[[], None]:
-    """The parent of several server processes serves the health listener for all of them (a worker not
-    started yet or no longer running counts as down); returns its stop function."""
+def _serve_for_workers(
+    settings: Settings, shared: Any, workers: list[Any], metrics_dir: Path
+) -> tuple[Callable[[], None], dict[str, int]]:
+    """The parent of several server processes serves the health listener and the metrics listener for
+    all of them (a worker not started yet or no longer running counts as down) and sets vdno_up from their
+    combined health; returns its stop function and the ports it serves."""
     from grpc_health.v1 import health
+    from prometheus_client import CollectorRegistry
 
     from server.app import SERVICE_NAME
     from server.health import HealthBoard, ProcessesHealth, serve_health
+    from server.metrics import MetricsListener, ProcessesCollector, ServerMetrics
 
-    servicer = health.HealthServicer()
-    board = HealthBoard(servicer, (SERVICE_NAME,), source=f"{len(workers)} processes")
-    combined = ProcessesHealth(
-        shared, lambda: [w.is_alive() for w in workers], board.publish, interval=settings.health_interval
-    )
-    server, port = serve_health(settings.health_listen, servicer)
-    combined.start()
-    print(f"vdno-server health on port {port}", flush=True)
+    publishers: list[Callable[[Any], None]] = []
+    stops: list[Callable[[], None]] = []
+    ports: dict[str, int] = {}
+    if settings.health_listen:
+        servicer = health.HealthServicer()
+        board = HealthBoard(servicer, (SERVICE_NAME,), source=f"{len(workers)} processes")
+        server, ports["health_port"] = serve_health(settings.health_listen, servicer)
+        publishers.append(board.publish)
+        stops += [servicer.enter_graceful_shutdown, lambda: server.stop(None)]
+        print(f"vdno-server health on port {ports['health_port']}", flush=True)
+    if settings.metrics.listen:
+        own = ServerMetrics(CollectorRegistry())  # vdno_up: written to the files like the workers' values
+
+        def ended() -> list[int]:
+            return [w.pid for w in workers if w.pid is not None and not w.is_alive()]
+
+        served = CollectorRegistry()
+        served.register(ProcessesCollector(metrics_dir, ended))
+        listener = MetricsListener(settings.metrics, served)
+        ports["metrics_port"] = listener.port
+        publishers.append(own.health)
+        stops.append(listener.stop)
+        print(f"vdno-server metrics on port {listener.port}", flush=True)
+
+    def publish(report: Any) -> None:
+        for publisher in publishers:
+            publisher(report)
+
+    if publishers:
+        combined = ProcessesHealth(
+            shared, lambda: [w.is_alive() for w in workers], publish, interval=settings.health_interval
+        )
+        combined.start()
+        stops.insert(0, combined.close)
 
     def stop() -> None:
-        servicer.enter_graceful_shutdown()
-        combined.close()
-        server.stop(None)
+        for step in stops:
+            step()
 
-    return stop
+    return stop, ports
 
 
 @app.command()
 def serve(config: Path = typer.Option(..., "--config", help="TOML settings file")) -> None:
     """Run the service. With [server] processes > 1, that many processes share the port (SO_REUSEPORT)
-    and this process serves the health listener for all of them. A fixed port is claimed first: another
-    vdno-server holding it stops this one at once (exit 2), whatever database either uses."""
+    and this process serves the health and metrics listeners for all of them. A fixed port is claimed
+    first: another vdno-server holding it stops this one at once (exit 2), whatever database either uses.
+    Logging is configured before anything else, so every line (the migration's too) is JSON."""
+    import structlog
+
+    from server.observability import configure_logging
+
     settings = _settings(config)
+    log_lines = configure_logging(settings.log_level)
+    log = structlog.get_logger("vdno.server")
+    log.info(
+        "server.starting",
+        listen=settings.listen,
+        processes=settings.processes,
+        threads=settings.threads,
+        database=_database_for_log(settings.database_url),
+        hsm_token=settings.hsm.token_label,
+        hsm_module=str(settings.hsm.module),
+        health_listen=settings.health_listen,
+        metrics_listen=settings.metrics.listen,
+        pid=os.getpid(),
+    )
     claim = None
+    metrics_dir: Path | None = None
     try:
+        from server.metrics import use_values
         from server.port_claim import check_shareable, claim_port
         from server.store.sql import migrate_database
 
         claim = claim_port(settings.listen)  # held until this process ends
         migrate_database(settings.database_url)  # once, here: worker processes must not race to migrate
-        # Printed before logging starts (every later stderr line is JSON); logged as database.empty too.
         warning = _empty_database_warning(settings)
         if warning is not None:
-            typer.echo(f"vdno-server: warning: {warning}", err=True)
+            log.warning("database.empty", problem=warning)
         if settings.processes == 1:
-            _serve_one(settings, startup_warning=warning)
+            use_values(None)
+            _run(settings)
             return
         if claim is None:
             _fail("[server] listen needs a fixed port when processes > 1")
         check_shareable(settings.listen)
         from server.health import COMPONENTS
-        from server.observability import configure_logging
 
+        # Every process's metrics are files here (prometheus-client's multiprocess mode): set before the
+        # workers start, which inherit it, and before this process makes its own metric (vdno_up).
+        metrics_dir = Path(tempfile.mkdtemp(prefix="vdno-metrics-"))
+        use_values(metrics_dir)
         ctx = multiprocessing.get_context("spawn")
         shared = ctx.RawArray("b", settings.processes * len(COMPONENTS))  # 0 down, 1 up; see server/health.py
         workers = [
-            ctx.Process(target=_serve_one, args=(settings, shared, i), daemon=False)
+            ctx.Process(target=_serve_one, args=(settings, shared, i, metrics_dir), daemon=False)
             for i in range(settings.processes)
         ]
-        log_lines = configure_logging(settings.log_level)
-        _log_startup_warning(warning)
         # Before the workers: a listener that cannot bind stops nothing but this process. Until the
-        # workers run and report, it answers NOT_SERVING.
-        stop_health = _serve_health_of(settings, shared, workers) if settings.health_listen else None
+        # workers run and report, health answers NOT_SERVING.
+        stop_listeners, ports = _serve_for_workers(settings, shared, workers, metrics_dir)
         for w in workers:
             w.start()
+        log.info("server.workers_started", pids=[w.pid for w in workers], pid=os.getpid(), **ports)
 
-        def _forward(*_: object) -> None:
+        def _forward(signum: int, _frame: object) -> None:
+            log.info("server.stopping", signal=signal.Signals(signum).name, pid=os.getpid())
             for w in workers:
                 if w.is_alive() and w.pid is not None:
                     w.terminate()
@@ -187,16 +276,22 @@ def serve(config: Path = typer.Option(..., "--config", help="TOML settings file"
             for w in workers:
                 w.join()
         finally:
-            if stop_health is not None:
-                stop_health()
-            log_lines.close()
-    except ConfigError as exc:
+            stop_listeners()
+        log.info("server.stopped", exit_codes=[w.exitcode for w in workers], pid=os.getpid())
+    except ConfigError as exc:  # logged, then one plain line each on stderr once the log is closed
+        log.error("server.failed", problems=list(exc.problems))
+        log_lines.close()
         _fail_all(exc.problems)
     except VdnoError as exc:
+        log.error("server.failed", problem=str(exc))
+        log_lines.close()
         _fail(str(exc))
     finally:
         if claim is not None:
             claim.close()
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+        log_lines.close()
 
 
 @app.command()

@@ -282,15 +282,26 @@ class CustodyService:
         return min(dates) if dates else None
 
     def expiring(self) -> list[GenerationView]:
-        """Generations that sign and whose certificates expire within the warning window (for health, logs
-        and metrics)."""
+        """Generations that sign and whose certificates expire within the warning window (for health and
+        logs)."""
+        now = self._clock()
+        return [
+            view
+            for view in self.signing_expiry()
+            if view.record.not_after is not None
+            and view.record.not_after - now <= self.settings.expiry_warning
+        ]
+
+    def signing_expiry(self) -> list[GenerationView]:
+        """Every generation that signs (not compromised), with its certificates' expiry as not_after (for
+        metrics)."""
         now = self._clock()
         out = []
         for record in self._store.list_generation_records():
             if not record.status.signs or record.compromised:
                 continue
             not_after = self._not_after(record)
-            if not_after is not None and not_after - now <= self.settings.expiry_warning:
+            if not_after is not None:
                 out.append(GenerationView(replace(record, not_after=not_after), (not_after - now).days))
         return out
 

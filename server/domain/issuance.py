@@ -60,7 +60,7 @@ from server.domain.policy import (
     rotation_target,
     within_validity,
 )
-from server.domain.ports import CustodyStore, DigestSigner
+from server.domain.ports import CustodyStore, DigestSigner, IssuanceObserver
 from server.domain.values import (
     BenchOperation,
     Cancellation,
@@ -101,6 +101,7 @@ class HandOutService:
         signer: DigestSigner,
         anchors: TrustAnchors,
         clock: Clock,
+        observer: IssuanceObserver | None = None,  # told what the issuance pipeline does (metrics)
     ) -> None:
         self._store = store
         self._anchors = anchors
@@ -114,7 +115,7 @@ class HandOutService:
         )
         self._trusted_devices: dict[bytes, SmkiCertificate] = {}  # device certificates whose chain verified
         self._pipeline = IssuancePipeline(
-            store, signer, anchors.issuing_ca, self._certificate, self._validate
+            store, signer, anchors.issuing_ca, self._certificate, self._validate, observer
         )
 
     def close(self) -> None:

@@ -12,12 +12,16 @@ key; they wait for the next step. So:
 - an issuance is durable before its signature exists, and its signed bytes are durable before release;
 - a store that is down means no signature, or no release of one already made (UNAVAILABLE);
 - a failed attempt is marked FAILED before its caller hears of it, so a retry may finish it.
+
+An IssuanceObserver (server/domain/ports.py) is told each issuance's outcome when its caller is, each
+step's size and store write, and each HSM job.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -27,8 +31,15 @@ from gbcs.signature import signed_digest, verify_signature
 from gbcs.smki import SmkiCertificate
 from server.domain.commands import build_transfer_command
 from server.domain.errors import SignatureCheckFailed, Unavailable, VdnoError
-from server.domain.ports import CustodyStore, DigestSigner
+from server.domain.ports import (
+    CustodyStore,
+    DigestSigner,
+    IssuanceObserver,
+    IssuanceOutcome,
+    NoIssuanceObserver,
+)
 from server.domain.values import (
+    BenchOperation,
     CredentialSet,
     HandOutRequest,
     IssuanceDraft,
@@ -107,6 +118,19 @@ Work = Request | UnfinishedIssuance
 Outcome = SignedCommand | IssuanceRecord | Refused
 
 
+def _kind(work: Work | IssuanceDraft | IssuanceRecord) -> BenchOperation:
+    if isinstance(work, UnfinishedIssuance):
+        work = work.record
+    if isinstance(work, IssuanceDraft | IssuanceRecord):
+        return BenchOperation.HAND_OUT if work.target_generation is None else BenchOperation.ROTATION
+    return BenchOperation.HAND_OUT if isinstance(work, HandOutRequest) else BenchOperation.ROTATION
+
+
+def _not_written(error: BaseException) -> IssuanceOutcome:
+    """The outcome of an issuance the store refused or could not write."""
+    return IssuanceOutcome.UNAVAILABLE if isinstance(error, Unavailable) else IssuanceOutcome.REFUSED
+
+
 @dataclass(frozen=True)
 class _Signed:
     future: Reply[Outcome]
@@ -117,7 +141,7 @@ class _Signed:
 @dataclass(frozen=True)
 class _Failed:
     future: Reply[Outcome]
-    issuance_id: int
+    record: IssuanceRecord
     reason: str
     error: BaseException
 
@@ -132,8 +156,10 @@ class IssuancePipeline:
         issuing_ca: bytes,
         certificate: Callable[[bytes], SmkiCertificate],
         validate: Callable[[Request], NewIssuance],
+        observer: IssuanceObserver | None = None,
     ) -> None:
         self._store = store
+        self._observer: IssuanceObserver = observer or NoIssuanceObserver()
         self._validate = validate
         self._signer = signer
         self._issuing_ca = issuing_ca
@@ -218,6 +244,7 @@ class IssuancePipeline:
     def _step(
         self, signed: list[_Signed], failed: list[_Failed], incoming: list[tuple[Work, Reply[Outcome]]]
     ) -> tuple[list[_Signed], list[_Failed]]:
+        observe = self._observer.issuance
         drafts: list[tuple[NewIssuance, Reply[Outcome]]] = []
         for work, future in incoming:
             if not isinstance(work, UnfinishedIssuance):
@@ -225,40 +252,54 @@ class IssuancePipeline:
                     drafts.append((self._validate(work), future))
                 except VdnoError as exc:
                     future.set_result(Refused(exc))
+                    observe(_kind(work), IssuanceOutcome.REFUSED, None)
                 except Exception as exc:
                     future.set_exception(exc)
+                    observe(_kind(work), IssuanceOutcome.FAILED, None)
         to_sign = [
             (f, w.record, w.generation, w.target) for w, f in incoming if isinstance(w, UnfinishedIssuance)
         ]
+        started = time.perf_counter()
         try:
             step = self._store.write_issuance_step(
                 [(s.record, s.command) for s in signed],
-                [(x.issuance_id, x.reason) for x in failed],
+                [(x.record.issuance_id, x.reason) for x in failed],
                 [(w.draft, w.counter_floor) for w, _ in drafts],
             )
         except Exception as exc:  # nothing of this step is durable: nothing is released or signed
+            self._observer.step(len(incoming), time.perf_counter() - started, False)
             for s in signed:
                 s.future.set_exception(exc)
+                observe(_kind(s.record), IssuanceOutcome.UNAVAILABLE, s.record.generation)
             for x in failed:
                 x.future.set_exception(x.error)
-            for _, f in drafts:
+                observe(_kind(x.record), IssuanceOutcome.FAILED, x.record.generation)
+            for w, f in drafts:
                 f.set_exception(exc)
-            for w, f in incoming:
-                if isinstance(w, UnfinishedIssuance):
+                observe(_kind(w.draft), IssuanceOutcome.UNAVAILABLE, w.draft.generation)
+            for u, f in incoming:
+                if isinstance(u, UnfinishedIssuance):
                     f.set_exception(exc)
+                    observe(_kind(u), IssuanceOutcome.UNAVAILABLE, u.record.generation)
             return [], []
+        self._observer.step(len(incoming), time.perf_counter() - started, True)
         for s, stored in zip(signed, step.stored, strict=True):
             if isinstance(stored, VdnoError):
                 s.future.set_exception(stored)
+                observe(_kind(s.record), _not_written(stored), s.record.generation)
             else:  # another attempt may have stored its bytes first: the stored bytes are the ones released
                 s.future.set_result(SignedCommand.of(stored, stored.signed_command or s.command))
+                observe(_kind(s.record), IssuanceOutcome.SIGNED, s.record.generation)
         for x in failed:
             x.future.set_exception(x.error)
+            observe(_kind(x.record), IssuanceOutcome.FAILED, x.record.generation)
         for (new, future), begun in zip(drafts, step.begun, strict=True):
             if isinstance(begun, VdnoError):
                 future.set_exception(begun)
+                observe(_kind(new.draft), _not_written(begun), new.draft.generation)
             elif not begun[1]:
                 future.set_result(begun[0])  # the request id is already recorded: the caller resumes it
+                observe(_kind(new.draft), IssuanceOutcome.RETRY, new.draft.generation)
             else:
                 to_sign.append((future, begun[0], new.generation, new.target))
         return self._sign(to_sign)
@@ -276,19 +317,22 @@ class IssuancePipeline:
                     generation, target, record.device_id, record.counter, self._issuing_ca
                 )
             except Exception as exc:  # e.g. a target certificate the codec cannot place
-                failed.append(_Failed(future, record.issuance_id, "command could not be built", exc))
+                failed.append(_Failed(future, record, "command could not be built", exc))
                 continue
             by_key.setdefault(generation.ds_key_uri, []).append(
                 (future, record, generation, apdu.signed_bytes())
             )
         for key, items in by_key.items():
+            digests = [signed_digest(signed_range) for *_, signed_range in items]
+            started = time.perf_counter()
             try:
-                signatures = self._signer.sign_digests(
-                    key, [signed_digest(signed_range) for *_, signed_range in items]
-                )
+                signatures = self._signer.sign_digests(key, digests)
             except Exception as exc:
-                failed += [_Failed(f, r.issuance_id, type(exc).__name__, exc) for f, r, _, _ in items]
+                named = type(exc).__name__ if isinstance(exc, VdnoError) else "unexpected"
+                self._observer.hsm_job(time.perf_counter() - started, len(digests), named)
+                failed += [_Failed(f, r, type(exc).__name__, exc) for f, r, _, _ in items]
                 continue
+            self._observer.hsm_job(time.perf_counter() - started, len(digests), None)
             for (future, record, generation, signed_range), signature in zip(items, signatures, strict=True):
                 try:
                     # docs/architecture.md §5.6: verified with the certificate's public key before release.
@@ -300,9 +344,8 @@ class IssuancePipeline:
                 except Exception as exc:  # GbcsError: does not verify; anything else: cannot be checked
                     error = SignatureCheckFailed("the HSM signature did not verify; nothing was released")
                     error.__cause__ = exc
-                    failed.append(
-                        _Failed(future, record.issuance_id, "signature failed software verification", error)
-                    )
+                    self._observer.hsm_signature_rejected()
+                    failed.append(_Failed(future, record, "signature failed software verification", error))
                     continue
                 signed.append(_Signed(future, record, encode_signed_apdu(signed_range, signature)))
         return signed, failed

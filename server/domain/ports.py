@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from enum import StrEnum
 from typing import Protocol
 
 from server.domain.audit import AuditTip
@@ -13,6 +14,7 @@ from server.domain.values import (
     AuditEvent,
     AuthorisedHandIn,
     Bench,
+    BenchOperation,
     Cancellation,
     DeviceCustody,
     DeviceEvent,
@@ -180,3 +182,53 @@ class AuditLogStore(Protocol):
     def record_event(self, event: AuditEvent) -> None:
         """Append one event to the log in a transaction of its own; returns once it is durable."""
         ...
+
+
+class IssuanceOutcome(StrEnum):
+    """What became of one hand-out or rotation the issuance pipeline took, told once, when its caller is."""
+
+    SIGNED = "signed"  # signed, verified, stored and released
+    RETRY = "retry"  # its request id was already recorded: the caller resumes that issuance
+    REFUSED = "refused"  # validation or the store's checks refused it: nothing recorded
+    FAILED = "failed"  # building, signing or verifying failed: nothing released (a retry may finish it)
+    UNAVAILABLE = "unavailable"  # the store could not write: nothing signed, or nothing released
+
+
+class IssuanceObserver(Protocol):
+    """Told what the issuance pipeline does, for metrics. Called on the pipeline thread: each call must
+    return at once and never raise. Every argument takes few values (no device or bench ids)."""
+
+    def issuance(self, kind: BenchOperation, outcome: IssuanceOutcome, generation: int | None) -> None:
+        """One issuance ended with `outcome`; `generation` is the one whose key signs (None when the
+        request was refused before one was found)."""
+        ...
+
+    def step(self, requests: int, write_seconds: float, written: bool) -> None:
+        """One step took `requests` new requests; its one store write took `write_seconds` and committed
+        (written) or failed."""
+        ...
+
+    def hsm_job(self, seconds: float, digests: int, error: str | None) -> None:
+        """One trip to the HSM with `digests` digests for one key took `seconds`; `error` is the name of
+        the error it raised (None: it signed them all)."""
+        ...
+
+    def hsm_signature_rejected(self) -> None:
+        """A signature the HSM returned did not verify with the certificate's public key."""
+        ...
+
+
+class NoIssuanceObserver:
+    """The IssuanceObserver that does nothing (no metrics)."""
+
+    def issuance(self, kind: BenchOperation, outcome: IssuanceOutcome, generation: int | None) -> None:
+        pass
+
+    def step(self, requests: int, write_seconds: float, written: bool) -> None:
+        pass
+
+    def hsm_job(self, seconds: float, digests: int, error: str | None) -> None:
+        pass
+
+    def hsm_signature_rejected(self) -> None:
+        pass

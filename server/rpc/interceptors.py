@@ -1,7 +1,8 @@
 """The one interceptor: identifies the caller from its verified client certificate and checks that its role
-may call the service (server/rpc/identity.py), logs the call with a request id, and maps domain errors to
-gRPC status codes with their safe message. Anything else becomes INTERNAL with a generic message and a
-reference id; its details stay in the server log."""
+may call the service (server/rpc/identity.py), logs the call with a request id (and what the servicer noted
+of the parsed request: note_call), tells a CallObserver (metrics) of answered and refused calls, and maps
+domain errors to gRPC status codes with their safe message. Anything else becomes INTERNAL with a generic
+message and a reference id; its details stay in the server log."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import secrets
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import structlog
@@ -67,6 +68,19 @@ def tolerant_deserializer(deserialize: Callable[[bytes], Any] | None) -> Callabl
     return read
 
 
+class CallObserver(Protocol):
+    """Told of calls as they are answered (server/metrics.py); every method returns at once."""
+
+    def latency(self, method: str) -> Callable[[float], None] | None:
+        """Where the seconds of each call of `method` answered OK go (None: not timed). Asked once per
+        method."""
+        ...
+
+    def refused(self, reason: str, code: str) -> None:
+        """A call answered with an error: `reason` the error's class name (unexpected: INTERNAL)."""
+        ...
+
+
 def _peer_certificate(context: grpc.ServicerContext) -> bytes | None:
     certificates = context.auth_context().get("x509_pem_cert") or []
     return bytes(certificates[0]) if certificates else None
@@ -75,6 +89,8 @@ def _peer_certificate(context: grpc.ServicerContext) -> bytes | None:
 # The caller of this call, set by the interceptor after checking its role (auth_context() copies every TLS
 # property, so it is read once per call).
 _CALLER: ContextVar[Caller | None] = ContextVar("vdno_caller", default=None)
+# What the servicer noted of this call's parsed request, for its log line (note_call).
+_NOTES: ContextVar[dict[str, object] | None] = ContextVar("vdno_call_notes", default=None)
 
 # Which role may call which service (the method path is /<package>.<Service>/<Method>).
 ROLE_OF_SERVICE = {
@@ -89,6 +105,14 @@ def _current(role: Role) -> Caller:
     if caller is None or caller.role is not role:
         raise e.Unauthenticated("a client certificate naming the caller and its role is required")
     return caller
+
+
+def note_call(**fields: object) -> None:
+    """Add fields of the parsed request (the device, the area, the bench's request id) to this call's
+    log line. Only validated values: a note is logged as it is."""
+    notes = _NOTES.get()
+    if notes is not None:
+        notes.update(fields)
 
 
 def bench_caller() -> Caller:
@@ -108,9 +132,14 @@ def officer_identity() -> str:
 
 
 class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self, on_refused_auth: Callable[[str, str], None] | None = None) -> None:
+    def __init__(
+        self,
+        on_refused_auth: Callable[[str, str], None] | None = None,
+        observer: CallObserver | None = None,
+    ) -> None:
         self._log = structlog.get_logger("vdno.rpc")
         self._on_refused_auth = on_refused_auth
+        self._observer = observer
         self._wrapped: dict[str, Any] = {}  # method -> wrapped handler (handlers are fixed at start-up)
         self._callers = CallerCache()
         # Request ids: random per process, then counted (no system call per call).
@@ -138,6 +167,8 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         prefix, ids = self._id_prefix, self._ids
         callers = self._callers
         required = ROLE_OF_SERVICE.get(method.split("/")[1]) if method.count("/") == 2 else None
+        observer = self._observer
+        timed = observer.latency(method) if observer is not None else None
 
         def identify(context: grpc.ServicerContext) -> Caller:
             certificate = _peer_certificate(context)
@@ -149,6 +180,8 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             request_id = f"{prefix}{next(ids):010x}"
             caller: Caller | None = None
             caller_token = _CALLER.set(None)
+            notes: dict[str, object] = {}
+            notes_token = _NOTES.set(notes)
             started = time.perf_counter()
             try:
                 caller = identify(context)
@@ -158,12 +191,16 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 if isinstance(request, UndecodableRequest):
                     raise e.InvalidRequest(f"the request message does not decode: {request.reason}")
                 response = inner(request, context)
+                seconds = time.perf_counter() - started
+                if timed is not None:
+                    timed(seconds)
                 log.info(
                     "rpc.ok",
                     rpc_id=request_id,
                     method=method,
                     caller=caller.actor,
-                    ms=round((time.perf_counter() - started) * 1000, 2),
+                    ms=round(seconds * 1000, 2),
+                    **notes,
                 )
                 return response
             except e.VdnoError as error:
@@ -177,7 +214,10 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                     code=code.name,
                     error=type(error).__name__,
                     reason=str(error),
+                    **notes,
                 )
+                if observer is not None:
+                    observer.refused(type(error).__name__, code.name)
                 if on_refused is not None and isinstance(error, (e.Unauthenticated, e.PermissionDenied)):
                     on_refused(actor, type(error).__name__)
                 context.abort(code, str(error))
@@ -187,9 +227,13 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                     rpc_id=request_id,
                     method=method,
                     caller=caller.actor if caller is not None else "unknown",
+                    **notes,
                 )
+                if observer is not None:
+                    observer.refused("unexpected", grpc.StatusCode.INTERNAL.name)
                 context.abort(grpc.StatusCode.INTERNAL, f"internal error (reference {request_id})")
             finally:
+                _NOTES.reset(notes_token)
                 _CALLER.reset(caller_token)
 
         return grpc.unary_unary_rpc_method_handler(

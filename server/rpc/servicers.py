@@ -19,7 +19,7 @@ from server.domain.values import (
     parse_request_id,
 )
 from server.rpc import converters
-from server.rpc.interceptors import bench_caller, officer_identity
+from server.rpc.interceptors import bench_caller, note_call, officer_identity
 from vdno.v1 import custodian_pb2 as pb
 from vdno.v1 import custodian_pb2_grpc as pb_grpc
 from vdno.v1 import custody_pb2 as custody_pb
@@ -52,19 +52,26 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
     def RequestHandOut(self, request: pb.HandOutRequest, context: grpc.ServicerContext) -> pb.HandOutResponse:
         # the cached check: the issuance's write checks the bench again, in its transaction
         bench = self._bench(BenchOperation.HAND_OUT, fresh=False)
-        command = self._service.hand_out(converters.hand_out_request(bench, request))
-        return converters.hand_out_response(command)
+        hand_out = converters.hand_out_request(bench, request)
+        note_call(
+            device=hand_out.device_id.hex().upper(), area=hand_out.area_id, request_id=hand_out.request_id
+        )
+        return converters.hand_out_response(self._service.hand_out(hand_out))
 
     def RequestRotation(
         self, request: pb.RotationRequest, context: grpc.ServicerContext
     ) -> pb.HandOutResponse:
         bench = self._bench(BenchOperation.ROTATION, fresh=False)
-        command = self._service.rotate(converters.rotation_request_from_pb(bench, request))
+        rotation = converters.rotation_request_from_pb(bench, request)
+        note_call(device=rotation.device_id.hex().upper(), request_id=rotation.request_id)
+        command = self._service.rotate(rotation)
+        note_call(target_generation=command.target_generation)
         return converters.hand_out_response(command)
 
     def ReportOutcome(self, request: pb.OutcomeReport, context: grpc.ServicerContext) -> pb.OutcomeAck:
-        outcome = self._service.report_outcome(converters.outcome_report(self._bench(), request))
-        return converters.outcome_ack(outcome)
+        report = converters.outcome_report(self._bench(), request)
+        note_call(request_id=report.request_id)
+        return converters.outcome_ack(self._service.report_outcome(report))
 
     def CancelRequest(
         self, request: pb.CancelRequestRequest, context: grpc.ServicerContext
@@ -74,7 +81,10 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
         return converters.cancelled_command(record)
 
     def RequestHandIn(self, request: pb.HandInRequest, context: grpc.ServicerContext) -> pb.HandInOrder:
-        order = self._hand_in.order(converters.hand_in_request_from_pb(self._hand_in_bench(), request))
+        hand_in = converters.hand_in_request_from_pb(self._hand_in_bench(), request)
+        note_call(device=hand_in.device_id.hex().upper(), request_id=hand_in.request_id)
+        order = self._hand_in.order(hand_in)
+        note_call(area=order.area_id, order=order.order_id)
         return converters.hand_in_order_to_pb(order)
 
     def FetchHandInCommands(
@@ -89,6 +99,7 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
     ) -> pb.OutcomeAck:
         bench = self._hand_in_bench()
         order_id = parse_record_id(request.order_id, "order_id")
+        note_call(order=order_id)
         outcome = self._hand_in.report_outcome(bench, order_id, request.response, request.credentials_answer)
         return converters.meter_outcome_to_pb(order_id, outcome)
 
@@ -144,6 +155,7 @@ class CustodyServicer(custody_grpc.CustodyServiceServicer):
     ) -> custody_pb.DeviceHistory:
         officer = self._officer()
         device = parse_entity_id(request.device_id, "device_id")
+        note_call(device=device.hex().upper())
         custody, events = self._fleet.history(officer, device)
         return converters.device_history_to_pb(custody, events)
 

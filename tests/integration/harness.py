@@ -40,7 +40,8 @@ def run_init(state: Path, benches: tuple[str, ...] = ("bench-01",), database_url
 
 class ServerProcess:
     """`vdno-server serve` (or `launcher`, a command line that runs server.main's app the same way) on
-    the state folder's config; `port` is the mTLS port, `health_port` the plaintext health listener's."""
+    the state folder's config; `port` is the mTLS port, `health_port` the plaintext health listener's,
+    `metrics_port` the metrics listener's (0 when VDNO_METRICS_LISTEN="" disables it)."""
 
     def __init__(
         self, state: Path, extra_env: dict[str, str] | None = None, launcher: list[str] | None = None
@@ -51,6 +52,7 @@ class ServerProcess:
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0
         self.health_port = 0
+        self.metrics_port = 0
         self.log_path = state / "server.log"
 
     def start(self, timeout: float = 60.0, wait_serving: bool = True) -> int:
@@ -67,11 +69,16 @@ class ServerProcess:
                 env=env,
             )
         deadline = time.monotonic() + timeout
-        self.port = self.health_port = 0
+        self.port = self.health_port = self.metrics_port = 0
         expect_health = env.get("VDNO_HEALTH_LISTEN", "x") != ""
+        expect_metrics = env.get("VDNO_METRICS_LISTEN", "x") != ""
         lines: queue.SimpleQueue[str] = queue.SimpleQueue()
         threading.Thread(target=_read_lines, args=(self.proc.stdout, lines), daemon=True).start()
-        while not self.port or (expect_health and not self.health_port):
+        while (
+            not self.port
+            or (expect_health and not self.health_port)
+            or (expect_metrics and not self.metrics_port)
+        ):
             try:
                 line = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
             except queue.Empty:
@@ -80,6 +87,8 @@ class ServerProcess:
                 self.port = int(line.rsplit(" ", 1)[1])
             elif "health on port" in line:
                 self.health_port = int(line.rsplit(" ", 1)[1])
+            elif "metrics on port" in line:
+                self.metrics_port = int(line.rsplit(" ", 1)[1])
             else:
                 self.proc.kill()
                 log = self.log_path.read_text()[-3000:]

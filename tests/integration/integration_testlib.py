@@ -10,6 +10,7 @@ import contextlib
 import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -574,6 +575,18 @@ def set_config(state: Path, section: str, key: str, value: str) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+@contextlib.contextmanager
+def token_away(state: Path) -> Iterator[None]:
+    """SoftHSM's directory of the token moved out of the token dir (the token is removed), then back."""
+    [directory] = [p for p in (state / "tokens").iterdir() if p.is_dir()]
+    away = state / f"away-{directory.name}"
+    shutil.move(directory, away)
+    try:
+        yield
+    finally:
+        shutil.move(away, directory)
+
+
 def health_of(port: int, service: str = "") -> str:
     """What the plaintext health listener on `port` says for `service` ("" is the whole service): a
     status name, or the gRPC code name of a failed check."""
@@ -741,7 +754,7 @@ class BenchLoad:
 
 
 def log_events(log_text: str) -> list[dict[str, Any]]:
-    """The JSON events of a server log (other lines, e.g. Alembic's, are skipped)."""
+    """The JSON events of a server log (a line that is not JSON is skipped)."""
     events = []
     for line in log_text.splitlines():
         if line.startswith("{"):
@@ -776,5 +789,6 @@ __all__ = [
     "rpc_error",
     "set_config",
     "ski_of",
+    "token_away",
     "wait_for_health",
 ]

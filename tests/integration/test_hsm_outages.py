@@ -7,12 +7,8 @@ no issuance is lost, duplicated or left FAILED."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import shutil
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from integration_testlib import (
@@ -22,6 +18,7 @@ from integration_testlib import (
     health_of,
     log_events,
     set_config,
+    token_away,
 )
 
 from client.checks import check_command
@@ -34,18 +31,6 @@ RECOVERY_BOUND = RECONNECT_MAX + 0.6  # token back -> a signed hand-out: one bac
 def prepare_database(deployment: Deployment) -> None:
     """Run by the deployment fixture before the server starts."""
     set_config(deployment.state, "hsm", "reconnect_max", str(RECONNECT_MAX))
-
-
-@contextlib.contextmanager
-def token_away(state: Path) -> Iterator[None]:
-    """SoftHSM's directory of the token moved out of the token dir (the token is removed), then back."""
-    [directory] = [p for p in (state / "tokens").iterdir() if p.is_dir()]
-    away = state / f"away-{directory.name}"
-    shutil.move(directory, away)
-    try:
-        yield
-    finally:
-        shutil.move(away, directory)
 
 
 def check_every_request_signed_once(deployment: Deployment, load: BenchLoad) -> list[int]:

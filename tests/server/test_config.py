@@ -106,9 +106,21 @@ def test_the_environment_overrides_the_file(lab: Path) -> None:
     assert load_settings(path, {"VDNO_LISTEN": "", "VDNO_PROCESSES": ""}).listen == "127.0.0.1:50051"
 
 
+def test_the_metrics_listener_is_loopback_by_default_and_disabled_by_an_empty_address(lab: Path) -> None:
+    assert load_settings(write_config(lab), NO_ENV).metrics.listen == "127.0.0.1:0"
+    path = write_config(lab, extra='[metrics]\nlisten = "[::1]:9464"')
+    assert load_settings(path, NO_ENV).metrics.address == ("::1", 9464)
+    assert load_settings(path, {"VDNO_METRICS_LISTEN": ""}).metrics.listen == ""
+    assert load_settings(path, {"VDNO_METRICS_LISTEN": "0.0.0.0:9"}).metrics.address == ("0.0.0.0", 9)
+
+
 # (table it goes in, TOML lines, the one problem reported)
 MISTAKES = [
     ("server", "threadz = 4", "[server] threadz: unknown key (did you mean threads?)"),
+    ("extra", '[metrics]\nlisten = "9464"', "[metrics] listen: "),
+    ("extra", '[metrics]\nlisten = "127.0.0.1:99999"', "[metrics] listen: port 99999 is outside 0-65535"),
+    ("extra", "[metrics]\nlisten = 9464", "[metrics] listen: must be a string — got 9464"),
+    ("extra", '[metrics]\nport = "9464"', "[metrics] port: unknown key"),
     (
         "server",
         'log_level = "loud"',
@@ -151,7 +163,7 @@ MISTAKES = [
     (
         "extra",
         "[metricz]\nlisten = 1",
-        "[metricz]: unknown table (tables: server, database, tls, hsm, trust,",
+        "[metricz]: unknown table (did you mean metrics?) (tables: server, database, tls, hsm, trust,",
     ),
     (
         "extra",
@@ -398,5 +410,6 @@ def test_another_table_is_one_model_and_one_field() -> None:
         "custody",
         "enrolment",
         "audit",
+        "metrics",
     }
     assert ServerTable().listen == "127.0.0.1:50051"

@@ -1,6 +1,6 @@
 """House rules on imports, checked in fresh interpreters: server code never imports the lab stand-ins for
 outside parties (labdcc: area DNOs, DCC, ACB; simulator: meters) nor the bench client; the domain and the
-pure codecs (gbcs, duis) import no grpc, no pkcs11 and no database binding."""
+pure codecs (gbcs, duis) import no grpc, no pkcs11, no database binding and no metrics library."""
 
 from __future__ import annotations
 
@@ -32,6 +32,6 @@ def test_server_imports_no_lab_stand_in_and_no_bench_client() -> None:
 
 
 @pytest.mark.parametrize("package", ["server.domain", "gbcs", "duis"])
-def test_domain_and_codecs_import_no_grpc_pkcs11_or_database(package: str) -> None:
+def test_domain_and_codecs_import_no_grpc_pkcs11_database_or_metrics(package: str) -> None:
     loaded = imported_after([package])
-    assert not loaded & {"grpc", "pkcs11", "sqlalchemy", "psycopg", "alembic"}, package
+    assert not loaded & {"grpc", "pkcs11", "sqlalchemy", "psycopg", "alembic", "prometheus_client"}, package

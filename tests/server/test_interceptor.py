@@ -1,12 +1,14 @@
 """The interceptor on a real gRPC server over mutual TLS (in-process): an unexpected exception is INTERNAL
 with a reference id, and the log line with that id carries the stack trace; request bytes that do not decode
-are INVALID_ARGUMENT, with no traceback anywhere in the log."""
+are INVALID_ARGUMENT, with no traceback anywhere in the log; a call's log line carries what the servicer
+noted of the request, and the metrics count answered hand-outs' latency and refusals by reason."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from typing import Any
 
@@ -14,11 +16,14 @@ import grpc
 import pytest
 import structlog
 from cryptography.hazmat.primitives import serialization
+from prometheus_client import CollectorRegistry
 
 from labpki.smki import CertifiedKey
 from labpki.tls import issue_client_certificate, issue_server_certificate, make_tls_ca
+from server.domain.errors import UnknownArea
+from server.metrics import ServerMetrics
 from server.observability import configure_logging
-from server.rpc.interceptors import ErrorMappingInterceptor
+from server.rpc.interceptors import ErrorMappingInterceptor, note_call
 from vdno.v1 import custodian_pb2 as pb
 
 SERVICE = "vdno.v1.BenchService"
@@ -55,19 +60,30 @@ def get_trust_bundle(request: pb.GetTrustBundleRequest, context: grpc.ServicerCo
     raise RuntimeError("a defect deep in the service")
 
 
-@pytest.fixture
-def service() -> Iterator[tuple[grpc.Channel, Out]]:
+@contextlib.contextmanager
+def serving(
+    handlers: dict[str, tuple[Callable[..., Any], Any, Any]], metrics: ServerMetrics | None = None
+) -> Iterator[tuple[grpc.Channel, Out]]:
+    """A real server with the interceptor (and `metrics` as its observer) over mTLS; handlers: method ->
+    (function, request deserializer, response serializer)."""
     out = Out()
     lines = configure_logging("info", out)  # type: ignore[arg-type]
     ca = make_tls_ca()
-    server = grpc.server(futures.ThreadPoolExecutor(2), interceptors=[ErrorMappingInterceptor()])
-    handler = grpc.unary_unary_rpc_method_handler(
-        get_trust_bundle,
-        request_deserializer=pb.GetTrustBundleRequest.FromString,
-        response_serializer=pb.TrustBundle.SerializeToString,
+    server = grpc.server(
+        futures.ThreadPoolExecutor(2), interceptors=[ErrorMappingInterceptor(observer=metrics)]
     )
     server.add_generic_rpc_handlers(
-        [grpc.method_handlers_generic_handler(SERVICE, {"GetTrustBundle": handler})]
+        [
+            grpc.method_handlers_generic_handler(
+                SERVICE,
+                {
+                    name: grpc.unary_unary_rpc_method_handler(
+                        function, request_deserializer=read, response_serializer=write
+                    )
+                    for name, (function, read, write) in handlers.items()
+                },
+            )
+        ]
     )
     server_key, server_cert = pem(issue_server_certificate(ca))
     ca_pem = ca.certificate.public_bytes(serialization.Encoding.PEM)
@@ -87,6 +103,13 @@ def service() -> Iterator[tuple[grpc.Channel, Out]]:
         server.stop(None)
         lines.close()
         structlog.reset_defaults()
+
+
+@pytest.fixture
+def service() -> Iterator[tuple[grpc.Channel, Out]]:
+    trust_bundle = (get_trust_bundle, pb.GetTrustBundleRequest.FromString, pb.TrustBundle.SerializeToString)
+    with serving({"GetTrustBundle": trust_bundle}) as served:
+        yield served
 
 
 def call(channel: grpc.Channel, data: bytes) -> grpc.RpcError:
@@ -118,3 +141,56 @@ def test_undecodable_request_is_invalid_argument_and_leaves_no_traceback(
     [refused] = out.events()
     assert refused["event"] == "rpc.refused" and refused["code"] == "INVALID_ARGUMENT"
     assert "exception" not in refused and b"Traceback" not in out.data
+
+
+def request_hand_out(request: pb.HandOutRequest, context: grpc.ServicerContext) -> pb.HandOutResponse:
+    note_call(device=request.device_id, area=request.area_id, request_id=request.request_id)
+    if request.area_id == 99:
+        raise UnknownArea("area 99 is not registered with this custodian")
+    return pb.HandOutResponse(issuance_id=1)
+
+
+def test_a_call_log_line_carries_the_noted_request_and_metrics_count_latency_and_refusals() -> None:
+    metrics = ServerMetrics(CollectorRegistry())
+    handlers = {
+        "RequestHandOut": (
+            request_hand_out,
+            pb.HandOutRequest.FromString,
+            pb.HandOutResponse.SerializeToString,
+        ),
+        "GetTrustBundle": (
+            get_trust_bundle,
+            pb.GetTrustBundleRequest.FromString,
+            pb.TrustBundle.SerializeToString,
+        ),
+    }
+    with serving(handlers, metrics) as (channel, out):
+        hand_out = channel.unary_unary(
+            f"/{SERVICE}/RequestHandOut",
+            request_serializer=pb.HandOutRequest.SerializeToString,
+            response_deserializer=pb.HandOutResponse.FromString,
+        )
+        hand_out(
+            pb.HandOutRequest(request_id="tray-7:00DB", device_id="00DB1234567890A0", area_id=14), timeout=10
+        )
+        with pytest.raises(grpc.RpcError) as refused:
+            hand_out(pb.HandOutRequest(request_id="tray-7:00DC", device_id="00DC", area_id=99), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+        call(channel, b"")  # INTERNAL
+        call(channel, b"\x0a\x05abc")  # INVALID_ARGUMENT before the servicer runs: nothing noted
+    events = out.events()  # every line is written once the server's logging is closed
+    [ok] = [e for e in events if e["event"] == "rpc.ok"]
+    assert ok["method"] == f"/{SERVICE}/RequestHandOut" and ok["caller"] == "bench:bench-07"
+    assert (ok["device"], ok["area"], ok["request_id"]) == ("00DB1234567890A0", 14, "tray-7:00DB")
+    assert ok["rpc_id"] and ok["ms"] >= 0
+    refusals = [e for e in events if e["event"] == "rpc.refused"]
+    assert [(e["code"], e.get("device"), e.get("area")) for e in refusals] == [
+        ("NOT_FOUND", "00DC", 99),
+        ("INVALID_ARGUMENT", None, None),
+    ]
+    value = metrics.registry.get_sample_value
+    assert value("vdno_hand_out_seconds_count", {"kind": "hand-out"}) == 1  # answered OK only
+    assert 0 < value("vdno_hand_out_seconds_sum", {"kind": "hand-out"}) <= ok["ms"] / 1000 + 0.001
+    assert value("vdno_refused_calls_total", {"reason": "UnknownArea", "code": "NOT_FOUND"}) == 1
+    assert value("vdno_refused_calls_total", {"reason": "unexpected", "code": "INTERNAL"}) == 1
+    assert value("vdno_refused_calls_total", {"reason": "InvalidRequest", "code": "INVALID_ARGUMENT"}) == 1

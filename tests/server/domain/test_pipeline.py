@@ -336,3 +336,92 @@ def test_a_reply_hands_its_outcome_to_the_waiting_thread() -> None:
     with pytest.raises(ValueError, match="no"):
         failure.result()
     assert failure.done()
+
+
+class RecordingObserver:
+    """An IssuanceObserver that keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.issuances: list[tuple[str, str, int | None]] = []
+        self.steps: list[tuple[int, float, bool]] = []
+        self.hsm_jobs: list[tuple[float, int, str | None]] = []
+        self.rejected = 0
+
+    def issuance(self, kind, outcome, generation) -> None:  # type: ignore[no-untyped-def]
+        self.issuances.append((str(kind), str(outcome), generation))
+
+    def step(self, requests: int, write_seconds: float, written: bool) -> None:
+        self.steps.append((requests, write_seconds, written))
+
+    def hsm_job(self, seconds: float, digests: int, error: str | None) -> None:
+        self.hsm_jobs.append((seconds, digests, error))
+
+    def hsm_signature_rejected(self) -> None:
+        self.rejected += 1
+
+
+class _StoreThatGoesDown(SqlCustodyStore):
+    """The real store, except that every step write fails while `down` is set (the database is away)."""
+
+    down = False
+
+    def write_issuance_step(self, signed, failed, drafts):  # type: ignore[no-untyped-def]
+        if self.down:
+            raise StoreUnavailable("the test database is away")
+        return super().write_issuance_step(signed, failed, drafts)
+
+
+def test_the_observer_is_told_each_outcome_once_each_step_and_each_hsm_job(
+    tmp_path: Path, signer: SoftwareSigner, parties
+) -> None:
+    generation, area, issuing_ca, _ = parties
+    engine = make_engine(f"sqlite:///{tmp_path / 'vdno.db'}")
+    migrate(engine)
+    store = _StoreThatGoesDown(engine)
+    store.add_generation(generation, "test")
+    store.upsert_area(area, "test")
+    store.enroll_bench("bench-01", "test")
+    seen = RecordingObserver()
+    pipeline = IssuancePipeline(store, signer, issuing_ca, load_certificate, _validator(parties), seen)
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            signed = list(pool.map(lambda i: pipeline.issue(_request(f"r-{i}")), range(20)))
+        assert all(isinstance(s, SignedCommand) for s in signed)
+        assert isinstance(pipeline.issue(_request("r-0")), IssuanceRecord)
+        assert isinstance(pipeline.issue(_request(readings=b"not vanilla")), Refused)
+        signer.fail = True
+        with pytest.raises(HsmUnavailable):
+            pipeline.issue(_request("r-hsm"))
+        signer.fail, signer.corrupt = False, True
+        with pytest.raises(SignatureCheckFailed):
+            pipeline.issue(_request("r-bad"))
+        signer.corrupt = False
+        (failed,) = [r for r in store.list_issuances() if r.request_id == "r-hsm"]
+        pipeline.finish(UnfinishedIssuance(failed, generation, area.credentials))
+        store.down = True
+        with pytest.raises(StoreUnavailable):
+            pipeline.issue(_request("r-down"))
+        store.down = False
+        with store.engine.begin() as conn:  # the schema is gone: this draft's write fails on its own
+            conn.exec_driver_sql("DROP TABLE counters")
+        with pytest.raises(StoreUnavailable):
+            pipeline.issue(_request("r-gone"))
+    finally:
+        pipeline.close()
+        store.close()
+    counts: dict[tuple[str, str, int | None], int] = {}
+    for item in seen.issuances:
+        counts[item] = counts.get(item, 0) + 1
+    assert counts == {
+        ("hand-out", "signed", 1): 21,  # 20, and the failed one finished by its retry
+        ("hand-out", "retry", 1): 1,
+        ("hand-out", "refused", None): 1,
+        ("hand-out", "failed", 1): 2,  # the HSM unplugged; a signature that did not verify
+        ("hand-out", "unavailable", 1): 2,
+    }
+    assert sum(n for n, _, _ in seen.steps) == 20 + 7  # every request taken in exactly one step
+    assert [w for _, _, w in seen.steps].count(False) == 1 and all(t >= 0 for _, t, _ in seen.steps)
+    errors = [e for _, _, e in seen.hsm_jobs]
+    assert errors.count("HsmUnavailable") == 1 and errors.count(None) == len(errors) - 1
+    assert sum(d for _, d, e in seen.hsm_jobs if e is None) == 20 + 1 + 1  # r-bad was signed, then rejected
+    assert seen.rejected == 1

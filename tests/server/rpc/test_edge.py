@@ -73,8 +73,9 @@ EXPECTED: dict[type[e.VdnoError], grpc.StatusCode] = {
     e.HsmUnavailable: grpc.StatusCode.UNAVAILABLE,
     e.SignatureCheckFailed: grpc.StatusCode.INTERNAL,
     e.CommandCancelled: grpc.StatusCode.FAILED_PRECONDITION,
-    # start-up errors (configuration, a port another server holds), raised by no servicer; imported above so
-    # that the set of subclasses found does not depend on which test modules ran before in the same process
+    # start-up errors (configuration, a port another server holds), raised by no servicer; imported above
+    # so that the set of subclasses found does not depend on which test modules ran before in the same
+    # process
     ConfigError: grpc.StatusCode.INTERNAL,
     PortHeld: grpc.StatusCode.INTERNAL,
 }
