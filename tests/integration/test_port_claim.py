@@ -23,7 +23,8 @@ from scripts.lab_service import free_port
 from server.port_claim import PortClaim, PortHeld
 from vdno.v1 import custodian_pb2, custodian_pb2_grpc
 
-REFUSED_WITHIN = 10.0  # seconds: the refusal comes before migrations, the HSM or the workers
+REFUSED_WITHIN = 30.0  # seconds: the refusal comes before migrations (a wait of up to 120 s), the HSM or the
+# workers; the bound is loose because a busy 2-core machine takes seconds to start a Python process
 
 
 @contextlib.contextmanager

@@ -8,7 +8,9 @@ calls with one request id in flight at once, signed once. Each time the counts a
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import threading
 import time
 from collections import Counter
@@ -38,7 +40,7 @@ from client.checks import check_command
 from client.handout import MeterReading, read_meter
 from gbcs.framing import decode_message
 from server.domain.issuance import STALE_ATTEMPT
-from server.store.schema import counters
+from server.store.schema import counters, issuances
 
 RECONNECT_MAX = 0.5  # [hsm] reconnect_max: the token back -> the signer reconnected within about this
 
@@ -222,22 +224,41 @@ class Load:
                     self.answered[request_id] = reply.command
 
 
+def freeze_while_an_attempt_is_recorded(deployment: Deployment, within: float = 5.0) -> None:
+    """SIGSTOP the server as soon as the database shows an issuance recorded and not yet signed (a step
+    between its record and its store), so that a kill right after leaves it recorded; after `within`
+    seconds without one, stops it wherever it is."""
+    assert deployment.server.proc is not None
+    query = select(issuances.c.issuance_id).where(issuances.c.status == "recorded").limit(1)
+    deadline = time.monotonic() + within
+    with deployment.engine() as engine, engine.connect() as conn:
+        while time.monotonic() < deadline and conn.execute(query).first() is None:
+            conn.rollback()
+    os.kill(deployment.server.proc.pid, signal.SIGSTOP)
+
+
 def test_attempts_recorded_but_never_signed_by_a_killed_server_are_finished_once_stale(
     deployment: Deployment,
 ) -> None:
     stranded: list[Any] = []
-    for _ in range(5):  # SIGKILL lands between a step's record and its store almost always; try again if not
+    for _ in range(10):  # the kill may still land after a step's store (a busy machine): try again if so
         with Load(deployment) as load:
             load.wait_answered(6)
             assert deployment.server.proc is not None
+            freeze_while_an_attempt_is_recorded(deployment)
             deployment.server.proc.kill()
             deployment.server.proc.wait()
-        deployment.server.start()
         rows = [r for r in deployment.issuance_rows() if r.request_id in load.asked]
         stranded = [r for r in rows if r.status == "recorded"]
+        if stranded:  # dated ahead: a restart slower than STALE_ATTEMPT must not find them stale yet
+            deployment.execute(
+                "UPDATE issuances SET created_at = :at WHERE status = 'recorded'",
+                at=datetime.now(UTC) + timedelta(seconds=60),
+            )
+        deployment.server.start()
         if stranded:
             break
-    assert stranded, "no attempt was caught between its record and its signature in 5 kills"
+    assert stranded, "no attempt was caught between its record and its signature in 10 kills"
     assert all(r.signed_command is None for r in stranded)
     # What the benches were answered before the kill is stored exactly as released.
     for request_id, command in load.answered.items():
