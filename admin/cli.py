@@ -22,6 +22,7 @@ from admin.console import (
     custody_client,
     emit,
     fail,
+    json_wanted,
     refused,
     table,
 )
@@ -81,6 +82,7 @@ def main(
 ) -> None:
     if ctx.resilient_parsing:
         return
+    json_wanted(json_output)
     # gRPC core reads it once, when grpc is first imported (commands import it): no log lines of its own
     # (TLS handshake failures) on stderr unless asked for, e.g. GRPC_VERBOSITY=debug.
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")
@@ -265,7 +267,9 @@ def fleet_holding(
     tray_file: Annotated[
         Path | None,
         typer.Option(
-            "--tray-file", metavar="FILE", help="also write one device per line (vdno-bench rotate --tray)"
+            "--tray",
+            metavar="FILE",
+            help="also write a tray file: one device per line (vdno-bench rotate --tray)",
         ),
     ] = None,
 ) -> None:

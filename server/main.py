@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import shutil
@@ -15,28 +16,72 @@ from typing import Any, NoReturn
 
 import typer
 
+from server import exit_codes
 from server.config import ConfigError, Settings, load_settings
 from server.domain.errors import VdnoError
 
-# Exit codes: 0 done; 1 verify-audit found the log broken; 2 a configuration, database or start-up problem
-# (one line each on stderr, no traceback).
-EXIT_USAGE = 2
+# Exit codes (the shared table, server/exit_codes.py): 0 done; 1 verify-audit found the log broken; 2 a
+# configuration, database or start-up problem (one line each on stderr, no traceback); 3 verify-audit could
+# not read the database.
+EXIT_USAGE = exit_codes.USAGE
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="vdno: the vanilla DNO custodian service",
+    help=(
+        "vdno: the vanilla DNO custodian service. Exit codes: 0 done; 1 the audit log is broken "
+        "(verify-audit); 2 configuration, database or start-up problem; 3 the database cannot be read."
+    ),
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+# With --json the command prints one JSON document on stdout whatever happens (an error object when it
+# fails); its one-line messages still go to stderr.
+_output = {"json": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"vdno-server {version('vdno')}")
+        except PackageNotFoundError:
+            typer.echo("vdno-server (not installed)")
+        raise typer.Exit(exit_codes.OK)
+
+
+@app.callback()
+def main(
+    _: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="print the version and exit"
+    ),
+) -> None:
+    """vdno: the vanilla DNO custodian service."""
+
+
+def _json_error(message: str, code: int, problems: tuple[str, ...] = ()) -> None:
+    if _output["json"]:
+        document: dict[str, Any] = {
+            "error_code": "USAGE_ERROR" if code == EXIT_USAGE else "UNAVAILABLE" if code == 3 else "FAILED",
+            "error": message,
+            "exit_code": code,
+        }
+        if problems:
+            document["problems"] = list(problems)
+        typer.echo(json.dumps(document, indent=2))
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    _json_error(message, code)
     typer.echo(f"vdno-server: {message}", err=True)
     raise typer.Exit(code)
 
 
 def _fail_all(problems: tuple[str, ...], where: str = "") -> NoReturn:
     """One line per problem, then exit 2."""
+    _json_error(f"{where}{len(problems)} configuration problem(s)", EXIT_USAGE, problems)
     for problem in problems:
         typer.echo(f"vdno-server: {where}{problem}", err=True)
     raise typer.Exit(EXIT_USAGE)
@@ -310,11 +355,14 @@ def init(
     dcc: str | None = typer.Option(
         None, "--dcc", metavar="URL", help="the DCC gateway adding the ACB-SMD MAC, for their settings files"
     ),
+    json_output: bool = typer.Option(False, "--json", help="print {state, changed, changes} as JSON"),
 ) -> None:
     """Initialise (idempotently) the embedded default in a state folder. Each new bench's settings file
     (clients/<bench>.toml) names --sim and --dcc when given (a commented placeholder otherwise)."""
     from server.bootstrap import BenchParts, initialise_state
     from server.config import host_port_problem, normalise_database_url
+
+    _output["json"] = json_output
 
     if sim is not None and (problem := host_port_problem(sim)):
         _fail(f"--sim: {problem}")
@@ -326,13 +374,23 @@ def init(
         except ValueError as exc:
             _fail(f"--database-url (or VDNO_DATABASE_URL): {exc}")
     try:
-        initialise_state(state, tuple(bench), database_url, tuple(officer), bench_parts=BenchParts(sim, dcc))
+        changes = initialise_state(
+            state,
+            tuple(bench),
+            database_url,
+            tuple(officer),
+            bench_parts=BenchParts(sim, dcc),
+            show=not json_output,
+        )
     except ConfigError as exc:
         _fail_all(exc.problems)
     except VdnoError as exc:
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot initialise {state}: {exc.strerror or exc}{_filename(exc)}")
+    if json_output:
+        document = {"state": str(state.resolve()), "changed": bool(changes), "changes": changes}
+        typer.echo(json.dumps(document, indent=2))
 
 
 def _filename(exc: OSError) -> str:
@@ -340,27 +398,43 @@ def _filename(exc: OSError) -> str:
 
 
 @app.command("verify-audit")
-def verify_audit(config: Path = typer.Option(..., "--config", help="TOML settings file")) -> None:
-    """Check the hash-chained audit log end to end (offline). Exit 0 only if it is intact."""
+def verify_audit(
+    config: Path = typer.Option(..., "--config", help="TOML settings file"),
+    json_output: bool = typer.Option(False, "--json", help="print {intact, entries, problem} as JSON"),
+) -> None:
+    """Check the hash-chained audit log end to end (offline). Exit 0 only if it is intact; 1 broken; 2 a
+    configuration problem; 3 the database or its audit log cannot be read."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from server.store.audit import verify_chain
     from server.store.sql import make_engine
 
+    _output["json"] = json_output
     settings = _settings(config, check_files=False)  # needs only the database: no TLS, HSM or CA file
     engine = make_engine(settings.database_url)
     try:
         result = verify_chain(engine)
     except VdnoError as exc:  # StoreUnavailable: the database or its audit tables cannot be read
-        _fail(str(exc))
+        _fail(str(exc), exit_codes.UNAVAILABLE)
     except SQLAlchemyError as exc:
-        _fail(f"cannot read the audit log: {str(exc).strip().splitlines()[0]}")
+        _fail(f"cannot read the audit log: {str(exc).strip().splitlines()[0]}", exit_codes.UNAVAILABLE)
     finally:
         engine.dispose()
+    if json_output:
+        document = {
+            "intact": result.ok,
+            "entries": result.entries,
+            "problem": None if result.ok else result.problem,
+        }
+        typer.echo(json.dumps(document, indent=2))
     if result.ok:
-        typer.echo(f"audit log intact: {result.entries} entries")
+        if not json_output:
+            typer.echo(f"audit log intact: {result.entries} entries")
         return
-    _fail(f"audit log broken after {result.entries} good entries: {result.problem}", code=1)
+    typer.echo(
+        f"vdno-server: audit log broken after {result.entries} good entries: {result.problem}", err=True
+    )
+    raise typer.Exit(exit_codes.REFUSED)
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ def test_verify_audit_needs_only_the_database_and_names_one_it_cannot_read(tmp_p
     config = write_config(tmp_path)  # no file it names exists: verify-audit reads none of them
     replace_line(config, 'url = "sqlite:///vdno.db"', 'url = "sqlite:///never-migrated.db"')
     done = vdno_server("verify-audit", "--config", str(config))
-    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.returncode == 3 and "Traceback" not in done.stderr  # the database cannot be read
     assert done.stderr.startswith(
         f"vdno-server: the audit log in sqlite:///{tmp_path}/never-migrated.db cannot be read: "
         "(sqlite3.OperationalError) no such table"
