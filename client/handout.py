@@ -322,10 +322,18 @@ def rotate(
             rid, eui64_hex(device_id), reading.device_certificate, reading.credentials_response
         )
 
+    active = bundle.active_generation()
+    already = None
+    if active is not None:
+        installs = {
+            KeyUsage.DIGITAL_SIGNATURE: active.ds_certificate,
+            KeyUsage.KEY_AGREEMENT: active.ka_certificate,
+        }
+        already = (installs, f"already applied: the meter is on vanilla generation {active.generation}")
     return _transfer(
         api, transport, bundle, device_id, None, request,
         lambda command: check_rotation_command(command, device_id, bundle),
-        request_id, reader_id, save_dir, gateway,
+        request_id, reader_id, save_dir, gateway, already=already,
     )  # fmt: skip
 
 
@@ -359,11 +367,10 @@ def _transfer(
     try:
         issued = request(request_id, reading)
     except ServiceError as exc:
-        if (
-            exc.error_code == "DEVICE_NOT_VANILLA"
-            and already is not None
-            and holds_cells(reading, already[0])
-        ):
+        # Refused because the meter has moved on (hand-out: it is in an area; rotation: already on the active
+        # generation): when it holds exactly what this transfer installs, this is a rerun after success.
+        moved_on = exc.error_code in ("DEVICE_NOT_VANILLA", "CUSTODY_CONFLICT")
+        if moved_on and already is not None and holds_cells(reading, already[0]):
             return result(APPLIED, already[1], counter=None)
         return result(FAILED, f"custodian: {exc}", counter=None, error_code=exc.error_code)
     command = bytes(issued.command)

@@ -136,7 +136,16 @@ def _database_for_log(url: str) -> str:
         return "(not a database URL)"
 
 
-def _run(settings: Settings, slots: Any = None, process: int | None = None) -> None:
+def _announce(what: str, port: int, json_lines: bool) -> None:
+    """The line on stdout a caller waits for: `vdno-server listening on port N` (health, metrics), or with
+    --json one JSON object per line, {"listening": "server" | "health" | "metrics", "port": N}."""
+    if json_lines:
+        print(json.dumps({"listening": what, "port": port}), flush=True)
+    else:
+        print(f"vdno-server {'listening' if what == 'server' else what} on port {port}", flush=True)
+
+
+def _run(settings: Settings, slots: Any = None, process: int | None = None, json_lines: bool = False) -> None:
     """Serve until SIGTERM or SIGINT (logging is configured). With `slots` (one of several processes) it
     publishes its health there and its metrics into files, for the parent process to serve."""
     import structlog
@@ -164,18 +173,20 @@ def _run(settings: Settings, slots: Any = None, process: int | None = None) -> N
         pid=os.getpid(),
         **worker,
     )
-    print(f"vdno-server listening on port {running.port}", flush=True)
+    _announce("server", running.port, json_lines)
     if running.health_port is not None:
-        print(f"vdno-server health on port {running.health_port}", flush=True)
+        _announce("health", running.health_port, json_lines)
     if running.metrics_port is not None:
-        print(f"vdno-server metrics on port {running.metrics_port}", flush=True)
+        _announce("metrics", running.metrics_port, json_lines)
     stop.wait()
     log.info("server.stopping", signal=received[0] if received else None, pid=os.getpid(), **worker)
     running.stop(grace=2.0)
     log.info("server.stopped", pid=os.getpid(), **worker)
 
 
-def _serve_one(settings: Settings, shared_health: Any, process: int, metrics_dir: Path) -> None:
+def _serve_one(
+    settings: Settings, shared_health: Any, process: int, metrics_dir: Path, json_lines: bool = False
+) -> None:
     """One of several server processes, started by `serve`; `settings` were built once by `serve` (they
     hold no secret, only where the PIN is read from). It publishes its health in `shared_health` and its
     metrics into files in `metrics_dir`, for the parent's listeners."""
@@ -186,13 +197,13 @@ def _serve_one(settings: Settings, shared_health: Any, process: int, metrics_dir
     log_lines = configure_logging(settings.log_level)
     try:
         use_values(metrics_dir)  # before the first metric is made
-        _run(settings, HealthSlots(shared_health, process), process)
+        _run(settings, HealthSlots(shared_health, process), process, json_lines)
     finally:
         log_lines.close()  # a worker process exits without running atexit hooks
 
 
 def _serve_for_workers(
-    settings: Settings, shared: Any, workers: list[Any], metrics_dir: Path
+    settings: Settings, shared: Any, workers: list[Any], metrics_dir: Path, json_lines: bool = False
 ) -> tuple[Callable[[], None], dict[str, int]]:
     """The parent of several server processes serves the health listener and the metrics listener for
     all of them (a worker not started yet or no longer running counts as down) and sets vdno_up from their
@@ -213,7 +224,7 @@ def _serve_for_workers(
         server, ports["health_port"] = serve_health(settings.health_listen, servicer)
         publishers.append(board.publish)
         stops += [servicer.enter_graceful_shutdown, lambda: server.stop(None)]
-        print(f"vdno-server health on port {ports['health_port']}", flush=True)
+        _announce("health", ports["health_port"], json_lines)
     if settings.metrics.listen:
         own = ServerMetrics(CollectorRegistry())  # vdno_up: written to the files like the workers' values
 
@@ -226,7 +237,7 @@ def _serve_for_workers(
         ports["metrics_port"] = listener.port
         publishers.append(own.health)
         stops.append(listener.stop)
-        print(f"vdno-server metrics on port {listener.port}", flush=True)
+        _announce("metrics", listener.port, json_lines)
 
     def publish(report: Any) -> None:
         for publisher in publishers:
@@ -247,7 +258,12 @@ def _serve_for_workers(
 
 
 @app.command()
-def serve(config: Path = typer.Option(..., "--config", help="TOML settings file")) -> None:
+def serve(
+    config: Path = typer.Option(..., "--config", help="TOML settings file"),
+    json_output: bool = typer.Option(
+        False, "--json", help='announce the ports as JSON lines {"listening": "server", "port": N} on stdout'
+    ),
+) -> None:
     """Run the service. With [server] processes > 1, that many processes share the port (SO_REUSEPORT)
     and this process serves the health and metrics listeners for all of them. A fixed port is claimed
     first: another vdno-server holding it stops this one at once (exit 2), whatever database either uses.
@@ -256,6 +272,7 @@ def serve(config: Path = typer.Option(..., "--config", help="TOML settings file"
 
     from server.observability import configure_logging
 
+    _output["json"] = json_output
     settings = _settings(config)
     log_lines = configure_logging(settings.log_level)
     log = structlog.get_logger("vdno.server")
@@ -285,7 +302,7 @@ def serve(config: Path = typer.Option(..., "--config", help="TOML settings file"
             log.warning("database.empty", problem=warning)
         if settings.processes == 1:
             use_values(None)
-            _run(settings)
+            _run(settings, json_lines=json_output)
             return
         if claim is None:
             _fail("[server] listen needs a fixed port when processes > 1")
@@ -299,12 +316,12 @@ def serve(config: Path = typer.Option(..., "--config", help="TOML settings file"
         ctx = multiprocessing.get_context("spawn")
         shared = ctx.RawArray("b", settings.processes * len(COMPONENTS))  # 0 down, 1 up; see server/health.py
         workers = [
-            ctx.Process(target=_serve_one, args=(settings, shared, i, metrics_dir), daemon=False)
+            ctx.Process(target=_serve_one, args=(settings, shared, i, metrics_dir, json_output), daemon=False)
             for i in range(settings.processes)
         ]
         # Before the workers: a listener that cannot bind stops nothing but this process. Until the
         # workers run and report, health answers NOT_SERVING.
-        stop_listeners, ports = _serve_for_workers(settings, shared, workers, metrics_dir)
+        stop_listeners, ports = _serve_for_workers(settings, shared, workers, metrics_dir, json_output)
         for w in workers:
             w.start()
         log.info("server.workers_started", pids=[w.pid for w in workers], pid=os.getpid(), **ports)

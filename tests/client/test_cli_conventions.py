@@ -25,6 +25,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 TOOLS = ("vdno-server", "vdno-bench", "vdno-admin", "vdno-sim", "vdno-labdcc")
 # Every command of every tool: each answers -h and takes --json.
 COMMANDS = (
+    ("vdno-server", "serve"),
     ("vdno-server", "init"),
     ("vdno-server", "verify-audit"),
     ("vdno-bench", "inspect"),
