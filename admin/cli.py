@@ -189,18 +189,27 @@ def hand_in_import(
 ) -> None:
     from admin.api import CustodyCallFailed
 
-    results = []
+    results: list[dict[str, Any]] = []
     unreachable = False
     with custody_client(ctx) as api:
         for path in _importable(paths):
             try:
                 order = api.import_hand_in_command(path.read_bytes())
             except OSError as exc:
-                results.append({"file": str(path), "status": "unreadable", "reason": str(exc)})
+                results.append(
+                    {
+                        "file": str(path),
+                        "status": "unreadable",
+                        "error_code": "FILE_UNREADABLE",
+                        "reason": str(exc),
+                    }
+                )
                 continue
             except CustodyCallFailed as exc:
                 unreachable = unreachable or exc.code in UNREACHABLE
-                results.append({"file": str(path), "status": "refused", "reason": str(exc)})
+                results.append(
+                    {"file": str(path), "status": "refused", "error_code": exc.error_code, "reason": str(exc)}
+                )
                 continue
             results.append(
                 {
@@ -208,6 +217,7 @@ def hand_in_import(
                     "status": order["status"],
                     "order_id": order["order_id"],
                     "device_id": order["device_id"],
+                    "error_code": None,
                     "reason": "",
                 }
             )

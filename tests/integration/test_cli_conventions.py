@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -216,3 +217,19 @@ def test_a_bad_tray_is_refused_before_any_call(
     assert done.returncode == exit_codes.USAGE
     assert json.loads(done.stdout)["problems"] == ["line 2: device 00db5eed00000001 is already on line 1"]
     assert not list(tmp_path.glob("*.journal"))
+
+
+def test_an_imported_file_refused_carries_the_custodians_error_code(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    junk = tmp_path / "junk.hex"
+    junk.write_text("00\n")
+    done = tool(
+        "vdno-admin", "--config", str(deployment.state / "clients" / "officer-01.toml"),
+        "--server", deployment.target, "--json", "hand-in", "import", str(junk),
+    )  # fmt: skip
+    assert done.returncode == exit_codes.REFUSED, done.stderr
+    [result] = json.loads(done.stdout)
+    assert result["status"] == "refused" and result["file"] == str(junk)
+    assert re.fullmatch(r"[A-Z]+(_[A-Z]+)+", result["error_code"]), result
+    assert result["error_code"] not in ("CUSTODIAN_REFUSED", "SERVER_UNAVAILABLE")
