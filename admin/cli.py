@@ -22,9 +22,9 @@ from admin.console import (
     custody_client,
     emit,
     fail,
-    json_wanted,
     refused,
     table,
+    use_json,
 )
 from client.settings import BenchSettings, SettingsError
 from gbcs.errors import DecodeError
@@ -82,7 +82,7 @@ def main(
 ) -> None:
     if ctx.resilient_parsing:
         return
-    json_wanted(json_output)
+    use_json(json_output)
     # gRPC core reads it once, when grpc is first imported (commands import it): no log lines of its own
     # (TLS handshake failures) on stderr unless asked for, e.g. GRPC_VERBOSITY=debug.
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")

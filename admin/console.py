@@ -35,6 +35,11 @@ def fail(message: str, code: int = EXIT_USAGE, error_code: str = "") -> NoReturn
 _output = {"json": False}
 
 
+def use_json(value: bool) -> None:
+    """Set by vdno-admin's callback for each invocation (--json or not)."""
+    _output["json"] = value
+
+
 def json_wanted(flag: bool = False) -> bool:
     """Record a command's own --json flag (when given) and say whether JSON output is wanted."""
     if flag:
