@@ -16,11 +16,14 @@ RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
 
 
 class CustodyCallFailed(Exception):
-    """A custody RPC failed; `code` is the gRPC status code name."""
+    """A custody RPC failed; `code` is the gRPC status code name, `error_code` the custodian's name for the
+    refusal (e.g. APPROVAL_REFUSED), else SERVER_UNAVAILABLE or CUSTODIAN_REFUSED."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, error_code: str = "") -> None:
         self.code = code
         self.message = message
+        unreachable = code in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+        self.error_code = error_code or ("SERVER_UNAVAILABLE" if unreachable else "CUSTODIAN_REFUSED")
         super().__init__(f"{code}: {message}")
 
 
@@ -215,5 +218,11 @@ class CustodyClient:
                     delay *= 2
                     continue
                 details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
-                raise CustodyCallFailed(code.name if code is not None else "UNKNOWN", str(details)) from None
+                trailing = (
+                    exc.trailing_metadata() if callable(getattr(exc, "trailing_metadata", None)) else ()
+                )
+                error_code = next((str(v) for k, v in trailing or () if k == "vdno-error"), "")
+                raise CustodyCallFailed(
+                    code.name if code is not None else "UNKNOWN", str(details), error_code
+                ) from None
         raise CustodyCallFailed("UNAVAILABLE", "retries exhausted")  # pragma: no cover

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Annotated, NoReturn, TextIO
 
 import typer
 
+from client import exit_codes
+
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import ec
     from sqlalchemy import Engine
@@ -25,9 +27,9 @@ if TYPE_CHECKING:
     from server.config import Settings
     from server.domain.audit import AuditReport
 
-EXIT_PROBLEM = 1
-EXIT_USAGE = 2
-EXIT_UNAVAILABLE = 3
+EXIT_PROBLEM = exit_codes.REFUSED
+EXIT_USAGE = exit_codes.USAGE
+EXIT_UNAVAILABLE = exit_codes.UNAVAILABLE
 
 audit_app = typer.Typer(
     name="audit",
@@ -40,12 +42,15 @@ audit_app = typer.Typer(
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    typer.echo(f"vdno-admin: {message}", err=True)
-    raise typer.Exit(code)
+    from admin.console import fail
+
+    fail(message, code, "AUDIT_LOG_BROKEN" if code == EXIT_PROBLEM else "")
 
 
 def _json_wanted(ctx: typer.Context, flag: bool) -> bool:
-    return flag or bool(getattr(ctx.obj, "json_output", False))
+    from admin.console import json_wanted
+
+    return json_wanted(flag) or bool(getattr(ctx.obj, "json_output", False))
 
 
 @contextmanager
@@ -73,6 +78,7 @@ def checkpoint(
     out: Annotated[Path, typer.Option("--out", metavar="FILE", help="where to write the checkpoint (JSON)")],
     json_output: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
+    _json_wanted(ctx, json_output)
     from admin.api import CustodyCallFailed
     from admin.console import custody_client as _client
     from admin.console import refused as _refused
@@ -188,6 +194,7 @@ def verify(
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
+    _json_wanted(ctx, json_output)
     from server.domain.audit import read_export
     from server.domain.checkpoint import verify_against_checkpoints
     from server.domain.errors import AuditDocumentInvalid, StoreUnavailable
@@ -244,6 +251,7 @@ def export(
     out: Annotated[Path, typer.Option("--out", metavar="FILE", help="the export to write (JSON lines)")],
     json_output: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
+    _json_wanted(ctx, json_output)
     from server.domain.errors import AuditDocumentInvalid, StoreUnavailable
     from server.store.audit import export_log
 

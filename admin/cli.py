@@ -24,6 +24,7 @@ from admin.console import (
     fail,
     refused,
     table,
+    use_json,
 )
 from client.settings import BenchSettings, SettingsError
 from gbcs.errors import DecodeError
@@ -81,6 +82,7 @@ def main(
 ) -> None:
     if ctx.resilient_parsing:
         return
+    use_json(json_output)
     # gRPC core reads it once, when grpc is first imported (commands import it): no log lines of its own
     # (TLS handshake failures) on stderr unless asked for, e.g. GRPC_VERBOSITY=debug.
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")
@@ -187,18 +189,27 @@ def hand_in_import(
 ) -> None:
     from admin.api import CustodyCallFailed
 
-    results = []
+    results: list[dict[str, Any]] = []
     unreachable = False
     with custody_client(ctx) as api:
         for path in _importable(paths):
             try:
                 order = api.import_hand_in_command(path.read_bytes())
             except OSError as exc:
-                results.append({"file": str(path), "status": "unreadable", "reason": str(exc)})
+                results.append(
+                    {
+                        "file": str(path),
+                        "status": "unreadable",
+                        "error_code": "FILE_UNREADABLE",
+                        "reason": str(exc),
+                    }
+                )
                 continue
             except CustodyCallFailed as exc:
                 unreachable = unreachable or exc.code in UNREACHABLE
-                results.append({"file": str(path), "status": "refused", "reason": str(exc)})
+                results.append(
+                    {"file": str(path), "status": "refused", "error_code": exc.error_code, "reason": str(exc)}
+                )
                 continue
             results.append(
                 {
@@ -206,6 +217,7 @@ def hand_in_import(
                     "status": order["status"],
                     "order_id": order["order_id"],
                     "device_id": order["device_id"],
+                    "error_code": None,
                     "reason": "",
                 }
             )
@@ -265,7 +277,9 @@ def fleet_holding(
     tray_file: Annotated[
         Path | None,
         typer.Option(
-            "--tray-file", metavar="FILE", help="also write one device per line (vdno-bench rotate --tray)"
+            "--tray",
+            metavar="FILE",
+            help="also write a tray file: one device per line (vdno-bench rotate --tray)",
         ),
     ] = None,
 ) -> None:

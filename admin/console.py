@@ -11,17 +11,40 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from client import exit_codes
 from client.settings import BenchSettings, SettingsError
 
-EXIT_REFUSED = 1
-EXIT_USAGE = 2
-EXIT_UNAVAILABLE = 3
+EXIT_REFUSED = exit_codes.REFUSED
+EXIT_USAGE = exit_codes.USAGE
+EXIT_UNAVAILABLE = exit_codes.UNAVAILABLE
 UNREACHABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED")
 
 
-def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+def fail(message: str, code: int = EXIT_USAGE, error_code: str = "") -> NoReturn:
+    """One line on stderr and, with --json, one JSON error object on stdout."""
+    if json_wanted():
+        default = {EXIT_USAGE: "USAGE_ERROR", EXIT_UNAVAILABLE: "SERVER_UNAVAILABLE"}.get(code, "REFUSED")
+        document = {"error_code": error_code or default, "error": message, "exit_code": code}
+        typer.echo(json.dumps(document, indent=2))
     typer.echo(f"vdno-admin: {message}", err=True)
     raise typer.Exit(code)
+
+
+# Whether the command being run was given --json (vdno-admin --json, or an audit command's own --json):
+# fail() then prints its JSON error object on stdout.
+_output = {"json": False}
+
+
+def use_json(value: bool) -> None:
+    """Set by vdno-admin's callback for each invocation (--json or not)."""
+    _output["json"] = value
+
+
+def json_wanted(flag: bool = False) -> bool:
+    """Record a command's own --json flag (when given) and say whether JSON output is wanted."""
+    if flag:
+        _output["json"] = True
+    return _output["json"]
 
 
 @dataclass
@@ -52,7 +75,7 @@ def custody_client(ctx: typer.Context) -> Any:
 
 def refused(exc: Exception) -> NoReturn:
     code = getattr(exc, "code", "UNKNOWN")
-    fail(str(exc), EXIT_UNAVAILABLE if code in UNREACHABLE else EXIT_REFUSED)
+    fail(str(exc), EXIT_UNAVAILABLE if code in UNREACHABLE else EXIT_REFUSED, getattr(exc, "error_code", ""))
 
 
 def emit(ctx: typer.Context, document: Any, rendered: Table | None) -> None:

@@ -15,6 +15,8 @@ from vdno.v1 import custodian_pb2, custodian_pb2_grpc
 
 T = TypeVar("T")
 
+ERROR_CODE_KEY = "vdno-error"  # trailing metadata naming a refusal (server/domain/errors.py ERROR_CODE_KEY)
+
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
 
 
@@ -163,7 +165,9 @@ class BenchClient:
                     self._sleep(delay)
                     delay *= 2
                     continue
-                raise ServiceError(code.name if code is not None else "UNKNOWN", _details(exc)) from None
+                raise ServiceError(
+                    code.name if code is not None else "UNKNOWN", _details(exc), _error_code(exc)
+                ) from None
         raise ServiceError("UNAVAILABLE", "retries exhausted")  # pragma: no cover
 
 
@@ -174,6 +178,16 @@ def _code(exc: grpc.RpcError) -> grpc.StatusCode | None:
         if isinstance(value, grpc.StatusCode):
             return value
     return None
+
+
+def _error_code(exc: grpc.RpcError) -> str:
+    """The custodian's error code, sent as trailing metadata `vdno-error` with a refusal ("" if none)."""
+    trailing = getattr(exc, "trailing_metadata", None)
+    if callable(trailing):
+        for key, value in trailing() or ():
+            if key == ERROR_CODE_KEY and isinstance(value, str):
+                return value
+    return ""
 
 
 def _details(exc: grpc.RpcError) -> str:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+from collections import Counter
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -13,15 +16,22 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from client.errors import BenchError
+from client import error_codes as codes
+from client import exit_codes
+from client.errors import BenchError, ServiceError
 from client.handout import APPLIED, LAB_READER_ID, HandOutResult
 from client.inspect import EXIT_CODES_HELP, EXIT_DECODE, InputError, inspect_bytes, load_input, render
 from client.settings import BenchSettings, SettingsError
 from gbcs.errors import DecodeError
 from gbcs.ids import parse_eui64
 
-EXIT_USAGE = 2
+EXIT_USAGE = exit_codes.USAGE
 AREA_MIN, AREA_MAX = 10, 23
+EXIT_CODES_TEXT = (
+    "Exit codes: 0 every meter succeeded; 1 any meter refused, failed or pending; 2 usage or "
+    "configuration error (flags, settings, TLS files, tray file); 3 the custodian or the device transport "
+    "cannot be reached."
+)
 
 app = typer.Typer(
     name="vdno-bench",
@@ -29,20 +39,64 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        try:
+            typer.echo(f"vdno-bench {version('vdno')}")
+        except PackageNotFoundError:
+            typer.echo("vdno-bench (not installed)")
+        raise typer.Exit(exit_codes.OK)
+
+
 @app.callback()
-def main() -> None:
+def main(
+    _: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
     """Before any command: gRPC core reads GRPC_VERBOSITY once, when grpc is first imported (each command
     imports it), and would otherwise write its own log lines (TLS handshake failures) to stderr. Set it
     to debug to see them."""
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 
-def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+# With --json, stdout holds one JSON document whatever happens: a run that stops before any meter prints one
+# JSON error object there (and its one line on stderr). Set by each command from its --json flag.
+_output = {"json": False}
+
+
+def _use_json(json_output: bool) -> None:
+    _output["json"] = json_output
+
+
+def _fail(
+    message: str,
+    code: int = EXIT_USAGE,
+    error_code: str = codes.USAGE_ERROR,
+    problems: list[str] | None = None,
+) -> NoReturn:
+    """One line on stderr (then one per problem) and, with --json, the JSON error object on stdout."""
+    if _output["json"]:
+        document: dict[str, Any] = {"error_code": error_code, "error": message, "exit_code": code}
+        if problems:
+            document["problems"] = problems
+        typer.echo(json.dumps(document, indent=2))
     typer.echo(f"vdno-bench: {message}", err=True)
+    for problem in problems or ():
+        typer.echo(f"vdno-bench:   {problem}", err=True)
     raise typer.Exit(code)
+
+
+def _service_failed(what: str, exc: BenchError) -> NoReturn:
+    """A call that the whole run needs failed: exit 3 when the custodian cannot be reached, else 1."""
+    if isinstance(exc, ServiceError):
+        code = exit_codes.UNAVAILABLE if exc.unreachable else exit_codes.REFUSED
+        _fail(f"{what}: {exc}", code, exc.error_code)
+    _fail(f"{what}: {exc}", exit_codes.REFUSED, codes.CUSTODIAN_REFUSED)
 
 
 def _eui(text: str, what: str) -> bytes:
@@ -74,6 +128,7 @@ def inspect_command(
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="print a JSON document of all fields")] = False,
 ) -> None:
+    _use_json(json_output)
     acb_id = None if acb is None else _eui(acb, "--acb")
     if not keystore.is_dir():
         _fail(f"--keystore {keystore} is not a readable directory")
@@ -103,38 +158,76 @@ class TrayEntry:
 
 
 def _area(value: int | str, what: str) -> int:
+    area, problem = _area_problem(value)
+    if problem:
+        _fail(f"{what}: {problem}")
+    assert area is not None
+    return area
+
+
+def _area_problem(value: int | str) -> tuple[int | None, str]:
     try:
         area = int(value)
     except (TypeError, ValueError):
-        _fail(f"{what}: area {value!r} is not a number")
+        return None, f"area {value!r} is not a number"
     if not AREA_MIN <= area <= AREA_MAX:
-        _fail(f"{what}: area {area} is not a DNO area ({AREA_MIN}-{AREA_MAX})")
-    return area
+        return None, f"area {area} is not a DNO area ({AREA_MIN}-{AREA_MAX})"
+    return area, ""
 
 
 def parse_tray(path: Path, need_area: bool = True) -> list[TrayEntry]:
     """`EUI AREA` per line or CSV `device,area` (optional header); '#' starts a comment. Without
-    need_area a line may hold the device alone."""
+    need_area a line may hold the device alone. Every bad line is reported at once (line number and why),
+    and a device listed twice too: exit 2, error code TRAY_INVALID, nothing done."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        _fail(f"cannot read tray file {path}: {exc}")
+        _fail(f"cannot read tray file {path}: {exc}", error_code=codes.TRAY_INVALID)
     entries: list[TrayEntry] = []
+    problems: list[str] = []
+    first_line: dict[bytes, int] = {}
+    seen_any = False
     for number, line in enumerate(text.splitlines(), start=1):
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
         fields = [f.strip() for f in line.split(",")] if "," in line else line.split()
-        where = f"tray {path} line {number}"
+        if fields[0].lower() in ("device", "device_id", "eui") and not seen_any:
+            seen_any = True
+            continue  # CSV header
+        seen_any = True
         if len(fields) not in ((2,) if need_area else (1, 2)):
             wanted = "'DEVICE AREA' or 'device,area'" if need_area else "'DEVICE' or 'DEVICE AREA'"
-            _fail(f"{where}: expected {wanted}, got {line!r}")
-        if fields[0].lower() in ("device", "device_id", "eui") and not entries:
-            continue  # CSV header
-        area = _area(fields[1], where) if len(fields) == 2 else None
-        entries.append(TrayEntry(_eui(fields[0], where), area))
+            problems.append(f"line {number}: expected {wanted}, got {line!r}")
+            continue
+        why = []
+        try:
+            device_id = parse_eui64(fields[0])
+        except DecodeError as exc:
+            device_id = None
+            why.append(f"device {fields[0]!r}: {exc}")
+        area: int | None = None
+        if len(fields) == 2:
+            area, problem = _area_problem(fields[1])
+            if problem:
+                why.append(problem)
+        if device_id is not None and device_id in first_line:
+            why.append(f"device {device_id.hex()} is already on line {first_line[device_id]}")
+        if why:
+            problems.append(f"line {number}: " + "; ".join(why))
+        if device_id is None:
+            continue
+        first_line.setdefault(device_id, number)
+        if not why:
+            entries.append(TrayEntry(device_id, area))
+    if problems:
+        _fail(
+            f"tray file {path}: {len(problems)} bad line{'s' if len(problems) > 1 else ''}, nothing done",
+            error_code=codes.TRAY_INVALID,
+            problems=problems,
+        )
     if not entries:
-        _fail(f"tray file {path} lists no meters")
+        _fail(f"tray file {path} lists no meters", error_code=codes.TRAY_INVALID)
     return entries
 
 
@@ -154,7 +247,7 @@ def _tls(settings: BenchSettings) -> tuple[bytes, bytes, bytes]:
         tls = settings.load_tls()
         check_handshake(tls, *settings.server_address(), settings.server_name)
     except (SettingsError, TlsSetupError) as exc:
-        _fail(str(exc))
+        _fail(str(exc), error_code=codes.TLS_FAILED)
     return tls.ca_pem, tls.cert_pem, tls.key_pem
 
 
@@ -163,6 +256,64 @@ def _sim(settings: BenchSettings) -> tuple[str, int]:
         return settings.require_sim()
     except SettingsError as exc:
         _fail(str(exc))
+
+
+def _reach_sim(host: str, port: int) -> None:
+    """Exit 3 at once when the device transport does not take a connection (rather than every meter
+    failing to be read)."""
+    try:
+        socket.create_connection((host, port), timeout=3.0).close()
+    except OSError as exc:
+        _fail(
+            f"cannot reach the device transport --sim {host}:{port}: {exc.strerror or exc}",
+            exit_codes.UNAVAILABLE,
+            codes.TRANSPORT_UNAVAILABLE,
+        )
+
+
+def _run_document(
+    command: str, results: list[Any], statuses: tuple[str, ...], run: str | None
+) -> dict[str, Any]:
+    """What --json prints for a run: the summary (meters per outcome) and one object per meter."""
+    meters = [r.as_dict() for r in results]
+    counted = Counter(str(m["status"]) for m in meters)
+    summary: dict[str, int] = {"total": len(meters)} | {status: counted.get(status, 0) for status in statuses}
+    summary |= {status: n for status, n in counted.items() if status not in summary}
+    summary["already_applied"] = sum(
+        1 for m in meters if str(m.get("reason", "")).startswith("already applied")
+    )
+    return {"command": command, "run": run, "summary": summary, "meters": meters}
+
+
+def _finish(
+    command: str,
+    results: list[Any],
+    statuses: tuple[str, ...],
+    run: str | None,
+    json_output: bool,
+    title: str,
+    columns: tuple[str, ...],
+    verb: str,
+) -> None:
+    """Print the run (JSON document, or a table), the one stderr line when meters did not succeed, and exit
+    1 then."""
+    document = _run_document(command, results, statuses, run)
+    if json_output:
+        typer.echo(json.dumps(document, indent=2))
+    else:
+        Console().print(_results_table(title, document["meters"], columns))
+    good = statuses[0]
+    failed = [r for r in results if r.status != good]
+    if not failed:
+        return
+    if len(results) == 1:
+        typer.echo(f"vdno-bench {command}: {failed[0].status}: {failed[0].reason}", err=True)
+    else:
+        counts = ", ".join(f"{n} {status}" for status, n in Counter(r.status for r in failed).items())
+        typer.echo(
+            f"vdno-bench {command}: {len(failed)} of {len(results)} meters not {verb} ({counts})", err=True
+        )
+    raise typer.Exit(exit_codes.REFUSED)
 
 
 def _progress() -> Progress:
@@ -201,7 +352,14 @@ KeyOpt = Annotated[Path | None, typer.Option("--key", metavar="PEM", help="bench
 SimOpt = Annotated[str | None, typer.Option("--sim", metavar="HOST:PORT", help="device transport")]
 ServerNameOpt = Annotated[str | None, typer.Option("--server-name", help="TLS server name override")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", metavar="TOML", help="settings file")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print a JSON list of results")]
+JsonOpt = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help="print one JSON document on stdout: {command, run, summary, meters: [{device, status, "
+        "error_code, reason, ...}]}, or {error_code, error, exit_code} when the run stops early",
+    ),
+]
 ReaderOpt = Annotated[str, typer.Option("--reader-id", metavar="EUI", help="originator id of local reads")]
 SaveOpt = Annotated[
     Path | None, typer.Option("--save-commands", metavar="DIR", help="save <device>-<counter>.hex")
@@ -234,7 +392,7 @@ def _journal(tray: Path, kind: str, run: str | None, new_run: bool) -> Any:
     try:
         return TrayJournal.open(tray, kind, run, new_run)
     except JournalError as exc:
-        _fail(str(exc))
+        _fail(str(exc), error_code=codes.JOURNAL_FAILED)
 
 
 # --- hand-out --------------------------------------------------------------------------------------
@@ -252,7 +410,8 @@ def _journal(tray: Path, kind: str, run: str | None, new_run: bool) -> Any:
         + TRAY_RUN_HELP
         + " "
         + SETTINGS_HELP
-        + " Exit codes: 0 every meter applied; 1 any meter refused or failed; 2 usage or configuration error."
+        + " "
+        + EXIT_CODES_TEXT
     ),
 )
 def hand_out_command(
@@ -275,6 +434,7 @@ def hand_out_command(
     reader_id: ReaderOpt = LAB_READER_ID.hex(),
     config: ConfigOpt = None,
 ) -> None:
+    _use_json(json_output)
     settings = _load_settings(
         config,
         server=server,
@@ -323,7 +483,8 @@ def hand_out_command(
         try:
             bundle = api.trust_bundle()
         except BenchError as exc:
-            _fail(f"cannot fetch the trust bundle: {exc}", 1)
+            _service_failed("cannot fetch the trust bundle", exc)
+        _reach_sim(sim_host, sim_port)
 
         areas = {entry.device_id: entry.area_id for entry in entries}
 
@@ -358,20 +519,16 @@ def hand_out_command(
 
                 results = run_tray(journal, [e.device_id for e in entries], shown, APPLIED)
 
-    if json_output:
-        typer.echo(json.dumps([r.as_dict() for r in results], indent=2))
-    else:
-        rows = [r.as_dict() for r in results]
-        Console().print(
-            _results_table("Hand-out summary", rows, ("device", "area", "counter", "status", "reason"))
-        )
-    failed = [r for r in results if r.status != APPLIED]
-    if failed:
-        if len(entries) == 1:
-            typer.echo(f"vdno-bench hand-out: {failed[0].status}: {failed[0].reason}", err=True)
-        else:
-            typer.echo(f"vdno-bench hand-out: {len(failed)} of {len(results)} meters not applied", err=True)
-        raise typer.Exit(1)
+    _finish(
+        "hand-out",
+        results,
+        (APPLIED, "refused", "failed"),
+        None if journal is None else journal.run,
+        json_output,
+        "Hand-out summary",
+        ("device", "area", "counter", "status", "reason"),
+        "applied",
+    )
 
 
 # --- rotation --------------------------------------------------------------------------------------
@@ -384,13 +541,8 @@ def hand_out_command(
         "Rotate meters in stock: read each meter, request a CS02b mode-3 command signed by the generation it "
         "holds that installs the active generation's certificates, check it against the pinned trust bundle, "
         "have DCC add its ACB-SMD MAC (--dcc URL), apply it and report the response. Give --device or "
-        "--tray FILE (one device per line; `vdno-admin fleet holding --generation G --tray-file FILE` writes "
-        "one). "
-        + TRAY_RUN_HELP
-        + " "
-        + SETTINGS_HELP
-        + " Exit codes: 0 every meter rotated; 1 any meter refused or failed; 2 usage "
-        "or configuration error."
+        "--tray FILE (one device per line; `vdno-admin fleet holding --generation G --tray FILE` writes "
+        "one). " + TRAY_RUN_HELP + " " + SETTINGS_HELP + " " + EXIT_CODES_TEXT
     ),
 )
 def rotate_command(
@@ -412,6 +564,7 @@ def rotate_command(
     reader_id: ReaderOpt = LAB_READER_ID.hex(),
     config: ConfigOpt = None,
 ) -> None:
+    _use_json(json_output)
     settings = _load_settings(
         config,
         server=server,
@@ -445,7 +598,8 @@ def rotate_command(
         try:
             bundle = api.trust_bundle()
         except BenchError as exc:
-            _fail(f"cannot fetch the trust bundle: {exc}", 1)
+            _service_failed("cannot fetch the trust bundle", exc)
+        _reach_sim(sim_host, sim_port)
 
         def run(device_id: bytes, rid: str | None) -> HandOutResult:
             return rotate(api, transport, bundle, device_id, rid, reader, settings.save_commands, gateway)
@@ -454,16 +608,16 @@ def rotate_command(
             results = [run(d, request_id) for d in devices]
         else:
             results = run_tray(journal, devices, run, APPLIED)
-    rows = [r.as_dict() for r in results]
-    if json_output:
-        typer.echo(json.dumps(rows, indent=2))
-    else:
-        columns = ("device", "generation", "targetGeneration", "counter", "status", "reason")
-        Console().print(_results_table("Rotation summary", rows, columns))
-    failed = [r for r in results if r.status != APPLIED]
-    if failed:
-        typer.echo(f"vdno-bench rotate: {len(failed)} of {len(results)} meters not rotated", err=True)
-        raise typer.Exit(1)
+    _finish(
+        "rotate",
+        results,
+        (APPLIED, "refused", "failed"),
+        None if journal is None else journal.run,
+        json_output,
+        "Rotation summary",
+        ("device", "generation", "targetGeneration", "counter", "status", "reason"),
+        "rotated",
+    )
 
 
 # --- cancellation ----------------------------------------------------------------------------------
@@ -478,7 +632,8 @@ def rotate_command(
         "the meter is free for another request. Only for a command that will not be applied: a meter that "
         "received it may still apply it, and its outcome is still taken when reported. "
         + SETTINGS_HELP
-        + " Exit codes: 0 cancelled; 1 refused by the custodian; 2 usage or configuration error."
+        + " Exit codes: 0 cancelled; 1 refused by the custodian; 2 usage or configuration error; 3 the "
+        "custodian cannot be reached."
     ),
 )
 def cancel_command(
@@ -492,6 +647,7 @@ def cancel_command(
     json_output: JsonOpt = False,
     config: ConfigOpt = None,
 ) -> None:
+    _use_json(json_output)
     settings = _load_settings(config, server=server, ca=ca, cert=cert, key=key, server_name=server_name)
     ca_pem, cert_pem, key_pem = _tls(settings)
     if not reason.strip():
@@ -505,7 +661,7 @@ def cancel_command(
         try:
             cancelled = api.cancel_request(request_id, reason)
         except BenchError as exc:
-            _fail(f"cancel: {exc}", 1)
+            _service_failed("cancel", exc)
     row = {
         "issuanceId": int(cancelled.issuance_id),
         "device": cancelled.device_id,
@@ -536,14 +692,19 @@ def keygen_command(
         str, typer.Option("--bench", metavar="ID", help="this bench's id (the certificate's CN)")
     ],
     out: Annotated[Path, typer.Option("--out", metavar="DIR", help="folder for the key and the request")],
+    json_output: Annotated[bool, typer.Option("--json", help="print {bench, key, csr} as JSON")] = False,
 ) -> None:
     from client.enrolment import EnrolmentError, make_key_and_request
 
+    _use_json(json_output)
     try:
         key_path, csr_path = make_key_and_request(bench, out)
     except EnrolmentError as exc:
         _fail(str(exc))
-    typer.echo(f"wrote {key_path} (keep it here) and {csr_path} (give it to a security officer)")
+    if json_output:
+        typer.echo(json.dumps({"bench": bench, "key": str(key_path), "csr": str(csr_path)}, indent=2))
+    else:
+        typer.echo(f"wrote {key_path} (keep it here) and {csr_path} (give it to a security officer)")
 
 
 # --- hand-in ---------------------------------------------------------------------------------------
@@ -557,6 +718,7 @@ hand_in_app = typer.Typer(
         "bundle, applies it and reports the meter's response."
     ),
     no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(hand_in_app)
 
@@ -570,21 +732,18 @@ def _devices(device: str | None, tray: Path | None) -> list[bytes]:
     return [entry.device_id for entry in parse_tray(tray, need_area=False)]
 
 
-def _print_hand_in(title: str, results: list[Any], json_output: bool) -> None:
-    rows = [r.as_dict() for r in results]
-    if json_output:
-        typer.echo(json.dumps(rows, indent=2))
-    else:
-        Console().print(
-            _results_table(title, rows, ("device", "orderId", "area", "generation", "status", "reason"))
-        )
+HAND_IN_COLUMNS = ("device", "orderId", "area", "generation", "status", "reason")
 
 
 @hand_in_app.command(
     "order",
     help=(
-        "Read each meter (CS02e, CS02a) and order its hand-in. " + TRAY_RUN_HELP + " " + SETTINGS_HELP + " "
-        "Exit codes: 0 every meter ordered; 1 any meter failed; 2 usage or configuration error."
+        "Read each meter (CS02e, CS02a) and order its hand-in. "
+        + TRAY_RUN_HELP
+        + " "
+        + SETTINGS_HELP
+        + " "
+        + EXIT_CODES_TEXT
     ),
 )
 def hand_in_order_command(
@@ -602,6 +761,7 @@ def hand_in_order_command(
     reader_id: ReaderOpt = LAB_READER_ID.hex(),
     config: ConfigOpt = None,
 ) -> None:
+    _use_json(json_output)
     settings = _load_settings(
         config, server=server, ca=ca, cert=cert, key=key, sim=sim, server_name=server_name
     )
@@ -625,7 +785,8 @@ def hand_in_order_command(
         try:
             bundle = api.trust_bundle()
         except BenchError as exc:
-            _fail(f"cannot fetch the trust bundle: {exc}", 1)
+            _service_failed("cannot fetch the trust bundle", exc)
+        _reach_sim(sim_host, sim_port)
 
         def run(device_id: bytes, rid: str | None) -> HandInResult:
             return order_hand_in(api, transport, bundle, device_id, rid, reader)
@@ -634,20 +795,24 @@ def hand_in_order_command(
             results = [run(d, request_id) for d in devices]
         else:
             results = run_tray(journal, devices, run, ORDERED)
-    _print_hand_in("Hand-in orders", results, json_output)
-    failed = [r for r in results if r.status != ORDERED]
-    if failed:
-        typer.echo(f"vdno-bench hand-in order: {len(failed)} of {len(results)} meters not ordered", err=True)
-        raise typer.Exit(1)
+    _finish(
+        "hand-in order",
+        results,
+        (ORDERED, "failed"),
+        None if journal is None else journal.run,
+        json_output,
+        "Hand-in orders",
+        HAND_IN_COLUMNS,
+        "ordered",
+    )
 
 
 @hand_in_app.command(
     "apply",
     help=(
         "Fetch the authorised hand-in commands for the meters, check each against the meter and the pinned "
-        "trust bundle, apply it and report the response. " + SETTINGS_HELP + " "
-        "Exit codes: 0 every meter applied; 1 any meter refused, failed or still pending; 2 usage or "
-        "configuration error."
+        "trust bundle, apply it and report the response. A meter found already on a vanilla generation is "
+        "reported applied ('already applied'). " + SETTINGS_HELP + " " + EXIT_CODES_TEXT
     ),
 )
 def hand_in_apply_command(
@@ -664,6 +829,7 @@ def hand_in_apply_command(
     reader_id: ReaderOpt = LAB_READER_ID.hex(),
     config: ConfigOpt = None,
 ) -> None:
+    _use_json(json_output)
     settings = _load_settings(
         config,
         server=server,
@@ -693,13 +859,22 @@ def hand_in_apply_command(
         try:
             bundle = api.trust_bundle()
         except BenchError as exc:
-            _fail(f"cannot fetch the trust bundle: {exc}", 1)
-        results = apply_hand_ins(api, transport, bundle, devices, reader, settings.save_commands)
-    _print_hand_in("Hand-in applied", results, json_output)
-    failed = [r for r in results if r.status != HAND_IN_APPLIED]
-    if failed:
-        typer.echo(f"vdno-bench hand-in apply: {len(failed)} of {len(results)} meters not applied", err=True)
-        raise typer.Exit(1)
+            _service_failed("cannot fetch the trust bundle", exc)
+        _reach_sim(sim_host, sim_port)
+        try:
+            results = apply_hand_ins(api, transport, bundle, devices, reader, settings.save_commands)
+        except BenchError as exc:
+            _service_failed("cannot fetch the authorised hand-in commands", exc)
+    _finish(
+        "hand-in apply",
+        results,
+        (HAND_IN_APPLIED, "pending", "refused", "failed"),
+        None,
+        json_output,
+        "Hand-in applied",
+        HAND_IN_COLUMNS,
+        "applied",
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover - `python -m client.cli`

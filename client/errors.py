@@ -17,16 +17,29 @@ class DeviceRefusedError(TransportError):
     def __init__(self, status: int | None, reason: str) -> None:
         self.status = status
         self.reason = reason
-        super().__init__(f"device refused (status {status}): {reason}")
+        super().__init__(
+            f"device refused: {reason}" if status is None else f"device refused (status {status}): {reason}"
+        )
 
 
 class ServiceError(BenchError):
-    """A custodian RPC failed; code_name is the gRPC status code name (e.g. UNAVAILABLE)."""
+    """A custodian RPC failed; code_name is the gRPC status code name (e.g. UNAVAILABLE), error_code the
+    custodian's name for the refusal (e.g. DEVICE_NOT_VANILLA; client/error_codes.py), else derived from
+    the status code."""
 
-    def __init__(self, code_name: str, message: str) -> None:
+    def __init__(self, code_name: str, message: str, error_code: str = "") -> None:
         self.code_name = code_name
         self.message = message
+        if not error_code:
+            unreachable = code_name in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+            error_code = "SERVER_UNAVAILABLE" if unreachable else "CUSTODIAN_REFUSED"
+        self.error_code = error_code
         super().__init__(f"{code_name}: {message}")
+
+    @property
+    def unreachable(self) -> bool:
+        """The custodian could not be reached or could not answer (after the client's retries)."""
+        return self.code_name in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
 
 
 class BundleError(BenchError):

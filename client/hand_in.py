@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from client import error_codes as codes
 from client.bundle import TrustBundle
 from client.checks import check_hand_in_command, check_response
 from client.errors import BenchError, CommandRefused, ResponseRejected, ServiceError, TransportError
@@ -16,6 +17,7 @@ from client.handout import (
     LAB_READER_ID,
     MeterReading,
     ReadError,
+    holds_cells,
     holds_installed,
     read_meter,
     save_command,
@@ -57,11 +59,13 @@ class HandInResult:
     area_id: int | None = None  # the area whose DNO held (or holds) the meter's NO cells
     generation: int | None = None
     counter: int | None = None  # the DNO's originator counter in the applied command
+    error_code: str | None = None  # client/error_codes.py; None when ordered or applied
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "device": self.device_id,
             "status": self.status,
+            "error_code": self.error_code,
             "reason": self.reason,
             "requestId": self.request_id,
             "orderId": self.order_id,
@@ -105,17 +109,19 @@ def order_hand_in(
     try:
         reading = read_meter(transport, device_id, bundle, reader_id)
     except (ReadError, TransportError) as exc:
-        return HandInResult(device_hex, FAILED, f"read meter: {exc}", request_id)
+        return HandInResult(
+            device_hex, FAILED, f"read meter: {exc}", request_id, error_code=codes.METER_UNREADABLE
+        )
     try:
         order = api.request_hand_in(
             request_id, device_hex, reading.device_certificate, reading.credentials_response
         )
     except ServiceError as exc:
-        return HandInResult(device_hex, FAILED, f"custodian: {exc}", request_id)
+        return HandInResult(device_hex, FAILED, f"custodian: {exc}", request_id, error_code=exc.error_code)
     return HandInResult(
         device_hex,
         ORDERED,
-        f"order {order.order_id}: awaiting the area {order.area_id} DNO's command",
+        f"order {order.order_id}: awaiting the command of {_area_name(bundle, order.area_id)}'s DNO",
         request_id,
         order.order_id,
         order.area_id,
@@ -135,7 +141,7 @@ def apply_hand_in(
     meter's response. Never raises for meter, service or check failures."""
     device_hex = eui64_hex(authorised.device_id)
 
-    def result(status: str, reason: str) -> HandInResult:
+    def result(status: str, reason: str, error_code: str | None = None) -> HandInResult:
         return HandInResult(
             device_hex,
             status,
@@ -145,15 +151,16 @@ def apply_hand_in(
             authorised.area_id,
             authorised.generation,
             authorised.counter,
+            error_code,
         )
 
     try:
         reading = read_meter(transport, authorised.device_id, bundle, reader_id)
     except (ReadError, TransportError) as exc:
-        return result(FAILED, f"read meter: {exc}")
+        return result(FAILED, f"read meter: {exc}", codes.METER_UNREADABLE)
     state = network_operator_state(reading)
     if state.signing_entity is None:
-        return result(FAILED, "the meter reported no network-operator signing cell")
+        return result(FAILED, "the meter reported no network-operator signing cell", codes.METER_UNREADABLE)
     generation = bundle.generation(authorised.generation)
     floor = _floor_seq_number(authorised.command)
     installs = (
@@ -172,9 +179,13 @@ def apply_hand_in(
                 authorised.order_id, credentials_answer=reading.credentials_response
             )
         except ServiceError as exc:
-            return result(FAILED, f"report outcome (the meter already held the vanilla generation): {exc}")
+            return result(
+                FAILED,
+                f"report outcome (the meter already held the vanilla generation): {exc}",
+                codes.REPORT_FAILED,
+            )
         if ack.status != APPLIED:
-            return result(FAILED, f"custodian recorded the outcome as {ack.status or 'unknown'}")
+            return result(FAILED, _recorded_as(ack.status), codes.METER_REJECTED)
         return result(APPLIED, ALREADY_APPLIED)
     try:
         checked = check_hand_in_command(
@@ -186,13 +197,13 @@ def apply_hand_in(
             state.seq_number,
         )
     except CommandRefused as exc:
-        return result(REFUSED, str(exc))
+        return result(REFUSED, str(exc), codes.COMMAND_REFUSED)
     if save_dir is not None:
         save_command(save_dir, authorised.device_id, checked.counter, authorised.command)
     try:
         response = transport.send(authorised.device_id, authorised.command)
     except TransportError as exc:
-        return result(FAILED, f"apply: {exc}")
+        return result(FAILED, f"apply: {exc}", codes.APPLY_FAILED)
     local_problem = ""
     try:
         check_response(response, checked.header, reading.device)
@@ -201,12 +212,21 @@ def apply_hand_in(
     try:
         ack = api.report_hand_in_outcome(authorised.order_id, response)
     except ServiceError as exc:
-        return result(FAILED, "; ".join(p for p in (local_problem, f"report outcome: {exc}") if p))
+        problems = "; ".join(p for p in (local_problem, f"report outcome: {exc}") if p)
+        return result(FAILED, problems, codes.RESPONSE_REJECTED if local_problem else codes.REPORT_FAILED)
     if local_problem:
-        return result(FAILED, local_problem)
+        return result(FAILED, local_problem, codes.RESPONSE_REJECTED)
     if ack.status != APPLIED:
-        return result(FAILED, f"custodian recorded the outcome as {ack.status or 'unknown'}")
+        return result(FAILED, _recorded_as(ack.status), codes.METER_REJECTED)
     return result(APPLIED, "")
+
+
+def _area_name(bundle: TrustBundle, area_id: int) -> str:
+    """'area 12 (London)', as people name it."""
+    try:
+        return f"area {area_id} ({bundle.area(area_id).name})"
+    except BenchError:
+        return f"area {area_id}"
 
 
 def _floor_seq_number(command: bytes) -> int | None:
@@ -218,6 +238,13 @@ def _floor_seq_number(command: bytes) -> int | None:
     return payload.control.floor_seq_number or 0
 
 
+def _recorded_as(status: str) -> str:
+    """The reason when the custodian recorded an outcome other than applied."""
+    if status == "rejected":
+        return "the meter refused the command (recorded as rejected)"
+    return f"the custodian recorded the outcome as {status or 'not applied'}"
+
+
 def apply_hand_ins(
     api: HandInApi,
     transport: DeviceTransport,
@@ -227,16 +254,47 @@ def apply_hand_ins(
     save_dir: Path | None = None,
 ) -> list[HandInResult]:
     """Fetch the authorised commands for these meters and apply each; PENDING for a meter with none."""
-    try:
-        commands = api.fetch_hand_in_commands([eui64_hex(d) for d in device_ids])
-    except BenchError as exc:
-        return [HandInResult(eui64_hex(d), FAILED, f"custodian: {exc}") for d in device_ids]
+    commands = api.fetch_hand_in_commands([eui64_hex(d) for d in device_ids])  # ServiceError: the run stops
     by_device = {c.device_id: c for c in commands}
     results = []
     for device_id in device_ids:
         authorised = by_device.get(device_id)
         if authorised is None:
-            results.append(HandInResult(eui64_hex(device_id), PENDING, "no authorised hand-in command yet"))
+            results.append(_without_command(transport, bundle, device_id, reader_id))
             continue
         results.append(apply_hand_in(api, transport, bundle, authorised, reader_id, save_dir))
     return results
+
+
+def _without_command(
+    transport: DeviceTransport, bundle: TrustBundle, device_id: bytes, reader_id: bytes
+) -> HandInResult:
+    """A meter with no authorised command: already applied when it is read holding a vanilla generation (a
+    rerun after success), else pending."""
+    device_hex = eui64_hex(device_id)
+    try:
+        reading = read_meter(transport, device_id, bundle, reader_id)
+    except (ReadError, TransportError) as exc:
+        return HandInResult(device_hex, FAILED, f"read meter: {exc}", error_code=codes.METER_UNREADABLE)
+    for generation in bundle.generations:
+        installs = {
+            KeyUsage.DIGITAL_SIGNATURE: generation.ds_certificate,
+            KeyUsage.KEY_AGREEMENT: generation.ka_certificate,
+        }
+        if holds_cells(reading, installs):
+            return HandInResult(
+                device_hex,
+                APPLIED,
+                f"already applied: the meter is on vanilla generation {generation.generation}",
+                generation=generation.generation,
+            )
+    state = network_operator_state(reading)
+    holder = None if state.signing_entity is None else bundle.area_of_entity(state.signing_entity)
+    where = "" if holder is None else f" (the meter is in area {holder.area_id} ({holder.name}))"
+    return HandInResult(
+        device_hex,
+        PENDING,
+        f"no authorised hand-in command yet{where}",
+        area_id=None if holder is None else holder.area_id,
+        error_code=codes.NO_COMMAND_YET,
+    )

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from client import error_codes as codes
 from client.bundle import TrustBundle
 from client.checks import CheckedCommand, check_command, check_response, check_rotation_command
 from client.dcc_gateway import DccGateway
@@ -32,7 +33,9 @@ APPLIED = "applied"
 REFUSED = "refused"
 FAILED = "failed"
 # The reason given with APPLIED when the meter already held what the command installs (not sent again).
-ALREADY_APPLIED = "the meter already held the command's certificates: reported its signed CS02a answer"
+ALREADY_APPLIED = (
+    "already applied: the meter held the command's certificates; reported its signed CS02a answer"
+)
 
 
 class CustodianApi(Protocol):
@@ -76,6 +79,7 @@ class HandOutResult:
     generation: int | None = None
     applied_command: bytes | None = None  # as the meter received it (MAC-framed when DCC added the MAC)
     target_generation: int | None = None  # a rotation's target generation
+    error_code: str | None = None  # client/error_codes.py; None when applied
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -85,6 +89,7 @@ class HandOutResult:
             "counter": self.counter,
             "generation": self.generation,
             "status": self.status,
+            "error_code": self.error_code,
             "reason": self.reason,
             "command": None if self.command is None else self.command.hex(),
             "appliedCommand": None if self.applied_command is None else self.applied_command.hex(),
@@ -273,10 +278,16 @@ def hand_out(
     that does not require the MAC). Never raises for meter, service or check failures: they come back as
     status refused / failed. `save_dir` gets the command exactly as the meter received it."""
     try:
-        bundle.area(area_id)
+        area = bundle.area(area_id)
     except BenchError as exc:
         return HandOutResult(
-            eui64_hex(device_id), area_id, request_id or "", counter=None, status=FAILED, reason=str(exc)
+            eui64_hex(device_id),
+            area_id,
+            request_id or "",
+            counter=None,
+            status=FAILED,
+            reason=str(exc),
+            error_code=codes.AREA_NOT_IN_BUNDLE,
         )
 
     def request(rid: str, reading: MeterReading) -> Any:
@@ -284,10 +295,12 @@ def hand_out(
             rid, eui64_hex(device_id), area_id, reading.device_certificate, reading.credentials_response
         )
 
+    already = {KeyUsage.DIGITAL_SIGNATURE: area.ds_certificate, KeyUsage.KEY_AGREEMENT: area.ka_certificate}
     return _transfer(
         api, transport, bundle, device_id, area_id, request,
         lambda command: check_command(command, device_id, area_id, bundle),
         request_id, reader_id, save_dir, gateway,
+        already=(already, f"already applied: the meter is in area {area_id} ({area.name})"),
     )  # fmt: skip
 
 
@@ -309,10 +322,18 @@ def rotate(
             rid, eui64_hex(device_id), reading.device_certificate, reading.credentials_response
         )
 
+    active = bundle.active_generation()
+    already = None
+    if active is not None:
+        installs = {
+            KeyUsage.DIGITAL_SIGNATURE: active.ds_certificate,
+            KeyUsage.KEY_AGREEMENT: active.ka_certificate,
+        }
+        already = (installs, f"already applied: the meter is on vanilla generation {active.generation}")
     return _transfer(
         api, transport, bundle, device_id, None, request,
         lambda command: check_rotation_command(command, device_id, bundle),
-        request_id, reader_id, save_dir, gateway,
+        request_id, reader_id, save_dir, gateway, already=already,
     )  # fmt: skip
 
 
@@ -328,7 +349,10 @@ def _transfer(
     reader_id: bytes,
     save_dir: Path | None,
     gateway: DccGateway | None,
+    already: tuple[dict[KeyUsage, bytes], str] | None = None,
 ) -> HandOutResult:
+    """`already`: what the meter holds once the transfer is done, and the reason reported when the reading
+    shows it already there (a rerun after success: applied, nothing requested)."""
     request_id = request_id or uuid.uuid4().hex
     device_hex = eui64_hex(device_id)
 
@@ -338,12 +362,17 @@ def _transfer(
     try:
         reading = read_meter(transport, device_id, bundle, reader_id)
     except (ReadError, TransportError) as exc:
-        return result(FAILED, f"read meter: {exc}", counter=None)
+        return result(FAILED, f"read meter: {exc}", counter=None, error_code=codes.METER_UNREADABLE)
 
     try:
         issued = request(request_id, reading)
     except ServiceError as exc:
-        return result(FAILED, f"custodian: {exc}", counter=None)
+        # Refused because the meter has moved on (hand-out: it is in an area; rotation: already on the active
+        # generation): when it holds exactly what this transfer installs, this is a rerun after success.
+        moved_on = exc.error_code in ("DEVICE_NOT_VANILLA", "CUSTODY_CONFLICT")
+        if moved_on and already is not None and holds_cells(reading, already[0]):
+            return result(APPLIED, already[1], counter=None)
+        return result(FAILED, f"custodian: {exc}", counter=None, error_code=exc.error_code)
     command = bytes(issued.command)
     counter: int | None = int(issued.originator_counter) or None
     generation: int | None = int(issued.generation) if getattr(issued, "generation", None) else None
@@ -354,13 +383,20 @@ def _transfer(
     except CommandRefused as exc:
         if save_dir is not None and counter is not None:
             save_command(save_dir, device_id, counter, command)
-        return result(REFUSED, str(exc), counter=counter, command=command, generation=generation)
+        return result(
+            REFUSED,
+            str(exc),
+            counter=counter,
+            command=command,
+            generation=generation,
+            error_code=codes.COMMAND_REFUSED,
+        )
     counter = checked.counter
     generation = checked.generation.generation
 
     to_meter: bytes | None = None
 
-    def done(status: str, reason: str) -> HandOutResult:
+    def done(status: str, reason: str, error_code: str | None = None) -> HandOutResult:
         return result(
             status,
             reason,
@@ -369,6 +405,7 @@ def _transfer(
             generation=generation,
             applied_command=to_meter,
             target_generation=target_generation,
+            error_code=error_code,
         )
 
     installs = {
@@ -381,10 +418,14 @@ def _transfer(
         try:
             ack = api.report_outcome(request_id, credentials_answer=reading.credentials_response)
         except ServiceError as exc:
-            return done(FAILED, f"report outcome (the meter already held the command's certificates): {exc}")
+            return done(
+                FAILED,
+                f"report outcome (the meter already held the command's certificates): {exc}",
+                codes.REPORT_FAILED,
+            )
         status = str(getattr(ack, "status", ""))
         if status != APPLIED:
-            return done(FAILED, f"custodian recorded the outcome as {status or 'unknown'}")
+            return done(FAILED, _recorded_as(status), codes.METER_REJECTED)
         return done(APPLIED, ALREADY_APPLIED)
 
     if gateway is None:
@@ -393,13 +434,13 @@ def _transfer(
         try:
             to_meter = gateway.local_command(command, device_id)
         except BenchError as exc:
-            return done(FAILED, f"dcc: {exc}")
+            return done(FAILED, f"dcc: {exc}", codes.DCC_FAILED)
     if save_dir is not None:
         save_command(save_dir, device_id, counter, to_meter)
     try:
         response = transport.send(device_id, to_meter)
     except TransportError as exc:
-        return done(FAILED, f"apply: {exc}")
+        return done(FAILED, f"apply: {exc}", codes.APPLY_FAILED)
 
     local_problem = ""
     try:
@@ -409,10 +450,31 @@ def _transfer(
     try:
         ack = api.report_outcome(request_id, response)
     except ServiceError as exc:
-        return done(FAILED, "; ".join(p for p in (local_problem, f"report outcome: {exc}") if p))
+        problems = "; ".join(p for p in (local_problem, f"report outcome: {exc}") if p)
+        return done(FAILED, problems, codes.RESPONSE_REJECTED if local_problem else codes.REPORT_FAILED)
     if local_problem:
-        return done(FAILED, local_problem)
+        return done(FAILED, local_problem, codes.RESPONSE_REJECTED)
     status = str(getattr(ack, "status", ""))
     if status != APPLIED:
-        return done(FAILED, f"custodian recorded the outcome as {status or 'unknown'}")
+        return done(FAILED, _recorded_as(status), codes.METER_REJECTED)
     return done(APPLIED, "")
+
+
+def _recorded_as(status: str) -> str:
+    """The reason when the custodian recorded an outcome other than applied."""
+    if status == "rejected":
+        return "the meter refused the command (recorded as rejected)"
+    return f"the custodian recorded the outcome as {status or 'not applied'}"
+
+
+def holds_cells(reading: MeterReading, installs: dict[KeyUsage, bytes]) -> bool:
+    """Whether both NO cells the reading shows hold exactly these certificates (entity id and key id)."""
+    cells, _ = network_operator_cells(reading)
+    for usage, certificate in installs.items():
+        try:
+            cert = load_certificate(certificate)
+        except GbcsError:
+            return False
+        if cells.get(int(usage)) != (cert.entity_id, cert.subject_key_identifier):
+            return False
+    return bool(installs)

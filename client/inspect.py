@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
+from client import exit_codes
 from client.describe import message_document
 from client.errors import BenchError
 from gbcs.errors import GbcsError, MacError, SignatureError
@@ -29,17 +30,22 @@ from gbcs.mac import verify_mac
 from gbcs.message import DecodedMessage, decode_any
 from gbcs.signature import verify_message_signature
 
-EXIT_OK = 0
-EXIT_BAD_SIGNATURE = 1  # signature or MAC does not verify
-EXIT_DECODE = 2  # input unreadable or not a well-formed CS02a/b/d/e message
-EXIT_MISSING_KEY = 3  # a certificate or private key needed for a check is not in the keystore
-EXIT_UNVERIFIED = 4  # MAC-only message (signature length 00) and no --acb given: nothing was verified
+# The shared exit-code table (client/exit_codes.py), as inspect uses it.
+EXIT_OK = exit_codes.OK
+EXIT_BAD_SIGNATURE = exit_codes.REFUSED  # signature or MAC does not verify
+EXIT_DECODE = exit_codes.USAGE  # input unreadable or not a well-formed CS02a/b/d/e message
+EXIT_MISSING_KEY = (
+    exit_codes.UNVERIFIED
+)  # a certificate or private key needed for a check is not in the keystore
+EXIT_UNVERIFIED = (
+    exit_codes.UNVERIFIED
+)  # MAC-only message (signature length 00) without --acb: nothing verified
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 decoded and every signature (and the MAC, with --acb) verified, or an unsigned "
     "pre-command decoded; 1 a signature or MAC does not verify; 2 input unreadable or not a well-formed "
-    "CS02a/b/d/e message; 3 a certificate or key needed for a check is missing from the keystore; "
-    "4 a MAC-only message (signature length 00) was given without --acb, so nothing was verified. "
+    "CS02a/b/d/e message; 4 nothing verified: a certificate or key needed for a check is missing from "
+    "the keystore, or a MAC-only message (signature length 00) was given without --acb. "
     "Certificate validity periods are not checked (RTDS certificates are expired): inspect verifies "
     "signatures, not certificate validity."
 )

@@ -208,7 +208,7 @@ def bootstrap(state: Path) -> Path:
             [
                 PY, "-m", "simulator", "make-tray", "--state", str(state), "--out", str(tray_dir),
                 "--count", str(METERS), "--first", str(next_first_index(state)), "--in-areas", AREAS,
-                "--tray-file", str(tray_file),
+                "--tray", str(tray_file),
             ],
             "vdno-sim make-tray",
         ).strip()
@@ -223,7 +223,7 @@ def hand_in(lab: Lab, tray_file: Path, devices: list[str]) -> None:
             lab.bench(BENCH, "hand-in", "order", "--tray", str(tray_file), "--json"),
             "vdno-bench hand-in order",
         )
-    )
+    )["meters"]
     areas = sorted({r["area"] for r in ordered})
     say(f"{BENCH} ordered {len(ordered)} hand-ins (meters held by the DNOs of areas {areas[0]}-{areas[-1]})")
 
@@ -257,7 +257,7 @@ def hand_in(lab: Lab, tray_file: Path, devices: list[str]) -> None:
                       "--save-commands", str(lab.state / "commands" / "hand-in")),
             "vdno-bench hand-in apply",
         )
-    )  # fmt: skip
+    )["meters"]  # fmt: skip
     done = [r for r in applied if r["status"] == "applied"]
     say(f"{APPLY_BENCH} applied {len(done)} of {len(applied)} hand-in commands")
     if len(done) != len(devices):
@@ -321,7 +321,7 @@ def rotation(lab: Lab, devices: list[str], old: int) -> int:
     say(f"{OFFICER} requested its activation, {APPROVER} approved, {OFFICER} executed it:")
     say(f"  generation {number} is active, {old} signing-only")
     tray = lab.state / "tray-rotation.txt"
-    run(lab.admin("fleet", "holding", "--generation", str(old), "--tray-file", str(tray)), "fleet holding")
+    run(lab.admin("fleet", "holding", "--generation", str(old), "--tray", str(tray)), "fleet holding")
     on_old = {
         line.strip().lower() for line in tray.read_text().splitlines() if line and not line.startswith("#")
     }
@@ -333,7 +333,7 @@ def rotation(lab: Lab, devices: list[str], old: int) -> int:
                       "--save-commands", str(lab.state / "commands" / "rotation")),
             "vdno-bench rotate",
         )
-    )  # fmt: skip
+    )["meters"]  # fmt: skip
     done = [r for r in results if r["status"] == "applied"]
     say(f"{BENCH} rotated {len(done)} of {len(devices)} meters from generation {old} to {number}")
     if len(done) != len(devices):
@@ -349,7 +349,7 @@ def hand_out(lab: Lab, tray_file: Path, devices: list[str]) -> list[dict[str, An
                       "--save-commands", str(lab.state / "commands" / "hand-out")),
             "vdno-bench hand-out",
         )
-    )  # fmt: skip
+    )["meters"]  # fmt: skip
     applied = [r for r in results if r["status"] == "applied"]
     say(f"{BENCH} handed out {len(applied)} of {len(results)} meters")
     if len(applied) != len(devices):

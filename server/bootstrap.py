@@ -248,8 +248,11 @@ def initialise_state(
     officers: tuple[str, ...] = ("officer-01", "officer-02"),
     areas_folder: Path | None = None,
     bench_parts: BenchParts | None = None,
-) -> None:
-    """database_url: register areas, generation, benches and officers there instead of the state's SQLite file
+    show: bool = True,
+) -> list[str]:
+    """What it changed (empty: nothing), also printed unless show is False.
+
+    database_url: register areas, generation, benches and officers there instead of the state's SQLite file
     (e.g. PostgreSQL); config.toml still names the SQLite file, override it with VDNO_DATABASE_URL. A bench or
     officer already known to the database (even revoked) is left as it is. bench_parts: written into the
     settings file of each bench that has none yet."""
@@ -321,9 +324,12 @@ def initialise_state(
 
     # Rewritten each run with identical content; the vanilla keys stay in the token.
     export_keystore(state / "keystore", [CertifiedKey(c, None) for c in vanilla_certificates])
+    if not show:
+        return list(report.changes)
     if report.changes:
         print(f"initialised {state}:")
         for change in report.changes:
             print(f"  - {change}")
     else:
         print(f"{state} is already initialised; nothing changed")
+    return list(report.changes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import shutil
@@ -15,28 +16,72 @@ from typing import Any, NoReturn
 
 import typer
 
+from server import exit_codes
 from server.config import ConfigError, Settings, load_settings
 from server.domain.errors import VdnoError
 
-# Exit codes: 0 done; 1 verify-audit found the log broken; 2 a configuration, database or start-up problem
-# (one line each on stderr, no traceback).
-EXIT_USAGE = 2
+# Exit codes (the shared table, server/exit_codes.py): 0 done; 1 verify-audit found the log broken; 2 a
+# configuration, database or start-up problem (one line each on stderr, no traceback); 3 verify-audit could
+# not read the database.
+EXIT_USAGE = exit_codes.USAGE
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="vdno: the vanilla DNO custodian service",
+    help=(
+        "vdno: the vanilla DNO custodian service. Exit codes: 0 done; 1 the audit log is broken "
+        "(verify-audit); 2 configuration, database or start-up problem; 3 the database cannot be read."
+    ),
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+# With --json the command prints one JSON document on stdout whatever happens (an error object when it
+# fails); its one-line messages still go to stderr.
+_output = {"json": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"vdno-server {version('vdno')}")
+        except PackageNotFoundError:
+            typer.echo("vdno-server (not installed)")
+        raise typer.Exit(exit_codes.OK)
+
+
+@app.callback()
+def main(
+    _: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="print the version and exit"
+    ),
+) -> None:
+    """vdno: the vanilla DNO custodian service."""
+
+
+def _json_error(message: str, code: int, problems: tuple[str, ...] = ()) -> None:
+    if _output["json"]:
+        document: dict[str, Any] = {
+            "error_code": "USAGE_ERROR" if code == EXIT_USAGE else "UNAVAILABLE" if code == 3 else "FAILED",
+            "error": message,
+            "exit_code": code,
+        }
+        if problems:
+            document["problems"] = list(problems)
+        typer.echo(json.dumps(document, indent=2))
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    _json_error(message, code)
     typer.echo(f"vdno-server: {message}", err=True)
     raise typer.Exit(code)
 
 
 def _fail_all(problems: tuple[str, ...], where: str = "") -> NoReturn:
     """One line per problem, then exit 2."""
+    _json_error(f"{where}{len(problems)} configuration problem(s)", EXIT_USAGE, problems)
     for problem in problems:
         typer.echo(f"vdno-server: {where}{problem}", err=True)
     raise typer.Exit(EXIT_USAGE)
@@ -91,7 +136,16 @@ def _database_for_log(url: str) -> str:
         return "(not a database URL)"
 
 
-def _run(settings: Settings, slots: Any = None, process: int | None = None) -> None:
+def _announce(what: str, port: int, json_lines: bool) -> None:
+    """The line on stdout a caller waits for: `vdno-server listening on port N` (health, metrics), or with
+    --json one JSON object per line, {"listening": "server" | "health" | "metrics", "port": N}."""
+    if json_lines:
+        print(json.dumps({"listening": what, "port": port}), flush=True)
+    else:
+        print(f"vdno-server {'listening' if what == 'server' else what} on port {port}", flush=True)
+
+
+def _run(settings: Settings, slots: Any = None, process: int | None = None, json_lines: bool = False) -> None:
     """Serve until SIGTERM or SIGINT (logging is configured). With `slots` (one of several processes) it
     publishes its health there and its metrics into files, for the parent process to serve."""
     import structlog
@@ -119,18 +173,20 @@ def _run(settings: Settings, slots: Any = None, process: int | None = None) -> N
         pid=os.getpid(),
         **worker,
     )
-    print(f"vdno-server listening on port {running.port}", flush=True)
+    _announce("server", running.port, json_lines)
     if running.health_port is not None:
-        print(f"vdno-server health on port {running.health_port}", flush=True)
+        _announce("health", running.health_port, json_lines)
     if running.metrics_port is not None:
-        print(f"vdno-server metrics on port {running.metrics_port}", flush=True)
+        _announce("metrics", running.metrics_port, json_lines)
     stop.wait()
     log.info("server.stopping", signal=received[0] if received else None, pid=os.getpid(), **worker)
     running.stop(grace=2.0)
     log.info("server.stopped", pid=os.getpid(), **worker)
 
 
-def _serve_one(settings: Settings, shared_health: Any, process: int, metrics_dir: Path) -> None:
+def _serve_one(
+    settings: Settings, shared_health: Any, process: int, metrics_dir: Path, json_lines: bool = False
+) -> None:
     """One of several server processes, started by `serve`; `settings` were built once by `serve` (they
     hold no secret, only where the PIN is read from). It publishes its health in `shared_health` and its
     metrics into files in `metrics_dir`, for the parent's listeners."""
@@ -141,13 +197,13 @@ def _serve_one(settings: Settings, shared_health: Any, process: int, metrics_dir
     log_lines = configure_logging(settings.log_level)
     try:
         use_values(metrics_dir)  # before the first metric is made
-        _run(settings, HealthSlots(shared_health, process), process)
+        _run(settings, HealthSlots(shared_health, process), process, json_lines)
     finally:
         log_lines.close()  # a worker process exits without running atexit hooks
 
 
 def _serve_for_workers(
-    settings: Settings, shared: Any, workers: list[Any], metrics_dir: Path
+    settings: Settings, shared: Any, workers: list[Any], metrics_dir: Path, json_lines: bool = False
 ) -> tuple[Callable[[], None], dict[str, int]]:
     """The parent of several server processes serves the health listener and the metrics listener for
     all of them (a worker not started yet or no longer running counts as down) and sets vdno_up from their
@@ -168,7 +224,7 @@ def _serve_for_workers(
         server, ports["health_port"] = serve_health(settings.health_listen, servicer)
         publishers.append(board.publish)
         stops += [servicer.enter_graceful_shutdown, lambda: server.stop(None)]
-        print(f"vdno-server health on port {ports['health_port']}", flush=True)
+        _announce("health", ports["health_port"], json_lines)
     if settings.metrics.listen:
         own = ServerMetrics(CollectorRegistry())  # vdno_up: written to the files like the workers' values
 
@@ -181,7 +237,7 @@ def _serve_for_workers(
         ports["metrics_port"] = listener.port
         publishers.append(own.health)
         stops.append(listener.stop)
-        print(f"vdno-server metrics on port {listener.port}", flush=True)
+        _announce("metrics", listener.port, json_lines)
 
     def publish(report: Any) -> None:
         for publisher in publishers:
@@ -202,7 +258,12 @@ def _serve_for_workers(
 
 
 @app.command()
-def serve(config: Path = typer.Option(..., "--config", help="TOML settings file")) -> None:
+def serve(
+    config: Path = typer.Option(..., "--config", help="TOML settings file"),
+    json_output: bool = typer.Option(
+        False, "--json", help='announce the ports as JSON lines {"listening": "server", "port": N} on stdout'
+    ),
+) -> None:
     """Run the service. With [server] processes > 1, that many processes share the port (SO_REUSEPORT)
     and this process serves the health and metrics listeners for all of them. A fixed port is claimed
     first: another vdno-server holding it stops this one at once (exit 2), whatever database either uses.
@@ -211,6 +272,7 @@ def serve(config: Path = typer.Option(..., "--config", help="TOML settings file"
 
     from server.observability import configure_logging
 
+    _output["json"] = json_output
     settings = _settings(config)
     log_lines = configure_logging(settings.log_level)
     log = structlog.get_logger("vdno.server")
@@ -240,7 +302,7 @@ def serve(config: Path = typer.Option(..., "--config", help="TOML settings file"
             log.warning("database.empty", problem=warning)
         if settings.processes == 1:
             use_values(None)
-            _run(settings)
+            _run(settings, json_lines=json_output)
             return
         if claim is None:
             _fail("[server] listen needs a fixed port when processes > 1")
@@ -254,12 +316,12 @@ def serve(config: Path = typer.Option(..., "--config", help="TOML settings file"
         ctx = multiprocessing.get_context("spawn")
         shared = ctx.RawArray("b", settings.processes * len(COMPONENTS))  # 0 down, 1 up; see server/health.py
         workers = [
-            ctx.Process(target=_serve_one, args=(settings, shared, i, metrics_dir), daemon=False)
+            ctx.Process(target=_serve_one, args=(settings, shared, i, metrics_dir, json_output), daemon=False)
             for i in range(settings.processes)
         ]
         # Before the workers: a listener that cannot bind stops nothing but this process. Until the
         # workers run and report, health answers NOT_SERVING.
-        stop_listeners, ports = _serve_for_workers(settings, shared, workers, metrics_dir)
+        stop_listeners, ports = _serve_for_workers(settings, shared, workers, metrics_dir, json_output)
         for w in workers:
             w.start()
         log.info("server.workers_started", pids=[w.pid for w in workers], pid=os.getpid(), **ports)
@@ -310,11 +372,14 @@ def init(
     dcc: str | None = typer.Option(
         None, "--dcc", metavar="URL", help="the DCC gateway adding the ACB-SMD MAC, for their settings files"
     ),
+    json_output: bool = typer.Option(False, "--json", help="print {state, changed, changes} as JSON"),
 ) -> None:
     """Initialise (idempotently) the embedded default in a state folder. Each new bench's settings file
     (clients/<bench>.toml) names --sim and --dcc when given (a commented placeholder otherwise)."""
     from server.bootstrap import BenchParts, initialise_state
     from server.config import host_port_problem, normalise_database_url
+
+    _output["json"] = json_output
 
     if sim is not None and (problem := host_port_problem(sim)):
         _fail(f"--sim: {problem}")
@@ -326,13 +391,23 @@ def init(
         except ValueError as exc:
             _fail(f"--database-url (or VDNO_DATABASE_URL): {exc}")
     try:
-        initialise_state(state, tuple(bench), database_url, tuple(officer), bench_parts=BenchParts(sim, dcc))
+        changes = initialise_state(
+            state,
+            tuple(bench),
+            database_url,
+            tuple(officer),
+            bench_parts=BenchParts(sim, dcc),
+            show=not json_output,
+        )
     except ConfigError as exc:
         _fail_all(exc.problems)
     except VdnoError as exc:
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot initialise {state}: {exc.strerror or exc}{_filename(exc)}")
+    if json_output:
+        document = {"state": str(state.resolve()), "changed": bool(changes), "changes": changes}
+        typer.echo(json.dumps(document, indent=2))
 
 
 def _filename(exc: OSError) -> str:
@@ -340,27 +415,43 @@ def _filename(exc: OSError) -> str:
 
 
 @app.command("verify-audit")
-def verify_audit(config: Path = typer.Option(..., "--config", help="TOML settings file")) -> None:
-    """Check the hash-chained audit log end to end (offline). Exit 0 only if it is intact."""
+def verify_audit(
+    config: Path = typer.Option(..., "--config", help="TOML settings file"),
+    json_output: bool = typer.Option(False, "--json", help="print {intact, entries, problem} as JSON"),
+) -> None:
+    """Check the hash-chained audit log end to end (offline). Exit 0 only if it is intact; 1 broken; 2 a
+    configuration problem; 3 the database or its audit log cannot be read."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from server.store.audit import verify_chain
     from server.store.sql import make_engine
 
+    _output["json"] = json_output
     settings = _settings(config, check_files=False)  # needs only the database: no TLS, HSM or CA file
     engine = make_engine(settings.database_url)
     try:
         result = verify_chain(engine)
     except VdnoError as exc:  # StoreUnavailable: the database or its audit tables cannot be read
-        _fail(str(exc))
+        _fail(str(exc), exit_codes.UNAVAILABLE)
     except SQLAlchemyError as exc:
-        _fail(f"cannot read the audit log: {str(exc).strip().splitlines()[0]}")
+        _fail(f"cannot read the audit log: {str(exc).strip().splitlines()[0]}", exit_codes.UNAVAILABLE)
     finally:
         engine.dispose()
+    if json_output:
+        document = {
+            "intact": result.ok,
+            "entries": result.entries,
+            "problem": None if result.ok else result.problem,
+        }
+        typer.echo(json.dumps(document, indent=2))
     if result.ok:
-        typer.echo(f"audit log intact: {result.entries} entries")
+        if not json_output:
+            typer.echo(f"audit log intact: {result.entries} entries")
         return
-    _fail(f"audit log broken after {result.entries} good entries: {result.problem}", code=1)
+    typer.echo(
+        f"vdno-server: audit log broken after {result.entries} good entries: {result.problem}", err=True
+    )
+    raise typer.Exit(exit_codes.REFUSED)
 
 
 if __name__ == "__main__":

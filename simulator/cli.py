@@ -2,58 +2,93 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import threading
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import FrameType
+from typing import Any, NoReturn
 
 import typer
 from cryptography.hazmat.primitives import serialization
 
 from gbcs.errors import GbcsError
+from simulator import exit_codes
 from simulator.errors import ProfileError
 from simulator.tray import Tray, TrayServer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="vdno SMETS2 device simulator")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help=(
+        "vdno SMETS2 device simulator. Exit codes: 0 done; 2 usage error or unusable input (profiles, "
+        "device list, lab state folder, port)."
+    ),
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        try:
+            typer.echo(f"vdno-sim {version('vdno')}")
+        except PackageNotFoundError:
+            typer.echo("vdno-sim (not installed)")
+        raise typer.Exit(exit_codes.OK)
 
 
 @app.callback()
-def main() -> None:
+def main(
+    _: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="print the version and exit"
+    ),
+) -> None:
     """vdno SMETS2 device simulator."""
+
+
+def _fail(message: str, json_output: bool, code: int = exit_codes.USAGE) -> NoReturn:
+    """One line on stderr and, with --json, one JSON error object on stdout."""
+    if json_output:
+        typer.echo(json.dumps({"error_code": "USAGE_ERROR", "error": message, "exit_code": code}))
+    typer.echo(f"vdno-sim: {message}", err=True)
+    raise typer.Exit(code)
 
 
 @app.command()
 def serve(
     profiles: Path | None = typer.Option(None, "--profiles", help="folder of device profile *.json files"),
-    tray: Path | None = typer.Option(None, "--tray", help='tray file {"devices": [...]}'),
+    devices_file: Path | None = typer.Option(
+        None, "--devices", metavar="FILE", help='device list {"devices": [profile | "profile file", ...]}'
+    ),
     port: int = typer.Option(0, "--port", help="TCP port on 127.0.0.1 (0 = any free port)"),
     idle_timeout: float = typer.Option(
         30.0, "--idle-timeout", help="seconds before an idle connection closes"
     ),
+    json_output: bool = typer.Option(
+        False, "--json", help='print {"listening": "127.0.0.1:PORT", "port", "devices"} as one JSON line'
+    ),
 ) -> None:
-    """Serve a tray of devices on 127.0.0.1; prints `vdno-sim listening on 127.0.0.1:PORT` first."""
-    if (profiles is None) == (tray is None):
-        typer.echo("give exactly one of --profiles DIR or --tray FILE", err=True)
-        raise typer.Exit(2)
+    """Serve simulated devices on 127.0.0.1; prints `vdno-sim listening on 127.0.0.1:PORT` first (with
+    --json, one JSON line instead)."""
+    if (profiles is None) == (devices_file is None):
+        _fail("give exactly one of --profiles DIR or --devices FILE", json_output)
     try:
         if profiles is not None:
             devices = Tray.from_directory(profiles)
         else:
-            assert tray is not None
-            devices = Tray.from_tray_file(tray)
+            assert devices_file is not None
+            devices = Tray.from_tray_file(devices_file)
     except ProfileError as exc:
-        typer.echo(f"vdno-sim: {exc}", err=True)
-        raise typer.Exit(1) from exc
+        _fail(str(exc), json_output)
     if not len(devices):
-        typer.echo("vdno-sim: no device profiles found", err=True)
-        raise typer.Exit(1)
+        _fail("no device profiles found", json_output)
     server = TrayServer(devices, port=port, idle_timeout=idle_timeout)
     try:
         bound = server.start()
     except OSError as exc:
-        typer.echo(f"vdno-sim: cannot listen on 127.0.0.1:{port}: {exc}", err=True)
-        raise typer.Exit(1) from exc
+        _fail(f"cannot listen on 127.0.0.1:{port}: {exc}", json_output)
     # Handlers before the 'listening' line: a caller may send SIGTERM as soon as it reads it.
     done = threading.Event()
 
@@ -62,8 +97,12 @@ def serve(
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    sys.stdout.write(f"vdno-sim listening on 127.0.0.1:{bound}\n")
-    sys.stdout.write(f"devices: {', '.join(devices.device_ids())}\n")
+    if json_output:
+        listening = {"listening": f"127.0.0.1:{bound}", "port": bound, "devices": devices.device_ids()}
+        sys.stdout.write(json.dumps(listening) + "\n")
+    else:
+        sys.stdout.write(f"vdno-sim listening on 127.0.0.1:{bound}\n")
+        sys.stdout.write(f"devices: {', '.join(devices.device_ids())}\n")
     sys.stdout.flush()
 
     try:
@@ -98,21 +137,31 @@ def make_tray(
     count: int = typer.Option(20, "--count", min=1, max=100000, help="how many meters"),
     first: int = typer.Option(1, "--first", min=0, help="index of the first device id (00DB5EED + index)"),
     in_areas: str | None = typer.Option(
-        None, "--in-areas", metavar="AREAS", help="meters in service in these areas, in turn (e.g. 10-23)"
+        None,
+        "--commissioned-in",
+        "--in-areas",
+        metavar="AREAS",
+        help="meters commissioned in these areas (in service there), in turn: e.g. 12,14 or 10-23",
     ),
     vanilla: int | None = typer.Option(
         None, "--vanilla", metavar="G", help="meters in stock on vanilla generation G instead"
     ),
     tray_file: Path | None = typer.Option(
-        None, "--tray-file", help="also write 'DEVICE AREA' lines (AREA: a hand-out target, another area)"
+        None,
+        "--tray",
+        metavar="FILE",
+        help="also write the tray file for vdno-bench: 'DEVICE AREA' lines (AREA: a hand-out target)",
     ),
     mac: bool = typer.Option(True, "--mac/--no-mac", help="meters require DCC's ACB-SMD MAC (as real ones)"),
+    json_output: bool = typer.Option(False, "--json", help="print what was made as JSON"),
 ) -> None:
     """Make a tray of lab meters from a lab state folder (`vdno-labdcc init` and `vdno-server init`):
     device keys and certificates from the lab device CA, root cell = the lab root, ACB KA cell = the lab
-    ACB, NO cells = an area DNO's set (--in-areas) or a vanilla generation's (--vanilla). Device
-    certificates and keys go to STATE/keystore/ too, where the lab ACB finds them."""
+    ACB, NO cells = an area DNO's set (--commissioned-in) or a vanilla generation's (--vanilla). Device
+    certificates and keys go to STATE/keystore/ too, where the lab ACB finds them; --tray FILE writes the
+    tray file the bench reads (`vdno-bench hand-in order --tray FILE`, `hand-out --tray FILE`)."""
     from gbcs.smki import load_certificate
+    from labdcc.parties import AREA_NAMES
     from labpki.errors import LabPkiError
     from labpki.hierarchy import LabHierarchy
     from labpki.store import read_certificate
@@ -126,8 +175,8 @@ def make_tray(
     )
 
     if (in_areas is None) == (vanilla is None):
-        typer.echo("vdno-sim make-tray: give exactly one of --in-areas AREAS or --vanilla G", err=True)
-        raise typer.Exit(2)
+        _fail("make-tray: give exactly one of --commissioned-in AREAS or --vanilla G", json_output)
+    areas = None if in_areas is None else _area_range(in_areas)
 
     def credential_set(ds_path: Path, ka_path: Path) -> LabCredentialSet:
         ds = read_certificate(ds_path)
@@ -147,13 +196,13 @@ def make_tray(
             assert in_areas is not None
             holders = [
                 (area, credential_set(*(state / "areas" / f"area-{area}-{u}.pem" for u in ("ds", "ka"))))
-                for area in _area_range(in_areas)
+                for area in areas or ()
             ]
             seq_number = COMMISSIONED_SEQ_NUMBER
     except (OSError, LabPkiError, GbcsError) as exc:
-        typer.echo(f"vdno-sim make-tray: {state} is not a usable lab state folder: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        _fail(f"make-tray: {state} is not a usable lab state folder: {exc}", json_output)
     profiles = []
+    meters: list[dict[str, Any]] = []
     lines = ["# device area  (vdno-sim make-tray; AREA: the hand-out target)"]
     for i in range(count):
         area, holder = holders[i % len(holders)]
@@ -167,12 +216,23 @@ def make_tray(
             AREA_IDS[(i + 7) % len(AREA_IDS)] if area is None else AREA_IDS[(area - 10 + 7) % len(AREA_IDS)]
         )
         lines.append(f"{device.hex()} {target}")
+        held = f"vanilla generation {vanilla}" if area is None else f"area {area} ({AREA_NAMES[area]})"
+        meters.append({"device": device.hex(), "holds": held, "handOutArea": target})
     write_tray(profiles, out)
     exported = export_device_credentials(profiles, state / "keystore")
     if tray_file is not None:
         tray_file.parent.mkdir(parents=True, exist_ok=True)
         tray_file.write_text("\n".join(lines) + "\n")
     where = f"in areas {in_areas}" if in_areas is not None else f"on vanilla generation {vanilla}"
+    if json_output:
+        document = {
+            "profiles": str(out),
+            "keystore": str(state / "keystore"),
+            "tray": None if tray_file is None else str(tray_file),
+            "meters": meters,
+        }
+        typer.echo(json.dumps(document, indent=2))
+        return
     typer.echo(
         f"wrote {len(profiles)} meter profiles {where} to {out}; {exported} device certificates to "
         f"{state / 'keystore'}" + (f"; tray file {tray_file}" if tray_file else "")

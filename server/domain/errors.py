@@ -5,9 +5,20 @@ stack trace. Layers below the domain (hsm, store) translate their library errors
 
 from __future__ import annotations
 
+import re
+
+# The trailing metadata key under which the interceptor sends a refusal's error code (error_code below).
+ERROR_CODE_KEY = "vdno-error"
+
 
 class VdnoError(Exception):
     """Root of every error the service reports."""
+
+    @property
+    def error_code(self) -> str:
+        """The machine-readable name of this outcome: the class name in upper snake case
+        (DeviceNotVanilla -> DEVICE_NOT_VANILLA). Stable: clients match on it (README "Errors")."""
+        return re.sub(r"(?<!^)(?=[A-Z])", "_", type(self).__name__).upper()
 
 
 # -- the caller sent something wrong: INVALID_ARGUMENT

@@ -75,6 +75,7 @@ from server.domain.values import (
     RecordedOutcome,
     RotationRequest,
     SignedCommand,
+    custody_phrase,
 )
 
 Clock = Callable[[], datetime]
@@ -230,7 +231,9 @@ class HandOutService:
         no_ds = read_network_operator_signing_cell(
             request.device_id, request.credentials_response, device_cert
         )
-        generation = find_custodial_generation(request.device_id, no_ds, generations, self._certificate)
+        generation = find_custodial_generation(
+            request.device_id, no_ds, generations, self._certificate, self._store.list_areas
+        )
         if isinstance(request, RotationRequest):
             active = rotation_target(request.device_id, generation, generations)
             target, target_generation = active.credentials, active.generation
@@ -294,8 +297,9 @@ class HandOutService:
             custody.state is not CustodyState.VANILLA or custody.generation != record.generation
         ):
             raise DeviceNotVanilla(
-                f"the custodian's records show device {record.device_id.hex()} {custody.state.value} "
-                f"(area {custody.area_id}, generation {custody.generation}) since this request was recorded"
+                f"the custodian's records show device {record.device_id.hex()} "
+                f"{custody_phrase(custody.state, custody.area_id, custody.generation)} since this request "
+                "was recorded"
             )
         target = self._target(record)
         generation = next(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -218,18 +218,30 @@ def find_custodial_generation(
     no_ds: CellState,
     generations: list[VanillaGeneration],
     certificate: Callable[[bytes], SmkiCertificate],
+    areas: Callable[[], Sequence[Area]] = tuple,
 ) -> VanillaGeneration:
     """The vanilla generation that may sign (active or signing-only, not compromised) whose DS certificate
-    sits in the device's NO DS cell."""
+    sits in the device's NO DS cell. Refused naming what the cell holds as people name it: an area by its
+    number and name, a vanilla generation by its number (`areas` is read only then)."""
     for generation in generations:
         if not generation.signs or generation.entity_id != no_ds.entity_id:
             continue
         if certificate(generation.ds_certificate).subject_key_identifier == no_ds.subject_key_identifier:
             return generation
     raise DeviceNotVanilla(
-        f"device {device_id.hex()} does not hold a vanilla generation that may sign in its NO cell "
-        f"(it holds entity {no_ds.entity_id.hex()})"
+        f"device {device_id.hex()} is not in vanilla custody: {_holder(no_ds, generations, areas())}"
     )
+
+
+def _holder(no_ds: CellState, generations: list[VanillaGeneration], areas: Sequence[Area]) -> str:
+    """What a meter's NO DS cell holds, named as people name it."""
+    for area in areas:
+        if area.entity_id == no_ds.entity_id:
+            return f"already handed out to area {area.area_id} ({area.name})"
+    for generation in generations:
+        if generation.entity_id == no_ds.entity_id:
+            return f"it holds vanilla generation {generation.generation}, which is {generation.status.value}"
+    return f"its NO cells hold entity {no_ds.entity_id.hex().upper()}, which this custodian does not know"
 
 
 def rotation_target(

@@ -462,6 +462,25 @@ class CustodyState(StrEnum):
     UNKNOWN = "unknown"  # an entity the custodian does not know
 
 
+def area_phrase(area_id: int | None) -> str:
+    """An area as people name it: "area 12 (London)"."""
+    name = AREA_NAMES.get(area_id or 0)
+    return f"area {area_id}" + (f" ({name})" if name else "")
+
+
+def custody_phrase(state: CustodyState, area_id: int | None, generation: int | None) -> str:
+    """Where the custodian's records put a meter, as refusals say it (never a raw entity id or None)."""
+    if state is CustodyState.AREA:
+        return f"already handed out to {area_phrase(area_id)}"
+    if state is CustodyState.VANILLA:
+        return f"in stock on vanilla generation {generation}"
+    if state is CustodyState.HAND_IN_ORDERED:
+        return f"with a hand-in ordered from {area_phrase(area_id)}"
+    if state is CustodyState.HAND_IN_AUTHORISED:
+        return f"with a hand-in authorised from {area_phrase(area_id)}"
+    return "holding certificates of an entity this custodian does not know"
+
+
 @dataclass(frozen=True)
 class HandInRequest:
     """A bench's request to bring a meter into vanilla custody, with what it read from the meter."""

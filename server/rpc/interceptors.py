@@ -220,6 +220,7 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                     observer.refused(type(error).__name__, code.name)
                 if on_refused is not None and isinstance(error, (e.Unauthenticated, e.PermissionDenied)):
                     on_refused(actor, type(error).__name__)
+                context.set_trailing_metadata(((e.ERROR_CODE_KEY, error.error_code),))
                 context.abort(code, str(error))
             except Exception:
                 log.exception(

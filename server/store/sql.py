@@ -67,6 +67,7 @@ from server.domain.values import (
     IssuanceStep,
     RecordedOutcome,
     VanillaGeneration,
+    custody_phrase,
 )
 from server.store.audit import AuditAppender, read_audit_tip
 from server.store.custody import CustodyRecords, bench_record
@@ -1072,12 +1073,7 @@ class SqlCustodyStore(HandInRecords, CustodyRecords):
             and (device.custody_state != CustodyState.VANILLA.value or device.generation != draft.generation)
         ):
             state = CustodyState(device.custody_state)
-            where = {
-                CustodyState.AREA: f"in area {device.area_id}",
-                CustodyState.VANILLA: f"on vanilla generation {device.generation}",
-                CustodyState.HAND_IN_ORDERED: f"with a hand-in ordered (from area {device.area_id})",
-                CustodyState.HAND_IN_AUTHORISED: f"with a hand-in authorised (from area {device.area_id})",
-            }.get(state, f"holding {state.value} certificates")
+            where = custody_phrase(state, device.area_id, device.generation)
             error = (
                 OutstandingCommand
                 if state in (CustodyState.HAND_IN_ORDERED, CustodyState.HAND_IN_AUTHORISED)

@@ -208,7 +208,8 @@ def test_cli_bad_tray_line(pems: list[str], tmp_path: Path) -> None:
     tray = tmp_path / "bad.txt"
     tray.write_text("00db1234567890a0 14\n00db1234567890a1 99\n")
     code, err = _cli("--tray", str(tray), *pems)
-    assert code == 2 and "line 2" in err and err.count("\n") == 1
+    assert code == 2 and err.count("\n") == 2
+    assert "1 bad line, nothing done" in err and "line 2: area 99 is not a DNO area (10-23)" in err
 
 
 def test_cli_unreadable_pem(pems: list[str], tmp_path: Path) -> None:
@@ -296,6 +297,7 @@ def test_result_as_dict_is_json(world: LabWorld) -> None:
 @pytest.fixture
 def fake_backends(world: LabWorld, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     import client.api
+    import client.cli
     import client.transport
 
     made: dict[str, Any] = {}
@@ -336,6 +338,7 @@ def fake_backends(world: LabWorld, monkeypatch: pytest.MonkeyPatch) -> dict[str,
 
     monkeypatch.setattr(client.api, "BenchClient", FakeBenchClient)
     monkeypatch.setattr(client.transport, "SimulatorTransport", FakeTransport)
+    monkeypatch.setattr(client.cli, "_reach_sim", lambda host, port: None)  # no device transport to reach
     return made
 
 
@@ -357,7 +360,10 @@ def test_cli_single_device_json(fake_backends: dict[str, Any], pems: list[str], 
         ],
     )
     assert result.exit_code == 0, result.stderr
-    [doc] = json.loads(result.stdout)
+    document = json.loads(result.stdout)
+    assert document["summary"] == {"total": 1, "applied": 1, "refused": 0, "failed": 0, "already_applied": 0}
+    [doc] = document["meters"]
+    assert doc["error_code"] is None
     assert doc["status"] == "applied" and doc["requestId"] == "r-42"
     assert (tmp_path / "cmds" / f"{DEVICE_ID.hex()}-{doc['counter']}.hex").is_file()
 
@@ -371,7 +377,10 @@ def test_cli_tray_table_and_exit_1(fake_backends: dict[str, Any], pems: list[str
     assert "1 of 2 meters not applied" in result.stderr
     result = CliRunner().invoke(app, ["hand-out", "--tray", str(tray), "--json", *pems])
     assert result.exit_code == 1
-    assert [d["status"] for d in json.loads(result.stdout)] == ["applied", "failed"]
+    document = json.loads(result.stdout)
+    assert [d["status"] for d in document["meters"]] == ["applied", "failed"]
+    assert document["meters"][1]["error_code"] == "METER_UNREADABLE"
+    assert document["summary"]["applied"] == 1 and document["summary"]["failed"] == 1
 
 
 def test_cli_tray_reruns_reuse_request_ids_until_the_run_is_finished(

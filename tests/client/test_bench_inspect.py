@@ -148,7 +148,7 @@ def test_garbage_exits_2(keystore: Path) -> None:
     assert err.count("\n") == 1 and "decode error" in err
 
 
-def test_missing_keystore_entry_exits_3(keystore: Path, tmp_path: Path) -> None:
+def test_missing_keystore_entry_exits_4(keystore: Path, tmp_path: Path) -> None:
     partial = tmp_path / "ks"
     shutil.copytree(keystore, partial)
     (partial / "90b3d51f30020000-ds.pem").unlink()
@@ -157,7 +157,7 @@ def test_missing_keystore_entry_exits_3(keystore: Path, tmp_path: Path) -> None:
     assert err.count("\n") == 1 and "90b3d51f30020000-ds.pem" in err
 
 
-def test_missing_mac_key_exits_3(keystore: Path, tmp_path: Path) -> None:
+def test_missing_mac_key_exits_4(keystore: Path, tmp_path: Path) -> None:
     partial = tmp_path / "ks"
     shutil.copytree(keystore, partial)
     (partial / "00db1234567890a0-ka.pem").unlink()

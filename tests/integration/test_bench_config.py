@@ -87,6 +87,6 @@ def test_a_hand_out_needs_no_flag_with_the_benchs_settings_file(
             env=env,
         )
     assert done.returncode == 0, done.stderr
-    [result] = json.loads(done.stdout)
+    [result] = json.loads(done.stdout)["meters"]
     assert (result["device"], result["area"], result["status"]) == (device_id.hex(), 12, "applied")
     assert done.stderr == ""

@@ -245,7 +245,7 @@ def test_bench_killed_between_apply_and_report_then_rerun(
     finally:
         tray_server.stop()
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    results = {r["device"]: r for r in json.loads(rerun.stdout)}
+    results = {r["device"]: r for r in json.loads(rerun.stdout)["meters"]}
     assert {r["status"] for r in results.values()} == {APPLIED}
     assert results[victim.hex()]["reason"] == ALREADY_APPLIED
     assert results[victim.hex()]["requestId"] == row.request_id  # the journal's run: the same request id

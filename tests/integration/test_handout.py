@@ -136,7 +136,10 @@ def test_retry_after_the_meter_applied_its_command_still_gets_the_same_bytes(dep
         )
     assert retry.command == first.command and retry.issuance_id == first.issuance_id
     assert fresh.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "does not hold a vanilla generation that may sign" in fresh.details()
+    assert fresh.details() == (
+        f"device {device_id.hex()} is not in vanilla custody: "
+        "already handed out to area 18 (Southern Scotland)"
+    )
 
 
 def test_request_id_reused_for_another_device_is_already_exists(deployment: Deployment) -> None:
@@ -224,7 +227,7 @@ def test_replayed_command_is_refused_by_the_meter(deployment: Deployment) -> Non
         again = hand_out(api, transport, bundle, device_id, 15, gateway=deployment.dcc)
     assert again.status == FAILED
     assert "FAILED_PRECONDITION" in again.reason and "records show device" in again.reason
-    assert "in area 14" in again.reason
+    assert "already handed out to area 14 (West Midlands)" in again.reason
     assert no_cells(meter) == vanilla
 
 

@@ -18,7 +18,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from integration_testlib import (
     Deployment,
-    area_entity_id,
     hand_out_request,
     log_events,
     new_request_id,
@@ -278,9 +277,9 @@ def test_device_holding_an_area_dno_certificate_is_failed_precondition(deploymen
     error = refused(deployment, valid_request(transport))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert error.details() == (
-        f"device {device_id.hex()} does not hold a vanilla generation that may sign in its NO cell "
-        f"(it holds entity {area_entity_id(11).hex()})"
+        f"device {device_id.hex()} is not in vanilla custody: already handed out to area 11 (East Midlands)"
     )
+    assert ("vdno-error", "DEVICE_NOT_VANILLA") in tuple(error.trailing_metadata())
 
 
 @pytest.mark.usefixtures("no_new_issuance")

@@ -85,7 +85,7 @@ def test_a_tray_across_several_areas_is_handed_out_by_the_cli(
         )  # fmt: skip
 
     assert done.returncode == 0, done.stdout + done.stderr
-    results = json.loads(done.stdout)
+    results = json.loads(done.stdout)["meters"]
     assert [(r["device"], r["area"], r["status"]) for r in results] == [
         (d.hex(), a, "applied") for d, a in zip(device_ids, AREAS, strict=True)
     ]

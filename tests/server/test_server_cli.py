@@ -73,7 +73,7 @@ def test_verify_audit_needs_only_the_database_and_names_one_it_cannot_read(tmp_p
     config = write_config(tmp_path)  # no file it names exists: verify-audit reads none of them
     replace_line(config, 'url = "sqlite:///vdno.db"', 'url = "sqlite:///never-migrated.db"')
     done = vdno_server("verify-audit", "--config", str(config))
-    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.returncode == 3 and "Traceback" not in done.stderr  # the database cannot be read
     assert done.stderr.startswith(
         f"vdno-server: the audit log in sqlite:///{tmp_path}/never-migrated.db cannot be read: "
         "(sqlite3.OperationalError) no such table"
@@ -125,3 +125,16 @@ def test_serve_names_the_migration_that_failed(tmp_path: Path) -> None:
             "officers.) failed: (sqlite3.OperationalError) table hand_in_orders already exists"
         ],
     )
+
+
+def test_with_json_a_config_problem_is_one_json_error_object_on_stdout(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[server]\nlisten = "127.0.0.1:99999"\nthreadz = 4\n')
+    for command in ("serve", "verify-audit"):
+        done = vdno_server(command, "--config", str(config), "--json")
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        error = json.loads(done.stdout)
+        assert error["error_code"] == "USAGE_ERROR" and error["exit_code"] == 2
+        assert "[server] listen: port 99999 is outside 0-65535" in error["problems"]
+        assert "[server] threadz: unknown key (did you mean threads?)" in error["problems"]
+        assert f"vdno-server: {config}: [server] threadz: unknown key (did you mean threads?)" in done.stderr

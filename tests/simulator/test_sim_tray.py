@@ -238,9 +238,9 @@ def test_cli_tray_file_and_errors(world: World, tmp_path: Path) -> None:
     assert Tray.from_tray_file(tray_file).device_ids() == [LAB_DEVICE.hex()]
 
     bad = subprocess.run([*_cli(), "serve", "--port", "0"], capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 2 and "give exactly one of --profiles DIR or --tray FILE" in bad.stderr
+    assert bad.returncode == 2 and "give exactly one of --profiles DIR or --devices FILE" in bad.stderr
     both = subprocess.run(
-        [*_cli(), "serve", "--profiles", str(folder), "--tray", str(tray_file), "--port", "0"],
+        [*_cli(), "serve", "--profiles", str(folder), "--devices", str(tray_file), "--port", "0"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -251,4 +251,4 @@ def test_cli_tray_file_and_errors(world: World, tmp_path: Path) -> None:
     bad = subprocess.run(
         [*_cli(), "serve", "--profiles", str(empty)], capture_output=True, text=True, timeout=60
     )
-    assert bad.returncode == 1 and "no device profiles" in bad.stderr
+    assert bad.returncode == 2 and "no device profiles" in bad.stderr

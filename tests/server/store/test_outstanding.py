@@ -71,7 +71,7 @@ def test_a_meter_with_a_signed_unreported_command_takes_no_other(ready: SqlCusto
     # Reported: the meter is in area 12 now, and the records refuse a hand-out on an old reading.
     assert ready.record_outcome(record.issuance_id, applied(record.issuance_id), b"resp", "bench:x")
     assert not ready.record_outcome(record.issuance_id, applied(record.issuance_id), b"resp", "bench:x")
-    with pytest.raises(DeviceNotVanilla, match=r"records show device .* in area 12"):
+    with pytest.raises(DeviceNotVanilla, match=r"records show device .* handed out to area 12 \(London\)"):
         begin(ready, same_meter("r4", "bench-02", first), counter_floor=1)
     again, created = begin(ready, first, counter_floor=1)  # its own retry: still its record
     assert not created and again.issuance_id == record.issuance_id
