@@ -94,6 +94,13 @@ MIGRATION_LOCK_WAIT = 120.0  # seconds a process waits for another one's migrati
 # PostgreSQL advisory lock of the migrations: (this constant, hash of the schema's name).
 MIGRATION_LOCK_CLASS = int.from_bytes(b"vdno", "big") >> 1
 LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE when lock_timeout ends a wait
+# PostgreSQL: every execution of a prepared statement is planned for its parameters and the tables' size
+# now. psycopg prepares a statement after its 5th execution, and PostgreSQL would then settle on a generic
+# plan made from the statistics of that moment: for tables analysed while empty that is a sequential scan
+# (the hand-out's UPDATE issuances ... WHERE issuance_id, the devices lookup of an outcome), kept until
+# something analyses them again, so the rate would depend on autovacuum (docs/architecture.md §8). A custom
+# plan of these one-row statements costs a few microseconds; psycopg still saves the parsing.
+PLAN_CACHE_MODE = "SET plan_cache_mode = force_custom_plan"
 
 
 def make_engine(url: str, writer: bool = False, lock_wait: float | None = None) -> Engine:
@@ -101,7 +108,8 @@ def make_engine(url: str, writer: bool = False, lock_wait: float | None = None) 
     IMMEDIATE (take the write lock up front), readers' with a plain deferred BEGIN so they never wait for
     the writer. Commits are synchronous FULL, except on the writer's engine (synchronous NORMAL), whose
     only user, _GroupCommitWriter, makes each commit durable itself (_WalSync). `lock_wait`: seconds a
-    statement waits for a lock (SQLite's busy timeout, else 30 s; PostgreSQL's lock_timeout, else none)."""
+    statement waits for a lock (SQLite's busy timeout, else 30 s; PostgreSQL's lock_timeout, else none).
+    PostgreSQL connections plan each execution of a prepared statement afresh (PLAN_CACHE_MODE)."""
     if url.startswith("sqlite"):
         create_private_file(make_url(url).database)
         timeout = 30.0 if lock_wait is None else lock_wait
@@ -127,15 +135,17 @@ def make_engine(url: str, writer: bool = False, lock_wait: float | None = None) 
 
         return engine
     engine = create_engine(url, pool_size=8, max_overflow=8, pool_pre_ping=True)
+    settings = [PLAN_CACHE_MODE]
     if lock_wait is not None:
-        milliseconds = max(1, round(lock_wait * 1000))
+        settings.append(f"SET lock_timeout = {max(1, round(lock_wait * 1000))}")
 
-        @event.listens_for(engine, "connect")
-        def _on_pg_connect(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute(f"SET lock_timeout = {milliseconds}")
-            cur.close()
-            dbapi_conn.commit()
+    @event.listens_for(engine, "connect")
+    def _on_pg_connect(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        for setting in settings:
+            cur.execute(setting)
+        cur.close()
+        dbapi_conn.commit()
 
     return engine
 
