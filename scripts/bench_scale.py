@@ -196,10 +196,14 @@ def bulk_load(engine: Engine, issuances: int, meters: int, audit_entries: int, s
 
     columns = ("seq", "at", "event", "actor", "subject", "details", "prev_hash", "hash")
     _rows_in(engine, "audit_log", columns, audit_rows())
+    from server.store.fleet import DEVICE_COUNTS_REBUILD
+
     with engine.begin() as c:
         c.execute(
             text("UPDATE audit_head SET seq = :s, hash = :h WHERE id = 1"), {"s": last[0], "h": last[1]}
         )
+        c.execute(text("DELETE FROM device_counts"))
+        c.execute(text(DEVICE_COUNTS_REBUILD))
         if engine.dialect.name == "postgresql":
             _reset_sequences(c)
     _analyse(engine)
@@ -266,17 +270,11 @@ def explain(engine: Engine, statement: Any) -> str:
 
 def fleet_statements(device_id: bytes) -> dict[str, Any]:
     """The fleet queries as the store runs them (server/store/fleet.py)."""
-    from sqlalchemy import func
-
-    from server.store.fleet import FLEET_SIGNED
+    from server.store.fleet import FLEET_COUNTS, FLEET_SIGNED
     from server.store.schema import device_history, devices
 
     return {
-        "meters_per_state": (
-            select(devices.c.custody_state, devices.c.generation, devices.c.area_id, func.count())
-            .group_by(devices.c.custody_state, devices.c.generation, devices.c.area_id)
-            .order_by(devices.c.custody_state, devices.c.generation, devices.c.area_id)
-        ),
+        "meters_per_state": FLEET_COUNTS,
         "signed_unreported": FLEET_SIGNED,
         "meter_custody": select(devices).where(devices.c.device_id == device_id),
         "meter_history": select(device_history)

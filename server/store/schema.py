@@ -141,6 +141,19 @@ devices = Table(
     Index("ix_devices_custody", "custody_state", "generation", "area_id"),
 )
 
+# Meters per custody state, generation and area, kept by every custody change in the transaction that
+# makes it (server/store/fleet.py set_custody): the fleet summary reads these rows, not every meter.
+# group_key is "state|generation|area", empty for a NULL, so that one unique key covers NULLs too.
+device_counts = Table(
+    "device_counts",
+    metadata,
+    Column("group_key", String(80), primary_key=True),
+    Column("custody_state", String(32)),
+    Column("generation", Integer),
+    Column("area_id", Integer),
+    Column("devices", BigInteger, nullable=False),
+)
+
 OUTSTANDING_HAND_IN = "status IN ('awaiting-authorisation', 'authorised')"
 
 hand_in_orders = Table(

@@ -71,7 +71,7 @@ from server.domain.values import (
 from server.store.audit import AuditAppender, read_audit_tip
 from server.store.custody import CustodyRecords, bench_record
 from server.store.files import create_private_file
-from server.store.fleet import HandInRecords, set_custody
+from server.store.fleet import COUNT_DELTAS, HandInRecords, apply_device_counts, set_custody
 from server.store.schema import (
     CANCELLED_ISSUANCE,
     OUTSTANDING_ISSUANCE,
@@ -550,34 +550,46 @@ class _GroupCommitWriter:
         outcomes: list[tuple[Any, BaseException | None]] = []
         op_errors = (VdnoError, SQLAlchemyError, self._driver_error)
         conn = self._connection()
-        with conn.begin() as tx:
-            if lock is not None:
-                lock(conn)
-            audit: list[AuditEvent] = []
-            for op in ops:
-                events: list[AuditEvent] = []
-                if not savepoints:
+        counts: dict[Any, int] = {}  # device_counts changes of the ops kept (server/store/fleet.py)
+        conn.info[COUNT_DELTAS] = counts
+        try:
+            with conn.begin() as tx:
+                if lock is not None:
+                    lock(conn)
+                audit: list[AuditEvent] = []
+                for op in ops:
+                    events: list[AuditEvent] = []
+                    if not savepoints:
+                        try:
+                            result = op(conn, events)
+                        except op_errors:
+                            tx.rollback()
+                            return None
+                        audit.extend(events)
+                        outcomes.append((result, None))
+                        continue
+                    kept = dict(counts) if counts else None
+                    conn.exec_driver_sql("SAVEPOINT vdno_op")
                     try:
                         result = op(conn, events)
-                    except op_errors:
-                        tx.rollback()
-                        return None
-                    audit.extend(events)
-                    outcomes.append((result, None))
-                    continue
-                conn.exec_driver_sql("SAVEPOINT vdno_op")
-                try:
-                    result = op(conn, events)
-                except op_errors as exc:
-                    conn.exec_driver_sql("ROLLBACK TO SAVEPOINT vdno_op")
-                    conn.exec_driver_sql("RELEASE SAVEPOINT vdno_op")
-                    outcomes.append((None, exc))
-                else:
-                    conn.exec_driver_sql("RELEASE SAVEPOINT vdno_op")
-                    audit.extend(events)
-                    outcomes.append((result, None))
-            if audit:  # in the same transaction as the state the events describe
-                self._audit.append(conn, audit)
+                    except op_errors as exc:
+                        conn.exec_driver_sql("ROLLBACK TO SAVEPOINT vdno_op")
+                        conn.exec_driver_sql("RELEASE SAVEPOINT vdno_op")
+                        counts.clear()
+                        counts.update(kept or {})
+                        outcomes.append((None, exc))
+                    else:
+                        conn.exec_driver_sql("RELEASE SAVEPOINT vdno_op")
+                        audit.extend(events)
+                        outcomes.append((result, None))
+                if audit:  # in the same transaction as the state the events describe
+                    self._audit.append(conn, audit)
+                if counts:  # under the chain head's lock: writers change device_counts one at a time
+                    if not audit:
+                        self._audit.lock_head(conn)
+                    apply_device_counts(conn, counts)
+        finally:
+            conn.info.pop(COUNT_DELTAS, None)
         return outcomes
 
 

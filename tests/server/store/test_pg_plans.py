@@ -30,7 +30,7 @@ def literal(pg_type: str, issuance_id: int, device_id: bytes) -> str:
         return f"'\\x{device_id.hex()}'::bytea"
     if pg_type.startswith("timestamp"):
         return "now()"
-    return "'signed'"
+    return "'recorded'"
 
 
 def reltuples(c: Connection, table: str) -> float:
