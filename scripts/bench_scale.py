@@ -379,21 +379,25 @@ def postgres_schemas(url: str, names: tuple[str, ...]) -> Iterator[dict[str, str
 
 
 def make_stores(
-    state: Path, pg_url: str | None, sizes: dict[str, int]
+    state: Path,
+    pg_url: str | None,
+    sizes: dict[str, int],
+    databases: tuple[str, ...] = ("sqlite", "postgresql"),
 ) -> Iterator[tuple[str, dict[str, str]]]:
     """(database, {"empty": url, "loaded": url}) for SQLite, then PostgreSQL: copies of the state folder's
     initialised store, the loaded one bulk-loaded."""
     from server.store.sql import make_engine, migrate
 
     source = make_engine(f"sqlite:///{state / 'vdno.db'}")
+    migrate(source)  # a state folder made by an older vdno-server
     try:
         folder = state / "scale"
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir()
         urls = {kind: f"sqlite:///{folder / f'{kind}.db'}" for kind in ("empty", "loaded")}
-        stores: list[tuple[str, dict[str, str]]] = [("sqlite", urls)]
+        stores: list[tuple[str, dict[str, str]]] = [("sqlite", urls)] if "sqlite" in databases else []
         with contextlib.ExitStack() as stack:
-            if pg_url:
+            if pg_url and "postgresql" in databases:
                 stores.append(
                     ("postgresql", stack.enter_context(postgres_schemas(pg_url, ("empty", "loaded"))))
                 )
@@ -508,6 +512,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=4, help="empty / loaded turns per bench count")
     parser.add_argument("--processes", type=int, default=2, help="server processes per store")
     parser.add_argument("--repeat", type=int, default=5, help="fleet query runs (best is kept)")
+    parser.add_argument("--databases", default="sqlite,postgresql", help="which to measure, comma-separated")
     parser.add_argument("--meter-pool", type=int, default=0, help="fresh meters read for the hand-outs")
     parser.add_argument("--skip-hand-out", action="store_true", help="stores, verify-audit and fleet only")
     parser.add_argument("--verify", metavar="URL", help=argparse.SUPPRESS)
@@ -546,7 +551,7 @@ def main() -> int:
         "databases": {},
     }
     ok = True
-    for database, urls in make_stores(state, pg_url, sizes):
+    for database, urls in make_stores(state, pg_url, sizes, tuple(args.databases.split(","))):
         result: dict[str, Any] = {}
         if readings is not None:
             result["hand_out"] = hand_out_ratios(
