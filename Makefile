@@ -5,7 +5,7 @@ STATE   ?= state
 FUZZ_CASES ?= 100000
 SHELL   := /bin/bash
 
-.PHONY: setup softhsm pg-client proto test lint demo bench fuzz clean coverage-floor
+.PHONY: setup softhsm pg-client proto test lint demo bench bench-scale fuzz clean coverage-floor
 
 setup: $(VENV)/.installed softhsm pg-client proto
 
@@ -55,10 +55,17 @@ demo: setup
 bench: setup
 	$(PY) scripts/bench.py --state $(STATE)-bench --out bench-results.json
 
+# Hand-out, verify-audit and fleet queries on bulk-loaded stores against empty ones, SQLite and PostgreSQL in
+# one run (docs/benchmarks.md). Issue 15's sizes by default; smaller ones with SCALE_ARGS, for example
+# SCALE_ARGS="--issuances 1000000 --meters 100000 --audit-entries 1000000".
+SCALE_ARGS ?=
+bench-scale: setup
+	$(PY) scripts/bench_scale.py --state $(STATE)-bench-scale --out bench-scale-results.json $(SCALE_ARGS)
+
 # A long fuzz campaign against a real server (fresh state folder): counts by status; fails on INTERNAL,
 # UNKNOWN, a hang, a stopped server, a log line that is not JSON, or a refused hand-out afterwards.
 fuzz: setup
 	$(PY) scripts/fuzz.py --state $(STATE)-fuzz --cases $(FUZZ_CASES)
 
 clean:
-	rm -rf $(VENV) $(STATE) $(STATE)-bench $(STATE)-fuzz vdno
+	rm -rf $(VENV) $(STATE) $(STATE)-bench $(STATE)-bench-scale $(STATE)-fuzz vdno

@@ -75,6 +75,14 @@ class AuditAppender:
             self._inserts[rows] = sql
         return sql
 
+    def lock_head(self, conn: Connection) -> None:
+        """Take the chain head's lock as append does (PostgreSQL; SQLite's writer holds the write lock)."""
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(self._read_head)
+        finally:
+            cursor.close()
+
     def append(self, conn: Connection, events: list[AuditEvent]) -> None:
         """Append events in order after the chain head."""
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]

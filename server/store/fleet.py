@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from server.domain.errors import HandInCommandRefused, OutstandingCommand, UnknownOrder
@@ -32,7 +32,14 @@ from server.domain.values import (
     Officer,
     OfficerStatus,
 )
-from server.store.schema import device_history, devices, hand_in_orders, issuances, officers
+from server.store.schema import (
+    SIGNED_ISSUANCE,
+    device_counts,
+    device_history,
+    devices,
+    hand_in_orders,
+    officers,
+)
 
 if TYPE_CHECKING:
     from server.store.sql import _GroupCommitWriter
@@ -40,6 +47,30 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 WriteOp = Callable[[Connection, list[AuditEvent]], T]
 OUTSTANDING = (HandInStatus.AWAITING.value, HandInStatus.AUTHORISED.value)
+# The signed, unreported commands, counted from the partial index ix_issuance_signed: its condition
+# written as the index's, a literal (SQLite uses a partial index only for a query term equal to its own).
+# Meters per custody state, generation and area: the kept counts (one row a group), not every meter.
+FLEET_COUNTS = (
+    select(
+        device_counts.c.custody_state,
+        device_counts.c.generation,
+        device_counts.c.area_id,
+        device_counts.c.devices,
+    )
+    .where(device_counts.c.devices > 0)
+    .order_by(device_counts.c.custody_state, device_counts.c.generation, device_counts.c.area_id)
+)
+# device_counts from the meters' rows (after a bulk load; migration 0006 fills it the same way).
+DEVICE_COUNTS_REBUILD = (
+    "INSERT INTO device_counts (group_key, custody_state, generation, area_id, devices) "
+    "SELECT coalesce(custody_state, '') || '|' || coalesce(CAST(generation AS VARCHAR(12)), '') || '|' || "
+    "coalesce(CAST(area_id AS VARCHAR(12)), ''), custody_state, generation, area_id, count(*) "
+    "FROM devices GROUP BY custody_state, generation, area_id"
+)
+# Connection.info key under which a writer's transaction collects device_counts changes (set_custody).
+COUNT_DELTAS = "vdno_device_count_deltas"
+Group = tuple[str | None, int | None, int | None]  # (custody state, generation, area)
+FLEET_SIGNED = text(f"SELECT count(*) FROM issuances WHERE {SIGNED_ISSUANCE}")  # noqa: S608 (constant)
 
 
 def _now() -> datetime:
@@ -86,7 +117,13 @@ def set_custody(
     at: datetime,
     cells: tuple[CellState | None, CellState | None] = (None, None),
 ) -> None:
-    """Set the device's custody state (creating its row) and append the event to its history."""
+    """Set the device's custody state (creating its row) and append the event to its history; the meters
+    per state, generation and area (device_counts) follow, see count_custody_change."""
+    before = c.execute(
+        select(devices.c.custody_state, devices.c.generation, devices.c.area_id).where(
+            devices.c.device_id == device_id
+        )
+    ).first()
     values: dict[str, Any] = {
         "custody_state": state.value,
         "area_id": area_id,
@@ -117,6 +154,46 @@ def set_custody(
             actor=actor,
         )
     )
+    count_custody_change(c, None if before is None else tuple(before), (state.value, generation, area_id))
+
+
+def group_key(state: str | None, generation: int | None, area_id: int | None) -> str:
+    """device_counts' key of a (custody state, generation, area) group: empty text for a NULL."""
+    return f"{state or ''}|{'' if generation is None else generation}|{'' if area_id is None else area_id}"
+
+
+def count_custody_change(c: Connection, before: Group | None, after: Group) -> None:
+    """A meter moved from group `before` (None: it was not in the records) to `after`. Inside a writer's
+    transaction (COUNT_DELTAS in c.info) the change is collected, and the writer applies the transaction's
+    changes at its end, after locking the audit chain head: replicas then never wait for each other's
+    device_counts rows in opposite orders. Elsewhere it is applied at once."""
+    if before == after:
+        return
+    deltas: dict[Group, int] = {after: 1}
+    if before is not None:
+        deltas[before] = -1
+    pending: dict[Group, int] | None = c.info.get(COUNT_DELTAS)
+    if pending is None:
+        apply_device_counts(c, deltas)
+        return
+    for group, delta in deltas.items():
+        pending[group] = pending.get(group, 0) + delta
+
+
+def apply_device_counts(c: Connection, deltas: dict[Group, int]) -> None:
+    """Add each group's delta to its device_counts row (created at need), in group_key order."""
+    dialect = c.dialect.name
+    for key, (state, generation, area_id), delta in sorted(
+        (group_key(*group), group, delta) for group, delta in deltas.items() if delta
+    ):
+        upsert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(device_counts)
+        c.execute(
+            upsert.values(
+                group_key=key, custody_state=state, generation=generation, area_id=area_id, devices=delta
+            ).on_conflict_do_update(
+                index_elements=[device_counts.c.group_key], set_={"devices": device_counts.c.devices + delta}
+            )
+        )
 
 
 class HandInRecords:
@@ -385,16 +462,8 @@ class HandInRecords:
     # -- fleet
     def fleet_summary(self) -> FleetSummary:
         def read(c: Connection) -> FleetSummary:
-            rows = c.execute(
-                select(devices.c.custody_state, devices.c.generation, devices.c.area_id, func.count())
-                .group_by(devices.c.custody_state, devices.c.generation, devices.c.area_id)
-                .order_by(devices.c.custody_state, devices.c.generation, devices.c.area_id)
-            ).all()
-            outstanding = c.execute(
-                select(func.count())
-                .select_from(issuances)
-                .where(issuances.c.status == IssuanceStatus.SIGNED.value)
-            ).scalar_one()
+            rows = c.execute(FLEET_COUNTS).all()
+            outstanding = c.execute(FLEET_SIGNED).scalar_one()
             counts = tuple(
                 FleetCount(
                     CustodyState(state) if state is not None else CustodyState.UNKNOWN,

@@ -71,6 +71,8 @@ benches = Table(
 # the partial indexes below repeat these predicates literally.
 OUTSTANDING_ISSUANCE = "status IN ('recorded', 'signed')"
 CANCELLED_ISSUANCE = "status = 'cancelled'"
+# signed and not yet reported (the fleet summary counts them); a literal, so that SQLite matches the index
+SIGNED_ISSUANCE = "status = 'signed'"
 
 issuances = Table(
     "issuances",
@@ -113,6 +115,13 @@ issuances = Table(
         sqlite_where=text(CANCELLED_ISSUANCE),
         postgresql_where=text(CANCELLED_ISSUANCE),
     ),
+    # the fleet summary's count of signed, unreported commands, without reading every issuance (0005)
+    Index(
+        "ix_issuance_signed",
+        "issuance_id",
+        sqlite_where=text(SIGNED_ISSUANCE),
+        postgresql_where=text(SIGNED_ISSUANCE),
+    ),
 )
 
 devices = Table(
@@ -130,6 +139,19 @@ devices = Table(
     Column("area_id", Integer),
     Column("generation", Integer),
     Index("ix_devices_custody", "custody_state", "generation", "area_id"),
+)
+
+# Meters per custody state, generation and area, kept by every custody change in the transaction that
+# makes it (server/store/fleet.py set_custody): the fleet summary reads these rows, not every meter.
+# group_key is "state|generation|area", empty for a NULL, so that one unique key covers NULLs too.
+device_counts = Table(
+    "device_counts",
+    metadata,
+    Column("group_key", String(80), primary_key=True),
+    Column("custody_state", String(32)),
+    Column("generation", Integer),
+    Column("area_id", Integer),
+    Column("devices", BigInteger, nullable=False),
 )
 
 OUTSTANDING_HAND_IN = "status IN ('awaiting-authorisation', 'authorised')"

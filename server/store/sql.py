@@ -72,7 +72,7 @@ from server.domain.values import (
 from server.store.audit import AuditAppender, read_audit_tip
 from server.store.custody import CustodyRecords, bench_record
 from server.store.files import create_private_file
-from server.store.fleet import HandInRecords, set_custody
+from server.store.fleet import COUNT_DELTAS, HandInRecords, apply_device_counts, set_custody
 from server.store.schema import (
     CANCELLED_ISSUANCE,
     OUTSTANDING_ISSUANCE,
@@ -95,6 +95,13 @@ MIGRATION_LOCK_WAIT = 120.0  # seconds a process waits for another one's migrati
 # PostgreSQL advisory lock of the migrations: (this constant, hash of the schema's name).
 MIGRATION_LOCK_CLASS = int.from_bytes(b"vdno", "big") >> 1
 LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE when lock_timeout ends a wait
+# PostgreSQL: every execution of a prepared statement is planned for its parameters and the tables' size
+# now. psycopg prepares a statement after its 5th execution, and PostgreSQL would then settle on a generic
+# plan made from the statistics of that moment: for tables analysed while empty that is a sequential scan
+# (the hand-out's UPDATE issuances ... WHERE issuance_id, the devices lookup of an outcome), kept until
+# something analyses them again, so the rate would depend on autovacuum (docs/architecture.md §8). A custom
+# plan of these one-row statements costs a few microseconds; psycopg still saves the parsing.
+PLAN_CACHE_MODE = "SET plan_cache_mode = force_custom_plan"
 
 
 def make_engine(url: str, writer: bool = False, lock_wait: float | None = None) -> Engine:
@@ -102,7 +109,8 @@ def make_engine(url: str, writer: bool = False, lock_wait: float | None = None) 
     IMMEDIATE (take the write lock up front), readers' with a plain deferred BEGIN so they never wait for
     the writer. Commits are synchronous FULL, except on the writer's engine (synchronous NORMAL), whose
     only user, _GroupCommitWriter, makes each commit durable itself (_WalSync). `lock_wait`: seconds a
-    statement waits for a lock (SQLite's busy timeout, else 30 s; PostgreSQL's lock_timeout, else none)."""
+    statement waits for a lock (SQLite's busy timeout, else 30 s; PostgreSQL's lock_timeout, else none).
+    PostgreSQL connections plan each execution of a prepared statement afresh (PLAN_CACHE_MODE)."""
     if url.startswith("sqlite"):
         create_private_file(make_url(url).database)
         timeout = 30.0 if lock_wait is None else lock_wait
@@ -128,15 +136,17 @@ def make_engine(url: str, writer: bool = False, lock_wait: float | None = None) 
 
         return engine
     engine = create_engine(url, pool_size=8, max_overflow=8, pool_pre_ping=True)
+    settings = [PLAN_CACHE_MODE]
     if lock_wait is not None:
-        milliseconds = max(1, round(lock_wait * 1000))
+        settings.append(f"SET lock_timeout = {max(1, round(lock_wait * 1000))}")
 
-        @event.listens_for(engine, "connect")
-        def _on_pg_connect(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute(f"SET lock_timeout = {milliseconds}")
-            cur.close()
-            dbapi_conn.commit()
+    @event.listens_for(engine, "connect")
+    def _on_pg_connect(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        for setting in settings:
+            cur.execute(setting)
+        cur.close()
+        dbapi_conn.commit()
 
     return engine
 
@@ -541,34 +551,46 @@ class _GroupCommitWriter:
         outcomes: list[tuple[Any, BaseException | None]] = []
         op_errors = (VdnoError, SQLAlchemyError, self._driver_error)
         conn = self._connection()
-        with conn.begin() as tx:
-            if lock is not None:
-                lock(conn)
-            audit: list[AuditEvent] = []
-            for op in ops:
-                events: list[AuditEvent] = []
-                if not savepoints:
+        counts: dict[Any, int] = {}  # device_counts changes of the ops kept (server/store/fleet.py)
+        conn.info[COUNT_DELTAS] = counts
+        try:
+            with conn.begin() as tx:
+                if lock is not None:
+                    lock(conn)
+                audit: list[AuditEvent] = []
+                for op in ops:
+                    events: list[AuditEvent] = []
+                    if not savepoints:
+                        try:
+                            result = op(conn, events)
+                        except op_errors:
+                            tx.rollback()
+                            return None
+                        audit.extend(events)
+                        outcomes.append((result, None))
+                        continue
+                    kept = dict(counts) if counts else None
+                    conn.exec_driver_sql("SAVEPOINT vdno_op")
                     try:
                         result = op(conn, events)
-                    except op_errors:
-                        tx.rollback()
-                        return None
-                    audit.extend(events)
-                    outcomes.append((result, None))
-                    continue
-                conn.exec_driver_sql("SAVEPOINT vdno_op")
-                try:
-                    result = op(conn, events)
-                except op_errors as exc:
-                    conn.exec_driver_sql("ROLLBACK TO SAVEPOINT vdno_op")
-                    conn.exec_driver_sql("RELEASE SAVEPOINT vdno_op")
-                    outcomes.append((None, exc))
-                else:
-                    conn.exec_driver_sql("RELEASE SAVEPOINT vdno_op")
-                    audit.extend(events)
-                    outcomes.append((result, None))
-            if audit:  # in the same transaction as the state the events describe
-                self._audit.append(conn, audit)
+                    except op_errors as exc:
+                        conn.exec_driver_sql("ROLLBACK TO SAVEPOINT vdno_op")
+                        conn.exec_driver_sql("RELEASE SAVEPOINT vdno_op")
+                        counts.clear()
+                        counts.update(kept or {})
+                        outcomes.append((None, exc))
+                    else:
+                        conn.exec_driver_sql("RELEASE SAVEPOINT vdno_op")
+                        audit.extend(events)
+                        outcomes.append((result, None))
+                if audit:  # in the same transaction as the state the events describe
+                    self._audit.append(conn, audit)
+                if counts:  # under the chain head's lock: writers change device_counts one at a time
+                    if not audit:
+                        self._audit.lock_head(conn)
+                    apply_device_counts(conn, counts)
+        finally:
+            conn.info.pop(COUNT_DELTAS, None)
         return outcomes
 
 

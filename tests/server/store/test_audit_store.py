@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 
+import pytest
 from sqlalchemy import text
 from test_sql_store import store, store_url  # noqa: F401 (fixtures)
 
@@ -85,3 +86,16 @@ def test_database_edits_are_named(store: SqlCustodyStore) -> None:  # noqa: F811
         c.execute(text("DELETE FROM audit_head"))
     kinds = [p.kind for p in verify_log(store.engine).problems]
     assert kinds == [ProblemKind.SEQUENCE_GAP, ProblemKind.HEAD_MISSING]
+
+
+@pytest.mark.parametrize("store_url", ["postgres"], indirect=True)
+def test_postgres_streams_the_log_through_a_server_side_cursor(store: SqlCustodyStore) -> None:  # noqa: F811
+    """verify-audit in constant memory on PostgreSQL: the entries stay on the server, in a cursor of the
+    snapshot's transaction, and come a page at a time (SQLite's cursor steps through the file)."""
+    fill(store, 30)
+    with audit_snapshot(store.engine, page_rows=PAGE) as snapshot:
+        pages = snapshot.pages()
+        assert len(next(pages)) == PAGE
+        held = snapshot._conn.exec_driver_sql("SELECT name, statement FROM pg_cursors").all()
+        assert [name for name, _ in held] == ["vdno_audit_walk"] and "FROM audit_log" in held[0][1]
+        assert sum(len(page) for page in pages) == 30 - PAGE
