@@ -162,6 +162,10 @@ def prepare(module: Module, fresh: bool) -> Path:
         f"pytest_add_cli_args_test_selection = {_toml_list(module.tests)}\n"
         f'pytest_add_cli_args = ["-p", "no:cacheprovider", "-p", "no:randomly", "-q"]\n'
         f'process_isolation = "{module.isolation}"\n'
+        # a mutant that hangs (a lock never released) is stopped after 4 x (its tests' time + 1 s) of wall
+        # time, and counted as killed (a timeout); mutmut's default (x 15) spends minutes on each such
+        # mutant of the pipeline
+        "timeout_multiplier = 4.0\n"
         "use_git_change_detection = false\n"
     )
     target = work / "pyproject.toml"
@@ -191,7 +195,10 @@ def run(module: Module, fresh: bool, children: int) -> float:
     started = time.monotonic()
     print(f"== {module.name}: {module.path} against {', '.join(module.tests)}", flush=True)
     log = work / "run.log"
-    done = mutmut(work, "run", "--max-children", str(children), *module.globs(), log=log)
+    # Named mutants are always run again; a whole module is named by nothing, so that results of mutants
+    # whose code and tests did not change are kept (--fresh starts over).
+    names = module.globs() if module.functions != ("*",) else []
+    done = mutmut(work, "run", "--max-children", str(children), *names, log=log)
     if done.returncode != 0:
         print(f"{module.name}: mutmut run exited {done.returncode} (see {log})", file=sys.stderr)
     return time.monotonic() - started
@@ -216,6 +223,7 @@ class Score:
     killed: int
     total: int
     unrun: int
+    timeouts: int
     survivors: tuple[str, ...]
 
     @property
@@ -228,7 +236,8 @@ def score(statuses: dict[str, str]) -> Score:
     total = len(statuses) - unrun
     killed = sum(1 for s in statuses.values() if s in KILLED)
     survivors = tuple(sorted(n for n, s in statuses.items() if s not in KILLED and s not in NOT_RUN))
-    return Score(killed, total, unrun, survivors)
+    timeouts = sum(1 for s in statuses.values() if s == "timeout")
+    return Score(killed, total, unrun, timeouts, survivors)
 
 
 def report(modules: list[Module], seconds: dict[str, float]) -> bool:
@@ -240,7 +249,9 @@ def report(modules: list[Module], seconds: dict[str, float]) -> bool:
         verdict = "PASS" if s.total and s.percent >= GOAL else "FAIL"
         ok = ok and verdict == "PASS"
         took = f"{seconds[module.name] / 60:.1f} min" if module.name in seconds else ""
-        unrun = f" ({s.unrun} not run)" if s.unrun else ""
+        notes = [f"{s.timeouts} timed out"] if s.timeouts else []
+        notes += [f"{s.unrun} not run"] if s.unrun else []
+        unrun = f" ({', '.join(notes)})" if notes else ""
         print(
             f"{module.name:<16} {module.path:<28} {f'{s.killed}/{s.total}':>13} {s.percent:6.1f}%  "
             f"{verdict:<7}  {took}{unrun}"

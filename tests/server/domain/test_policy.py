@@ -401,3 +401,44 @@ def test_a_rotation_goes_onto_the_active_generation_and_never_onto_the_one_held(
         rotation_target(device_id, active, [old, active])
     with pytest.raises(NoActiveGeneration):
         rotation_target(device_id, old, [old])
+
+
+def test_a_generation_that_may_not_sign_or_of_another_entity_does_not_hide_the_one_that_may(
+    forge_world: ForgeWorld,
+) -> None:
+    w = forge_world
+    cell = CellState(VANILLA_ID, w.vanilla.ds_ski)
+    active = generation(w.vanilla, 2, GenerationStatus.ACTIVE)
+    retired = generation(w.vanilla, 1, GenerationStatus.DISABLED)
+    other = generation(w.old_vanilla, 3, GenerationStatus.ACTIVE)
+    assert (
+        find_custodial_generation(w.device.device_id, cell, [retired, other, active], load_certificate)
+        == active
+    )
+
+
+def test_the_refusals_say_exactly_what_failed(forge_world: ForgeWorld) -> None:
+    """The messages reach the bench as they are (the INVALID_ARGUMENT / FAILED_PRECONDITION details)."""
+    w = forge_world
+    device_id = w.device.device_id
+    device_ca = load_certificate(w.device_ca_der)
+    device_cert = load_certificate(w.device.ds_der)
+    at = w.now + timedelta(hours=1)
+    with pytest.raises(DeviceCertificateUntrusted) as refused:
+        check_device_certificate(device_id, w.device.ka_der, device_ca, at)
+    assert str(refused.value) == "device_certificate is not a digital-signing certificate"
+    roles = (RoleCredentials(3, 0, 2, cells((KeyUsage.DIGITAL_SIGNATURE, w.area))),)
+    with pytest.raises(InvalidRequest) as refused:
+        read_network_operator_cells(
+            device_id, cs02a(w, roles, originator=w.other_device.device_id), device_cert
+        )
+    assert str(refused.value) == "credentials_response was not sent by the device named in device_id"
+    with pytest.raises(NoActiveGeneration) as refused:
+        hand_in_target([])
+    assert str(refused.value) == "no vanilla generation is active: a hand-in has nothing to move onto"
+    with pytest.raises(UnknownNetworkOperator) as refused:
+        holder_of_network_operator_cell(device_id, CellState(STRANGER_ID, b"k"), [], [], load_certificate)
+    assert str(refused.value) == (
+        f"device {device_id.hex()} holds entity {STRANGER_ID.hex()} in its NO cells, which is neither a "
+        "registered area DNO nor a vanilla generation"
+    )
