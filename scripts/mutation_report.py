@@ -45,6 +45,7 @@ class Module:
     tests: tuple[str, ...]
     functions: tuple[str, ...] = ("*",)
     isolation: str = "fork"  # "forkserver" where the tests start gRPC servers (not fork-safe)
+    deselect: tuple[str, ...] = ()  # tests that read the module's source (mutmut rewrites it)
 
     @property
     def package(self) -> str:
@@ -81,6 +82,7 @@ MODULES: tuple[Module, ...] = (
         "client-checks",
         "client/checks.py",
         ("tests/client/test_bench_checks.py", "tests/client/test_bench_forged.py"),
+        deselect=("tests/client/test_bench_forged.py::test_every_refusal_reason_has_a_test",),
     ),
     Module(
         "interceptors",
@@ -92,6 +94,11 @@ MODULES: tuple[Module, ...] = (
         "store-audit",
         "server/store/audit.py",
         ("tests/server/store/test_audit_store.py", "tests/server/domain/test_audit_chain.py"),
+    ),
+    Module(
+        "audit-chain",
+        "server/domain/audit.py",
+        ("tests/server/domain/test_audit_chain.py", "tests/server/domain/test_checkpoints.py"),
     ),
     Module(
         "store-counters",
@@ -154,13 +161,16 @@ def prepare(module: Module, fresh: bool) -> Path:
     missing = [t for t in module.tests if not (ROOT / t).is_file()]
     if missing:
         raise SystemExit(f"{module.name}: test files missing: {', '.join(missing)}")
+    pytest_args = ["-p", "no:cacheprovider", "-q"]
+    for test in module.deselect:
+        pytest_args += ["--deselect", test]
     config = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     config += (
         "\n[tool.mutmut]\n"
         f"source_paths = {_toml_list([module.package])}\n"
         f"only_mutate = {_toml_list([module.path])}\n"
         f"pytest_add_cli_args_test_selection = {_toml_list(module.tests)}\n"
-        f'pytest_add_cli_args = ["-p", "no:cacheprovider", "-p", "no:randomly", "-q"]\n'
+        f"pytest_add_cli_args = {_toml_list(pytest_args)}\n"
         f'process_isolation = "{module.isolation}"\n'
         # a mutant that hangs (a lock never released) is stopped after 4 x (its tests' time + 1 s) of wall
         # time, and counted as killed (a timeout); mutmut's default (x 15) spends minutes on each such
@@ -195,10 +205,18 @@ def run(module: Module, fresh: bool, children: int) -> float:
     started = time.monotonic()
     print(f"== {module.name}: {module.path} against {', '.join(module.tests)}", flush=True)
     log = work / "run.log"
-    # Named mutants are always run again; a whole module is named by nothing, so that results of mutants
-    # whose code and tests did not change are kept (--fresh starts over).
+    # Named mutants are always run again. A whole module is named by nothing, so that mutants already
+    # killed stay killed while their code is unchanged; the earlier survivors are then named, so that new
+    # tests are tried on them (--fresh starts over).
+    survivors = score(results(module)).survivors
     names = module.globs() if module.functions != ("*",) else []
     done = mutmut(work, "run", "--max-children", str(children), *names, log=log)
+    if done.returncode == 0 and survivors and not names:
+        again = [n for n in survivors if n in results(module)]
+        if again:
+            done = mutmut(
+                work, "run", "--max-children", str(children), *again, log=log.with_suffix(".again.log")
+            )
     if done.returncode != 0:
         print(f"{module.name}: mutmut run exited {done.returncode} (see {log})", file=sys.stderr)
     return time.monotonic() - started
