@@ -15,12 +15,14 @@ Not part of `make test` or CI: a full run takes tens of minutes on a 2-core mach
     .venv/bin/python scripts/mutation_report.py policy issuance  # some modules
     .venv/bin/python scripts/mutation_report.py --report-only    # the table from the last runs
     .venv/bin/python scripts/mutation_report.py --survivors policy  # the surviving mutants' diffs
+    .venv/bin/python scripts/mutation_report.py --recheck interceptors  # survivors against all its tests
 """
 
 from __future__ import annotations
 
 import argparse
 import fnmatch
+import hashlib
 import json
 import os
 import shutil
@@ -222,8 +224,8 @@ def run(module: Module, fresh: bool, children: int) -> float:
     return time.monotonic() - started
 
 
-def results(module: Module) -> dict[str, str]:
-    """mutant name -> status, for the module's mutated functions."""
+def mutmut_results(module: Module) -> dict[str, str]:
+    """mutant name -> status as mutmut recorded it, for the module's mutated functions."""
     work = WORK / module.name
     if not (work / "mutants").is_dir():
         return {}
@@ -233,6 +235,60 @@ def results(module: Module) -> dict[str, str]:
         name, sep, status = line.strip().rpartition(": ")
         if sep and any(fnmatch.fnmatch(name, g) for g in module.globs()):
             statuses[name] = status
+    return statuses
+
+
+def _fingerprint(module: Module) -> str:
+    """What a recheck's verdicts depend on: the mutated module and the module's test files."""
+    digest = hashlib.sha256()
+    for path in (WORK / module.name / "mutants" / module.path, *(ROOT / t for t in module.tests)):
+        digest.update(path.read_bytes() if path.is_file() else b"")
+    return digest.hexdigest()
+
+
+def _rechecked(module: Module) -> dict[str, str]:
+    path = WORK / module.name / "recheck.json"
+    if not path.is_file():
+        return {}
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    return dict(saved["results"]) if saved.get("fingerprint") == _fingerprint(module) else {}
+
+
+def recheck(module: Module) -> None:
+    """Run each surviving mutant against all of the module's tests (pytest stops at the first failure).
+    mutmut runs a mutant only against the tests it saw call the mutant's function, and a function called
+    once per module-scoped fixture or cached handler (the interceptor wraps each method once, on its first
+    call) is seen by the first such test only. Slow: every true survivor runs all the module's tests."""
+    work = WORK / module.name
+    verdicts = _rechecked(module)
+    names = [
+        n for n, s in mutmut_results(module).items() if s in ("survived", "no tests") and n not in verdicts
+    ]
+    args = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
+    for test in module.deselect:
+        args += ["--deselect", test]
+    for name in names:
+        env = {**os.environ, "MUTANT_UNDER_TEST": name, "PY_IGNORE_IMPORTMISMATCH": "1"}
+        env.pop("COVERAGE_PROCESS_START", None)
+        try:
+            done = subprocess.run(
+                [*args, *module.tests], cwd=work / "mutants", env=env, capture_output=True, timeout=900
+            )
+            verdicts[name] = {0: "survived", 1: "killed"}.get(done.returncode, "suspicious")
+        except subprocess.TimeoutExpired:
+            verdicts[name] = "timeout"
+        print(f"   recheck {name}: {verdicts[name]}", flush=True)
+    (work / "recheck.json").write_text(
+        json.dumps({"fingerprint": _fingerprint(module), "results": verdicts}, indent=1), encoding="utf-8"
+    )
+
+
+def results(module: Module) -> dict[str, str]:
+    """mutant name -> status: mutmut's, or the recheck's where mutmut's mutant survived."""
+    statuses = mutmut_results(module)
+    for name, verdict in _rechecked(module).items():
+        if statuses.get(name) in ("survived", "no tests"):
+            statuses[name] = verdict
     return statuses
 
 
@@ -294,6 +350,9 @@ def main() -> int:
     parser.add_argument("--report-only", action="store_true", help="print the table from the last runs")
     parser.add_argument("--survivors", action="store_true", help="print the surviving mutants' diffs")
     parser.add_argument("--fresh", action="store_true", help="discard earlier results and start over")
+    parser.add_argument(
+        "--recheck", action="store_true", help="run survivors against all the module's tests (slow)"
+    )
     parser.add_argument("--children", type=int, default=2, help="mutants run at once (default 2)")
     args = parser.parse_args()
     by_name = {m.name: m for m in MODULES}
@@ -305,8 +364,11 @@ def main() -> int:
         for module in chosen:
             survivors(module)
         return 0
+    if args.recheck:
+        for module in chosen:
+            recheck(module)
     seconds: dict[str, float] = {}
-    if not args.report_only:
+    if not args.report_only and not args.recheck:
         for module in chosen:
             seconds[module.name] = run(module, args.fresh, args.children)
     return 0 if report(chosen, seconds) else 1
