@@ -151,6 +151,7 @@ def test_a_hand_out_releases_a_command_the_bench_accepts_under_a_counter_from_th
     # a retry is given the same bytes, signed once
     assert fx.service.hand_out(fx.hand_out()).command == command.command
     assert fx.signer.digests == 1
+    assert fx.service._in_flight == {}  # the per-request locks go with their calls (no leak)
 
 
 def test_counters_follow_the_clock_in_microseconds() -> None:
