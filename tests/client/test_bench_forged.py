@@ -341,3 +341,20 @@ def test_every_refusal_reason_has_a_test() -> None:
         assert reasons <= TESTED.get(function, set()), (
             f"{function}: untested {reasons - TESTED.get(function, set())}"
         )
+
+
+def test_what_passes_is_handed_back_decoded(forge_world: ForgeWorld) -> None:
+    """The checks hand back the message and payload they decoded and checked (what the bench sends and
+    records), not only the verdict."""
+    hand_in = forge_world.hand_in()
+    data = hand_in.encode()  # the MAC framing is fresh each time: encode once
+    checked = check_hand_in_command(data, DEVICE_ID, 2, forge_world.bench_bundle(), AREA_ENTITY, STORED_SEQ)
+    assert checked.message == decode_message(data)
+    assert checked.payload == hand_in.payload() and checked.counter == hand_in.counter
+    command = forge_world.hand_out()
+    header = decode_message(command.encode()).apdu.header
+    response = forge_world.response(command)
+    response_data = response.encode()
+    answered = check_response(response_data, header, load_certificate(forge_world.device.ds_der))
+    assert answered.message == decode_message(response_data)
+    assert answered.outcome == answered.payload.execution_outcome == response.outcome

@@ -19,11 +19,23 @@ from cryptography.hazmat.primitives import serialization
 from prometheus_client import CollectorRegistry
 
 from labpki.smki import CertifiedKey
-from labpki.tls import issue_client_certificate, issue_server_certificate, make_tls_ca
+from labpki.tls import (
+    BENCH_ROLE,
+    OFFICER_ROLE,
+    issue_client_certificate,
+    issue_server_certificate,
+    make_tls_ca,
+)
 from server.domain.errors import UnknownArea
 from server.metrics import ServerMetrics
 from server.observability import configure_logging
-from server.rpc.interceptors import ErrorMappingInterceptor, note_call
+from server.rpc.interceptors import (
+    ErrorMappingInterceptor,
+    UndecodableRequest,
+    bench_caller,
+    note_call,
+    tolerant_deserializer,
+)
 from vdno.v1 import custodian_pb2 as pb
 
 SERVICE = "vdno.v1.BenchService"
@@ -62,15 +74,22 @@ def get_trust_bundle(request: pb.GetTrustBundleRequest, context: grpc.ServicerCo
 
 @contextlib.contextmanager
 def serving(
-    handlers: dict[str, tuple[Callable[..., Any], Any, Any]], metrics: ServerMetrics | None = None
+    handlers: dict[str, tuple[Callable[..., Any], Any, Any]],
+    metrics: ServerMetrics | None = None,
+    *,
+    role: str | None = BENCH_ROLE,
+    client_certificate: bool = True,
+    on_refused_auth: Callable[[str, str], None] | None = None,
 ) -> Iterator[tuple[grpc.Channel, Out]]:
     """A real server with the interceptor (and `metrics` as its observer) over mTLS; handlers: method ->
-    (function, request deserializer, response serializer)."""
+    (function, request deserializer, response serializer). The client is bench-07 with `role` in its
+    certificate; client_certificate=False: the server does not ask for one and the client presents none."""
     out = Out()
     lines = configure_logging("info", out)  # type: ignore[arg-type]
     ca = make_tls_ca()
     server = grpc.server(
-        futures.ThreadPoolExecutor(2), interceptors=[ErrorMappingInterceptor(observer=metrics)]
+        futures.ThreadPoolExecutor(2),
+        interceptors=[ErrorMappingInterceptor(on_refused_auth=on_refused_auth, observer=metrics)],
     )
     server.add_generic_rpc_handlers(
         [
@@ -87,14 +106,18 @@ def serving(
     )
     server_key, server_cert = pem(issue_server_certificate(ca))
     ca_pem = ca.certificate.public_bytes(serialization.Encoding.PEM)
-    credentials = grpc.ssl_server_credentials([(server_key, server_cert)], ca_pem, require_client_auth=True)
+    credentials = grpc.ssl_server_credentials(
+        [(server_key, server_cert)], ca_pem, require_client_auth=client_certificate
+    )
     port = server.add_secure_port("127.0.0.1:0", credentials)
     server.start()
-    client_key, client_cert = pem(issue_client_certificate(ca, "bench-07"))
+    if client_certificate:
+        client_key, client_cert = pem(issue_client_certificate(ca, "bench-07", role=role))
+        channel_credentials = grpc.ssl_channel_credentials(ca_pem, client_key, client_cert)
+    else:
+        channel_credentials = grpc.ssl_channel_credentials(ca_pem)
     channel = grpc.secure_channel(
-        f"127.0.0.1:{port}",
-        grpc.ssl_channel_credentials(ca_pem, client_key, client_cert),
-        options=[("grpc.ssl_target_name_override", "localhost")],
+        f"127.0.0.1:{port}", channel_credentials, options=[("grpc.ssl_target_name_override", "localhost")]
     )
     try:
         yield channel, out
@@ -194,3 +217,90 @@ def test_a_call_log_line_carries_the_noted_request_and_metrics_count_latency_and
     assert value("vdno_refused_calls_total", {"reason": "UnknownArea", "code": "NOT_FOUND"}) == 1
     assert value("vdno_refused_calls_total", {"reason": "unexpected", "code": "INTERNAL"}) == 1
     assert value("vdno_refused_calls_total", {"reason": "InvalidRequest", "code": "INVALID_ARGUMENT"}) == 1
+
+
+def whoami(request: pb.GetTrustBundleRequest, context: grpc.ServicerContext) -> pb.TrustBundle:
+    """Answers with the calling bench's name and certificate fingerprint, in trailing metadata (the servicer
+    gets the call's own context)."""
+    caller = bench_caller()
+    context.set_trailing_metadata((("x-caller", caller.name), ("x-sha256", caller.certificate_sha256 or "")))
+    return pb.TrustBundle()
+
+
+WHOAMI = {"GetTrustBundle": (whoami, pb.GetTrustBundleRequest.FromString, pb.TrustBundle.SerializeToString)}
+
+
+def test_request_ids_are_a_random_prefix_then_a_count_from_one() -> None:
+    with serving(WHOAMI) as (channel, out):
+        method = channel.unary_unary(f"/{SERVICE}/GetTrustBundle")
+        _, call_ = method.with_call(b"", timeout=10)
+        method(b"", timeout=10)
+        call(channel, b"\x0a\x05abc")
+    trailing = dict(call_.trailing_metadata())
+    assert trailing["x-caller"] == "bench-07" and len(trailing["x-sha256"]) == 64
+    ids = [e["rpc_id"] for e in out.events() if e["event"] in ("rpc.ok", "rpc.refused")]
+    assert len(ids) == 3 and all(len(i) == 22 and int(i, 16) >= 0 for i in ids)
+    assert len({i[:12] for i in ids}) == 1
+    assert [i[12:] for i in ids] == ["0000000001", "0000000002", "0000000003"]
+    ok = [e for e in out.events() if e["event"] == "rpc.ok"]
+    assert all(0 <= e["ms"] < 60_000 for e in ok)
+
+
+def test_a_caller_without_a_certificate_is_unauthenticated_and_audited() -> None:
+    audited: list[tuple[str, str]] = []
+    with serving(WHOAMI, client_certificate=False, on_refused_auth=lambda *a: audited.append(a)) as (ch, out):
+        error = call(ch, b"")
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert error.details() == "a client certificate naming the caller is required"
+    assert audited == [("unknown", "Unauthenticated")]
+    [refused] = out.events()
+    assert refused["caller"] == "unknown" and refused["error"] == "Unauthenticated"
+
+
+def test_a_caller_of_the_wrong_role_is_refused_naming_its_role_and_the_method() -> None:
+    audited: list[tuple[str, str]] = []
+    with serving(WHOAMI, role=OFFICER_ROLE, on_refused_auth=lambda *a: audited.append(a)) as (ch, _):
+        error = call(ch, b"")
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert error.details() == f"a vdno-officer certificate may not call /{SERVICE}/GetTrustBundle"
+    assert audited == [("officer:bench-07", "WrongRole")]
+
+
+def test_other_refusals_are_not_audited_as_authentication_failures() -> None:
+    audited: list[tuple[str, str]] = []
+    handlers = {
+        "RequestHandOut": (
+            request_hand_out,
+            pb.HandOutRequest.FromString,
+            pb.HandOutResponse.SerializeToString,
+        )
+    }
+    with (
+        serving(handlers, on_refused_auth=lambda *a: audited.append(a)) as (channel, _),
+        pytest.raises(grpc.RpcError) as refused,
+    ):
+        channel.unary_unary(
+            f"/{SERVICE}/RequestHandOut", request_serializer=pb.HandOutRequest.SerializeToString
+        )(pb.HandOutRequest(request_id="r", device_id="00DC", area_id=99), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+    assert audited == []
+
+
+def test_undecodable_bytes_are_described_on_one_line_of_at_most_160_characters() -> None:
+    assert tolerant_deserializer(None) is None
+
+    def failing(message: str) -> Callable[[bytes], Any]:
+        def read(data: bytes) -> Any:
+            raise ValueError(message)
+
+        return read
+
+    read = tolerant_deserializer(failing("bad\n   field   7 " + "x" * 300))
+    assert read is not None
+    reason = read(b"")
+    assert isinstance(reason, UndecodableRequest)
+    assert reason.reason == ("bad field 7 " + "x" * 300)[:160]
+    empty = tolerant_deserializer(failing(""))
+    assert empty is not None and empty(b"").reason == "ValueError"
+    fine = tolerant_deserializer(lambda data: data[::-1])
+    assert fine is not None and fine(b"ab") == b"ba"

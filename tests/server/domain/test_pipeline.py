@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -34,7 +36,13 @@ from server.domain.errors import (
     StoreUnavailable,
     Unavailable,
 )
-from server.domain.pipeline import IssuancePipeline, NewIssuance, Refused, UnfinishedIssuance
+from server.domain.pipeline import (
+    MAX_DRAFTS_PER_STEP,
+    IssuancePipeline,
+    NewIssuance,
+    Refused,
+    UnfinishedIssuance,
+)
 from server.domain.values import (
     Area,
     GenerationStatus,
@@ -43,6 +51,7 @@ from server.domain.values import (
     IssuanceRecord,
     IssuanceStatus,
     IssuanceStep,
+    RotationRequest,
     SignedCommand,
     VanillaGeneration,
 )
@@ -425,3 +434,119 @@ def test_the_observer_is_told_each_outcome_once_each_step_and_each_hsm_job(
     assert errors.count("HsmUnavailable") == 1 and errors.count(None) == len(errors) - 1
     assert sum(d for _, d, e in seen.hsm_jobs if e is None) == 20 + 1 + 1  # r-bad was signed, then rejected
     assert seen.rejected == 1
+
+
+def _rotating_validator(parties) -> Callable[[HandOutRequest | RotationRequest], NewIssuance]:
+    """Hand-outs as _validator; a rotation is recorded with a target generation (what the observer sees
+    as a rotation); a rotation reading b"not vanilla" is refused."""
+    generation, _, _, _ = parties
+    hand_out = _validator(parties)
+
+    def validate(request: HandOutRequest | RotationRequest) -> NewIssuance:
+        if isinstance(request, HandOutRequest):
+            return hand_out(request)
+        if request.credentials_response == b"not vanilla":
+            raise DeviceNotVanilla("device 00db1234567890a0 does not hold a vanilla generation")
+        draft = IssuanceDraft(
+            request.bench_id,
+            request.request_id,
+            request.fingerprint(),
+            request.device_id,
+            None,
+            generation.generation,
+            request.device_certificate,
+            target_generation=generation.generation,
+        )
+        return NewIssuance(draft, 1, generation, generation.credentials)
+
+    return validate
+
+
+def test_the_observer_tells_rotations_from_hand_outs_and_a_store_refusal_from_an_outage(
+    tmp_path: Path, signer: SoftwareSigner, parties
+) -> None:
+    generation, area, issuing_ca, _ = parties
+    engine = make_engine(f"sqlite:///{tmp_path / 'vdno.db'}")
+    migrate(engine)
+    store = _StoreThatGoesDown(engine)
+    store.add_generation(generation, "test")
+    store.upsert_area(area, "test")
+    store.enroll_bench("bench-01", "test")
+    seen = RecordingObserver()
+    pipeline = IssuancePipeline(
+        store, signer, issuing_ca, load_certificate, _rotating_validator(parties), seen
+    )
+    rotation = RotationRequest("bench-01", "rot-1", DEVICE, b"cert", b"cs02a")
+    try:
+        assert isinstance(pipeline.issue(rotation), SignedCommand)
+        assert isinstance(
+            pipeline.issue(replace(rotation, request_id="rot-2", credentials_response=b"not vanilla")),
+            Refused,
+        )
+        signer.fail = True
+        with pytest.raises(HsmUnavailable):
+            pipeline.issue(replace(rotation, request_id="rot-3", device_id=DEVICE[:7] + b"\x03"))
+        signer.fail = False
+        (failed,) = [r for r in store.list_issuances() if r.request_id == "rot-3"]
+        store.down = True
+        with pytest.raises(StoreUnavailable):  # finishing it while the store is away
+            pipeline.finish(UnfinishedIssuance(failed, generation, generation.credentials))
+        store.down = False
+        store.revoke_bench("bench-01", "test")  # the store refuses to record: a refusal, not an outage
+        with pytest.raises(Exception) as refused:
+            pipeline.issue(_request("r-revoked"))
+        assert not isinstance(refused.value, Unavailable)
+    finally:
+        pipeline.close()
+        store.close()
+    assert seen.issuances == [
+        ("rotation", "signed", 1),
+        ("rotation", "refused", None),
+        ("rotation", "failed", 1),
+        ("rotation", "unavailable", 1),
+        ("hand-out", "refused", 1),
+    ]
+
+
+class _GatedSigner(SoftwareSigner):
+    """Signs once `gate` is set: requests pile up in the queue behind the first step."""
+
+    def __init__(self, key: ec.EllipticCurvePrivateKey) -> None:
+        super().__init__(key)
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def sign_digests(self, key: str, digests: Sequence[bytes]) -> list[bytes]:
+        self.entered.set()
+        assert self.gate.wait(30)
+        return super().sign_digests(key, digests)
+
+
+def test_more_requests_than_a_step_takes_are_all_served_in_later_steps(
+    store: SqlCustodyStore, parties
+) -> None:
+    signer = _GatedSigner(parties[3])
+    pipeline = IssuancePipeline(store, signer, parties[2], load_certificate, _validator(parties))
+    try:
+        with ThreadPoolExecutor(100) as pool:
+            first = pool.submit(pipeline.issue, _request("first"))
+            assert signer.entered.wait(30)
+            rest = [pool.submit(pipeline.issue, _request()) for _ in range(2 * MAX_DRAFTS_PER_STEP + 3)]
+            time.sleep(0.5)  # all of them queued behind the first step
+            signer.gate.set()
+            outcomes = [first.result(60), *(f.result(60) for f in rest)]
+    finally:
+        pipeline.close()
+    assert all(isinstance(o, SignedCommand) for o in outcomes)
+    assert len({o.counter for o in outcomes if isinstance(o, SignedCommand)}) == len(outcomes)
+
+
+def test_the_pipeline_thread_is_named_and_does_not_hold_the_process_open(pipeline: IssuancePipeline) -> None:
+    (thread,) = [t for t in threading.enumerate() if t.name == "issuance-pipeline"]
+    assert thread.daemon
+    pipeline.close()
+    assert not thread.is_alive()  # close() waits for it
+    pipeline.close()  # a second close does nothing
+    with pytest.raises(Unavailable) as refused:
+        pipeline.issue(_request())
+    assert str(refused.value) == "the service is shutting down"

@@ -125,3 +125,18 @@ def test_a_key_not_found_is_transient_only_if_it_was_found_before() -> None:
     # Failing its attribute checks stays fatal (KeyNotInCustody), found before or not.
     unfit = KeyNotInCustody("key pkcs11:object=k fails its attribute checks: extractable")
     assert key_lookup_error(unfit, "vdno", "pkcs11:object=k", found_before=True) is unfit
+
+
+def test_cause_names_name_the_ckr_code_or_the_class_and_nothing_else() -> None:
+    """What a log line's cause_name says: the operation and the CKR name of a ctypes call (its number in
+    hex when unnamed), the CKR name of python-pkcs11's bare not-initialised error, else the class name."""
+    assert cause_name(_cki.CkiError("C_Login", _cki.CKR_PIN_INCORRECT)) == "C_Login: CKR_PIN_INCORRECT"
+    assert cause_name(_cki.CkiError("C_Sign", 0x0B3)) == "C_Sign: CKR_SESSION_HANDLE_INVALID"
+    assert cause_name(_cki.CkiError("C_Login", 0x104)) == "C_Login: 0x104"
+    assert cause_name(p11e.SessionClosed()) == "SessionClosed"
+    assert cause_name(ValueError("x")) == "ValueError"
+    # the not-initialised text only counts on python-pkcs11's bare error class
+    assert cause_name(p11e.PKCS11Error("Unmapped error code 0x80000001")) == "PKCS11Error"
+    assert cause_name(p11e.DeviceError("Initialisation error (not initialized)")) == "DeviceError"
+    assert cause_name(RuntimeError("Initialisation error (not initialized)")) == "RuntimeError"
+    assert classify(RuntimeError("Initialisation error (not initialized)")) is Fault.UNEXPECTED
