@@ -240,7 +240,8 @@ def _holder(no_ds: CellState, generations: list[VanillaGeneration], areas: Seque
             return f"already handed out to area {area.area_id} ({area.name})"
     for generation in generations:
         if generation.entity_id == no_ds.entity_id:
-            return f"it holds vanilla generation {generation.generation}, which is {generation.status.value}"
+            state = "compromised" if generation.compromised else generation.status.value
+            return f"it holds vanilla generation {generation.generation}, which is {state}"
     return f"its NO cells hold entity {no_ds.entity_id.hex().upper()}, which this custodian does not know"
 
 
