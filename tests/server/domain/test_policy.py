@@ -380,7 +380,7 @@ def test_only_a_generation_that_may_sign_and_whose_certificate_is_in_the_cell_si
             f"device {device_id.hex()} is not in vanilla custody: "
             f"it holds vanilla generation 2, which is {status.value}"
         )
-    with pytest.raises(DeviceNotVanilla, match="it holds vanilla generation 2, which is compromised$"):
+    with pytest.raises(DeviceNotVanilla, match=r"it holds vanilla generation 2, which is compromised$"):
         find_custodial_generation(device_id, cell, [replace(active, compromised=True)], load_certificate)
     with pytest.raises(DeviceNotVanilla):  # another generation's entity
         find_custodial_generation(
