@@ -444,10 +444,14 @@ def demo(state: Path) -> None:
         )
         children.append(server)
         sim = Child(
-            "vdno-sim", [PY, "-m", "simulator", "serve", "--profiles", str(state / "tray")], state / "sim.log"
+            "vdno-sim",
+            [PY, "-m", "simulator", "serve", "--profiles", str(state / "tray")],
+            state / "sim.log",
         )
         children.append(sim)
-        dcc = Child("vdno-labdcc", [PY, "-m", "labdcc", "serve", "--state", str(state)], state / "labdcc.log")
+        dcc = Child(
+            "vdno-labdcc", [PY, "-m", "labdcc", "serve", "--state", str(state)], state / "labdcc.log"
+        )
         children.append(dcc)
         lab = Lab(
             state,

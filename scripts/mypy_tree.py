@@ -1,5 +1,6 @@
-"""Lay out build/mypy-src/vdno as the installed package: symlinks to the repository's folders (vdno/server ->
-server, ...), for mypy, which does not follow setuptools' package-dir mapping (pyproject.toml, [tool.mypy])."""
+"""Lay out build/mypy-src/vdno as the installed package: symlinks to the repository's folders
+(vdno/server -> server, ...), for mypy, which does not follow setuptools' package-dir mapping
+(pyproject.toml, [tool.mypy])."""
 
 from __future__ import annotations
 
