@@ -44,10 +44,11 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-# A wheel and an sdist in dist/ (the generated stubs included; the build backend in an isolated environment).
+# A wheel and an sdist in dist/, the wheel built from the sdist; the generated stubs are included. The venv's
+# setuptools builds them (--no-isolation: nothing downloaded).
 dist: setup
 	rm -rf dist
-	$(PY) -m build --outdir dist . >/dev/null
+	$(PY) -m build --no-isolation --outdir dist . >/dev/null
 	@ls dist
 
 # The installed wheel, tested without the source folders in sight (docs/testing.md, "Against the wheel"): a fresh
