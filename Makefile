@@ -14,6 +14,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	@# lenient: an import hook maps vdno.server to server/ and so on (pyproject.toml, package-dir); new files
 	@# need no reinstall. (compat mode puts the repository on sys.path and ignores the mapping.)
+	@# pyproject lists vdno.v1, so its folder must exist before the install; scripts/gen_proto.py fills it (proto).
+	mkdir -p vdno/v1 && touch vdno/v1/__init__.py
 	$(PY) -m pip install -q -e '.[server,dev]' --config-settings editable_mode=lenient
 	@# Every Python process of the venv measures coverage when COVERAGE_PROCESS_START is set (the tests'
 	@# server, CLI and simulator subprocesses included); without it this line does nothing.
