@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from labpki.errors import LabPkiError
-from labpki.hierarchy import STEMS, LabHierarchy
+from vdno.labpki.errors import LabPkiError
+from vdno.labpki.hierarchy import STEMS, LabHierarchy
 
 
 def test_create_save_load(tmp_path: Path) -> None:
