@@ -5,14 +5,18 @@ STATE   ?= state
 FUZZ_CASES ?= 100000
 SHELL   := /bin/bash
 
-.PHONY: setup softhsm pg-client proto test lint demo bench bench-scale fuzz clean coverage-floor mutate
+.PHONY: setup softhsm pg-client proto mypy-tree test lint dist test-wheel demo bench bench-scale fuzz clean coverage-floor mutate
 
-setup: $(VENV)/.installed softhsm pg-client proto
+setup: $(VENV)/.installed softhsm pg-client proto mypy-tree
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[server,dev]' --config-settings editable_mode=compat
+	@# lenient: an import hook maps vdno.server to server/ and so on (pyproject.toml, package-dir); new files
+	@# need no reinstall. (compat mode puts the repository on sys.path and ignores the mapping.)
+	@# pyproject lists vdno.v1, so its folder must exist before the install; scripts/gen_proto.py fills it (proto).
+	mkdir -p vdno/v1 && touch vdno/v1/__init__.py
+	$(PY) -m pip install -q -e '.[server,dev]' --config-settings editable_mode=lenient
 	@# Every Python process of the venv measures coverage when COVERAGE_PROCESS_START is set (the tests'
 	@# server, CLI and simulator subprocesses included); without it this line does nothing.
 	echo "import coverage; coverage.process_startup()" > "$$($(PY) -c 'import site; print(site.getsitepackages()[0])')/vdno-coverage.pth"
@@ -34,12 +38,43 @@ pg-client:
 proto: $(VENV)/.installed
 	$(PY) scripts/gen_proto.py
 
+# build/mypy-src/vdno: symlinks laid out as the installed package, for mypy (pyproject.toml, [tool.mypy]).
+mypy-tree: proto
+	$(PY) scripts/mypy_tree.py
+
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
+# A wheel and an sdist in dist/, the wheel built from the sdist; the generated stubs are included. The venv's
+# setuptools builds them (--no-isolation: nothing downloaded).
+dist: setup
+	rm -rf dist
+	$(PY) -m build --no-isolation --outdir dist . >/dev/null
+	@ls dist
+
+# The installed wheel, tested without the source folders in sight (docs/testing.md, "Against the wheel"): a fresh
+# venv holding the wheel with its [server,dev] extras, and a copy of tests/ and scripts/ (test support, not
+# shipped) run from build/wheel-tests, where no server/, client/, ... folder is importable.
+WHEEL_VENV  ?= build/wheel-venv
+WHEEL_TESTS ?= build/wheel-tests
+WHEEL_SUITE ?= tests/gbcs tests/client tests/integration/test_handout.py
+test-wheel: dist
+	rm -rf $(WHEEL_VENV) $(WHEEL_TESTS)
+	python3 -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/python -m pip install -q "$$(ls $(CURDIR)/dist/vdno-*.whl)[server,dev]"
+	mkdir -p $(WHEEL_TESTS)
+	cp -r tests scripts pyproject.toml $(WHEEL_TESTS)/
+	find $(WHEEL_TESTS) -name __pycache__ -prune -exec rm -rf {} +
+	cd $(WHEEL_TESTS) && $(CURDIR)/$(WHEEL_VENV)/bin/python -c \
+	  "import importlib.util as u, vdno.server as s; assert u.find_spec('server') is None and 'site-packages' in s.__file__, s.__file__"
+	cd $(WHEEL_TESTS) && \
+	  VDNO_VECTORS="$$(cd $(CURDIR)/tests && $(CURDIR)/$(PY) -c 'import rtds_vectors; print(rtds_vectors.vectors_path())')" \
+	  VDNO_DUIS="$$(cd $(CURDIR)/tests/duis && $(CURDIR)/$(PY) -c 'import duis_testlib; print(duis_testlib.duis_path())')" \
+	  $(CURDIR)/$(WHEEL_VENV)/bin/pytest -n 2 --dist loadfile -q -p no:cacheprovider $(WHEEL_SUITE)
+
 # The tests, with branch coverage of every process they start, reported per package (docs/testing.md).
-test: lint
+test: lint dist
 	$(PY) -m coverage erase
 	COVERAGE_PROCESS_START=$(CURDIR)/pyproject.toml $(VENV)/bin/pytest -n 2 --dist loadfile
 	$(PY) -m coverage combine -q
@@ -74,4 +109,4 @@ fuzz: setup
 	$(PY) scripts/fuzz.py --state $(STATE)-fuzz --cases $(FUZZ_CASES)
 
 clean:
-	rm -rf $(VENV) .mutmut $(STATE) $(STATE)-bench $(STATE)-bench-scale $(STATE)-fuzz vdno
+	rm -rf $(VENV) .mutmut $(STATE) $(STATE)-bench $(STATE)-bench-scale $(STATE)-fuzz vdno/v1 build dist

@@ -1,3 +1,3 @@
-from admin.cli import app
+from vdno.admin.cli import app
 
 app(prog_name="vdno-admin")

@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Annotated, NoReturn, TextIO
 
 import typer
 
-from client import exit_codes
+from vdno.client import exit_codes
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import ec
     from sqlalchemy import Engine
 
-    from server.config import Settings
-    from server.domain.audit import AuditReport
+    from vdno.server.config import Settings
+    from vdno.server.domain.audit import AuditReport
 
 EXIT_PROBLEM = exit_codes.REFUSED
 EXIT_USAGE = exit_codes.USAGE
@@ -42,13 +42,13 @@ audit_app = typer.Typer(
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    from admin.console import fail
+    from vdno.admin.console import fail
 
     fail(message, code, "AUDIT_LOG_BROKEN" if code == EXIT_PROBLEM else "")
 
 
 def _json_wanted(ctx: typer.Context, flag: bool) -> bool:
-    from admin.console import json_wanted
+    from vdno.admin.console import json_wanted
 
     return json_wanted(flag) or bool(getattr(ctx.obj, "json_output", False))
 
@@ -79,11 +79,11 @@ def checkpoint(
     json_output: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     _json_wanted(ctx, json_output)
-    from admin.api import CustodyCallFailed
-    from admin.console import custody_client as _client
-    from admin.console import refused as _refused
-    from server.domain.checkpoint import AuditCheckpoint
-    from server.domain.errors import AuditDocumentInvalid
+    from vdno.admin.api import CustodyCallFailed
+    from vdno.admin.console import custody_client as _client
+    from vdno.admin.console import refused as _refused
+    from vdno.server.domain.checkpoint import AuditCheckpoint
+    from vdno.server.domain.errors import AuditDocumentInvalid
 
     if out.exists():
         _fail(f"--out {out} exists: checkpoints are kept, name a new file")
@@ -111,7 +111,7 @@ def checkpoint(
 def _settings(server_config: Path) -> Settings:
     """The server's settings, offline: only its database and audit key are used, so the TLS, HSM and CA
     files it names are not read (they may live on the server alone). One line per problem, exit 2."""
-    from server.config import ConfigError, load_settings
+    from vdno.server.config import ConfigError, load_settings
 
     try:
         return load_settings(server_config, check_files=False)
@@ -123,7 +123,7 @@ def _settings(server_config: Path) -> Settings:
 
 @contextmanager
 def _engine(settings: Settings) -> Iterator[Engine]:
-    from server.store.sql import make_engine
+    from vdno.server.store.sql import make_engine
 
     engine = make_engine(settings.database_url)
     try:
@@ -133,8 +133,8 @@ def _engine(settings: Settings) -> Iterator[Engine]:
 
 
 def _public_key(audit_key: Path | None, settings: Settings | None) -> ec.EllipticCurvePublicKey:
-    from server.audit_key import read_public_key
-    from server.config import ConfigError
+    from vdno.server.audit_key import read_public_key
+    from vdno.server.config import ConfigError
 
     if audit_key is None and (settings is None or settings.audit is None):
         _fail(
@@ -195,10 +195,10 @@ def verify(
     json_output: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
     _json_wanted(ctx, json_output)
-    from server.domain.audit import read_export
-    from server.domain.checkpoint import verify_against_checkpoints
-    from server.domain.errors import AuditDocumentInvalid, StoreUnavailable
-    from server.store.audit import audit_snapshot
+    from vdno.server.domain.audit import read_export
+    from vdno.server.domain.checkpoint import verify_against_checkpoints
+    from vdno.server.domain.errors import AuditDocumentInvalid, StoreUnavailable
+    from vdno.server.store.audit import audit_snapshot
 
     if server_config is None and export is None:
         _fail("give --server-config TOML (verify the database) or --export JSONL (verify an export)")
@@ -252,8 +252,8 @@ def export(
     json_output: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     _json_wanted(ctx, json_output)
-    from server.domain.errors import AuditDocumentInvalid, StoreUnavailable
-    from server.store.audit import export_log
+    from vdno.server.domain.errors import AuditDocumentInvalid, StoreUnavailable
+    from vdno.server.store.audit import export_log
 
     settings = _settings(server_config)
     if out.is_dir():

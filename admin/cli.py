@@ -13,8 +13,8 @@ from typing import Annotated, Any
 
 import typer
 
-from admin.audit_cli import audit_app
-from admin.console import (
+from vdno.admin.audit_cli import audit_app
+from vdno.admin.console import (
     EXIT_REFUSED,
     EXIT_UNAVAILABLE,
     UNREACHABLE,
@@ -26,9 +26,9 @@ from admin.console import (
     table,
     use_json,
 )
-from client.settings import BenchSettings, SettingsError
-from gbcs.errors import DecodeError
-from gbcs.ids import parse_eui64
+from vdno.client.settings import BenchSettings, SettingsError
+from vdno.gbcs.errors import DecodeError
+from vdno.gbcs.ids import parse_eui64
 
 IMPORTABLE = (".xml", ".hex", ".bin")
 
@@ -107,7 +107,7 @@ def hand_in_list(
     area: Annotated[int, typer.Option("--area", help="area 10-23; 0 = every area")] = 0,
     status: Annotated[str, typer.Option("--status", help="e.g. awaiting-authorisation, authorised")] = "",
 ) -> None:
-    from admin.api import CustodyCallFailed
+    from vdno.admin.api import CustodyCallFailed
 
     with custody_client(ctx) as api:
         try:
@@ -132,7 +132,7 @@ def hand_in_export(
     out: Annotated[Path, typer.Option("--out", metavar="DIR", help="folder to write the areas' requests to")],
     area: Annotated[int, typer.Option("--area", help="area 10-23; 0 = every area")] = 0,
 ) -> None:
-    from admin.api import CustodyCallFailed
+    from vdno.admin.api import CustodyCallFailed
 
     if out.exists() and not out.is_dir():
         fail(f"--out {out} is not a directory")
@@ -187,7 +187,7 @@ def hand_in_import(
     ctx: typer.Context,
     paths: Annotated[list[Path], typer.Argument(metavar="PATH...", help="files or folders")],
 ) -> None:
-    from admin.api import CustodyCallFailed
+    from vdno.admin.api import CustodyCallFailed
 
     results: list[dict[str, Any]] = []
     unreachable = False
@@ -231,7 +231,7 @@ def hand_in_import(
 
 @fleet_app.command("summary", help="How many meters are in each custody state, generation and area.")
 def fleet_summary(ctx: typer.Context) -> None:
-    from admin.api import CustodyCallFailed
+    from vdno.admin.api import CustodyCallFailed
 
     with custody_client(ctx) as api:
         try:
@@ -251,7 +251,7 @@ def fleet_summary(ctx: typer.Context) -> None:
 def fleet_history(
     ctx: typer.Context, device: Annotated[str, typer.Argument(metavar="DEVICE", help="EUI-64")]
 ) -> None:
-    from admin.api import CustodyCallFailed
+    from vdno.admin.api import CustodyCallFailed
 
     try:
         parse_eui64(device)
@@ -283,7 +283,7 @@ def fleet_holding(
         ),
     ] = None,
 ) -> None:
-    from admin.api import CustodyCallFailed
+    from vdno.admin.api import CustodyCallFailed
 
     with custody_client(ctx) as api:
         try:
@@ -315,7 +315,7 @@ def commands_cancel(
     issuance: Annotated[int, typer.Option("--issuance", min=1, metavar="N", help="issuance id")],
     reason: Annotated[str, typer.Option("--reason", help="why (audited)")],
 ) -> None:
-    from admin.api import CustodyCallFailed
+    from vdno.admin.api import CustodyCallFailed
 
     with custody_client(ctx) as api:
         try:
@@ -326,7 +326,7 @@ def commands_cancel(
     emit(ctx, cancelled, table("Cancelled", columns, [cancelled]))
 
 
-from admin.custody_cli import approvals_app, areas_app, benches_app, generations_app  # noqa: E402
+from vdno.admin.custody_cli import approvals_app, areas_app, benches_app, generations_app  # noqa: E402
 
 for _group in (generations_app, approvals_app, areas_app, benches_app):
     app.add_typer(_group)

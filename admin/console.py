@@ -11,8 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from client import exit_codes
-from client.settings import BenchSettings, SettingsError
+from vdno.client import exit_codes
+from vdno.client.settings import BenchSettings, SettingsError
 
 EXIT_REFUSED = exit_codes.REFUSED
 EXIT_USAGE = exit_codes.USAGE
@@ -57,13 +57,13 @@ class Connection:
 def custody_client(ctx: typer.Context) -> Any:
     """The custody API client, from the connection settings (failing here, with their error, when they are
     unusable: only commands that call the service need them)."""
-    from admin.api import CustodyClient
+    from vdno.admin.api import CustodyClient
 
     connection: Connection = ctx.obj
     settings = connection.settings
     if settings is None:
         fail(connection.settings_error)
-    from client.tls import TlsSetupError, check_handshake
+    from vdno.client.tls import TlsSetupError, check_handshake
 
     try:
         tls = settings.load_tls()

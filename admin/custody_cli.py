@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from admin.console import custody_client, emit, fail, refused, table
+from vdno.admin.console import custody_client, emit, fail, refused, table
 
 generations_app = typer.Typer(
     name="generations", help="Vanilla generations (key versions).", no_args_is_help=True
@@ -32,7 +32,7 @@ def _read(path: Path, what: str) -> bytes:
 
 
 def _call(ctx: typer.Context, method: str, *args: Any) -> Any:
-    from admin.api import CustodyCallFailed
+    from vdno.admin.api import CustodyCallFailed
 
     with custody_client(ctx) as api:
         try:

@@ -8,9 +8,9 @@ from typing import Any, TypeVar
 
 import grpc
 
-from client.bundle import TrustBundle
-from client.errors import ServiceError
-from client.messages import AuthorisedHandIn, HandInOrder, OutcomeAck
+from vdno.client.bundle import TrustBundle
+from vdno.client.errors import ServiceError
+from vdno.client.messages import AuthorisedHandIn, HandInOrder, OutcomeAck
 from vdno.v1 import custodian_pb2, custodian_pb2_grpc
 
 T = TypeVar("T")

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from client.errors import BundleError
-from gbcs.errors import DecodeError
-from gbcs.ids import parse_eui64
+from vdno.client.errors import BundleError
+from vdno.gbcs.errors import DecodeError
+from vdno.gbcs.ids import parse_eui64
 
 ACTIVE = "active"
 SIGNING = ("active", "signing-only")

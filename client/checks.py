@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from client.bundle import AreaCredentials, TrustBundle, VanillaGeneration
-from client.errors import BundleError, CommandRefused, ResponseRejected
-from gbcs.cells import NO_DS_CELL, NO_KA_CELL, CredentialsReplacementMode, KeyUsage, RemotePartyRole
-from gbcs.cs02b import (
+from vdno.client.bundle import AreaCredentials, TrustBundle, VanillaGeneration
+from vdno.client.errors import BundleError, CommandRefused, ResponseRejected
+from vdno.gbcs.cells import NO_DS_CELL, NO_KA_CELL, CredentialsReplacementMode, KeyUsage, RemotePartyRole
+from vdno.gbcs.cs02b import (
     AuthorisingRemotePartyControl,
     ExecutionOutcome,
     UpdateSecurityCredentialsCommand,
     UpdateSecurityCredentialsResponse,
 )
-from gbcs.errors import CertificateError, GbcsError, SignatureError
-from gbcs.framing import (
+from vdno.gbcs.errors import CertificateError, GbcsError, SignatureError
+from vdno.gbcs.framing import (
     GENERAL_SIGNING_TAG,
     SIGNATURE_LEN,
     Cra,
@@ -23,9 +23,9 @@ from gbcs.framing import (
     MessageCode,
     decode_message,
 )
-from gbcs.ids import eui64_hex
-from gbcs.signature import verify_message_signature
-from gbcs.smki import SmkiCertificate, load_certificate
+from vdno.gbcs.ids import eui64_hex
+from vdno.gbcs.signature import verify_message_signature
+from vdno.gbcs.smki import SmkiCertificate, load_certificate
 
 # The seq-number floor a hand-out, rotation or hand-in gives the new NO cell holder (GBCS 13.3.5
 # newRemotePartyFloorSeqNumber): the custodian and the lab DNOs set 0.

@@ -16,14 +16,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from client import error_codes as codes
-from client import exit_codes
-from client.errors import BenchError, ServiceError
-from client.handout import APPLIED, LAB_READER_ID, HandOutResult
-from client.inspect import EXIT_CODES_HELP, EXIT_DECODE, InputError, inspect_bytes, load_input, render
-from client.settings import BenchSettings, SettingsError
-from gbcs.errors import DecodeError
-from gbcs.ids import parse_eui64
+from vdno.client import error_codes as codes
+from vdno.client import exit_codes
+from vdno.client.errors import BenchError, ServiceError
+from vdno.client.handout import APPLIED, LAB_READER_ID, HandOutResult
+from vdno.client.inspect import EXIT_CODES_HELP, EXIT_DECODE, InputError, inspect_bytes, load_input, render
+from vdno.client.settings import BenchSettings, SettingsError
+from vdno.gbcs.errors import DecodeError
+from vdno.gbcs.ids import parse_eui64
 
 EXIT_USAGE = exit_codes.USAGE
 AREA_MIN, AREA_MAX = 10, 23
@@ -241,7 +241,7 @@ def _load_settings(config: Path | None, **flags: Any) -> BenchSettings:
 def _tls(settings: BenchSettings) -> tuple[bytes, bytes, bytes]:
     """(CA, certificate, key) PEM, checked, after a handshake with the server: a TLS mistake names the file
     or the side at fault (exit 2) before any call."""
-    from client.tls import TlsSetupError, check_handshake
+    from vdno.client.tls import TlsSetupError, check_handshake
 
     try:
         tls = settings.load_tls()
@@ -387,7 +387,7 @@ TRAY_RUN_HELP = (
 
 
 def _journal(tray: Path, kind: str, run: str | None, new_run: bool) -> Any:
-    from client.tray import JournalError, TrayJournal
+    from vdno.client.tray import JournalError, TrayJournal
 
     try:
         return TrayJournal.open(tray, kind, run, new_run)
@@ -466,11 +466,11 @@ def hand_out_command(
     journal = None if tray is None else _journal(tray, "hand-out", request_id, new_run)
 
     # imported here so `inspect` works without touching grpc
-    from client.api import BenchClient
-    from client.dcc_gateway import HttpDuisGateway
-    from client.handout import hand_out
-    from client.transport import SimulatorTransport
-    from client.tray import run_tray
+    from vdno.client.api import BenchClient
+    from vdno.client.dcc_gateway import HttpDuisGateway
+    from vdno.client.handout import hand_out
+    from vdno.client.transport import SimulatorTransport
+    from vdno.client.tray import run_tray
 
     gateway = None if settings.dcc is None else HttpDuisGateway(settings.dcc)
     results: list[HandOutResult] = []
@@ -582,11 +582,11 @@ def rotate_command(
     reader = _eui(reader_id, "--reader-id")
     journal = None if tray is None else _journal(tray, "rotate", request_id, new_run)
 
-    from client.api import BenchClient
-    from client.dcc_gateway import HttpDuisGateway
-    from client.handout import rotate
-    from client.transport import SimulatorTransport
-    from client.tray import run_tray
+    from vdno.client.api import BenchClient
+    from vdno.client.dcc_gateway import HttpDuisGateway
+    from vdno.client.handout import rotate
+    from vdno.client.transport import SimulatorTransport
+    from vdno.client.tray import run_tray
 
     gateway = None if settings.dcc is None else HttpDuisGateway(settings.dcc)
     with (
@@ -653,7 +653,7 @@ def cancel_command(
     if not reason.strip():
         _fail("--reason must say why the command is withdrawn")
 
-    from client.api import BenchClient
+    from vdno.client.api import BenchClient
 
     with BenchClient(
         settings.server, ca_pem, cert_pem, key_pem, server_name_override=settings.server_name
@@ -694,7 +694,7 @@ def keygen_command(
     out: Annotated[Path, typer.Option("--out", metavar="DIR", help="folder for the key and the request")],
     json_output: Annotated[bool, typer.Option("--json", help="print {bench, key, csr} as JSON")] = False,
 ) -> None:
-    from client.enrolment import EnrolmentError, make_key_and_request
+    from vdno.client.enrolment import EnrolmentError, make_key_and_request
 
     _use_json(json_output)
     try:
@@ -771,10 +771,10 @@ def hand_in_order_command(
     reader = _eui(reader_id, "--reader-id")
     journal = None if tray is None else _journal(tray, "hand-in-order", request_id, new_run)
 
-    from client.api import BenchClient
-    from client.hand_in import ORDERED, HandInResult, order_hand_in
-    from client.transport import SimulatorTransport
-    from client.tray import run_tray
+    from vdno.client.api import BenchClient
+    from vdno.client.hand_in import ORDERED, HandInResult, order_hand_in
+    from vdno.client.transport import SimulatorTransport
+    from vdno.client.tray import run_tray
 
     with (
         BenchClient(
@@ -845,10 +845,10 @@ def hand_in_apply_command(
     ca_pem, cert_pem, key_pem = _tls(settings)
     reader = _eui(reader_id, "--reader-id")
 
-    from client.api import BenchClient
-    from client.hand_in import APPLIED as HAND_IN_APPLIED
-    from client.hand_in import apply_hand_ins
-    from client.transport import SimulatorTransport
+    from vdno.client.api import BenchClient
+    from vdno.client.hand_in import APPLIED as HAND_IN_APPLIED
+    from vdno.client.hand_in import apply_hand_ins
+    from vdno.client.transport import SimulatorTransport
 
     with (
         BenchClient(
@@ -877,5 +877,5 @@ def hand_in_apply_command(
     )
 
 
-if __name__ == "__main__":  # pragma: no cover - `python -m client.cli`
+if __name__ == "__main__":  # pragma: no cover - `python -m vdno.client.cli`
     app()

@@ -9,10 +9,10 @@ import urllib.parse
 import urllib.request
 from typing import Protocol
 
-from client.errors import BenchError
-from duis.errors import DuisError
-from duis.ids import RequestId
-from duis.messages import (
+from vdno.client.errors import BenchError
+from vdno.duis.errors import DuisError
+from vdno.duis.ids import RequestId
+from vdno.duis.messages import (
     UPDATE_SECURITY_CREDENTIALS,
     UPDATE_SECURITY_CREDENTIALS_KRP,
     ServiceRequest,
@@ -20,8 +20,8 @@ from duis.messages import (
     decode_local_command_response,
     encode_request,
 )
-from gbcs.errors import GbcsError
-from gbcs.framing import decode_message
+from vdno.gbcs.errors import GbcsError
+from vdno.gbcs.framing import decode_message
 
 LOCAL_DELIVERY = 6  # DUIS CommandVariant: command for local delivery returned
 MAX_RESPONSE_BYTES = 1 << 20

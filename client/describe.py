@@ -9,14 +9,14 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from gbcs.cells import TrustAnchorCellIdentifier
-from gbcs.cs02a import (
+from vdno.gbcs.cells import TrustAnchorCellIdentifier
+from vdno.gbcs.cs02a import (
     ProvideSecurityCredentialsCommand,
     ProvideSecurityCredentialsResponse,
     RoleCredentials,
     TrustAnchorCellDetails,
 )
-from gbcs.cs02b import (
+from vdno.gbcs.cs02b import (
     AuthorisingRemotePartyControl,
     ExecutionOutcome,
     FutureDatedAlert,
@@ -25,16 +25,16 @@ from gbcs.cs02b import (
     UpdateSecurityCredentialsCommand,
     UpdateSecurityCredentialsResponse,
 )
-from gbcs.cs02e import (
+from vdno.gbcs.cs02e import (
     DeviceCertificateResponse,
     ProvideDeviceCertificateCommand,
     UpdateDeviceCertificateCommand,
     UpdateDeviceCertificateResponse,
 )
-from gbcs.errors import CertificateError
-from gbcs.framing import GbcsMessage, GroupingHeader
-from gbcs.message import DecodedMessage, Payload
-from gbcs.smki import load_certificate
+from vdno.gbcs.errors import CertificateError
+from vdno.gbcs.framing import GbcsMessage, GroupingHeader
+from vdno.gbcs.message import DecodedMessage, Payload
+from vdno.gbcs.smki import load_certificate
 
 ROLE_NAMES = {
     0: "root",

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from client.errors import BenchError
+from vdno.client.errors import BenchError
 
 BENCH_ROLE = "vdno-bench"
 _BENCH_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from client import error_codes as codes
-from client.bundle import TrustBundle
-from client.checks import check_hand_in_command, check_response
-from client.errors import BenchError, CommandRefused, ResponseRejected, ServiceError, TransportError
-from client.handout import (
+from vdno.client import error_codes as codes
+from vdno.client.bundle import TrustBundle
+from vdno.client.checks import check_hand_in_command, check_response
+from vdno.client.errors import BenchError, CommandRefused, ResponseRejected, ServiceError, TransportError
+from vdno.client.handout import (
     ALREADY_APPLIED,
     LAB_READER_ID,
     MeterReading,
@@ -22,13 +22,13 @@ from client.handout import (
     read_meter,
     save_command,
 )
-from client.messages import AuthorisedHandIn, HandInOrder, OutcomeAck
-from client.transport import DeviceTransport
-from gbcs.cells import KeyUsage, RemotePartyRole
-from gbcs.cs02b import UpdateSecurityCredentialsCommand
-from gbcs.errors import GbcsError
-from gbcs.framing import decode_message
-from gbcs.ids import eui64_hex
+from vdno.client.messages import AuthorisedHandIn, HandInOrder, OutcomeAck
+from vdno.client.transport import DeviceTransport
+from vdno.gbcs.cells import KeyUsage, RemotePartyRole
+from vdno.gbcs.cs02b import UpdateSecurityCredentialsCommand
+from vdno.gbcs.errors import GbcsError
+from vdno.gbcs.framing import decode_message
+from vdno.gbcs.ids import eui64_hex
 
 ORDERED = "ordered"  # the custodian recorded the order; the area DNO's command is awaited
 PENDING = "pending"  # no authorised command for this meter yet

@@ -12,20 +12,27 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from client import error_codes as codes
-from client.bundle import TrustBundle
-from client.checks import CheckedCommand, check_command, check_response, check_rotation_command
-from client.dcc_gateway import DccGateway
-from client.errors import BenchError, CommandRefused, ResponseRejected, ServiceError, TransportError
-from client.transport import DeviceTransport
-from gbcs.cells import NO_DS_CELL, KeyUsage, RemotePartyRole
-from gbcs.cs02a import ProvideSecurityCredentialsCommand, ProvideSecurityCredentialsResponse
-from gbcs.cs02e import DeviceCertificateResponse, ProvideDeviceCertificateCommand
-from gbcs.errors import GbcsError
-from gbcs.framing import Cra, GbcsMessage, GeneralSigningApdu, GroupingHeader, MessageCode, decode_message
-from gbcs.ids import eui64_hex
-from gbcs.signature import verify_message_signature
-from gbcs.smki import SmkiCertificate, load_certificate, verify_certification_path
+from vdno.client import error_codes as codes
+from vdno.client.bundle import TrustBundle
+from vdno.client.checks import CheckedCommand, check_command, check_response, check_rotation_command
+from vdno.client.dcc_gateway import DccGateway
+from vdno.client.errors import BenchError, CommandRefused, ResponseRejected, ServiceError, TransportError
+from vdno.client.transport import DeviceTransport
+from vdno.gbcs.cells import NO_DS_CELL, KeyUsage, RemotePartyRole
+from vdno.gbcs.cs02a import ProvideSecurityCredentialsCommand, ProvideSecurityCredentialsResponse
+from vdno.gbcs.cs02e import DeviceCertificateResponse, ProvideDeviceCertificateCommand
+from vdno.gbcs.errors import GbcsError
+from vdno.gbcs.framing import (
+    Cra,
+    GbcsMessage,
+    GeneralSigningApdu,
+    GroupingHeader,
+    MessageCode,
+    decode_message,
+)
+from vdno.gbcs.ids import eui64_hex
+from vdno.gbcs.signature import verify_message_signature
+from vdno.gbcs.smki import SmkiCertificate, load_certificate, verify_certification_path
 
 LAB_READER_ID = bytes(8)  # the lab reader's originator id (0000000000000000) for unsigned local reads
 

@@ -20,15 +20,15 @@ from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
-from client import exit_codes
-from client.describe import message_document
-from client.errors import BenchError
-from gbcs.errors import GbcsError, MacError, SignatureError
-from gbcs.framing import Cra
-from gbcs.ids import eui64_hex
-from gbcs.mac import verify_mac
-from gbcs.message import DecodedMessage, decode_any
-from gbcs.signature import verify_message_signature
+from vdno.client import exit_codes
+from vdno.client.describe import message_document
+from vdno.client.errors import BenchError
+from vdno.gbcs.errors import GbcsError, MacError, SignatureError
+from vdno.gbcs.framing import Cra
+from vdno.gbcs.ids import eui64_hex
+from vdno.gbcs.mac import verify_mac
+from vdno.gbcs.message import DecodedMessage, decode_any
+from vdno.gbcs.signature import verify_message_signature
 
 # The shared exit-code table (client/exit_codes.py), as inspect uses it.
 EXIT_OK = exit_codes.OK

@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from client.errors import ServiceError
-from gbcs.errors import DecodeError
-from gbcs.ids import parse_eui64
+from vdno.client.errors import ServiceError
+from vdno.gbcs.errors import DecodeError
+from vdno.gbcs.ids import parse_eui64
 
 
 def _device(value: str, what: str) -> bytes:

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from client.errors import BenchError
-from client.tls import ClientTls, TlsSetupError, load_client_tls
+from vdno.client.errors import BenchError
+from vdno.client.tls import ClientTls, TlsSetupError, load_client_tls
 
 # key -> environment variable that overrides the file (flags override both)
 ENVIRONMENT = {

@@ -13,7 +13,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
-from client.errors import BenchError
+from vdno.client.errors import BenchError
 
 HANDSHAKE_TIMEOUT = 3.0  # seconds for the probe's connection, handshake and the server's first frame
 # HTTP/2 client connection preface and an empty SETTINGS frame (RFC 9113 §3.4, §6.5): a gRPC server that

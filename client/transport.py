@@ -13,10 +13,10 @@ import socket
 import threading
 from typing import Protocol
 
-from client.errors import DeviceRefusedError, TransportError
-from gbcs.errors import DecodeError
-from gbcs.ids import check_eui64, parse_eui64
-from simulator.frames import (
+from vdno.client.errors import DeviceRefusedError, TransportError
+from vdno.gbcs.errors import DecodeError
+from vdno.gbcs.ids import check_eui64, parse_eui64
+from vdno.simulator.frames import (
     RESP_ERROR,
     RESP_GBCS,
     RESP_LIST,

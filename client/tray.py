@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from client.errors import BenchError
+from vdno.client.errors import BenchError
 
 _RUN = re.compile(r"^[A-Za-z0-9._\-]{1,47}$")
 KINDS = ("hand-out", "rotate", "hand-in-order")

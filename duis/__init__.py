@@ -10,6 +10,6 @@ pkcs11 nor any vdno service code.
 Untrusted documents are parsed with defusedxml (no DTDs, no entities, at most MAX_DOCUMENT_BYTES).
 """
 
-from duis.errors import DuisError, ResponseCodeError
+from vdno.duis.errors import DuisError, ResponseCodeError
 
 __all__ = ["DuisError", "ResponseCodeError"]

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import defusedxml
 import defusedxml.ElementTree as DefusedET
 
-from duis.errors import DuisError
+from vdno.duis.errors import DuisError
 
 SR_NS = "http://www.dccinterface.co.uk/ServiceUserGateway"
 DS_NS = "http://www.w3.org/2000/09/xmldsig#"

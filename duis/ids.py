@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from duis.errors import DuisError
+from vdno.duis.errors import DuisError
 
 EUI_LEN = 8
 MAX_COUNTER = 2**64 - 1

@@ -16,7 +16,7 @@ from datetime import datetime
 
 from cryptography import x509
 
-from duis.document import (
+from vdno.duis.document import (
     DS_NS,
     Children,
     add,
@@ -32,8 +32,8 @@ from duis.document import (
     read_int,
     serialise,
 )
-from duis.errors import DuisError, ResponseCodeError
-from duis.ids import RequestId
+from vdno.duis.errors import DuisError, ResponseCodeError
+from vdno.duis.ids import RequestId
 
 # DUIS XSD sr:RemotePartyRole
 REMOTE_PARTY_ROLES = ("ACB", "NetworkOperator", "Recovery", "Root", "Supplier", "TransCoS", "LoadController")

@@ -9,7 +9,7 @@
 - gbcs.ber (TLV reader/writer), gbcs.ids (EUI-64 identifiers)
 """
 
-from gbcs.errors import (
+from vdno.gbcs.errors import (
     CertificateError,
     DecodeError,
     EncodeError,

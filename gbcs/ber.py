@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import NamedTuple
 
-from gbcs.errors import DecodeError, EncodeError
+from vdno.gbcs.errors import DecodeError, EncodeError
 
 TAG_INTEGER = 0x02
 TAG_BIT_STRING = 0x03

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 
-from gbcs import ber
-from gbcs.errors import DecodeError, EncodeError
+from vdno.gbcs import ber
+from vdno.gbcs.errors import DecodeError, EncodeError
 
 
 class RemotePartyRole(IntEnum):

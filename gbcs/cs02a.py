@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gbcs import ber
-from gbcs.cells import CellUsage, TrustAnchorCellIdentifier, decode_key_usage, encode_key_usage
+from vdno.gbcs import ber
+from vdno.gbcs.cells import CellUsage, TrustAnchorCellIdentifier, decode_key_usage, encode_key_usage
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ import functools
 from dataclasses import dataclass
 from datetime import datetime
 
-from gbcs import ber
-from gbcs.cells import TrustAnchorCellIdentifier
-from gbcs.errors import DecodeError, EncodeError
+from vdno.gbcs import ber
+from vdno.gbcs.cells import TrustAnchorCellIdentifier
+from vdno.gbcs.errors import DecodeError, EncodeError
 
 _TAG_PLAINTEXT_KEY = 0x80
 _TAG_APPLY_TIME_CPV = 0x81

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gbcs import ber
-from gbcs.cells import KeyUsage, decode_key_usage, encode_key_usage
-from gbcs.errors import DecodeError, EncodeError
+from vdno.gbcs import ber
+from vdno.gbcs.cells import KeyUsage, decode_key_usage, encode_key_usage
+from vdno.gbcs.errors import DecodeError, EncodeError
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from enum import IntEnum
 
-from gbcs import ber
-from gbcs.errors import DecodeError, EncodeError
+from vdno.gbcs import ber
+from vdno.gbcs.errors import DecodeError, EncodeError
 
 GENERAL_SIGNING_TAG = 0xDF
 GENERAL_CIPHERING_TAG = 0xDD

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gbcs.errors import DecodeError
+from vdno.gbcs.errors import DecodeError
 
 EUI64_LEN = 8
 _HEX = frozenset("0123456789abcdefABCDEF")

@@ -10,8 +10,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.concatkdf import ConcatKDFHash
 
-from gbcs.errors import MacError
-from gbcs.framing import (
+from vdno.gbcs.errors import MacError
+from vdno.gbcs.framing import (
     MAC_LEN,
     SECURITY_CONTROL_AUTH_ONLY,
     TRANSACTION_ID_LEN,
@@ -20,7 +20,7 @@ from gbcs.framing import (
     encode_invocation_counter,
     encode_mac_framed,
 )
-from gbcs.signature import p256_public_key
+from vdno.gbcs.signature import p256_public_key
 
 KDF_ALGORITHM_ID = bytes.fromhex("60857406080300")
 

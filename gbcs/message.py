@@ -5,20 +5,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gbcs.cs02a import ProvideSecurityCredentialsCommand, ProvideSecurityCredentialsResponse
-from gbcs.cs02b import (
+from vdno.gbcs.cs02a import ProvideSecurityCredentialsCommand, ProvideSecurityCredentialsResponse
+from vdno.gbcs.cs02b import (
     FutureDatedAlert,
     UpdateSecurityCredentialsCommand,
     UpdateSecurityCredentialsResponse,
 )
-from gbcs.cs02e import (
+from vdno.gbcs.cs02e import (
     DeviceCertificateResponse,
     ProvideDeviceCertificateCommand,
     UpdateDeviceCertificateCommand,
     UpdateDeviceCertificateResponse,
 )
-from gbcs.errors import DecodeError
-from gbcs.framing import Cra, GbcsMessage, MessageCode, decode_message
+from vdno.gbcs.errors import DecodeError
+from vdno.gbcs.framing import Cra, GbcsMessage, MessageCode, decode_message
 
 Payload = (
     ProvideSecurityCredentialsCommand

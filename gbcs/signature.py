@@ -11,8 +11,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
-from gbcs.errors import GbcsError, SignatureError
-from gbcs.framing import SIGNATURE_LEN, GbcsMessage, GeneralSigningApdu
+from vdno.gbcs.errors import GbcsError, SignatureError
+from vdno.gbcs.framing import SIGNATURE_LEN, GbcsMessage, GeneralSigningApdu
 
 _COORD_LEN = SIGNATURE_LEN // 2
 _ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())  # immutable: built once, not per signature

@@ -14,9 +14,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtensionOID, NameOID
 
-from gbcs import ber
-from gbcs.cells import KeyUsage, StatusCode, TrustAnchorCellIdentifier
-from gbcs.errors import CertificateError, DecodeError
+from vdno.gbcs import ber
+from vdno.gbcs.cells import KeyUsage, StatusCode, TrustAnchorCellIdentifier
+from vdno.gbcs.errors import CertificateError, DecodeError
 
 X500_UNIQUE_IDENTIFIER = x509.ObjectIdentifier("2.5.4.45")
 HARDWARE_MODULE_NAME = x509.ObjectIdentifier("1.3.6.1.5.5.7.8.4")

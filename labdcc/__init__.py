@@ -9,6 +9,6 @@ Never imported by server code.
 - labdcc.web: DuisHttpServer (POST /duis on loopback); labdcc.cli: `vdno-labdcc init | answer | serve`
 """
 
-from labdcc.errors import LabDccError, RequestRefused
+from vdno.labdcc.errors import LabDccError, RequestRefused
 
 __all__ = ["LabDccError", "RequestRefused"]

@@ -1,5 +1,5 @@
-"""`python -m labdcc` = `vdno-labdcc`."""
+"""`python -m vdno.labdcc` = `vdno-labdcc`."""
 
-from labdcc.cli import app
+from vdno.labdcc.cli import app
 
 app(prog_name="vdno-labdcc")

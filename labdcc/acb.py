@@ -10,18 +10,18 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from duis.ids import RequestId
-from gbcs.cells import KeyUsage
-from gbcs.cs02b import UpdateSecurityCredentialsCommand
-from gbcs.errors import CertificateError, GbcsError, SignatureError
-from gbcs.framing import Cra, GbcsMessage, MessageCode, decode_message
-from gbcs.mac import add_mac
-from gbcs.signature import verify_message_signature
-from gbcs.smki import SmkiCertificate, load_certificate
-from labdcc.errors import LabDccError, RequestRefused
-from labdcc.parties import LabParty
-from labpki.errors import LabPkiError
-from labpki.store import read_certificate
+from vdno.duis.ids import RequestId
+from vdno.gbcs.cells import KeyUsage
+from vdno.gbcs.cs02b import UpdateSecurityCredentialsCommand
+from vdno.gbcs.errors import CertificateError, GbcsError, SignatureError
+from vdno.gbcs.framing import Cra, GbcsMessage, MessageCode, decode_message
+from vdno.gbcs.mac import add_mac
+from vdno.gbcs.signature import verify_message_signature
+from vdno.gbcs.smki import SmkiCertificate, load_certificate
+from vdno.labdcc.errors import LabDccError, RequestRefused
+from vdno.labdcc.parties import LabParty
+from vdno.labpki.errors import LabPkiError
+from vdno.labpki.store import read_certificate
 
 # CS02b codes whose wire form is MAC Header + KRP signature + ACB MAC (not 0x0104, ACB-by-ACB: MAC only;
 # not 0x0108/0x0109, recovery and contingency: no MAC Header).

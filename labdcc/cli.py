@@ -14,12 +14,12 @@ from typing import Any, NoReturn
 
 import typer
 
-from labdcc.dcc import LabDcc
-from labdcc.errors import LabDccError
-from labdcc.parties import ensure_lab_parties
-from labdcc.web import DuisHttpServer
-from labpki.store import atomic_write, export_keystore
-from simulator import exit_codes
+from vdno.labdcc.dcc import LabDcc
+from vdno.labdcc.errors import LabDccError
+from vdno.labdcc.parties import ensure_lab_parties
+from vdno.labdcc.web import DuisHttpServer
+from vdno.labpki.store import atomic_write, export_keystore
+from vdno.simulator import exit_codes
 
 RESPONSE_SUFFIX = "-response.xml"
 USAGE_ERROR = exit_codes.USAGE
@@ -108,11 +108,11 @@ def smki_issue(
     certificate joins the lab SMKI inventory (STATE/keystore), where the lab ACB looks originators up."""
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    from gbcs.errors import DecodeError
-    from gbcs.ids import parse_eui64
-    from labpki.errors import LabPkiError
-    from labpki.hierarchy import LabHierarchy
-    from labpki.smki import issue_from_csr
+    from vdno.gbcs.errors import DecodeError
+    from vdno.gbcs.ids import parse_eui64
+    from vdno.labpki.errors import LabPkiError
+    from vdno.labpki.hierarchy import LabHierarchy
+    from vdno.labpki.smki import issue_from_csr
 
     if usage not in ("ds", "ka"):
         _fail("--usage must be ds or ka", json_output)

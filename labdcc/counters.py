@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from labdcc.errors import LabDccError
-from labpki.store import atomic_write
+from vdno.labdcc.errors import LabDccError
+from vdno.labpki.store import atomic_write
 
 MAX_COUNTER = 2**64 - 1
 

@@ -7,9 +7,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from duis.errors import DuisError
-from duis.ids import RequestId
-from duis.messages import (
+from vdno.duis.errors import DuisError
+from vdno.duis.ids import RequestId
+from vdno.duis.messages import (
     SUCCESS,
     UPDATE_SECURITY_CREDENTIALS_KRP,
     LocalCommandResponse,
@@ -19,13 +19,13 @@ from duis.messages import (
     decode_request,
     encode_local_command_response,
 )
-from gbcs.errors import GbcsError
-from gbcs.framing import decode_message
-from labdcc.acb import LabAcb
-from labdcc.counters import OriginatorCounters
-from labdcc.dno import LOCAL_DELIVERY, LabDno, check_request
-from labdcc.errors import RequestRefused
-from labdcc.parties import LabParties, load_lab_parties
+from vdno.gbcs.errors import GbcsError
+from vdno.gbcs.framing import decode_message
+from vdno.labdcc.acb import LabAcb
+from vdno.labdcc.counters import OriginatorCounters
+from vdno.labdcc.dno import LOCAL_DELIVERY, LabDno, check_request
+from vdno.labdcc.errors import RequestRefused
+from vdno.labdcc.parties import LabParties, load_lab_parties
 
 COUNTERS_FILE = Path("labdcc") / "counters.json"
 

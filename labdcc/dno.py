@@ -6,22 +6,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from duis.ids import RequestId
-from duis.messages import (
+from vdno.duis.ids import RequestId
+from vdno.duis.messages import (
     UPDATE_SECURITY_CREDENTIALS,
     UPDATE_SECURITY_CREDENTIALS_KRP,
     ServiceRequest,
     UpdateSecurityCredentialsKrp,
 )
-from gbcs.cells import NO_DS_CELL, NO_KA_CELL, CredentialsReplacementMode, TrustAnchorCellIdentifier
-from gbcs.cs02b import AuthorisingRemotePartyControl, TrustAnchorReplacement, UpdateSecurityCredentialsCommand
-from gbcs.errors import CertificateError, GbcsError
-from gbcs.framing import Cra, GeneralSigningApdu, GroupingHeader, MessageCode
-from gbcs.signature import sign_apdu
-from gbcs.smki import check_replacement_for_cell, load_certificate
-from labdcc.counters import OriginatorCounters
-from labdcc.errors import RequestRefused
-from labdcc.parties import LabParty
+from vdno.gbcs.cells import NO_DS_CELL, NO_KA_CELL, CredentialsReplacementMode, TrustAnchorCellIdentifier
+from vdno.gbcs.cs02b import (
+    AuthorisingRemotePartyControl,
+    TrustAnchorReplacement,
+    UpdateSecurityCredentialsCommand,
+)
+from vdno.gbcs.errors import CertificateError, GbcsError
+from vdno.gbcs.framing import Cra, GeneralSigningApdu, GroupingHeader, MessageCode
+from vdno.gbcs.signature import sign_apdu
+from vdno.gbcs.smki import check_replacement_for_cell, load_certificate
+from vdno.labdcc.counters import OriginatorCounters
+from vdno.labdcc.errors import RequestRefused
+from vdno.labdcc.parties import LabParty
 
 LOCAL_DELIVERY = 6  # DUIS CommandVariant: signed command returned for local delivery
 NETWORK_OPERATOR = "NetworkOperator"

@@ -18,14 +18,14 @@ from types import MappingProxyType
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from gbcs.cells import KeyUsage, RemotePartyRole
-from gbcs.errors import CertificateError
-from gbcs.smki import load_certificate
-from labdcc.errors import LabDccError
-from labpki.errors import LabPkiError
-from labpki.hierarchy import LabHierarchy
-from labpki.smki import CertifiedKey, KeyUsageName, issue_organisation_certificate, new_p256_key
-from labpki.store import (
+from vdno.gbcs.cells import KeyUsage, RemotePartyRole
+from vdno.gbcs.errors import CertificateError
+from vdno.gbcs.smki import load_certificate
+from vdno.labdcc.errors import LabDccError
+from vdno.labpki.errors import LabPkiError
+from vdno.labpki.hierarchy import LabHierarchy
+from vdno.labpki.smki import CertifiedKey, KeyUsageName, issue_organisation_certificate, new_p256_key
+from vdno.labpki.store import (
     certificate_pem,
     export_keystore,
     keystore_stem,

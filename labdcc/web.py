@@ -9,9 +9,9 @@ import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from duis.document import MAX_DOCUMENT_BYTES
-from labdcc.dcc import LabDcc
-from labdcc.errors import LabDccError, RequestRefused
+from vdno.duis.document import MAX_DOCUMENT_BYTES
+from vdno.labdcc.dcc import LabDcc
+from vdno.labdcc.errors import LabDccError, RequestRefused
 
 LOOPBACK = "127.0.0.1"
 PATH = "/duis"

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 
-from labpki.errors import LabPkiError
-from labpki.smki import CertifiedKey, make_device_ca, make_issuing_ca, make_root_ca
-from labpki.store import read_certified_key, write_certified_key
-from labpki.tls import make_tls_ca
+from vdno.labpki.errors import LabPkiError
+from vdno.labpki.smki import CertifiedKey, make_device_ca, make_issuing_ca, make_root_ca
+from vdno.labpki.store import read_certified_key, write_certified_key
+from vdno.labpki.tls import make_tls_ca
 
 STEMS = ("root-ca", "issuing-ca", "device-ca", "tls-ca")
 

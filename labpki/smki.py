@@ -22,14 +22,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID
 
-from gbcs.smki import (
+from vdno.gbcs.smki import (
     HARDWARE_MODULE_NAME,
     SMKI_DEVICE_POLICY,
     SMKI_ORG_POLICY,
     X500_UNIQUE_IDENTIFIER,
 )
-from gbcs.smki import subject_key_identifier_for as subject_key_identifier
-from labpki.errors import LabPkiError
+from vdno.gbcs.smki import subject_key_identifier_for as subject_key_identifier
+from vdno.labpki.errors import LabPkiError
 
 KeyUsageName = Literal["ds", "ka"]
 

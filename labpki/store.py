@@ -14,11 +14,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gbcs.cells import KeyUsage
-from gbcs.errors import CertificateError
-from gbcs.smki import load_certificate
-from labpki.errors import LabPkiError
-from labpki.smki import CertifiedKey, KeyUsageName
+from vdno.gbcs.cells import KeyUsage
+from vdno.gbcs.errors import CertificateError
+from vdno.gbcs.smki import load_certificate
+from vdno.labpki.errors import LabPkiError
+from vdno.labpki.smki import CertifiedKey, KeyUsageName
 
 KEY_MODE = 0o600
 CERT_MODE = 0o644

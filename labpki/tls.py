@@ -12,9 +12,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gbcs.smki import subject_key_identifier_for as subject_key_identifier
-from labpki.errors import LabPkiError
-from labpki.smki import (
+from vdno.gbcs.smki import subject_key_identifier_for as subject_key_identifier
+from vdno.labpki.errors import LabPkiError
+from vdno.labpki.smki import (
     CertifiedKey,
     authority_key_identifier,
     key_usage_extension,

@@ -23,10 +23,10 @@ from pathlib import Path
 
 from sqlalchemy import Engine, text
 
-from server.domain.audit import read_export, verify_source
-from server.domain.values import AuditEvent
-from server.store.audit import AuditAppender, export_log, verify_log
-from server.store.sql import make_engine, migrate
+from vdno.server.domain.audit import read_export, verify_source
+from vdno.server.domain.values import AuditEvent
+from vdno.server.store.audit import AuditAppender, export_log, verify_log
+from vdno.server.store.sql import make_engine, migrate
 
 CHUNK = 5000
 

@@ -48,8 +48,8 @@ BASELINE_METHOD = "/vdno.bench.Baseline/Sign"
 def open_vanilla_signer(settings: Any) -> tuple[Any, str]:
     """(signer, key URI): the first vanilla DS key on a session used in the calling thread, as the server's
     issuance pipeline uses it. In a child process: SoftHSM reads its config once per process."""
-    from server.app import open_signer
-    from server.store.sql import open_store
+    from vdno.server.app import open_signer
+    from vdno.server.store.sql import open_store
 
     store = open_store(settings.database_url)
     try:
@@ -61,7 +61,7 @@ def open_vanilla_signer(settings: Any) -> tuple[Any, str]:
 
 def sign_back_to_back(state: Path, seconds: float) -> float:
     """Signs per second of one session signing one digest over and over (after a warm-up)."""
-    from server.config import load_settings
+    from vdno.server.config import load_settings
 
     signer, key = open_vanilla_signer(load_settings(state / "config.toml"))
     digest = hashlib.sha256(b"bench").digest()
@@ -96,8 +96,8 @@ class Readings:
     once, to whichever bench thread asks; thread-safe."""
 
     def __init__(self, state: Path, count: int) -> None:
-        from client.handout import read_meter
         from scripts.lab_tray import InProcessTransport, vanilla_tray_profiles
+        from vdno.client.handout import read_meter
 
         first = int(time.time()) * count % (2**32 - 2 * count) + 1
         transport = InProcessTransport(vanilla_tray_profiles(state, count, first, require_acb_mac=False))
@@ -264,8 +264,8 @@ def serve_baseline(state: Path, port: int) -> None:
     """The bare server (one process): mTLS, one SoftHSM signature of the request's SHA-256 per call."""
     from concurrent import futures
 
-    from server.app import mtls_credentials
-    from server.config import load_settings
+    from vdno.server.app import mtls_credentials
+    from vdno.server.config import load_settings
 
     settings = load_settings(state / "config.toml")
     signer, key = open_vanilla_signer(settings)
@@ -330,9 +330,9 @@ def main() -> int:
         print(sign_back_to_back(state, args.raw_hsm))
         return 0
     benches = tuple(f"bench-{i:02d}" for i in range(1, 9))
-    lab = [sys.executable, "-m", "labdcc", "init", "--state", str(state)]
+    lab = [sys.executable, "-m", "vdno.labdcc", "init", "--state", str(state)]
     subprocess.run(lab, check=True, stdout=subprocess.DEVNULL)
-    init = [sys.executable, "-m", "server.main", "init", "--state", str(state)]
+    init = [sys.executable, "-m", "vdno.server.main", "init", "--state", str(state)]
     for b in benches:
         init += ["--bench", b]
     subprocess.run(init, check=True, stdout=subprocess.DEVNULL)
@@ -349,7 +349,7 @@ def main() -> int:
     env = dict(os.environ, VDNO_LISTEN=f"127.0.0.1:{port}", VDNO_PROCESSES=str(args.processes))
     log = open_private_log(state / "bench-server.log", "w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "server.main", "serve", "--config", str(state / "config.toml")],
+        [sys.executable, "-m", "vdno.server.main", "serve", "--config", str(state / "config.toml")],
         stdout=subprocess.DEVNULL,
         stderr=log,
         env=env,

@@ -108,7 +108,7 @@ def bulk_load(engine: Engine, issuances: int, meters: int, audit_entries: int, s
     that the records then show in an area (the first `signed` of them signed, unreported), `meters`
     meters in custody with one history entry each (issuance i is meter i % meters), and `audit_entries`
     entries continuing the audit chain. Counters are below the clock-derived floor of new ones."""
-    from server.domain.audit import entry_hash
+    from vdno.server.domain.audit import entry_hash
 
     with engine.begin() as c:
         generation = c.execute(text("SELECT min(generation) FROM generations")).scalar_one()
@@ -196,7 +196,7 @@ def bulk_load(engine: Engine, issuances: int, meters: int, audit_entries: int, s
 
     columns = ("seq", "at", "event", "actor", "subject", "details", "prev_hash", "hash")
     _rows_in(engine, "audit_log", columns, audit_rows())
-    from server.store.fleet import DEVICE_COUNTS_REBUILD
+    from vdno.server.store.fleet import DEVICE_COUNTS_REBUILD
 
     with engine.begin() as c:
         c.execute(
@@ -211,7 +211,7 @@ def bulk_load(engine: Engine, issuances: int, meters: int, audit_entries: int, s
 
 def _reset_sequences(c: Any) -> None:
     """PostgreSQL: each serial column's sequence past the ids the load or the copy wrote."""
-    from server.store.schema import metadata
+    from vdno.server.store.schema import metadata
 
     for table in metadata.sorted_tables:
         for column in table.primary_key.columns:
@@ -237,7 +237,7 @@ def _analyse(engine: Engine) -> None:
 
 def copy_store(source: Engine, target: Engine) -> None:
     """Every table of a migrated store into another migrated (empty) one, rows as stored."""
-    from server.store.schema import audit_head, metadata
+    from vdno.server.store.schema import audit_head, metadata
 
     with target.begin() as c:
         c.execute(audit_head.delete())
@@ -270,8 +270,8 @@ def explain(engine: Engine, statement: Any) -> str:
 
 def fleet_statements(device_id: bytes) -> dict[str, Any]:
     """The fleet queries as the store runs them (server/store/fleet.py)."""
-    from server.store.fleet import FLEET_COUNTS, FLEET_SIGNED
-    from server.store.schema import device_history, devices
+    from vdno.server.store.fleet import FLEET_COUNTS, FLEET_SIGNED
+    from vdno.server.store.schema import device_history, devices
 
     return {
         "meters_per_state": FLEET_COUNTS,
@@ -285,7 +285,7 @@ def fleet_statements(device_id: bytes) -> dict[str, Any]:
 
 def fleet_times(url: str, device_id: bytes, repeat: int) -> dict[str, Any]:
     """Best time of the store's fleet_summary and history calls, and each statement's plan."""
-    from server.store.sql import open_store
+    from vdno.server.store.sql import open_store
 
     store = open_store(url, run_migrations=False)
     try:
@@ -317,8 +317,8 @@ def verify_in_child(url: str) -> dict[str, Any]:
 
 
 def _verify(url: str) -> None:
-    from server.store.audit import verify_log
-    from server.store.sql import make_engine
+    from vdno.server.store.audit import verify_log
+    from vdno.server.store.sql import make_engine
 
     engine = make_engine(url)
     baseline = _peak_rss_mib()
@@ -358,7 +358,7 @@ def _env() -> dict[str, str]:
 
 @contextlib.contextmanager
 def postgres_schemas(url: str, names: tuple[str, ...]) -> Iterator[dict[str, str]]:
-    from server.store.sql import make_engine
+    from vdno.server.store.sql import make_engine
 
     tag = uuid.uuid4().hex[:8]
     admin = make_engine(url)
@@ -386,7 +386,7 @@ def make_stores(
 ) -> Iterator[tuple[str, dict[str, str]]]:
     """(database, {"empty": url, "loaded": url}) for SQLite, then PostgreSQL: copies of the state folder's
     initialised store, the loaded one bulk-loaded."""
-    from server.store.sql import make_engine, migrate
+    from vdno.server.store.sql import make_engine, migrate
 
     source = make_engine(f"sqlite:///{state / 'vdno.db'}")
     migrate(source)  # a state folder made by an older vdno-server
@@ -443,7 +443,7 @@ def start_server(state: Path, url: str, processes: int) -> tuple[int, subprocess
     }
     log = open_private_log(state / f"scale-server-{port}.log", "w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "server.main", "serve", "--config", str(state / "config.toml")],
+        [sys.executable, "-m", "vdno.server.main", "serve", "--config", str(state / "config.toml")],
         stdout=subprocess.DEVNULL,
         stderr=log,
         env=env,
@@ -527,10 +527,10 @@ def main() -> int:
     sizes = {"issuances": args.issuances, "meters": args.meters, "audit_entries": args.audit_entries}
     if not (state / "config.toml").exists():
         subprocess.run(
-            [sys.executable, "-m", "labdcc", "init", "--state", str(state)],
+            [sys.executable, "-m", "vdno.labdcc", "init", "--state", str(state)],
             check=True, stdout=subprocess.DEVNULL, env=_env(),
         )  # fmt: skip
-        init = [sys.executable, "-m", "server.main", "init", "--state", str(state)]
+        init = [sys.executable, "-m", "vdno.server.main", "init", "--state", str(state)]
         for bench in BENCHES:
             init += ["--bench", bench]
         subprocess.run(init, check=True, stdout=subprocess.DEVNULL, env=_env())

@@ -148,14 +148,14 @@ class Lab:
 
     def bench(self, bench: str, *args: str) -> list[str]:
         return [
-            PY, "-m", "client.cli", *args,
+            PY, "-m", "vdno.client.cli", *args,
             "--config", str(self.state / "clients" / f"{bench}.toml"),
             "--server", self.server, "--sim", self.sim,
         ]  # fmt: skip
 
     def admin(self, *args: str, officer: str = OFFICER) -> list[str]:
         config = self.state / "clients" / f"{officer}.toml"
-        return [PY, "-m", "admin", "--config", str(config), "--server", self.server, "--json", *args]
+        return [PY, "-m", "vdno.admin", "--config", str(config), "--server", self.server, "--json", *args]
 
 
 def tray_devices(tray_file: Path) -> list[tuple[str, int]]:
@@ -182,13 +182,13 @@ def next_first_index(state: Path) -> int:
 
 def bootstrap(state: Path) -> Path:
     step(f"0. bootstrap {rel(state)}/ (idempotent) and a tray of {METERS} meters in service in areas {AREAS}")
-    say(run([PY, "-m", "labdcc", "init", "--state", str(state)], "vdno-labdcc init").strip())
+    say(run([PY, "-m", "vdno.labdcc", "init", "--state", str(state)], "vdno-labdcc init").strip())
     say(
         run(
             [
                 PY,
                 "-m",
-                "server.main",
+                "vdno.server.main",
                 "init",
                 "--state",
                 str(state),
@@ -206,7 +206,7 @@ def bootstrap(state: Path) -> Path:
     say(
         run(
             [
-                PY, "-m", "simulator", "make-tray", "--state", str(state), "--out", str(tray_dir),
+                PY, "-m", "vdno.simulator", "make-tray", "--state", str(state), "--out", str(tray_dir),
                 "--count", str(METERS), "--first", str(next_first_index(state)), "--in-areas", AREAS,
                 "--tray", str(tray_file),
             ],
@@ -242,7 +242,7 @@ def hand_in(lab: Lab, tray_file: Path, devices: list[str]) -> None:
         f"{OFFICER} exported {len(exported)} DUIS 6.15.1 requests (CommandVariant 6) to {rel(requests)}/ "
         f"with {len(manifests)} area manifests"
     )
-    run([PY, "-m", "labdcc", "answer", "--state", str(lab.state), "--requests", str(requests),
+    run([PY, "-m", "vdno.labdcc", "answer", "--state", str(lab.state), "--requests", str(requests),
          "--out", str(responses)], "vdno-labdcc answer")  # fmt: skip
     say(f"the lab area DNOs signed, the lab ACB MAC'd: {len(list(responses.rglob('*.xml')))} responses")
     imported = json.loads(run(lab.admin("hand-in", "import", str(responses)), "vdno-admin hand-in import"))
@@ -302,7 +302,7 @@ def rotation(lab: Lab, devices: list[str], old: int) -> int:
             lab.admin("generations", "csr", str(number), "--usage", usage, "--out", str(csr)),
             "vdno-admin csr",
         )
-        issue = [PY, "-m", "labdcc", "smki-issue", "--state", str(lab.state), "--csr", str(csr)]
+        issue = [PY, "-m", "vdno.labdcc", "smki-issue", "--state", str(lab.state), "--csr", str(csr)]
         run([*issue, "--entity-id", entity, "--usage", usage, "--out", str(pem)], "vdno-labdcc smki-issue")
     ds, ka = (str(pki / f"vanilla-g{number}-{usage}.pem") for usage in ("ds", "ka"))
     run(
@@ -358,11 +358,11 @@ def hand_out(lab: Lab, tray_file: Path, devices: list[str]) -> list[dict[str, An
 
 
 def check(lab: Lab, assignments: list[tuple[str, int]], handed_out: list[dict[str, Any]]) -> None:
-    from client.handout import read_meter
-    from client.transport import SimulatorTransport
-    from gbcs.cells import KeyUsage, RemotePartyRole
-    from gbcs.smki import load_certificate
-    from labdcc.parties import ACB_ENTITY_ID
+    from vdno.client.handout import read_meter
+    from vdno.client.transport import SimulatorTransport
+    from vdno.gbcs.cells import KeyUsage, RemotePartyRole
+    from vdno.gbcs.smki import load_certificate
+    from vdno.labdcc.parties import ACB_ENTITY_ID
 
     step("checks")
     host, port = lab.sim.rsplit(":", 1)
@@ -399,7 +399,7 @@ def check(lab: Lab, assignments: list[tuple[str, int]], handed_out: list[dict[st
             raise DemoFailed(f"no saved {kind} command for {first}")
         report = json.loads(
             subprocess.run(
-                [PY, "-m", "client.cli", "inspect", str(saved[-1]), "--keystore", str(keystore),
+                [PY, "-m", "vdno.client.cli", "inspect", str(saved[-1]), "--keystore", str(keystore),
                  "--acb", ACB_ENTITY_ID.hex(), "--json"],
                 cwd=ROOT, text=True, capture_output=True, check=False,
             ).stdout or "{}"
@@ -415,11 +415,11 @@ def check(lab: Lab, assignments: list[tuple[str, int]], handed_out: list[dict[st
     audit.mkdir(exist_ok=True)
     checkpoint = audit / f"checkpoint-{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 1_000_000:06d}.json"
     config = lab.state / "clients" / f"{OFFICER}.toml"
-    run([PY, "-m", "admin", "--config", str(config), "--server", lab.server, "audit", "checkpoint",
+    run([PY, "-m", "vdno.admin", "--config", str(config), "--server", lab.server, "audit", "checkpoint",
          "--out", str(checkpoint)], "vdno-admin audit checkpoint")  # fmt: skip
     checkpoints = sorted(audit.glob("checkpoint-*.json"))
     against = [arg for path in checkpoints for arg in ("--against", str(path))]
-    verify = [PY, "-m", "admin", "audit", "verify", "--server-config", str(lab.state / "config.toml")]
+    verify = [PY, "-m", "vdno.admin", "audit", "verify", "--server-config", str(lab.state / "config.toml")]
     verified = json.loads(run([*verify, *against, "--json"], "vdno-admin audit verify"))
     say(f"{OFFICER} wrote a signed audit checkpoint to {rel(checkpoint)}")
     say(f"the log verifies end to end against all {len(checkpoints)} checkpoints in {rel(audit)}/ "
@@ -438,16 +438,20 @@ def demo(state: Path) -> None:
     try:
         server = Child(
             "vdno-server",
-            [PY, "-m", "server.main", "serve", "--config", str(state / "config.toml")],
+            [PY, "-m", "vdno.server.main", "serve", "--config", str(state / "config.toml")],
             state / "server.log",
             env=dict(os.environ, VDNO_LISTEN="127.0.0.1:0"),
         )
         children.append(server)
         sim = Child(
-            "vdno-sim", [PY, "-m", "simulator", "serve", "--profiles", str(state / "tray")], state / "sim.log"
+            "vdno-sim",
+            [PY, "-m", "vdno.simulator", "serve", "--profiles", str(state / "tray")],
+            state / "sim.log",
         )
         children.append(sim)
-        dcc = Child("vdno-labdcc", [PY, "-m", "labdcc", "serve", "--state", str(state)], state / "labdcc.log")
+        dcc = Child(
+            "vdno-labdcc", [PY, "-m", "vdno.labdcc", "serve", "--state", str(state)], state / "labdcc.log"
+        )
         children.append(dcc)
         lab = Lab(
             state,

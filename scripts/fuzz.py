@@ -453,15 +453,15 @@ def build_seeds(state: Path, target: Target, first_meter: int = 900) -> tuple[Se
     commissioned one, a signed hand-out command and the meter's response to it (MAC-framed by the lab
     DCC), a hand-in order and the DNO's DUIS answer to it, certificates, a bench CSR. Returns the seeds and
     the next free meter number."""
-    from client.enrolment import make_key_and_request
-    from client.handout import read_meter
-    from duis.messages import LocalCommandResponse, encode_local_command_response
-    from labdcc.dcc import LabDcc
-    from labdcc.parties import area_entity_id
-    from labpki.hierarchy import LabHierarchy
-    from labpki.store import read_certificate
     from scripts.lab_tray import InProcessTransport, tray_device_id, vanilla_tray_profiles
-    from simulator.lab import LabCredentialSet, export_device_credentials, lab_meter_profile
+    from vdno.client.enrolment import make_key_and_request
+    from vdno.client.handout import read_meter
+    from vdno.duis.messages import LocalCommandResponse, encode_local_command_response
+    from vdno.labdcc.dcc import LabDcc
+    from vdno.labdcc.parties import area_entity_id
+    from vdno.labpki.hierarchy import LabHierarchy
+    from vdno.labpki.store import read_certificate
+    from vdno.simulator.lab import LabCredentialSet, export_device_credentials, lab_meter_profile
 
     seeds = Seeds()
     pki = state / "pki"
@@ -616,8 +616,8 @@ def build_seeds(state: Path, target: Target, first_meter: int = 900) -> tuple[Se
 
 def valid_hand_out(state: Path, target: Target, meter: int) -> Any:
     """A fresh vanilla meter handed out to area 12: the HandOutResponse (raises grpc.RpcError if refused)."""
-    from client.handout import read_meter
     from scripts.lab_tray import InProcessTransport, vanilla_tray_profiles
+    from vdno.client.handout import read_meter
 
     [profile] = vanilla_tray_profiles(state, 1, first=meter)
     reading = read_meter(InProcessTransport([profile]), profile.device_id)
@@ -641,7 +641,7 @@ def _start_server(state: Path) -> tuple[subprocess.Popen[bytes], int]:
     env = dict(os.environ, VDNO_LISTEN=f"127.0.0.1:{port}")
     with open_private_log(state / "server.log", "w") as log:
         server = subprocess.Popen(
-            [sys.executable, "-m", "server.main", "serve", "--config", str(state / "config.toml")],
+            [sys.executable, "-m", "vdno.server.main", "serve", "--config", str(state / "config.toml")],
             stdout=subprocess.DEVNULL,
             stderr=log,
             env=env,
@@ -661,7 +661,7 @@ def main() -> int:
     args = parser.parse_args()
     state = args.state.resolve()
     shutil.rmtree(state, ignore_errors=True)
-    for tool in ("labdcc", "server.main"):
+    for tool in ("vdno.labdcc", "vdno.server.main"):
         subprocess.run(
             [sys.executable, "-m", tool, "init", "--state", str(state)], check=True, stdout=subprocess.DEVNULL
         )

@@ -8,15 +8,15 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from client.errors import DeviceRefusedError
-from gbcs.smki import load_certificate
-from labpki.hierarchy import LabHierarchy
-from labpki.store import read_certificate
-from simulator.device import SimulatedDevice
-from simulator.frames import RESP_GBCS, decode_reply, send_body
-from simulator.lab import LabCredentialSet, export_device_credentials, lab_meter_profile, tray_device_id
-from simulator.profile import DeviceProfile
-from simulator.tray import Tray
+from vdno.client.errors import DeviceRefusedError
+from vdno.gbcs.smki import load_certificate
+from vdno.labpki.hierarchy import LabHierarchy
+from vdno.labpki.store import read_certificate
+from vdno.simulator.device import SimulatedDevice
+from vdno.simulator.frames import RESP_GBCS, decode_reply, send_body
+from vdno.simulator.lab import LabCredentialSet, export_device_credentials, lab_meter_profile, tray_device_id
+from vdno.simulator.profile import DeviceProfile
+from vdno.simulator.tray import Tray
 
 __all__ = ["InProcessTransport", "tray_device_id", "vanilla_tray_profiles"]
 

@@ -17,19 +17,19 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
-from gbcs.errors import GbcsError
-from gbcs.smki import load_certificate
-from server.audit_key import audit_key
-from server.config import ConfigError, Settings, TlsSettings
-from server.domain.checkpoint import AuditCheckpoints
-from server.domain.custody import CustodyService, CustodySettings
-from server.domain.errors import HsmLoginRefused, HsmUnavailable, VdnoError
-from server.domain.fleet import FleetView
-from server.domain.hand_in import HandInService
-from server.domain.issuance import HandOutService
-from server.domain.policy import TrustAnchors
-from server.enrolment import CaFileBenchIssuer
-from server.health import (
+from vdno.gbcs.errors import GbcsError
+from vdno.gbcs.smki import load_certificate
+from vdno.server.audit_key import audit_key
+from vdno.server.config import ConfigError, Settings, TlsSettings
+from vdno.server.domain.checkpoint import AuditCheckpoints
+from vdno.server.domain.custody import CustodyService, CustodySettings
+from vdno.server.domain.errors import HsmLoginRefused, HsmUnavailable, VdnoError
+from vdno.server.domain.fleet import FleetView
+from vdno.server.domain.hand_in import HandInService
+from vdno.server.domain.issuance import HandOutService
+from vdno.server.domain.policy import TrustAnchors
+from vdno.server.enrolment import CaFileBenchIssuer
+from vdno.server.health import (
     DATABASE,
     HSM,
     HealthBoard,
@@ -38,17 +38,17 @@ from server.health import (
     HealthSlots,
     serve_health,
 )
-from server.housekeeping import CustodyHousekeeping
-from server.metrics import MetricsListener, ServerMetrics
-from server.refusals import RefusalAudit
-from server.rpc.audit_servicer import add_audit_service
-from server.rpc.interceptors import ErrorMappingInterceptor
-from server.rpc.servicers import BenchServicer, CustodyServicer
-from server.store.sql import SqlCustodyStore, open_store
+from vdno.server.housekeeping import CustodyHousekeeping
+from vdno.server.metrics import MetricsListener, ServerMetrics
+from vdno.server.refusals import RefusalAudit
+from vdno.server.rpc.audit_servicer import add_audit_service
+from vdno.server.rpc.interceptors import ErrorMappingInterceptor
+from vdno.server.rpc.servicers import BenchServicer, CustodyServicer
+from vdno.server.store.sql import SqlCustodyStore, open_store
 from vdno.v1 import custodian_pb2, custodian_pb2_grpc, custody_pb2, custody_pb2_grpc
 
 if TYPE_CHECKING:
-    from server.hsm.signer import Pkcs11Signer
+    from vdno.server.hsm.signer import Pkcs11Signer
 
 SERVICE_NAME = custodian_pb2.DESCRIPTOR.services_by_name["BenchService"].full_name
 CUSTODY_SERVICE_NAME = custody_pb2.DESCRIPTOR.services_by_name["CustodyService"].full_name
@@ -80,8 +80,8 @@ def load_anchors(settings: Settings) -> TrustAnchors:
 def open_signer(settings: Settings, worker_thread: bool = True) -> Pkcs11Signer:
     """The PKCS#11 signer (imported here so a bench install never needs python-pkcs11); the PIN is read
     from the file or the environment variable the settings name."""
-    from server.hsm.signer import Pkcs11Signer
-    from server.hsm.softhsm import activate_softhsm_conf
+    from vdno.server.hsm.signer import Pkcs11Signer
+    from vdno.server.hsm.softhsm import activate_softhsm_conf
 
     if settings.hsm.softhsm_conf is not None:
         activate_softhsm_conf(settings.hsm.softhsm_conf, settings.hsm.module)
@@ -98,7 +98,7 @@ def open_signer(settings: Settings, worker_thread: bool = True) -> Pkcs11Signer:
 def build_custody(
     settings: Settings, store: SqlCustodyStore, signer: Pkcs11Signer, anchors: TrustAnchors
 ) -> CustodyService:
-    from server.hsm.ceremony import TokenKeyCeremony
+    from vdno.server.hsm.ceremony import TokenKeyCeremony
 
     c = settings.custody
     rules = CustodySettings(

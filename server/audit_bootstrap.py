@@ -11,14 +11,14 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from labpki.store import atomic_write
-from server.audit_key import AUDIT_KEY_LABEL, PUBLIC_KEY_FILE, read_public_key
-from server.config import ConfigError
-from server.domain.checkpoint import key_id_of
-from server.domain.values import AuditEvent
-from server.hsm.keys import ensure_keypair
-from server.hsm.token import open_token_session
-from server.hsm.uri import Pkcs11Uri
+from vdno.labpki.store import atomic_write
+from vdno.server.audit_key import AUDIT_KEY_LABEL, PUBLIC_KEY_FILE, read_public_key
+from vdno.server.config import ConfigError
+from vdno.server.domain.checkpoint import key_id_of
+from vdno.server.domain.values import AuditEvent
+from vdno.server.hsm.keys import ensure_keypair
+from vdno.server.hsm.token import open_token_session
+from vdno.server.hsm.uri import Pkcs11Uri
 
 AUDIT_KEY_ID = b"vdno-audit"
 AUDIT_TABLE = """

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from server.config import ConfigError, Settings
-from server.domain.checkpoint import AuditKey, load_public_key
-from server.domain.errors import AuditDocumentInvalid
+from vdno.server.config import ConfigError, Settings
+from vdno.server.domain.checkpoint import AuditKey, load_public_key
+from vdno.server.domain.errors import AuditDocumentInvalid
 
 AUDIT_KEY_LABEL = "vdno-audit"
 PUBLIC_KEY_FILE = "pki/audit-checkpoint-key.pem"  # in the state folder

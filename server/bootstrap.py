@@ -13,27 +13,27 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from gbcs.cells import KeyUsage
-from gbcs.errors import GbcsError
-from gbcs.smki import load_certificate
-from labpki.hierarchy import LabHierarchy
-from labpki.smki import CertifiedKey, KeyUsageName, issue_from_csr
-from labpki.store import (
+from vdno.gbcs.cells import KeyUsage
+from vdno.gbcs.errors import GbcsError
+from vdno.gbcs.smki import load_certificate
+from vdno.labpki.hierarchy import LabHierarchy
+from vdno.labpki.smki import CertifiedKey, KeyUsageName, issue_from_csr
+from vdno.labpki.store import (
     atomic_write,
     export_keystore,
     read_certificate,
     write_certificate,
     write_certified_key,
 )
-from labpki.tls import BENCH_ROLE, OFFICER_ROLE, issue_client_certificate, issue_server_certificate
-from server.audit_bootstrap import ensure_audit_config, ensure_audit_key
-from server.config import ConfigError
-from server.domain.values import AREA_NAMES, Area, GenerationStatus, OfficerStatus, VanillaGeneration
-from server.hsm.keys import ensure_keypair, sign_csr
-from server.hsm.softhsm import ensure_softhsm_token
-from server.hsm.token import open_token_session
-from server.hsm.uri import Pkcs11Uri
-from server.store.sql import open_store
+from vdno.labpki.tls import BENCH_ROLE, OFFICER_ROLE, issue_client_certificate, issue_server_certificate
+from vdno.server.audit_bootstrap import ensure_audit_config, ensure_audit_key
+from vdno.server.config import ConfigError
+from vdno.server.domain.values import AREA_NAMES, Area, GenerationStatus, OfficerStatus, VanillaGeneration
+from vdno.server.hsm.keys import ensure_keypair, sign_csr
+from vdno.server.hsm.softhsm import ensure_softhsm_token
+from vdno.server.hsm.token import open_token_session
+from vdno.server.hsm.uri import Pkcs11Uri
+from vdno.server.store.sql import open_store
 
 TOKEN_LABEL = "vdno"
 DEFAULT_LISTEN = "127.0.0.1:50051"

@@ -36,10 +36,10 @@ from pydantic_core import PydanticCustomError
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from gbcs.errors import GbcsError
-from gbcs.smki import load_certificate
-from server.domain.checkpoint import load_public_key
-from server.domain.errors import AuditDocumentInvalid, VdnoError
+from vdno.gbcs.errors import GbcsError
+from vdno.gbcs.smki import load_certificate
+from vdno.server.domain.checkpoint import load_public_key
+from vdno.server.domain.errors import AuditDocumentInvalid, VdnoError
 
 
 class ConfigError(VdnoError):

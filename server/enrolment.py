@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from server.config import ConfigError
-from server.domain.errors import InvalidRequest
+from vdno.server.config import ConfigError
+from vdno.server.domain.errors import InvalidRequest
 
 BENCH_ROLE = "vdno-bench"
 VALIDITY = timedelta(days=825)

@@ -29,8 +29,8 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from server.config import ConfigError
-from server.domain.errors import VdnoError
+from vdno.server.config import ConfigError
+from vdno.server.domain.errors import VdnoError
 
 HSM = "vdno.hsm"
 DATABASE = "vdno.database"

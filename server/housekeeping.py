@@ -12,8 +12,8 @@ from collections.abc import Callable, Sequence
 
 import structlog
 
-from server.domain.custody import CustodyService, GenerationView
-from server.domain.errors import VdnoError
+from vdno.server.domain.custody import CustodyService, GenerationView
+from vdno.server.domain.errors import VdnoError
 
 log = structlog.get_logger("vdno.custody")
 WARN_EVERY = 24 * 3600.0

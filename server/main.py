@@ -16,9 +16,9 @@ from typing import Any, NoReturn
 
 import typer
 
-from server import exit_codes
-from server.config import ConfigError, Settings, load_settings
-from server.domain.errors import VdnoError
+from vdno.server import exit_codes
+from vdno.server.config import ConfigError, Settings, load_settings
+from vdno.server.domain.errors import VdnoError
 
 # Exit codes (the shared table, server/exit_codes.py): 0 done; 1 verify-audit found the log broken; 2 a
 # configuration, database or start-up problem (one line each on stderr, no traceback); 3 verify-audit could
@@ -101,8 +101,8 @@ def _empty_database_warning(settings: Settings) -> str | None:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
-    from server.store.inventory import missing_reference_data
-    from server.store.sql import make_engine
+    from vdno.server.store.inventory import missing_reference_data
+    from vdno.server.store.sql import make_engine
 
     engine = make_engine(settings.database_url)
     try:
@@ -150,7 +150,7 @@ def _run(settings: Settings, slots: Any = None, process: int | None = None, json
     publishes its health there and its metrics into files, for the parent process to serve."""
     import structlog
 
-    from server.app import build_server
+    from vdno.server.app import build_server
 
     log = structlog.get_logger("vdno.server")
     worker = {} if process is None else {"process": process}
@@ -190,9 +190,9 @@ def _serve_one(
     """One of several server processes, started by `serve`; `settings` were built once by `serve` (they
     hold no secret, only where the PIN is read from). It publishes its health in `shared_health` and its
     metrics into files in `metrics_dir`, for the parent's listeners."""
-    from server.health import HealthSlots
-    from server.metrics import use_values
-    from server.observability import configure_logging
+    from vdno.server.health import HealthSlots
+    from vdno.server.metrics import use_values
+    from vdno.server.observability import configure_logging
 
     log_lines = configure_logging(settings.log_level)
     try:
@@ -211,9 +211,9 @@ def _serve_for_workers(
     from grpc_health.v1 import health
     from prometheus_client import CollectorRegistry
 
-    from server.app import SERVICE_NAME
-    from server.health import HealthBoard, ProcessesHealth, serve_health
-    from server.metrics import MetricsListener, ProcessesCollector, ServerMetrics
+    from vdno.server.app import SERVICE_NAME
+    from vdno.server.health import HealthBoard, ProcessesHealth, serve_health
+    from vdno.server.metrics import MetricsListener, ProcessesCollector, ServerMetrics
 
     publishers: list[Callable[[Any], None]] = []
     stops: list[Callable[[], None]] = []
@@ -270,7 +270,7 @@ def serve(
     Logging is configured before anything else, so every line (the migration's too) is JSON."""
     import structlog
 
-    from server.observability import configure_logging
+    from vdno.server.observability import configure_logging
 
     _output["json"] = json_output
     settings = _settings(config)
@@ -291,9 +291,9 @@ def serve(
     claim = None
     metrics_dir: Path | None = None
     try:
-        from server.metrics import use_values
-        from server.port_claim import check_shareable, claim_port
-        from server.store.sql import migrate_database
+        from vdno.server.metrics import use_values
+        from vdno.server.port_claim import check_shareable, claim_port
+        from vdno.server.store.sql import migrate_database
 
         claim = claim_port(settings.listen)  # held until this process ends
         migrate_database(settings.database_url)  # once, here: worker processes must not race to migrate
@@ -307,7 +307,7 @@ def serve(
         if claim is None:
             _fail("[server] listen needs a fixed port when processes > 1")
         check_shareable(settings.listen)
-        from server.health import COMPONENTS
+        from vdno.server.health import COMPONENTS
 
         # Every process's metrics are files here (prometheus-client's multiprocess mode): set before the
         # workers start, which inherit it, and before this process makes its own metric (vdno_up).
@@ -376,8 +376,8 @@ def init(
 ) -> None:
     """Initialise (idempotently) the embedded default in a state folder. Each new bench's settings file
     (clients/<bench>.toml) names --sim and --dcc when given (a commented placeholder otherwise)."""
-    from server.bootstrap import BenchParts, initialise_state
-    from server.config import host_port_problem, normalise_database_url
+    from vdno.server.bootstrap import BenchParts, initialise_state
+    from vdno.server.config import host_port_problem, normalise_database_url
 
     _output["json"] = json_output
 
@@ -423,8 +423,8 @@ def verify_audit(
     configuration problem; 3 the database or its audit log cannot be read."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from server.store.audit import verify_chain
-    from server.store.sql import make_engine
+    from vdno.server.store.audit import verify_chain
+    from vdno.server.store.sql import make_engine
 
     _output["json"] = json_output
     settings = _settings(config, check_files=False)  # needs only the database: no TLS, HSM or CA file

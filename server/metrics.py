@@ -25,11 +25,11 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server, values
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from server.config import ConfigError, MetricsConfig
-from server.domain.custody import GenerationView
-from server.domain.ports import IssuanceOutcome
-from server.domain.values import BenchOperation
-from server.health import DATABASE, HSM, HealthReport
+from vdno.server.config import ConfigError, MetricsConfig
+from vdno.server.domain.custody import GenerationView
+from vdno.server.domain.ports import IssuanceOutcome
+from vdno.server.domain.values import BenchOperation
+from vdno.server.health import DATABASE, HSM, HealthReport
 
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"  # where prometheus-client's multiprocess values are files
 SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import socket
 
-from server.config import ConfigError
+from vdno.server.config import ConfigError
 
 CLAIM_NAME = "\0vdno-server/tcp-port/{port}"
 

@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 
 import structlog
 
-from server.domain.errors import VdnoError
-from server.domain.values import AuditEvent
+from vdno.server.domain.errors import VdnoError
+from vdno.server.domain.values import AuditEvent
 
 INTERVAL = 60.0  # seconds over which the repeated refusals of one identity become one entry
 MAX_OPEN_WINDOWS = 10_000  # identities counted at once; past that, every count is recorded early

@@ -1,5 +1,5 @@
-"""`python -m simulator` = `vdno-sim`."""
+"""`python -m vdno.simulator` = `vdno-sim`."""
 
-from simulator.cli import app
+from vdno.simulator.cli import app
 
 app(prog_name="vdno-sim")

@@ -14,10 +14,10 @@ from typing import Any, NoReturn
 import typer
 from cryptography.hazmat.primitives import serialization
 
-from gbcs.errors import GbcsError
-from simulator import exit_codes
-from simulator.errors import ProfileError
-from simulator.tray import Tray, TrayServer
+from vdno.gbcs.errors import GbcsError
+from vdno.simulator import exit_codes
+from vdno.simulator.errors import ProfileError
+from vdno.simulator.tray import Tray, TrayServer
 
 app = typer.Typer(
     add_completion=False,
@@ -160,12 +160,12 @@ def make_tray(
     ACB, NO cells = an area DNO's set (--commissioned-in) or a vanilla generation's (--vanilla). Device
     certificates and keys go to STATE/keystore/ too, where the lab ACB finds them; --tray FILE writes the
     tray file the bench reads (`vdno-bench hand-in order --tray FILE`, `hand-out --tray FILE`)."""
-    from gbcs.smki import load_certificate
-    from labdcc.parties import AREA_NAMES
-    from labpki.errors import LabPkiError
-    from labpki.hierarchy import LabHierarchy
-    from labpki.store import read_certificate
-    from simulator.lab import (
+    from vdno.gbcs.smki import load_certificate
+    from vdno.labdcc.parties import AREA_NAMES
+    from vdno.labpki.errors import LabPkiError
+    from vdno.labpki.hierarchy import LabHierarchy
+    from vdno.labpki.store import read_certificate
+    from vdno.simulator.lab import (
         COMMISSIONED_SEQ_NUMBER,
         LabCredentialSet,
         export_device_credentials,

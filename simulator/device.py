@@ -60,7 +60,7 @@ from datetime import UTC, datetime
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gbcs.cells import (
+from vdno.gbcs.cells import (
     NO_DS_CELL,
     CredentialsReplacementMode,
     KeyUsage,
@@ -68,32 +68,39 @@ from gbcs.cells import (
     StatusCode,
     TrustAnchorCellIdentifier,
 )
-from gbcs.cs02a import (
+from vdno.gbcs.cs02a import (
     ProvideSecurityCredentialsCommand,
     ProvideSecurityCredentialsResponse,
     RoleCredentials,
     TrustAnchorCellDetails,
 )
-from gbcs.cs02b import (
+from vdno.gbcs.cs02b import (
     ExecutionOutcome,
     RemotePartySeqNumberChange,
     ReplacementOutcome,
     UpdateSecurityCredentialsCommand,
     UpdateSecurityCredentialsResponse,
 )
-from gbcs.cs02e import DeviceCertificateResponse, ProvideDeviceCertificateCommand
-from gbcs.errors import CertificateError, DecodeError, GbcsError, MacError, SignatureError
-from gbcs.framing import Cra, GbcsMessage, GeneralSigningApdu, GroupingHeader, MessageCode, decode_message
-from gbcs.mac import verify_mac
-from gbcs.signature import sign_apdu, verify_signature
-from gbcs.smki import (
+from vdno.gbcs.cs02e import DeviceCertificateResponse, ProvideDeviceCertificateCommand
+from vdno.gbcs.errors import CertificateError, DecodeError, GbcsError, MacError, SignatureError
+from vdno.gbcs.framing import (
+    Cra,
+    GbcsMessage,
+    GeneralSigningApdu,
+    GroupingHeader,
+    MessageCode,
+    decode_message,
+)
+from vdno.gbcs.mac import verify_mac
+from vdno.gbcs.signature import sign_apdu, verify_signature
+from vdno.gbcs.smki import (
     SmkiCertificate,
     check_replacement_for_cell,
     load_certificate,
     verify_certification_path,
 )
-from simulator.errors import DeviceRefused
-from simulator.profile import ACB_KA_CELL, RECOVERY_CELL, ROOT_CELL, DeviceKey, DeviceProfile
+from vdno.simulator.errors import DeviceRefused
+from vdno.simulator.profile import ACB_KA_CELL, RECOVERY_CELL, ROOT_CELL, DeviceKey, DeviceProfile
 
 CS02B_FIRST = int(MessageCode.CS02B_ROOT_BY_SUPPLIER)
 CS02B_LAST = int(MessageCode.CS02B_ANY_BY_CONTINGENCY)

@@ -25,10 +25,10 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from gbcs.cells import NO_DS_CELL, NO_KA_CELL, TrustAnchorCellIdentifier
-from labpki.smki import CertifiedKey, issue_device_certificate, new_p256_key
-from labpki.store import export_keystore
-from simulator.profile import ACB_KA_CELL, ROOT_CELL, DeviceKey, DeviceProfile, save_profile
+from vdno.gbcs.cells import NO_DS_CELL, NO_KA_CELL, TrustAnchorCellIdentifier
+from vdno.labpki.smki import CertifiedKey, issue_device_certificate, new_p256_key
+from vdno.labpki.store import export_keystore
+from vdno.simulator.profile import ACB_KA_CELL, ROOT_CELL, DeviceKey, DeviceProfile, save_profile
 
 Certificate = x509.Certificate | bytes
 

@@ -37,13 +37,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gbcs.cells import NO_DS_CELL as NO_DS_CELL  # re-exported beside the other cells; defined in gbcs.cells
-from gbcs.cells import NO_KA_CELL as NO_KA_CELL
-from gbcs.cells import CellUsage, KeyUsage, RemotePartyRole, TrustAnchorCellIdentifier
-from gbcs.errors import DecodeError
-from gbcs.ids import parse_eui64
-from labpki.store import atomic_write, certificate_pem, private_key_pem
-from simulator.errors import ProfileError
+from vdno.gbcs.cells import (
+    NO_DS_CELL as NO_DS_CELL,  # re-exported beside the other cells; defined in gbcs.cells
+)
+from vdno.gbcs.cells import NO_KA_CELL as NO_KA_CELL
+from vdno.gbcs.cells import CellUsage, KeyUsage, RemotePartyRole, TrustAnchorCellIdentifier
+from vdno.gbcs.errors import DecodeError
+from vdno.gbcs.ids import parse_eui64
+from vdno.labpki.store import atomic_write, certificate_pem, private_key_pem
+from vdno.simulator.errors import ProfileError
 
 PROFILE_FORMAT = "vdno-sim-device/1"
 

@@ -12,9 +12,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from simulator.device import SimulatedDevice
-from simulator.errors import DeviceRefused, ProfileError
-from simulator.frames import (
+from vdno.simulator.device import SimulatedDevice
+from vdno.simulator.errors import DeviceRefused, ProfileError
+from vdno.simulator.frames import (
     DEVICE_ID_LEN,
     OP_LIST,
     OP_SEND,
@@ -25,7 +25,7 @@ from simulator.frames import (
     error_body,
     read_frame,
 )
-from simulator.profile import DeviceProfile, load_profile, profile_from_dict
+from vdno.simulator.profile import DeviceProfile, load_profile, profile_from_dict
 
 log = logging.getLogger(__name__)
 

@@ -35,8 +35,8 @@ def vectors_dir() -> Path:
 @pytest.fixture(scope="session")
 def softhsm_module() -> Path:
     """Path of libsofthsm2.so, found the way the server finds it; tokens are made per test."""
-    from server.domain.errors import HsmUnavailable
-    from server.hsm.softhsm import find_softhsm_module
+    from vdno.server.domain.errors import HsmUnavailable
+    from vdno.server.hsm.softhsm import find_softhsm_module
 
     try:
         found: Path | None = find_softhsm_module()

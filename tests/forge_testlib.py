@@ -18,12 +18,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from lab_testlib import der, org
 
-from client.bundle import AreaCredentials, TrustBundle
-from client.bundle import VanillaGeneration as BenchGeneration
-from gbcs import ber
-from gbcs.cells import NO_DS_CELL, NO_KA_CELL, CellUsage, KeyUsage, TrustAnchorCellIdentifier
-from gbcs.cs02a import ProvideSecurityCredentialsResponse, RoleCredentials, TrustAnchorCellDetails
-from gbcs.cs02b import (
+from vdno.client.bundle import AreaCredentials, TrustBundle
+from vdno.client.bundle import VanillaGeneration as BenchGeneration
+from vdno.gbcs import ber
+from vdno.gbcs.cells import NO_DS_CELL, NO_KA_CELL, CellUsage, KeyUsage, TrustAnchorCellIdentifier
+from vdno.gbcs.cs02a import ProvideSecurityCredentialsResponse, RoleCredentials, TrustAnchorCellDetails
+from vdno.gbcs.cs02b import (
     AuthorisingRemotePartyControl,
     ExecutionOutcome,
     RemotePartySeqNumberChange,
@@ -33,12 +33,19 @@ from gbcs.cs02b import (
     UpdateSecurityCredentialsCommand,
     UpdateSecurityCredentialsResponse,
 )
-from gbcs.errors import GbcsError
-from gbcs.framing import Cra, GbcsMessage, GeneralSigningApdu, GroupingHeader, MessageCode, decode_message
-from gbcs.mac import add_mac, verify_mac
-from gbcs.signature import sign_apdu, verify_message_signature
-from gbcs.smki import load_certificate
-from labpki.smki import (
+from vdno.gbcs.errors import GbcsError
+from vdno.gbcs.framing import (
+    Cra,
+    GbcsMessage,
+    GeneralSigningApdu,
+    GroupingHeader,
+    MessageCode,
+    decode_message,
+)
+from vdno.gbcs.mac import add_mac, verify_mac
+from vdno.gbcs.signature import sign_apdu, verify_message_signature
+from vdno.gbcs.smki import load_certificate
+from vdno.labpki.smki import (
     CertifiedKey,
     issue_device_certificate,
     make_device_ca,
@@ -46,8 +53,8 @@ from labpki.smki import (
     make_root_ca,
     new_p256_key,
 )
-from simulator.device import SimulatedDevice
-from simulator.profile import (
+from vdno.simulator.device import SimulatedDevice
+from vdno.simulator.profile import (
     ACB_KA_CELL,
     ROOT_CELL,
     SUPPLIER_DS_CELL,

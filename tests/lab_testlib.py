@@ -10,16 +10,16 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from gbcs.cells import NO_DS_CELL, TrustAnchorCellIdentifier
-from gbcs.cs02b import (
+from vdno.gbcs.cells import NO_DS_CELL, TrustAnchorCellIdentifier
+from vdno.gbcs.cs02b import (
     AuthorisingRemotePartyControl,
     RemotePartySeqNumberChange,
     TrustAnchorReplacement,
     UpdateSecurityCredentialsCommand,
 )
-from gbcs.framing import Cra, GeneralSigningApdu, GroupingHeader
-from gbcs.signature import sign_apdu
-from labpki.smki import CertifiedKey, KeyUsageName, issue_organisation_certificate, new_p256_key
+from vdno.gbcs.framing import Cra, GeneralSigningApdu, GroupingHeader
+from vdno.gbcs.signature import sign_apdu
+from vdno.labpki.smki import CertifiedKey, KeyUsageName, issue_organisation_certificate, new_p256_key
 
 
 def der(cert: x509.Certificate) -> bytes:

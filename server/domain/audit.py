@@ -19,7 +19,7 @@ from enum import StrEnum
 from json.encoder import encode_basestring_ascii
 from typing import Any, Protocol
 
-from server.domain.errors import AuditDocumentInvalid
+from vdno.server.domain.errors import AuditDocumentInvalid
 
 GENESIS_HASH = "0" * 64
 EXPORT_FORMAT = "vdno-audit-export/1"

@@ -9,10 +9,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import ExtensionOID
 
-from gbcs.cells import KeyUsage, RemotePartyRole
-from gbcs.errors import GbcsError
-from gbcs.smki import SMKI_ORG_POLICY, SmkiCertificate, load_certificate, verify_certification_path
-from server.domain.errors import CertificateRefused, InvalidRequest
+from vdno.gbcs.cells import KeyUsage, RemotePartyRole
+from vdno.gbcs.errors import GbcsError
+from vdno.gbcs.smki import SMKI_ORG_POLICY, SmkiCertificate, load_certificate, verify_certification_path
+from vdno.server.domain.errors import CertificateRefused, InvalidRequest
 
 
 def subject_public_key_info(cert: SmkiCertificate) -> bytes:

@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from gbcs.signature import raw_to_der
-from server.domain.audit import (
+from vdno.gbcs.signature import raw_to_der
+from vdno.server.domain.audit import (
     GENESIS_HASH,
     AuditProblem,
     AuditReport,
@@ -39,15 +39,15 @@ from server.domain.audit import (
     is_hash,
     verify_source,
 )
-from server.domain.errors import (
+from vdno.server.domain.errors import (
     AuditChainBroken,
     AuditDocumentInvalid,
     AuditKeyNotConfigured,
     SignatureCheckFailed,
 )
-from server.domain.policy import require_enrolled_officer
-from server.domain.ports import AuditLogStore, DigestSigner
-from server.domain.values import AuditEvent
+from vdno.server.domain.policy import require_enrolled_officer
+from vdno.server.domain.ports import AuditLogStore, DigestSigner
+from vdno.server.domain.values import AuditEvent
 
 CHECKPOINT_FORMAT = "vdno-audit-checkpoint/1"
 SIGNATURE_ALGORITHM = "ECDSA-P256-SHA256"

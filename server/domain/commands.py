@@ -3,10 +3,14 @@ an area DNO (a hand-out) or to the active generation (a rotation)."""
 
 from __future__ import annotations
 
-from gbcs.cells import NO_DS_CELL, NO_KA_CELL, CredentialsReplacementMode
-from gbcs.cs02b import AuthorisingRemotePartyControl, TrustAnchorReplacement, UpdateSecurityCredentialsCommand
-from gbcs.framing import Cra, GeneralSigningApdu, GroupingHeader, MessageCode
-from server.domain.values import CredentialSet, VanillaGeneration
+from vdno.gbcs.cells import NO_DS_CELL, NO_KA_CELL, CredentialsReplacementMode
+from vdno.gbcs.cs02b import (
+    AuthorisingRemotePartyControl,
+    TrustAnchorReplacement,
+    UpdateSecurityCredentialsCommand,
+)
+from vdno.gbcs.framing import Cra, GeneralSigningApdu, GroupingHeader, MessageCode
+from vdno.server.domain.values import CredentialSet, VanillaGeneration
 
 # New NO's seq-number floor set by a hand-out (GBCS 13.3.5: present when control changes hands).
 HAND_OUT_FLOOR = 0

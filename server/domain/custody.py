@@ -29,11 +29,11 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID
 
-from gbcs.cells import KeyUsage
-from gbcs.errors import GbcsError
-from gbcs.smki import SmkiCertificate, load_certificate
-from server.domain.certificates import check_organisation_certificate
-from server.domain.errors import (
+from vdno.gbcs.cells import KeyUsage
+from vdno.gbcs.errors import GbcsError
+from vdno.gbcs.smki import SmkiCertificate, load_certificate
+from vdno.server.domain.certificates import check_organisation_certificate
+from vdno.server.domain.errors import (
     ApprovalRefused,
     CertificateRefused,
     CustodyConflict,
@@ -42,8 +42,8 @@ from server.domain.errors import (
     UnknownArea,
     UnknownGeneration,
 )
-from server.domain.policy import TrustAnchors, require_enrolled_officer
-from server.domain.values import (
+from vdno.server.domain.policy import TrustAnchors, require_enrolled_officer
+from vdno.server.domain.values import (
     AREA_NAMES,
     ApprovalOperation,
     ApprovalRequest,

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from server.domain.errors import UnknownDevice
-from server.domain.policy import require_enrolled_officer
-from server.domain.ports import HandInStore
-from server.domain.values import DeviceCustody, DeviceEvent, FleetSummary
+from vdno.server.domain.errors import UnknownDevice
+from vdno.server.domain.policy import require_enrolled_officer
+from vdno.server.domain.ports import HandInStore
+from vdno.server.domain.values import DeviceCustody, DeviceEvent, FleetSummary
 
 
 class FleetView:

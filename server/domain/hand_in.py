@@ -17,18 +17,18 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from duis.errors import DuisError
-from duis.ids import RequestId
-from duis.messages import (
+from vdno.duis.errors import DuisError
+from vdno.duis.ids import RequestId
+from vdno.duis.messages import (
     ServiceRequest,
     UpdateSecurityCredentialsKrp,
     decode_local_command_response,
     encode_request,
 )
-from gbcs.cells import NO_DS_CELL, NO_KA_CELL, CredentialsReplacementMode
-from gbcs.cs02b import UpdateSecurityCredentialsCommand
-from gbcs.errors import GbcsError, SignatureError
-from gbcs.framing import (
+from vdno.gbcs.cells import NO_DS_CELL, NO_KA_CELL, CredentialsReplacementMode
+from vdno.gbcs.cs02b import UpdateSecurityCredentialsCommand
+from vdno.gbcs.errors import GbcsError, SignatureError
+from vdno.gbcs.framing import (
     GENERAL_CIPHERING_TAG,
     GENERAL_SIGNING_TAG,
     SIGNATURE_LEN,
@@ -36,10 +36,10 @@ from gbcs.framing import (
     MessageCode,
     decode_message,
 )
-from gbcs.ids import eui64_hex
-from gbcs.signature import verify_message_signature
-from gbcs.smki import SmkiCertificate, load_certificate
-from server.domain.errors import (
+from vdno.gbcs.ids import eui64_hex
+from vdno.gbcs.signature import verify_message_signature
+from vdno.gbcs.smki import SmkiCertificate, load_certificate
+from vdno.server.domain.errors import (
     HandInCommandRefused,
     InvalidRequest,
     OutcomeRejected,
@@ -48,13 +48,13 @@ from server.domain.errors import (
     UnknownArea,
     UnknownOrder,
 )
-from server.domain.outcomes import (
+from vdno.server.domain.outcomes import (
     ExpectedCells,
     MeterOutcome,
     check_credentials_answer,
     check_meter_response,
 )
-from server.domain.policy import (
+from vdno.server.domain.policy import (
     TrustAnchors,
     check_device_certificate,
     hand_in_target,
@@ -63,8 +63,8 @@ from server.domain.policy import (
     require_enrolled,
     require_enrolled_officer,
 )
-from server.domain.ports import HandInStore
-from server.domain.values import (
+from vdno.server.domain.ports import HandInStore
+from vdno.server.domain.values import (
     Area,
     AuthorisedHandIn,
     BenchOperation,

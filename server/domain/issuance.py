@@ -27,11 +27,11 @@ import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from gbcs.errors import GbcsError
-from gbcs.framing import MessageCode, decode_message
-from gbcs.smki import SmkiCertificate, load_certificate
-from server.domain.commands import HAND_OUT_FLOOR
-from server.domain.errors import (
+from vdno.gbcs.errors import GbcsError
+from vdno.gbcs.framing import MessageCode, decode_message
+from vdno.gbcs.smki import SmkiCertificate, load_certificate
+from vdno.server.domain.commands import HAND_OUT_FLOOR
+from vdno.server.domain.errors import (
     CommandCancelled,
     DeviceNotVanilla,
     KeyNotInCustody,
@@ -43,14 +43,14 @@ from server.domain.errors import (
     UnknownIssuance,
     VdnoError,
 )
-from server.domain.outcomes import (
+from vdno.server.domain.outcomes import (
     ExpectedCells,
     MeterOutcome,
     check_credentials_answer,
     check_meter_response,
 )
-from server.domain.pipeline import IssuancePipeline, NewIssuance, Request, UnfinishedIssuance
-from server.domain.policy import (
+from vdno.server.domain.pipeline import IssuancePipeline, NewIssuance, Request, UnfinishedIssuance
+from vdno.server.domain.policy import (
     TrustAnchors,
     TrustBundle,
     check_device_certificate,
@@ -60,8 +60,8 @@ from server.domain.policy import (
     rotation_target,
     within_validity,
 )
-from server.domain.ports import CustodyStore, DigestSigner, IssuanceObserver
-from server.domain.values import (
+from vdno.server.domain.ports import CustodyStore, DigestSigner, IssuanceObserver
+from vdno.server.domain.values import (
     BenchOperation,
     Cancellation,
     CellState,

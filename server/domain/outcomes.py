@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
-from gbcs.cells import (
+from vdno.gbcs.cells import (
     NO_DS_CELL,
     NO_KA_CELL,
     CredentialsReplacementMode,
@@ -17,13 +17,13 @@ from gbcs.cells import (
     RemotePartyRole,
     StatusCode,
 )
-from gbcs.cs02a import ProvideSecurityCredentialsResponse
-from gbcs.cs02b import UpdateSecurityCredentialsResponse
-from gbcs.errors import GbcsError
-from gbcs.framing import Cra, MessageCode, decode_message
-from gbcs.signature import verify_message_signature
-from server.domain.errors import OutcomeRejected
-from server.domain.values import CellState, IssuanceStatus
+from vdno.gbcs.cs02a import ProvideSecurityCredentialsResponse
+from vdno.gbcs.cs02b import UpdateSecurityCredentialsResponse
+from vdno.gbcs.errors import GbcsError
+from vdno.gbcs.framing import Cra, MessageCode, decode_message
+from vdno.gbcs.signature import verify_message_signature
+from vdno.server.domain.errors import OutcomeRejected
+from vdno.server.domain.values import CellState, IssuanceStatus
 
 
 @dataclass(frozen=True)

@@ -26,19 +26,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from gbcs.framing import encode_signed_apdu
-from gbcs.signature import signed_digest, verify_signature
-from gbcs.smki import SmkiCertificate
-from server.domain.commands import build_transfer_command
-from server.domain.errors import SignatureCheckFailed, Unavailable, VdnoError
-from server.domain.ports import (
+from vdno.gbcs.framing import encode_signed_apdu
+from vdno.gbcs.signature import signed_digest, verify_signature
+from vdno.gbcs.smki import SmkiCertificate
+from vdno.server.domain.commands import build_transfer_command
+from vdno.server.domain.errors import SignatureCheckFailed, Unavailable, VdnoError
+from vdno.server.domain.ports import (
     CustodyStore,
     DigestSigner,
     IssuanceObserver,
     IssuanceOutcome,
     NoIssuanceObserver,
 )
-from server.domain.values import (
+from vdno.server.domain.values import (
     BenchOperation,
     CredentialSet,
     HandOutRequest,

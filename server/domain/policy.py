@@ -6,13 +6,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from gbcs.cells import KeyUsage, RemotePartyRole
-from gbcs.cs02a import ProvideSecurityCredentialsResponse
-from gbcs.errors import GbcsError
-from gbcs.framing import Cra, MessageCode, decode_message
-from gbcs.signature import verify_message_signature
-from gbcs.smki import SmkiCertificate, load_certificate, verify_certification_path
-from server.domain.errors import (
+from vdno.gbcs.cells import KeyUsage, RemotePartyRole
+from vdno.gbcs.cs02a import ProvideSecurityCredentialsResponse
+from vdno.gbcs.errors import GbcsError
+from vdno.gbcs.framing import Cra, MessageCode, decode_message
+from vdno.gbcs.signature import verify_message_signature
+from vdno.gbcs.smki import SmkiCertificate, load_certificate, verify_certification_path
+from vdno.server.domain.errors import (
     BenchNotEnrolled,
     CustodyConflict,
     DeviceAlreadyVanilla,
@@ -24,7 +24,7 @@ from server.domain.errors import (
     OperationNotAllowed,
     UnknownNetworkOperator,
 )
-from server.domain.values import (
+from vdno.server.domain.values import (
     Area,
     Bench,
     BenchOperation,

@@ -7,9 +7,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
-from server.domain.audit import AuditTip
-from server.domain.outcomes import MeterOutcome
-from server.domain.values import (
+from vdno.server.domain.audit import AuditTip
+from vdno.server.domain.outcomes import MeterOutcome
+from vdno.server.domain.values import (
     Area,
     AuditEvent,
     AuthorisedHandIn,

@@ -9,9 +9,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from gbcs.errors import DecodeError
-from gbcs.ids import parse_eui64
-from server.domain.errors import InvalidRequest, VdnoError
+from vdno.gbcs.errors import DecodeError
+from vdno.gbcs.ids import parse_eui64
+from vdno.server.domain.errors import InvalidRequest, VdnoError
 
 # MPAS distributor ids of the 14 GB DNO areas and their names.
 AREA_NAMES: dict[int, str] = {

@@ -13,11 +13,11 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pkcs11 import Attribute, ObjectClass
 from pkcs11 import exceptions as p11e
 
-from server.domain.custody import GeneratedKey
-from server.domain.errors import HsmUnavailable, KeyNotInCustody
-from server.hsm import keys as hsm_keys
-from server.hsm.signer import Pkcs11Signer
-from server.hsm.uri import Pkcs11Uri, parse_pkcs11_uri
+from vdno.server.domain.custody import GeneratedKey
+from vdno.server.domain.errors import HsmUnavailable, KeyNotInCustody
+from vdno.server.hsm import keys as hsm_keys
+from vdno.server.hsm.signer import Pkcs11Signer
+from vdno.server.hsm.uri import Pkcs11Uri, parse_pkcs11_uri
 
 
 class TokenKeyCeremony:

@@ -20,8 +20,8 @@ import enum
 
 from pkcs11 import exceptions as p11e
 
-from server.domain.errors import HsmLoginRefused, HsmUnavailable, KeyNotInCustody
-from server.hsm import _cki
+from vdno.server.domain.errors import HsmLoginRefused, HsmUnavailable, KeyNotInCustody
+from vdno.server.hsm import _cki
 
 
 class Fault(enum.Enum):

@@ -23,9 +23,9 @@ from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11e
 from pkcs11.util.ec import encode_named_curve_parameters
 
-from gbcs.signature import raw_to_der
-from server.domain.errors import HsmUnavailable, KeyNotInCustody
-from server.hsm.faults import TRANSIENT_ERRORS
+from vdno.gbcs.signature import raw_to_der
+from vdno.server.domain.errors import HsmUnavailable, KeyNotInCustody
+from vdno.server.hsm.faults import TRANSIENT_ERRORS
 
 P256_OID = "1.2.840.10045.3.1.7"
 P256_PARAMS = encode_named_curve_parameters("secp256r1")

@@ -39,11 +39,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pkcs11 import ObjectClass
 from pkcs11 import exceptions as p11e
 
-from server.domain.errors import HsmLoginRefused, HsmUnavailable, InvalidRequest, KeyNotInCustody
-from server.hsm import _cki, faults
-from server.hsm import keys as hsm_keys
-from server.hsm.token import check_token, close_quietly, connect, module_gate, reinitialise
-from server.hsm.uri import Pkcs11Uri, parse_pkcs11_uri
+from vdno.server.domain.errors import HsmLoginRefused, HsmUnavailable, InvalidRequest, KeyNotInCustody
+from vdno.server.hsm import _cki, faults
+from vdno.server.hsm import keys as hsm_keys
+from vdno.server.hsm.token import check_token, close_quietly, connect, module_gate, reinitialise
+from vdno.server.hsm.uri import Pkcs11Uri, parse_pkcs11_uri
 
 log = structlog.get_logger("vdno.hsm")
 

@@ -29,11 +29,11 @@ import pkcs11
 from pkcs11 import TokenFlag
 from pkcs11 import exceptions as p11e
 
-from labpki.store import atomic_write
-from server.config import ConfigError
-from server.domain.errors import HsmUnavailable
-from server.hsm import _cki
-from server.hsm.token import load_module
+from vdno.labpki.store import atomic_write
+from vdno.server.config import ConfigError
+from vdno.server.domain.errors import HsmUnavailable
+from vdno.server.hsm import _cki
+from vdno.server.hsm.token import load_module
 
 MODULE_ENV = "VDNO_SOFTHSM_MODULE"
 MODULE_CANDIDATES = (

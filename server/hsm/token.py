@@ -14,9 +14,9 @@ from typing import Any
 import pkcs11
 from pkcs11 import exceptions as p11e
 
-from server.domain.errors import HsmUnavailable
-from server.hsm import _cki
-from server.hsm.faults import domain_error
+from vdno.server.domain.errors import HsmUnavailable
+from vdno.server.hsm import _cki
+from vdno.server.hsm.faults import domain_error
 
 _lib_lock = threading.Lock()
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import string
 from dataclasses import dataclass
 
-from server.domain.errors import InvalidRequest
+from vdno.server.domain.errors import InvalidRequest
 
 SCHEME = "pkcs11:"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import grpc
 
-from server.domain.checkpoint import AuditCheckpoint, AuditCheckpoints
-from server.rpc.interceptors import officer_identity
+from vdno.server.domain.checkpoint import AuditCheckpoint, AuditCheckpoints
+from vdno.server.rpc.interceptors import officer_identity
 from vdno.v1 import audit_pb2 as pb
 from vdno.v1 import audit_pb2_grpc as pb_grpc
 

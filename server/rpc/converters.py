@@ -9,12 +9,12 @@ from datetime import datetime
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from gbcs.cells import KeyUsage
-from server.domain.custody import GenerationView
-from server.domain.errors import InvalidRequest
-from server.domain.outcomes import MeterOutcome
-from server.domain.policy import TrustBundle
-from server.domain.values import (
+from vdno.gbcs.cells import KeyUsage
+from vdno.server.domain.custody import GenerationView
+from vdno.server.domain.errors import InvalidRequest
+from vdno.server.domain.outcomes import MeterOutcome
+from vdno.server.domain.policy import TrustBundle
+from vdno.server.domain.values import (
     ApprovalOperation,
     ApprovalRequest,
     ApprovalStatus,

@@ -15,9 +15,9 @@ from enum import StrEnum
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
-from gbcs.errors import CertificateError
-from gbcs.smki import read_x509_certificate
-from server.domain.errors import Unauthenticated
+from vdno.gbcs.errors import CertificateError
+from vdno.gbcs.smki import read_x509_certificate
+from vdno.server.domain.errors import Unauthenticated
 
 MAX_REMEMBERED_SUBJECTS = 4096
 

@@ -16,8 +16,8 @@ from typing import Any, Protocol
 import grpc
 import structlog
 
-from server.domain import errors as e
-from server.rpc.identity import Caller, CallerCache, Role
+from vdno.server.domain import errors as e
+from vdno.server.rpc.identity import Caller, CallerCache, Role
 
 STATUS_BY_ERROR: tuple[tuple[type[e.VdnoError], grpc.StatusCode], ...] = (
     (e.InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),

@@ -6,11 +6,11 @@ import json
 
 import grpc
 
-from server.domain.custody import CustodyService, GenerationView
-from server.domain.fleet import FleetView
-from server.domain.hand_in import HandInService
-from server.domain.issuance import HandOutService
-from server.domain.values import (
+from vdno.server.domain.custody import CustodyService, GenerationView
+from vdno.server.domain.fleet import FleetView
+from vdno.server.domain.hand_in import HandInService
+from vdno.server.domain.issuance import HandOutService
+from vdno.server.domain.values import (
     ApprovalRequest,
     ApprovalStatus,
     BenchOperation,
@@ -18,8 +18,8 @@ from server.domain.values import (
     parse_record_id,
     parse_request_id,
 )
-from server.rpc import converters
-from server.rpc.interceptors import bench_caller, note_call, officer_identity
+from vdno.server.rpc import converters
+from vdno.server.rpc.interceptors import bench_caller, note_call, officer_identity
 from vdno.v1 import custodian_pb2 as pb
 from vdno.v1 import custodian_pb2_grpc as pb_grpc
 from vdno.v1 import custody_pb2 as custody_pb

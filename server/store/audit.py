@@ -14,7 +14,7 @@ from typing import Any, TextIO
 from sqlalchemy import Connection, Dialect, Engine
 from sqlalchemy.exc import NoResultFound, SQLAlchemyError
 
-from server.domain.audit import (
+from vdno.server.domain.audit import (
     GENESIS_HASH,
     AuditReport,
     AuditRow,
@@ -26,8 +26,8 @@ from server.domain.audit import (
     export_line,
     verify_source,
 )
-from server.domain.errors import AuditChainBroken, AuditDocumentInvalid, StoreUnavailable
-from server.domain.values import AuditEvent
+from vdno.server.domain.errors import AuditChainBroken, AuditDocumentInvalid, StoreUnavailable
+from vdno.server.domain.values import AuditEvent
 
 __all__ = [
     "GENESIS_HASH",

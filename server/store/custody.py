@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Connection, func, insert, select, update
 
-from server.domain.errors import (
+from vdno.server.domain.errors import (
     ApprovalRefused,
     CustodyConflict,
     UnknownApprovalRequest,
     UnknownArea,
     UnknownGeneration,
 )
-from server.domain.values import (
+from vdno.server.domain.values import (
     ALL_BENCH_OPERATIONS,
     ApprovalOperation,
     ApprovalRequest,
@@ -37,7 +37,7 @@ from server.domain.values import (
     GenerationRecord,
     GenerationStatus,
 )
-from server.store.schema import (
+from vdno.server.store.schema import (
     approval_grants,
     approval_requests,
     area_history,
@@ -48,7 +48,7 @@ from server.store.schema import (
 )
 
 if TYPE_CHECKING:
-    from server.store.sql import _GroupCommitWriter
+    from vdno.server.store.sql import _GroupCommitWriter
 
 T = TypeVar("T")
 _JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)

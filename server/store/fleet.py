@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sqlalchemy import Connection, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from server.domain.errors import HandInCommandRefused, OutstandingCommand, UnknownOrder
-from server.domain.outcomes import MeterOutcome
-from server.domain.values import (
+from vdno.server.domain.errors import HandInCommandRefused, OutstandingCommand, UnknownOrder
+from vdno.server.domain.outcomes import MeterOutcome
+from vdno.server.domain.values import (
     AuditEvent,
     AuthorisedHandIn,
     CellState,
@@ -32,7 +32,7 @@ from server.domain.values import (
     Officer,
     OfficerStatus,
 )
-from server.store.schema import (
+from vdno.server.store.schema import (
     SIGNED_ISSUANCE,
     device_counts,
     device_history,
@@ -42,7 +42,7 @@ from server.store.schema import (
 )
 
 if TYPE_CHECKING:
-    from server.store.sql import _GroupCommitWriter
+    from vdno.server.store.sql import _GroupCommitWriter
 
 T = TypeVar("T")
 WriteOp = Callable[[Connection, list[AuditEvent]], T]

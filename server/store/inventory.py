@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import Engine, Table, exists, select
 
-from server.store.schema import areas, benches, generations, officers
+from vdno.server.store.schema import areas, benches, generations, officers
 
 # what each table holds, as the start-up warning names it
 REFERENCE_TABLES: tuple[tuple[str, Table], ...] = (

@@ -40,8 +40,8 @@ from sqlalchemy import Connection, DateTime, Engine, create_engine, event, inser
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
-from server.domain.audit import AuditTip
-from server.domain.errors import (
+from vdno.server.domain.audit import AuditTip
+from vdno.server.domain.errors import (
     BenchNotEnrolled,
     CommandCancelled,
     CustodyConflict,
@@ -52,7 +52,7 @@ from server.domain.errors import (
     UnknownIssuance,
     VdnoError,
 )
-from server.domain.values import (
+from vdno.server.domain.values import (
     Area,
     AuditEvent,
     Bench,
@@ -69,11 +69,11 @@ from server.domain.values import (
     VanillaGeneration,
     custody_phrase,
 )
-from server.store.audit import AuditAppender, read_audit_tip
-from server.store.custody import CustodyRecords, bench_record
-from server.store.files import create_private_file
-from server.store.fleet import COUNT_DELTAS, HandInRecords, apply_device_counts, set_custody
-from server.store.schema import (
+from vdno.server.store.audit import AuditAppender, read_audit_tip
+from vdno.server.store.custody import CustodyRecords, bench_record
+from vdno.server.store.files import create_private_file
+from vdno.server.store.fleet import COUNT_DELTAS, HandInRecords, apply_device_counts, set_custody
+from vdno.server.store.schema import (
     CANCELLED_ISSUANCE,
     OUTSTANDING_ISSUANCE,
     areas,

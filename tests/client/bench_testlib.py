@@ -8,15 +8,15 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec
 from lab_testlib import cs02b_command, der, org
 
-from client.bundle import AreaCredentials, TrustBundle, VanillaGeneration
-from gbcs.cells import NO_DS_CELL, NO_KA_CELL
-from gbcs.cs02a import (
+from vdno.client.bundle import AreaCredentials, TrustBundle, VanillaGeneration
+from vdno.gbcs.cells import NO_DS_CELL, NO_KA_CELL
+from vdno.gbcs.cs02a import (
     ProvideSecurityCredentialsCommand,
     ProvideSecurityCredentialsResponse,
     RoleCredentials,
     TrustAnchorCellDetails,
 )
-from gbcs.cs02b import (
+from vdno.gbcs.cs02b import (
     ExecutionOutcome,
     RemotePartySeqNumberChange,
     ReplacementOutcome,
@@ -24,11 +24,11 @@ from gbcs.cs02b import (
     UpdateSecurityCredentialsCommand,
     UpdateSecurityCredentialsResponse,
 )
-from gbcs.cs02e import DeviceCertificateResponse
-from gbcs.framing import Cra, GeneralSigningApdu, GroupingHeader, MessageCode, decode_message
-from gbcs.signature import sign_apdu
-from gbcs.smki import load_certificate
-from labpki.smki import (
+from vdno.gbcs.cs02e import DeviceCertificateResponse
+from vdno.gbcs.framing import Cra, GeneralSigningApdu, GroupingHeader, MessageCode, decode_message
+from vdno.gbcs.signature import sign_apdu
+from vdno.gbcs.smki import load_certificate
+from vdno.labpki.smki import (
     CertifiedKey,
     issue_device_certificate,
     make_device_ca,

@@ -18,13 +18,13 @@ from bench_testlib import (
     with_status,
 )
 
-from client.checks import check_command, check_response
-from client.errors import CommandRefused, ResponseRejected
-from gbcs.cells import NO_DS_CELL, NO_KA_CELL
-from gbcs.cs02b import TrustAnchorReplacement
-from gbcs.framing import decode_message, encode_mac_framed
-from gbcs.smki import load_certificate
-from labpki.smki import issue_device_certificate, new_p256_key
+from vdno.client.checks import check_command, check_response
+from vdno.client.errors import CommandRefused, ResponseRejected
+from vdno.gbcs.cells import NO_DS_CELL, NO_KA_CELL
+from vdno.gbcs.cs02b import TrustAnchorReplacement
+from vdno.gbcs.framing import decode_message, encode_mac_framed
+from vdno.gbcs.smki import load_certificate
+from vdno.labpki.smki import issue_device_certificate, new_p256_key
 
 
 def test_accepts_correct_command(world: LabWorld) -> None:

@@ -8,14 +8,14 @@ from typing import Any
 
 from bench_testlib import AREA_ID, DEVICE_ID, FakeCustodian, FakeMeter, LabWorld, _respond
 
-from client.errors import ServiceError
-from client.hand_in import APPLIED as HAND_IN_APPLIED
-from client.hand_in import PENDING, apply_hand_ins
-from client.handout import APPLIED, FAILED, hand_out
-from client.messages import AuthorisedHandIn, HandInOrder, OutcomeAck
-from gbcs.cs02a import ProvideSecurityCredentialsResponse, RoleCredentials, TrustAnchorCellDetails
-from gbcs.framing import MessageCode, decode_message
-from gbcs.smki import load_certificate
+from vdno.client.errors import ServiceError
+from vdno.client.hand_in import APPLIED as HAND_IN_APPLIED
+from vdno.client.hand_in import PENDING, apply_hand_ins
+from vdno.client.handout import APPLIED, FAILED, hand_out
+from vdno.client.messages import AuthorisedHandIn, HandInOrder, OutcomeAck
+from vdno.gbcs.cs02a import ProvideSecurityCredentialsResponse, RoleCredentials, TrustAnchorCellDetails
+from vdno.gbcs.framing import MessageCode, decode_message
+from vdno.gbcs.smki import load_certificate
 
 
 class HoldingMeter(FakeMeter):

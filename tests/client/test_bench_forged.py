@@ -21,12 +21,12 @@ from forge_testlib import (
     ForgeWorld,
 )
 
-import client.checks
-from client.bundle import TrustBundle
-from client.checks import check_command, check_hand_in_command, check_response, check_rotation_command
-from client.errors import CommandRefused, ResponseRejected
-from gbcs.framing import decode_message
-from gbcs.smki import load_certificate
+import vdno.client.checks
+from vdno.client.bundle import TrustBundle
+from vdno.client.checks import check_command, check_hand_in_command, check_response, check_rotation_command
+from vdno.client.errors import CommandRefused, ResponseRejected
+from vdno.gbcs.framing import decode_message
+from vdno.gbcs.smki import load_certificate
 
 STORED_SEQ = 7  # the meter's stored NO seq number, as read before a hand-in
 
@@ -323,7 +323,7 @@ TESTED = {
 def refusal_reasons() -> dict[str, set[str]]:
     """Function name -> the reasons it raises CommandRefused / ResponseRejected with, read from the source."""
     found: dict[str, set[str]] = {}
-    for node in ast.walk(ast.parse(inspect.getsource(client.checks))):
+    for node in ast.walk(ast.parse(inspect.getsource(vdno.client.checks))):
         if isinstance(node, ast.FunctionDef):
             for call in ast.walk(node):
                 if (

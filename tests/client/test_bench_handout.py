@@ -21,16 +21,16 @@ from bench_testlib import (
 )
 from typer.testing import CliRunner
 
-from client.api import BenchClient
-from client.cli import app, parse_tray
-from client.errors import ServiceError
-from client.handout import APPLIED, FAILED, LAB_READER_ID, REFUSED, hand_out
-from gbcs.cells import NO_DS_CELL
-from gbcs.cs02a import ProvideSecurityCredentialsCommand
-from gbcs.framing import MessageCode, decode_message
-from labpki.smki import issue_device_certificate, make_device_ca
-from labpki.store import write_certificate, write_private_key
-from labpki.tls import BENCH_ROLE, issue_client_certificate, make_tls_ca
+from vdno.client.api import BenchClient
+from vdno.client.cli import app, parse_tray
+from vdno.client.errors import ServiceError
+from vdno.client.handout import APPLIED, FAILED, LAB_READER_ID, REFUSED, hand_out
+from vdno.gbcs.cells import NO_DS_CELL
+from vdno.gbcs.cs02a import ProvideSecurityCredentialsCommand
+from vdno.gbcs.framing import MessageCode, decode_message
+from vdno.labpki.smki import issue_device_certificate, make_device_ca
+from vdno.labpki.store import write_certificate, write_private_key
+from vdno.labpki.tls import BENCH_ROLE, issue_client_certificate, make_tls_ca
 
 
 def test_hand_out_applied(world: LabWorld, tmp_path: Path) -> None:
@@ -296,9 +296,9 @@ def test_result_as_dict_is_json(world: LabWorld) -> None:
 
 @pytest.fixture
 def fake_backends(world: LabWorld, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    import client.api
-    import client.cli
-    import client.transport
+    import vdno.client.api
+    import vdno.client.cli
+    import vdno.client.transport
 
     made: dict[str, Any] = {}
 
@@ -325,7 +325,7 @@ def fake_backends(world: LabWorld, monkeypatch: pytest.MonkeyPatch) -> dict[str,
 
         def send(self, device_id: bytes, message: bytes) -> bytes:
             if device_id != DEVICE_ID:
-                from client.errors import DeviceRefusedError
+                from vdno.client.errors import DeviceRefusedError
 
                 raise DeviceRefusedError(None, "unknown device")
             return super().send(device_id, message)
@@ -336,9 +336,9 @@ def fake_backends(world: LabWorld, monkeypatch: pytest.MonkeyPatch) -> dict[str,
         def __exit__(self, *exc: object) -> None:
             pass
 
-    monkeypatch.setattr(client.api, "BenchClient", FakeBenchClient)
-    monkeypatch.setattr(client.transport, "SimulatorTransport", FakeTransport)
-    monkeypatch.setattr(client.cli, "_reach_sim", lambda host, port: None)  # no device transport to reach
+    monkeypatch.setattr(vdno.client.api, "BenchClient", FakeBenchClient)
+    monkeypatch.setattr(vdno.client.transport, "SimulatorTransport", FakeTransport)
+    monkeypatch.setattr(vdno.client.cli, "_reach_sim", lambda host, port: None)  # no transport to reach
     return made
 
 

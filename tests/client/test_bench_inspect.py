@@ -10,8 +10,8 @@ import pytest
 from rtds_vectors import vectors_path
 from typer.testing import CliRunner
 
-from client.cli import app
-from client.inspect import (
+from vdno.client.cli import app
+from vdno.client.inspect import (
     EXIT_BAD_SIGNATURE,
     EXIT_DECODE,
     EXIT_MISSING_KEY,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from client.settings import BenchSettings, SettingsError
+from vdno.client.settings import BenchSettings, SettingsError
 
 BENCH_FILE = """\
 [bench]

@@ -22,11 +22,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2_grpc
 
-from client.settings import BenchSettings, SettingsError
-from client.tls import TlsSetupError, check_handshake
-from labpki.smki import new_p256_key
-from labpki.store import write_certified_key, write_private_key
-from labpki.tls import (
+from vdno.client.settings import BenchSettings, SettingsError
+from vdno.client.tls import TlsSetupError, check_handshake
+from vdno.labpki.smki import new_p256_key
+from vdno.labpki.store import write_certified_key, write_private_key
+from vdno.labpki.tls import (
     BENCH_ROLE,
     OFFICER_ROLE,
     issue_client_certificate,

@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from client.errors import DeviceRefusedError, TransportError
-from client.transport import SimulatorTransport, encode_frame
+from vdno.client.errors import DeviceRefusedError, TransportError
+from vdno.client.transport import SimulatorTransport, encode_frame
 
 DEV = bytes.fromhex("00db1234567890a0")
 
@@ -174,7 +174,7 @@ def test_frame_wire_format() -> None:
 
 
 def test_parse_error_body() -> None:
-    from client.transport import parse_error_body
+    from vdno.client.transport import parse_error_body
 
     refused = parse_error_body(json.dumps({"status": 8, "reason": "bad sequence number"}).encode())
     assert (refused.status, refused.reason) == (8, "bad sequence number")
@@ -185,7 +185,7 @@ def test_parse_error_body() -> None:
 
 
 def test_oversize_message_is_a_transport_error(server: FramedServer) -> None:
-    from simulator.frames import MAX_FRAME
+    from vdno.simulator.frames import MAX_FRAME
 
     with SimulatorTransport("127.0.0.1", server.port, timeout=5) as transport:
         with pytest.raises(TransportError, match="frame body"):

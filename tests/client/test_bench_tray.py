@@ -18,11 +18,11 @@ from bench_testlib import (
     _respond,
 )
 
-from client.handout import ALREADY_APPLIED, APPLIED, FAILED, hand_out
-from client.tray import JournalError, TrayJournal, request_id, run_tray
-from gbcs.cs02a import ProvideSecurityCredentialsResponse, RoleCredentials, TrustAnchorCellDetails
-from gbcs.framing import MessageCode, decode_message
-from gbcs.smki import load_certificate
+from vdno.client.handout import ALREADY_APPLIED, APPLIED, FAILED, hand_out
+from vdno.client.tray import JournalError, TrayJournal, request_id, run_tray
+from vdno.gbcs.cs02a import ProvideSecurityCredentialsResponse, RoleCredentials, TrustAnchorCellDetails
+from vdno.gbcs.framing import MessageCode, decode_message
+from vdno.gbcs.smki import load_certificate
 
 # --- the journal and the request-id scheme --------------------------------------------------------------
 

@@ -18,14 +18,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "labdcc"))
 from lab_testlib import org
 from labdcc_testlib import LabSetup, make_lab
 
-from client.dcc_gateway import GatewayError, HttpDuisGateway
-from duis.ids import RequestId
-from duis.messages import LocalCommandResponse, encode_local_command_response
-from gbcs.cells import StatusCode
-from gbcs.framing import decode_message
-from gbcs.mac import verify_mac
-from labdcc.dcc import LabDcc
-from labdcc.web import DuisHttpServer
+from vdno.client.dcc_gateway import GatewayError, HttpDuisGateway
+from vdno.duis.ids import RequestId
+from vdno.duis.messages import LocalCommandResponse, encode_local_command_response
+from vdno.gbcs.cells import StatusCode
+from vdno.gbcs.framing import decode_message
+from vdno.gbcs.mac import verify_mac
+from vdno.labdcc.dcc import LabDcc
+from vdno.labdcc.web import DuisHttpServer
 
 DEVICE = bytes.fromhex("00db0000000000d1")
 

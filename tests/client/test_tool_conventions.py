@@ -16,9 +16,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from client import error_codes, exit_codes
-from server import exit_codes as server_exit_codes
-from simulator import exit_codes as lab_exit_codes
+from vdno.client import error_codes, exit_codes
+from vdno.server import exit_codes as server_exit_codes
+from vdno.simulator import exit_codes as lab_exit_codes
 
 BIN = Path(sys.executable).parent
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -74,11 +74,11 @@ def test_every_tool_has_version_and_short_help(tool: str) -> None:
 def app_of(tool: str) -> typer.Typer:
     """The typer app behind an entry point ([project.scripts]), for the in-process runs of -h."""
     module, _, name = {
-        "vdno-server": "server.main:app",
-        "vdno-bench": "client.cli:app",
-        "vdno-admin": "admin.cli:app",
-        "vdno-sim": "simulator.cli:app",
-        "vdno-labdcc": "labdcc.cli:app",
+        "vdno-server": "vdno.server.main:app",
+        "vdno-bench": "vdno.client.cli:app",
+        "vdno-admin": "vdno.admin.cli:app",
+        "vdno-sim": "vdno.simulator.cli:app",
+        "vdno-labdcc": "vdno.labdcc.cli:app",
     }[tool].partition(":")
     app: typer.Typer = getattr(importlib.import_module(module), name)
     return app

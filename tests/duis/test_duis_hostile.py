@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from duis_testlib import LOCAL_COMMAND_RESPONSE, PRECOMMAND_RESPONSE, SAMPLE_REQUEST
 
-from duis.document import MAX_DOCUMENT_BYTES
-from duis.errors import DuisError, ResponseCodeError
-from duis.ids import RequestId
-from duis.messages import (
+from vdno.duis.document import MAX_DOCUMENT_BYTES
+from vdno.duis.errors import DuisError, ResponseCodeError
+from vdno.duis.ids import RequestId
+from vdno.duis.messages import (
     ServiceRequest,
     SignedPreCommand,
     decode_local_command_response,

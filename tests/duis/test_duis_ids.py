@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from duis.errors import DuisError
-from duis.ids import RequestId, format_eui, parse_eui
+from vdno.duis.errors import DuisError
+from vdno.duis.ids import RequestId, format_eui, parse_eui
 
 NO = bytes.fromhex("90B3D51F30020000")
 ESME = bytes.fromhex("00DB1234567890A0")

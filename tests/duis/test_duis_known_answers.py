@@ -19,8 +19,8 @@ from duis_testlib import (
 )
 from rtds_vectors import read_hex
 
-from duis.ids import RequestId
-from duis.messages import (
+from vdno.duis.ids import RequestId
+from vdno.duis.messages import (
     SignedPreCommand,
     UpdateSecurityCredentialsKrp,
     decode_local_command_response,
@@ -28,9 +28,9 @@ from duis.messages import (
     encode_local_command_response,
     encode_request,
 )
-from gbcs.cells import NO_DS_CELL, NO_KA_CELL
-from gbcs.cs02b import UpdateSecurityCredentialsCommand
-from gbcs.framing import decode_message
+from vdno.gbcs.cells import NO_DS_CELL, NO_KA_CELL
+from vdno.gbcs.cs02b import UpdateSecurityCredentialsCommand
+from vdno.gbcs.framing import decode_message
 
 RID = RequestId(bytes.fromhex("90B3D51F30020000"), bytes.fromhex("00DB1234567890A0"), 1200)
 

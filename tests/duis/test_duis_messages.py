@@ -9,9 +9,9 @@ import pytest
 import xmlschema
 from duis_testlib import assert_valid_duis, validation_errors
 
-from duis.errors import DuisError
-from duis.ids import RequestId
-from duis.messages import (
+from vdno.duis.errors import DuisError
+from vdno.duis.ids import RequestId
+from vdno.duis.messages import (
     LocalCommandResponse,
     ServiceRequest,
     SignedPreCommand,

@@ -11,9 +11,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from rtds_vectors import read_hex
 
-from gbcs.cs02a import ProvideSecurityCredentialsCommand, ProvideSecurityCredentialsResponse
-from gbcs.cs02b import FutureDatedAlert, UpdateSecurityCredentialsCommand, UpdateSecurityCredentialsResponse
-from gbcs.cs02e import (
+from vdno.gbcs.cs02a import ProvideSecurityCredentialsCommand, ProvideSecurityCredentialsResponse
+from vdno.gbcs.cs02b import (
+    FutureDatedAlert,
+    UpdateSecurityCredentialsCommand,
+    UpdateSecurityCredentialsResponse,
+)
+from vdno.gbcs.cs02e import (
     DeviceCertificateResponse,
     ProvideDeviceCertificateCommand,
     UpdateDeviceCertificateCommand,

@@ -12,12 +12,12 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 from gbcs_testlib import Vector
 
-from gbcs.errors import CertificateError, GbcsError
-from gbcs.message import decode_any
-from gbcs.signature import verify_message_signature
-from gbcs.smki import SmkiCertificate, load_certificate, verify_certification_path
-from labpki.hierarchy import LabHierarchy
-from labpki.smki import issue_device_certificate, new_p256_key
+from vdno.gbcs.errors import CertificateError, GbcsError
+from vdno.gbcs.message import decode_any
+from vdno.gbcs.signature import verify_message_signature
+from vdno.gbcs.smki import SmkiCertificate, load_certificate, verify_certification_path
+from vdno.labpki.hierarchy import LabHierarchy
+from vdno.labpki.smki import issue_device_certificate, new_p256_key
 
 # A flipped serial number may come out negative: cryptography warns that it will refuse those one day
 # (load_certificate refuses them now).

@@ -14,8 +14,8 @@ from forge_testlib import (
     forge_problems,
 )
 
-from gbcs.framing import decode_message
-from gbcs.signature import verify_message_signature
+from vdno.gbcs.framing import decode_message
+from vdno.gbcs.signature import verify_message_signature
 
 # Defects of framing apply to one kind of command only: the MAC to the MAC-framed hand-in, framing one to
 # the GS-only commands of the custodian.

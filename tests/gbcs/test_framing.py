@@ -2,17 +2,17 @@ from __future__ import annotations
 
 import pytest
 
-from gbcs import ber
-from gbcs.cells import NO_DS_CELL, NO_KA_CELL, KeyUsage, TrustAnchorCellIdentifier
-from gbcs.cs02a import (
+from vdno.gbcs import ber
+from vdno.gbcs.cells import NO_DS_CELL, NO_KA_CELL, KeyUsage, TrustAnchorCellIdentifier
+from vdno.gbcs.cs02a import (
     ProvideSecurityCredentialsCommand,
     ProvideSecurityCredentialsResponse,
     RoleCredentials,
     TrustAnchorCellDetails,
 )
-from gbcs.cs02e import ProvideDeviceCertificateCommand
-from gbcs.errors import DecodeError, EncodeError
-from gbcs.framing import (
+from vdno.gbcs.cs02e import ProvideDeviceCertificateCommand
+from vdno.gbcs.errors import DecodeError, EncodeError
+from vdno.gbcs.framing import (
     Cra,
     GeneralSigningApdu,
     GroupingHeader,
@@ -23,7 +23,7 @@ from gbcs.framing import (
     encode_signed_apdu,
     read_length,
 )
-from gbcs.ids import check_eui64, eui64_hex, parse_eui64
+from vdno.gbcs.ids import check_eui64, eui64_hex, parse_eui64
 
 NO = bytes.fromhex("90B3D51F30020000")
 ESME = bytes.fromhex("00DB1234567890A0")

@@ -10,14 +10,14 @@ from gbcs_testlib import Vector
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gbcs.cells import CellUsage, KeyUsage, TrustAnchorCellIdentifier
-from gbcs.cs02a import (
+from vdno.gbcs.cells import CellUsage, KeyUsage, TrustAnchorCellIdentifier
+from vdno.gbcs.cs02a import (
     ProvideSecurityCredentialsCommand,
     ProvideSecurityCredentialsResponse,
     RoleCredentials,
     TrustAnchorCellDetails,
 )
-from gbcs.cs02b import (
+from vdno.gbcs.cs02b import (
     AuthorisingRemotePartyControl,
     ExecutionOutcome,
     FutureDatedAlert,
@@ -28,15 +28,15 @@ from gbcs.cs02b import (
     UpdateSecurityCredentialsCommand,
     UpdateSecurityCredentialsResponse,
 )
-from gbcs.cs02e import (
+from vdno.gbcs.cs02e import (
     DeviceCertificateResponse,
     ProvideDeviceCertificateCommand,
     UpdateDeviceCertificateCommand,
     UpdateDeviceCertificateResponse,
 )
-from gbcs.errors import GbcsError
-from gbcs.framing import Cra, GeneralSigningApdu, GroupingHeader, decode_apdu, decode_message
-from gbcs.message import decode_any
+from vdno.gbcs.errors import GbcsError
+from vdno.gbcs.framing import Cra, GeneralSigningApdu, GroupingHeader, decode_apdu, decode_message
+from vdno.gbcs.message import decode_any
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -253,7 +253,7 @@ def test_generated_cs02b_message_decodes(
 @SETTINGS
 @given(st.binary(max_size=300))
 def test_load_certificate_random_bytes(data: bytes) -> None:
-    from gbcs.smki import load_certificate
+    from vdno.gbcs.smki import load_certificate
 
     _only_gbcs_errors(load_certificate, data)
     _only_gbcs_errors(load_certificate, b"\x30\x82" + data)

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from gbcs import smki
-from gbcs.cells import NO_DS_CELL, NO_KA_CELL, KeyUsage, TrustAnchorCellIdentifier
-from gbcs.errors import CertificateError
+from vdno.gbcs import smki
+from vdno.gbcs.cells import NO_DS_CELL, NO_KA_CELL, KeyUsage, TrustAnchorCellIdentifier
+from vdno.gbcs.errors import CertificateError
 
 CLOCK = datetime(2020, 1, 1, tzinfo=UTC)
 LATE = datetime(2026, 11, 23, tzinfo=UTC)

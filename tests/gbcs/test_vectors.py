@@ -12,17 +12,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from gbcs_testlib import ACB_ID, Vector, expected_payload_type, load_cert, load_key
 from rtds_vectors import read_hex
 
-from gbcs import mac, signature
-from gbcs.cells import NO_DS_CELL, NO_KA_CELL, RemotePartyRole
-from gbcs.cs02a import ProvideSecurityCredentialsResponse
-from gbcs.cs02b import (
+from vdno.gbcs import mac, signature
+from vdno.gbcs.cells import NO_DS_CELL, NO_KA_CELL, RemotePartyRole
+from vdno.gbcs.cs02a import ProvideSecurityCredentialsResponse
+from vdno.gbcs.cs02b import (
     AuthorisingRemotePartyControl,
     TrustAnchorReplacement,
     UpdateSecurityCredentialsCommand,
     UpdateSecurityCredentialsResponse,
 )
-from gbcs.errors import EncodeError, GbcsError, MacError, SignatureError
-from gbcs.framing import (
+from vdno.gbcs.errors import EncodeError, GbcsError, MacError, SignatureError
+from vdno.gbcs.framing import (
     Cra,
     GeneralSigningApdu,
     GroupingHeader,
@@ -30,7 +30,7 @@ from gbcs.framing import (
     encode_mac_framed,
     encode_signed_apdu,
 )
-from gbcs.message import decode_any
+from vdno.gbcs.message import decode_any
 
 NO_DIR = "6.15.1_CS02bNOByNO"
 

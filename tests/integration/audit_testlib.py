@@ -21,10 +21,10 @@ from integration_testlib import BIN, Deployment
 from sqlalchemy import Connection, create_engine, text
 from typer.testing import CliRunner
 
-from admin.cli import app as admin_app
-from gbcs.signature import der_to_raw
-from server.domain.audit import ChainHead, entry_hash
-from server.domain.checkpoint import AuditCheckpoint, key_id_of
+from vdno.admin.cli import app as admin_app
+from vdno.gbcs.signature import der_to_raw
+from vdno.server.domain.audit import ChainHead, entry_hash
+from vdno.server.domain.checkpoint import AuditCheckpoint, key_id_of
 
 
 @dataclass(frozen=True)

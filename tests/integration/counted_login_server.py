@@ -8,8 +8,8 @@ from __future__ import annotations
 import os
 import sys
 
-from server.hsm import _cki
-from server.main import app
+from vdno.server.hsm import _cki
+from vdno.server.main import app
 
 _real_login = _cki.login
 

@@ -23,11 +23,11 @@ PYTHON = sys.executable
 def run_init(state: Path, benches: tuple[str, ...] = ("bench-01",), database_url: str | None = None) -> str:
     """database_url: seed that database (e.g. PostgreSQL) instead of state/vdno.db; start the server with
     extra_env={"VDNO_DATABASE_URL": database_url} to use it."""
-    lab = [PYTHON, "-m", "labdcc", "init", "--state", str(state)]  # the lab's DNOs and ACB
+    lab = [PYTHON, "-m", "vdno.labdcc", "init", "--state", str(state)]  # the lab's DNOs and ACB
     done = subprocess.run(lab, capture_output=True, text=True, timeout=300, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"vdno-labdcc init failed: {done.stderr[-2000:]}")
-    args = [PYTHON, "-m", "server.main", "init", "--state", str(state)]
+    args = [PYTHON, "-m", "vdno.server.main", "init", "--state", str(state)]
     for bench in benches:
         args += ["--bench", bench]
     if database_url is not None:
@@ -48,7 +48,7 @@ class ServerProcess:
     ) -> None:
         self.state = state
         self.extra_env = extra_env or {}
-        self.launcher = launcher or [PYTHON, "-m", "server.main"]
+        self.launcher = launcher or [PYTHON, "-m", "vdno.server.main"]
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0
         self.health_port = 0

@@ -30,38 +30,38 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from harness import ServerProcess, pb, run_init
 from sqlalchemy import Engine, create_engine, select, text
 
-from admin.api import CustodyClient
-from client.api import BenchClient
-from client.errors import ServiceError
-from client.handout import MeterReading, read_meter
-from gbcs.cs02b import (
+from scripts.lab_tray import InProcessTransport, tray_device_id, vanilla_tray_profiles
+from vdno.admin.api import CustodyClient
+from vdno.client.api import BenchClient
+from vdno.client.errors import ServiceError
+from vdno.client.handout import MeterReading, read_meter
+from vdno.gbcs.cs02b import (
     AuthorisingRemotePartyControl,
     ReplacementOutcome,
     TrustAnchorReplacement,
     UpdateSecurityCredentialsCommand,
     UpdateSecurityCredentialsResponse,
 )
-from gbcs.framing import Cra, GeneralSigningApdu, GroupingHeader, MessageCode, decode_message
-from gbcs.signature import sign_apdu
-from labdcc.dcc import LabDcc
-from labdcc.parties import area_entity_id
-from labdcc.web import DuisHttpServer
-from labpki.hierarchy import LabHierarchy
-from labpki.smki import issue_from_csr
-from labpki.store import export_keystore, read_certificate, read_certified_key
-from scripts.lab_tray import InProcessTransport, tray_device_id, vanilla_tray_profiles
-from server.bootstrap import vanilla_entity_id
-from server.observability import FLUSH_INTERVAL
-from server.store.schema import audit_log, issuances
-from server.store.sql import SqlCustodyStore, make_engine
-from simulator.device import SimulatedDevice
-from simulator.lab import (
+from vdno.gbcs.framing import Cra, GeneralSigningApdu, GroupingHeader, MessageCode, decode_message
+from vdno.gbcs.signature import sign_apdu
+from vdno.labdcc.dcc import LabDcc
+from vdno.labdcc.parties import area_entity_id
+from vdno.labdcc.web import DuisHttpServer
+from vdno.labpki.hierarchy import LabHierarchy
+from vdno.labpki.smki import issue_from_csr
+from vdno.labpki.store import export_keystore, read_certificate, read_certified_key
+from vdno.server.bootstrap import vanilla_entity_id
+from vdno.server.observability import FLUSH_INTERVAL
+from vdno.server.store.schema import audit_log, issuances
+from vdno.server.store.sql import SqlCustodyStore, make_engine
+from vdno.simulator.device import SimulatedDevice
+from vdno.simulator.lab import (
     COMMISSIONED_SEQ_NUMBER,
     LabCredentialSet,
     export_device_credentials,
     lab_meter_profile,
 )
-from simulator.profile import NO_DS_CELL, NO_KA_CELL
+from vdno.simulator.profile import NO_DS_CELL, NO_KA_CELL
 from vdno.v1 import custodian_pb2_grpc as pb_grpc
 
 PYTHON = sys.executable
@@ -492,8 +492,8 @@ def microseconds_now() -> int:
 _READ_ATTRIBUTES = textwrap.dedent(
     """
     import dataclasses, json, os, sys
-    from server.hsm.keys import read_private_key_attributes
-    from server.hsm.token import open_token_session
+    from vdno.server.hsm.keys import read_private_key_attributes
+    from vdno.server.hsm.token import open_token_session
     module, token, labels = sys.argv[1], sys.argv[2], sys.argv[3:]
     out = {}
     with open_token_session(module, token, os.environ["VDNO_TEST_PIN"], rw=False) as session:
@@ -509,7 +509,7 @@ _LIST_LABELS = textwrap.dedent(
     """
     import json, os, sys
     from pkcs11 import Attribute
-    from server.hsm.token import open_token_session
+    from vdno.server.hsm.token import open_token_session
     module, token = sys.argv[1], sys.argv[2]
     with open_token_session(module, token, os.environ["VDNO_TEST_PIN"], rw=False) as session:
         labels = sorted(str(o[Attribute.LABEL]) for o in session.get_objects({}))

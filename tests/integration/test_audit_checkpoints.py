@@ -28,8 +28,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat,
 from harness import run_init
 from integration_testlib import Deployment, read_key_attributes, rpc_error
 
-from server.domain.audit import ChainHead
-from server.domain.checkpoint import AuditCheckpoint
+from vdno.server.domain.audit import ChainHead
+from vdno.server.domain.checkpoint import AuditCheckpoint
 from vdno.v1 import audit_pb2, audit_pb2_grpc
 
 AUDIT_TABLE = "\n[audit]\n"

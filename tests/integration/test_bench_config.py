@@ -14,9 +14,9 @@ from collections.abc import Iterator
 import pytest
 from integration_testlib import BIN, PYTHON, Deployment
 
-from client.settings import BenchSettings
 from scripts.lab_tray import vanilla_tray_profiles
-from simulator.lab import write_tray
+from vdno.client.settings import BenchSettings
+from vdno.simulator.lab import write_tray
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_init_writes_a_complete_settings_file_for_each_bench_and_officer(deploym
 
 def test_init_names_a_new_benchs_device_transport_and_dcc_gateway(deployment: Deployment) -> None:
     done = subprocess.run(
-        [PYTHON, "-m", "server.main", "init", "--state", str(deployment.state), "--bench", "bench-07",
+        [PYTHON, "-m", "vdno.server.main", "init", "--state", str(deployment.state), "--bench", "bench-07",
          "--sim", "127.0.0.1:7000", "--dcc", "http://127.0.0.1:8080/duis"],
         capture_output=True, text=True, timeout=120, check=False,
         env={**os.environ, **deployment.server_env},

@@ -26,17 +26,17 @@ from typing import Any
 import pytest
 from integration_testlib import BIN, Deployment, record_mismatches
 
-from client.api import ATTEMPTS
-from client.errors import BenchError
-from client.handout import ALREADY_APPLIED, APPLIED, HandOutResult, hand_out
-from client.tray import TrayJournal, run_tray
-from gbcs.framing import MessageCode, decode_message
 from scripts.lab_service import free_port
 from scripts.lab_tray import InProcessTransport
-from server.bootstrap import vanilla_entity_id
-from simulator.device import SimulatedDevice
-from simulator.frames import DEVICE_ID_LEN, OP_SEND, RESP_GBCS
-from simulator.tray import Tray, TrayServer
+from vdno.client.api import ATTEMPTS
+from vdno.client.errors import BenchError
+from vdno.client.handout import ALREADY_APPLIED, APPLIED, HandOutResult, hand_out
+from vdno.client.tray import TrayJournal, run_tray
+from vdno.gbcs.framing import MessageCode, decode_message
+from vdno.server.bootstrap import vanilla_entity_id
+from vdno.simulator.device import SimulatedDevice
+from vdno.simulator.frames import DEVICE_ID_LEN, OP_SEND, RESP_GBCS
+from vdno.simulator.tray import Tray, TrayServer
 
 ROUNDS = 10
 METERS = 5

@@ -10,7 +10,7 @@ import grpc
 import pytest
 from integration_testlib import Deployment, hand_out_request, new_request_id, read_key_attributes, rpc_error
 
-from client.handout import APPLIED, hand_out, read_meter
+from vdno.client.handout import APPLIED, hand_out, read_meter
 
 
 @pytest.fixture(scope="module")

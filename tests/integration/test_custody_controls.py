@@ -24,16 +24,16 @@ from integration_testlib import (
     smki_certificate,
 )
 
-from admin.api import CustodyCallFailed
-from client.api import BenchClient
-from client.enrolment import make_key_and_request
-from client.errors import ServiceError
-from client.handout import APPLIED, hand_out, read_meter, rotate
-from labdcc.parties import area_entity_id
-from labpki.hierarchy import LabHierarchy
-from labpki.smki import issue_organisation_certificate, make_issuing_ca, make_root_ca, new_p256_key
-from labpki.tls import OFFICER_ROLE, issue_client_certificate
-from server.bootstrap import vanilla_entity_id
+from vdno.admin.api import CustodyCallFailed
+from vdno.client.api import BenchClient
+from vdno.client.enrolment import make_key_and_request
+from vdno.client.errors import ServiceError
+from vdno.client.handout import APPLIED, hand_out, read_meter, rotate
+from vdno.labdcc.parties import area_entity_id
+from vdno.labpki.hierarchy import LabHierarchy
+from vdno.labpki.smki import issue_organisation_certificate, make_issuing_ca, make_root_ca, new_p256_key
+from vdno.labpki.tls import OFFICER_ROLE, issue_client_certificate
+from vdno.server.bootstrap import vanilla_entity_id
 from vdno.v1 import custodian_pb2, custodian_pb2_grpc, custody_pb2, custody_pb2_grpc
 
 

@@ -13,8 +13,8 @@ import pytest
 from harness import ServerProcess, run_init
 from integration_testlib import Deployment
 
-from client.api import BenchClient
-from client.errors import ServiceError
+from vdno.client.api import BenchClient
+from vdno.client.errors import ServiceError
 
 
 def test_an_empty_database_is_named_at_start_up_and_init_makes_it_serve(

@@ -12,7 +12,6 @@ import grpc
 import pytest
 from integration_testlib import BENCHES, Deployment, log_events, rpc_error
 
-from gbcs.framing import decode_message
 from scripts.fuzz import (
     CaseMaker,
     Guard,
@@ -23,6 +22,7 @@ from scripts.fuzz import (
     run_cases,
     valid_hand_out,
 )
+from vdno.gbcs.framing import decode_message
 
 CASES = 8_000
 SECONDS = 60.0  # per database: the campaign stops here even if CASES are not all sent (a busy machine)

@@ -18,11 +18,11 @@ from integration_testlib import (
     token_labels,
 )
 
-from client.errors import ServiceError
-from client.hand_in import ORDERED, order_hand_in
-from client.handout import APPLIED, hand_out, read_meter, rotate
-from gbcs.cells import NO_DS_CELL, NO_KA_CELL
-from server.bootstrap import vanilla_entity_id
+from vdno.client.errors import ServiceError
+from vdno.client.hand_in import ORDERED, order_hand_in
+from vdno.client.handout import APPLIED, hand_out, read_meter, rotate
+from vdno.gbcs.cells import NO_DS_CELL, NO_KA_CELL
+from vdno.server.bootstrap import vanilla_entity_id
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])

@@ -24,18 +24,18 @@ from integration_testlib import (
 )
 from sqlalchemy import select
 
-from admin.api import CustodyCallFailed
-from client.errors import ServiceError
-from client.hand_in import APPLIED, ORDERED, apply_hand_ins, order_hand_in
-from client.handout import ALREADY_APPLIED, read_meter
-from gbcs.cells import NO_DS_CELL, StatusCode
-from gbcs.framing import MessageCode, decode_message
-from labpki.hierarchy import LabHierarchy
-from labpki.smki import issue_organisation_certificate, new_p256_key
-from labpki.tls import OFFICER_ROLE, issue_client_certificate
 from scripts.lab_tray import InProcessTransport
-from server.store.schema import hand_in_orders
-from simulator.lab import LabCredentialSet, lab_meter_profile, tray_device_id
+from vdno.admin.api import CustodyCallFailed
+from vdno.client.errors import ServiceError
+from vdno.client.hand_in import APPLIED, ORDERED, apply_hand_ins, order_hand_in
+from vdno.client.handout import ALREADY_APPLIED, read_meter
+from vdno.gbcs.cells import NO_DS_CELL, StatusCode
+from vdno.gbcs.framing import MessageCode, decode_message
+from vdno.labpki.hierarchy import LabHierarchy
+from vdno.labpki.smki import issue_organisation_certificate, new_p256_key
+from vdno.labpki.tls import OFFICER_ROLE, issue_client_certificate
+from vdno.server.store.schema import hand_in_orders
+from vdno.simulator.lab import LabCredentialSet, lab_meter_profile, tray_device_id
 from vdno.v1 import custodian_pb2 as pb
 from vdno.v1 import custody_pb2, custody_pb2_grpc
 

@@ -26,13 +26,13 @@ from integration_testlib import (
     ski_of,
 )
 
-from client.checks import check_command
-from client.errors import CommandRefused
-from client.handout import APPLIED, FAILED, hand_out, read_meter
-from gbcs.cells import StatusCode
-from gbcs.cs02b import UpdateSecurityCredentialsCommand
-from gbcs.framing import decode_message
-from gbcs.signature import verify_signature
+from vdno.client.checks import check_command
+from vdno.client.errors import CommandRefused
+from vdno.client.handout import APPLIED, FAILED, hand_out, read_meter
+from vdno.gbcs.cells import StatusCode
+from vdno.gbcs.cs02b import UpdateSecurityCredentialsCommand
+from vdno.gbcs.framing import decode_message
+from vdno.gbcs.signature import verify_signature
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])

@@ -28,8 +28,8 @@ from integration_testlib import (
     wait_for_health,
 )
 
-from client.handout import read_meter
 from scripts.lab_service import free_port, serving_status
+from vdno.client.handout import read_meter
 from vdno.v1 import custodian_pb2 as pb
 from vdno.v1 import custodian_pb2_grpc as pb_grpc
 

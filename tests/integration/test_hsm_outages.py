@@ -21,7 +21,7 @@ from integration_testlib import (
     token_away,
 )
 
-from client.checks import check_command
+from vdno.client.checks import check_command
 
 # [hsm] reconnect_max of this deployment (default 5 s): reconnection attempts 0, 0.2, 0.4, 0.8, 1 ... s apart
 RECONNECT_MAX = 1.0

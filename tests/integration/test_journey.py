@@ -13,13 +13,13 @@ import xmlschema
 from duis_testlib import assert_valid_duis
 from integration_testlib import VANILLA_G1_ENTITY, Deployment, area_entity_id, ski_of
 
-from client.hand_in import APPLIED as HAND_IN_APPLIED
-from client.hand_in import ORDERED, apply_hand_ins, order_hand_in
-from client.handout import APPLIED, hand_out
-from duis.messages import UpdateSecurityCredentialsKrp, decode_request
-from gbcs.cells import NO_DS_CELL, NO_KA_CELL
-from gbcs.framing import decode_message
-from simulator.device import SimulatedDevice
+from vdno.client.hand_in import APPLIED as HAND_IN_APPLIED
+from vdno.client.hand_in import ORDERED, apply_hand_ins, order_hand_in
+from vdno.client.handout import APPLIED, hand_out
+from vdno.duis.messages import UpdateSecurityCredentialsKrp, decode_request
+from vdno.gbcs.cells import NO_DS_CELL, NO_KA_CELL
+from vdno.gbcs.framing import decode_message
+from vdno.simulator.device import SimulatedDevice
 
 # Meters in service across areas, each handed out afterwards to another area.
 JOURNEYS = ((10, 21), (13, 13), (17, 11), (23, 10), (12, 22))

@@ -25,8 +25,8 @@ from integration_testlib import (
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
-from client.handout import read_meter
 from scripts.lab_service import free_port
+from vdno.client.handout import read_meter
 
 HEALTH_INTERVAL = 0.5  # [server] health_interval of this deployment: the up gauges and the audit head
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

@@ -12,9 +12,9 @@ from integration_testlib import (
     rpc_error,
 )
 
-from client.handout import read_meter
-from gbcs.cells import StatusCode
-from gbcs.framing import decode_message
+from vdno.client.handout import read_meter
+from vdno.gbcs.cells import StatusCode
+from vdno.gbcs.framing import decode_message
 from vdno.v1 import custodian_pb2 as pb
 
 

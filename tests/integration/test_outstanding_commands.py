@@ -22,15 +22,15 @@ from integration_testlib import (
 from sqlalchemy import insert, text
 from typer.testing import CliRunner
 
-from admin.api import CustodyCallFailed
-from admin.cli import app as admin_app
-from client.api import ATTEMPTS, BACKOFF
-from client.cli import app as bench_app
-from client.errors import ServiceError
-from client.handout import ALREADY_APPLIED, APPLIED, hand_out, read_meter
-from gbcs.cells import StatusCode
-from server.domain.values import HandOutRequest
-from server.store.schema import issuances
+from vdno.admin.api import CustodyCallFailed
+from vdno.admin.cli import app as admin_app
+from vdno.client.api import ATTEMPTS, BACKOFF
+from vdno.client.cli import app as bench_app
+from vdno.client.errors import ServiceError
+from vdno.client.handout import ALREADY_APPLIED, APPLIED, hand_out, read_meter
+from vdno.gbcs.cells import StatusCode
+from vdno.server.domain.values import HandOutRequest
+from vdno.server.store.schema import issuances
 from vdno.v1 import custodian_pb2 as pb
 
 

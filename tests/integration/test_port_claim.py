@@ -20,7 +20,7 @@ from harness import ServerProcess
 from integration_testlib import BIN, Deployment
 
 from scripts.lab_service import free_port
-from server.port_claim import PortClaim, PortHeld
+from vdno.server.port_claim import PortClaim, PortHeld
 from vdno.v1 import custodian_pb2, custodian_pb2_grpc
 
 REFUSED_WITHIN = 30.0  # seconds: the refusal comes before migrations (a wait of up to 120 s), the HSM or the

@@ -24,14 +24,14 @@ from integration_testlib import (
     rpc_error,
 )
 
-from client.handout import read_meter
-from labpki.hierarchy import LabHierarchy
-from labpki.smki import CertifiedKey
-from labpki.store import read_certificate, read_certified_key
-from labpki.tls import issue_client_certificate, make_tls_ca
 from scripts.lab_tray import InProcessTransport, tray_device_id
-from simulator.lab import make_device_profile
-from simulator.profile import NO_DS_CELL, NO_KA_CELL, ROOT_CELL
+from vdno.client.handout import read_meter
+from vdno.labpki.hierarchy import LabHierarchy
+from vdno.labpki.smki import CertifiedKey
+from vdno.labpki.store import read_certificate, read_certified_key
+from vdno.labpki.tls import issue_client_certificate, make_tls_ca
+from vdno.simulator.lab import make_device_profile
+from vdno.simulator.profile import NO_DS_CELL, NO_KA_CELL, ROOT_CELL
 from vdno.v1 import custodian_pb2 as pb
 from vdno.v1 import custodian_pb2_grpc as pb_grpc
 

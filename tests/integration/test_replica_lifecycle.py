@@ -21,10 +21,10 @@ from harness import ServerProcess
 from integration_testlib import Deployment, new_request_id, postgres_schema
 from sqlalchemy import text
 
-from client.handout import read_meter
-from gbcs.framing import decode_message
-from gbcs.signature import verify_signature
-from server.store.sql import MIGRATIONS, make_engine
+from vdno.client.handout import read_meter
+from vdno.gbcs.framing import decode_message
+from vdno.gbcs.signature import verify_signature
+from vdno.server.store.sql import MIGRATIONS, make_engine
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])

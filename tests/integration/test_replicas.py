@@ -20,12 +20,12 @@ from harness import ServerProcess
 from integration_testlib import BENCHES, Deployment, new_request_id
 from sqlalchemy import text
 
-from client.api import BenchClient
-from client.errors import ServiceError
-from client.handout import MeterReading, read_meter
-from gbcs.cs02b import UpdateSecurityCredentialsCommand
-from gbcs.framing import decode_message
-from gbcs.signature import verify_signature
+from vdno.client.api import BenchClient
+from vdno.client.errors import ServiceError
+from vdno.client.handout import MeterReading, read_meter
+from vdno.gbcs.cs02b import UpdateSecurityCredentialsCommand
+from vdno.gbcs.framing import decode_message
+from vdno.gbcs.signature import verify_signature
 
 REPLICAS = 3
 REQUESTS = 3000  # distinct request ids

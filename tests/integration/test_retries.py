@@ -36,11 +36,11 @@ from integration_testlib import (
 )
 from sqlalchemy import select
 
-from client.checks import check_command
-from client.handout import MeterReading, read_meter
-from gbcs.framing import decode_message
-from server.domain.issuance import STALE_ATTEMPT
-from server.store.schema import counters, issuances
+from vdno.client.checks import check_command
+from vdno.client.handout import MeterReading, read_meter
+from vdno.gbcs.framing import decode_message
+from vdno.server.domain.issuance import STALE_ATTEMPT
+from vdno.server.store.schema import counters, issuances
 
 RECONNECT_MAX = 0.5  # [hsm] reconnect_max: the token back -> the signer reconnected within about this
 

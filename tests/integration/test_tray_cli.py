@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 from integration_testlib import BIN, Deployment, area_entity_id, ski_of
 
-from client.handout import read_meter
-from client.transport import SimulatorTransport
-from gbcs.cells import KeyUsage, RemotePartyRole
-from gbcs.framing import decode_message
-from labdcc.parties import ACB_ENTITY_ID
 from scripts.lab_tray import vanilla_tray_profiles
-from simulator.lab import write_tray
+from vdno.client.handout import read_meter
+from vdno.client.transport import SimulatorTransport
+from vdno.gbcs.cells import KeyUsage, RemotePartyRole
+from vdno.gbcs.framing import decode_message
+from vdno.labdcc.parties import ACB_ENTITY_ID
+from vdno.simulator.lab import write_tray
 
 AREAS = (10, 11, 12, 20, 21, 22)
 

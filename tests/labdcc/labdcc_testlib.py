@@ -9,16 +9,16 @@ from pathlib import Path
 from cryptography import x509
 from lab_testlib import cs02b_command, der, org
 
-from duis.ids import RequestId
-from duis.messages import ServiceRequest, SignedPreCommand, UpdateSecurityCredentialsKrp, encode_request
-from gbcs.cells import NO_DS_CELL, NO_KA_CELL
-from gbcs.cs02b import TrustAnchorReplacement
-from labdcc.parties import LabParties, LabParty, ensure_lab_parties
-from labpki.smki import CertifiedKey
-from labpki.store import export_keystore
-from simulator.device import SimulatedDevice
-from simulator.lab import make_device_profile
-from simulator.profile import ACB_KA_CELL, ROOT_CELL
+from vdno.duis.ids import RequestId
+from vdno.duis.messages import ServiceRequest, SignedPreCommand, UpdateSecurityCredentialsKrp, encode_request
+from vdno.gbcs.cells import NO_DS_CELL, NO_KA_CELL
+from vdno.gbcs.cs02b import TrustAnchorReplacement
+from vdno.labdcc.parties import LabParties, LabParty, ensure_lab_parties
+from vdno.labpki.smki import CertifiedKey
+from vdno.labpki.store import export_keystore
+from vdno.simulator.device import SimulatedDevice
+from vdno.simulator.lab import make_device_profile
+from vdno.simulator.profile import ACB_KA_CELL, ROOT_CELL
 
 VANILLA_ID = b"VDNO\x00\x00\x00\x01"
 AREA = 14

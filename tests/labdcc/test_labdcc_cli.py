@@ -1,4 +1,4 @@
-"""`vdno-labdcc init | answer` in-process (typer's runner); `python -m labdcc serve` as a subprocess."""
+"""`vdno-labdcc init | answer` in-process (typer's runner); `python -m vdno.labdcc serve` as a subprocess."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import pytest
 from labdcc_testlib import VANILLA_ID, LabSetup, make_lab, signed_pre_command_request
 from typer.testing import CliRunner
 
-from duis.ids import RequestId
-from duis.messages import decode_local_command_response
-from gbcs.framing import decode_message
-from labdcc.cli import app
+from vdno.duis.ids import RequestId
+from vdno.duis.messages import decode_local_command_response
+from vdno.gbcs.framing import decode_message
+from vdno.labdcc.cli import app
 
 DEVICE = bytes.fromhex("00db0000000000c1")
 OTHER_DEVICE = bytes.fromhex("00db0000000000c2")
@@ -95,7 +95,7 @@ def test_serve_subprocess_answers_and_stops_on_sigterm(lab: LabSetup) -> None:
     device = lab.device(bytes.fromhex("00db0000000000c3"), area_id=None)
     command = lab.hand_out(device.device_id, counter=4242)
     process = subprocess.Popen(
-        [sys.executable, "-m", "labdcc", "serve", "--state", str(lab.state), "--port", "0"],
+        [sys.executable, "-m", "vdno.labdcc", "serve", "--state", str(lab.state), "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -13,18 +13,18 @@ from duis_testlib import assert_valid_duis
 from lab_testlib import der
 from labdcc_testlib import OTHER_AREA, VANILLA_ID, LabSetup, make_lab
 
-from duis.ids import RequestId
-from duis.messages import decode_local_command_response
-from gbcs.cells import NO_DS_CELL, NO_KA_CELL, StatusCode
-from gbcs.cs02b import UpdateSecurityCredentialsCommand, UpdateSecurityCredentialsResponse
-from gbcs.framing import MessageCode, decode_message
-from gbcs.mac import verify_mac
-from gbcs.signature import raw_to_der
-from labdcc.counters import OriginatorCounters
-from labdcc.dcc import LabDcc
-from labdcc.errors import RequestRefused
-from simulator.device import SimulatedDevice
-from simulator.profile import ACB_KA_CELL
+from vdno.duis.ids import RequestId
+from vdno.duis.messages import decode_local_command_response
+from vdno.gbcs.cells import NO_DS_CELL, NO_KA_CELL, StatusCode
+from vdno.gbcs.cs02b import UpdateSecurityCredentialsCommand, UpdateSecurityCredentialsResponse
+from vdno.gbcs.framing import MessageCode, decode_message
+from vdno.gbcs.mac import verify_mac
+from vdno.gbcs.signature import raw_to_der
+from vdno.labdcc.counters import OriginatorCounters
+from vdno.labdcc.dcc import LabDcc
+from vdno.labdcc.errors import RequestRefused
+from vdno.simulator.device import SimulatedDevice
+from vdno.simulator.profile import ACB_KA_CELL
 
 DEVICE = bytes.fromhex("00db0000000000a1")
 REPLAY_DEVICE = bytes.fromhex("00db0000000000a2")

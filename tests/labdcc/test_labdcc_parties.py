@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from gbcs.cells import KeyUsage
-from gbcs.smki import load_certificate
-from labdcc.errors import LabDccError
-from labdcc.parties import AREA_NAMES, ensure_lab_parties, load_lab_parties
-from labpki.hierarchy import LabHierarchy
+from vdno.gbcs.cells import KeyUsage
+from vdno.gbcs.smki import load_certificate
+from vdno.labdcc.errors import LabDccError
+from vdno.labdcc.parties import AREA_NAMES, ensure_lab_parties, load_lab_parties
+from vdno.labpki.hierarchy import LabHierarchy
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:

@@ -12,14 +12,14 @@ from duis_testlib import assert_valid_duis
 from lab_testlib import der, org
 from labdcc_testlib import VANILLA_ID, LabSetup, make_lab, signed_pre_command_request
 
-from duis.ids import RequestId
-from duis.messages import decode_local_command_response
-from gbcs.cells import NO_DS_CELL, NO_KA_CELL, StatusCode
-from gbcs.framing import decode_message
-from gbcs.mac import verify_mac
-from labdcc.dcc import LabDcc
-from labdcc.errors import RequestRefused
-from labdcc.web import DuisHttpServer
+from vdno.duis.ids import RequestId
+from vdno.duis.messages import decode_local_command_response
+from vdno.gbcs.cells import NO_DS_CELL, NO_KA_CELL, StatusCode
+from vdno.gbcs.framing import decode_message
+from vdno.gbcs.mac import verify_mac
+from vdno.labdcc.dcc import LabDcc
+from vdno.labdcc.errors import RequestRefused
+from vdno.labdcc.web import DuisHttpServer
 
 VANILLA_DEVICE = bytes.fromhex("00db0000000000b1")
 

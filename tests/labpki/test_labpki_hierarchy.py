@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from labpki.errors import LabPkiError
-from labpki.hierarchy import STEMS, LabHierarchy
+from vdno.labpki.errors import LabPkiError
+from vdno.labpki.hierarchy import STEMS, LabHierarchy
 
 
 def test_create_save_load(tmp_path: Path) -> None:
@@ -51,7 +51,8 @@ def test_load_rejects_foreign_issuer(tmp_path: Path) -> None:
 
 def test_labpki_imports_neither_grpc_nor_pkcs11() -> None:
     code = (
-        "import sys, labpki.smki, labpki.tls, labpki.store, labpki.hierarchy, labpki.errors\n"
+        "import sys, vdno.labpki.smki, vdno.labpki.tls, vdno.labpki.store\n"
+        "import vdno.labpki.hierarchy, vdno.labpki.errors\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('grpc', 'pkcs11')]\n"
         "assert not bad, bad\n"
     )

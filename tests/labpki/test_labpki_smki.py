@@ -12,10 +12,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
 
-from gbcs.cells import KeyUsage
-from gbcs.smki import SmkiCertificate, load_certificate
-from labpki.errors import LabPkiError
-from labpki.smki import (
+from vdno.gbcs.cells import KeyUsage
+from vdno.gbcs.smki import SmkiCertificate, load_certificate
+from vdno.labpki.errors import LabPkiError
+from vdno.labpki.smki import (
     DEVICE_NOT_AFTER,
     SMKI_DEVICE_POLICY,
     SMKI_ORG_POLICY,

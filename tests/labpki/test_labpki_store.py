@@ -9,8 +9,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from labpki.errors import LabPkiError
-from labpki.smki import (
+from vdno.labpki.errors import LabPkiError
+from vdno.labpki.smki import (
     CertifiedKey,
     issue_device_certificate,
     issue_organisation_certificate,
@@ -19,7 +19,7 @@ from labpki.smki import (
     make_root_ca,
     new_p256_key,
 )
-from labpki.store import export_keystore, keystore_stem, read_certified_key, write_certified_key
+from vdno.labpki.store import export_keystore, keystore_stem, read_certified_key, write_certified_key
 
 
 def mode(path: Path) -> int:

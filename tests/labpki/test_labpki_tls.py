@@ -11,9 +11,14 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from labpki.smki import CertifiedKey
-from labpki.store import write_certified_key
-from labpki.tls import client_common_name, issue_client_certificate, issue_server_certificate, make_tls_ca
+from vdno.labpki.smki import CertifiedKey
+from vdno.labpki.store import write_certified_key
+from vdno.labpki.tls import (
+    client_common_name,
+    issue_client_certificate,
+    issue_server_certificate,
+    make_tls_ca,
+)
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 
-from labpki.hierarchy import LabHierarchy
-from labpki.smki import new_p256_key
-from labpki.store import write_certified_key
-from labpki.tls import issue_server_certificate
+from vdno.labpki.hierarchy import LabHierarchy
+from vdno.labpki.smki import new_p256_key
+from vdno.labpki.store import write_certified_key
+from vdno.labpki.tls import issue_server_certificate
 
 CONFIG = """\
 [server]

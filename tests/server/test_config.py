@@ -11,9 +11,9 @@ import pytest
 from config_testlib import replace_line, write_config, write_lab_files
 from pydantic import ValidationError
 
-from labpki.smki import new_p256_key
-from labpki.store import write_private_key
-from server.config import ConfigError, ServerTable, Settings, load_settings
+from vdno.labpki.smki import new_p256_key
+from vdno.labpki.store import write_private_key
+from vdno.server.config import ConfigError, ServerTable, Settings, load_settings
 
 NO_ENV: dict[str, str] = {}
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from server.audit_key import audit_key
-from server.config import ConfigError, load_settings
+from vdno.server.audit_key import audit_key
+from vdno.server.config import ConfigError, load_settings
 
 BASE = """
 [database]

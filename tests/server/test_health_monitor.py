@@ -13,8 +13,8 @@ from multiprocessing import RawArray
 import pytest
 from grpc_health.v1 import health, health_pb2
 
-from server.domain.errors import HsmUnavailable, StoreUnavailable
-from server.health import (
+from vdno.server.domain.errors import HsmUnavailable, StoreUnavailable
+from vdno.server.health import (
     COMPONENTS,
     DATABASE,
     HSM,

@@ -11,13 +11,13 @@ from typing import Any
 import structlog
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from labpki.hierarchy import LabHierarchy
-from labpki.smki import issue_organisation_certificate, new_p256_key
-from server.domain.custody import CustodyService, CustodySettings, GeneratedKey
-from server.domain.policy import TrustAnchors
-from server.domain.values import GenerationRecord, GenerationStatus
-from server.housekeeping import CustodyHousekeeping
-from server.store.sql import open_store
+from vdno.labpki.hierarchy import LabHierarchy
+from vdno.labpki.smki import issue_organisation_certificate, new_p256_key
+from vdno.server.domain.custody import CustodyService, CustodySettings, GeneratedKey
+from vdno.server.domain.policy import TrustAnchors
+from vdno.server.domain.values import GenerationRecord, GenerationStatus
+from vdno.server.housekeeping import CustodyHousekeeping
+from vdno.server.store.sql import open_store
 
 
 class RecordingCeremony:

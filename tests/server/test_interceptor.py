@@ -18,18 +18,18 @@ import structlog
 from cryptography.hazmat.primitives import serialization
 from prometheus_client import CollectorRegistry
 
-from labpki.smki import CertifiedKey
-from labpki.tls import (
+from vdno.labpki.smki import CertifiedKey
+from vdno.labpki.tls import (
     BENCH_ROLE,
     OFFICER_ROLE,
     issue_client_certificate,
     issue_server_certificate,
     make_tls_ca,
 )
-from server.domain.errors import UnknownArea
-from server.metrics import ServerMetrics
-from server.observability import configure_logging
-from server.rpc.interceptors import (
+from vdno.server.domain.errors import UnknownArea
+from vdno.server.metrics import ServerMetrics
+from vdno.server.observability import configure_logging
+from vdno.server.rpc.interceptors import (
     ErrorMappingInterceptor,
     UndecodableRequest,
     bench_caller,

@@ -15,18 +15,18 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from client.enrolment import make_key_and_request
-from gbcs.cells import KeyUsage
-from gbcs.smki import load_certificate
-from labpki.hierarchy import LabHierarchy
-from labpki.smki import issue_device_certificate, issue_organisation_certificate, new_p256_key
-from labpki.tls import issue_client_certificate
-from server.domain.certificates import check_organisation_certificate
-from server.domain.errors import InvalidRequest, VdnoError
-from server.domain.policy import check_device_certificate
-from server.domain.values import MAX_RECORD_ID, check_free_text, parse_record_id
-from server.rpc.converters import certificate_request_from_pb
-from server.rpc.identity import caller_from_certificate
+from vdno.client.enrolment import make_key_and_request
+from vdno.gbcs.cells import KeyUsage
+from vdno.gbcs.smki import load_certificate
+from vdno.labpki.hierarchy import LabHierarchy
+from vdno.labpki.smki import issue_device_certificate, issue_organisation_certificate, new_p256_key
+from vdno.labpki.tls import issue_client_certificate
+from vdno.server.domain.certificates import check_organisation_certificate
+from vdno.server.domain.errors import InvalidRequest, VdnoError
+from vdno.server.domain.policy import check_device_certificate
+from vdno.server.domain.values import MAX_RECORD_ID, check_free_text, parse_record_id
+from vdno.server.rpc.converters import certificate_request_from_pb
+from vdno.server.rpc.identity import caller_from_certificate
 
 LAB = LabHierarchy.create()
 NOW = datetime.now(UTC)

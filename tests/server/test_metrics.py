@@ -20,12 +20,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.config import ConfigError, MetricsConfig
-from server.domain.custody import GenerationView
-from server.domain.ports import IssuanceOutcome
-from server.domain.values import BenchOperation, GenerationRecord, GenerationStatus
-from server.health import HSM, HealthReport
-from server.metrics import MetricsListener, ProcessesCollector, ServerMetrics
+from vdno.server.config import ConfigError, MetricsConfig
+from vdno.server.domain.custody import GenerationView
+from vdno.server.domain.ports import IssuanceOutcome
+from vdno.server.domain.values import BenchOperation, GenerationRecord, GenerationStatus
+from vdno.server.health import HSM, HealthReport
+from vdno.server.metrics import MetricsListener, ProcessesCollector, ServerMetrics
 
 NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
 
@@ -127,12 +127,12 @@ _WORKER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from server.metrics import use_values
+    from vdno.server.metrics import use_values
     use_values(Path(sys.argv[1]))
     from prometheus_client import CollectorRegistry
-    from server.domain.ports import IssuanceOutcome
-    from server.domain.values import BenchOperation
-    from server.metrics import ServerMetrics
+    from vdno.server.domain.ports import IssuanceOutcome
+    from vdno.server.domain.values import BenchOperation
+    from vdno.server.metrics import ServerMetrics
     metrics = ServerMetrics(CollectorRegistry())
     for _ in range(int(sys.argv[2])):
         metrics.issuance(BenchOperation.HAND_OUT, IssuanceOutcome.SIGNED, 1)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import structlog
 
-from server.observability import ATOMIC_WRITE, BatchedLineLogger, StdlibLogHandler, configure_logging
+from vdno.server.observability import ATOMIC_WRITE, BatchedLineLogger, StdlibLogHandler, configure_logging
 
 
 class RecordingOut(io.RawIOBase):
@@ -188,7 +188,7 @@ EVERYTHING_ON_STDERR = textwrap.dedent(
     """
     import logging, os, sys, threading, warnings
     import structlog
-    from server.observability import configure_logging
+    from vdno.server.observability import configure_logging
     lines = configure_logging("info")
     logging.getLogger("grpc._cython.cygrpc").warning("a library warning")
     os.write(2, b"E1205 07:09:34.812999   14250 ssl_transport_security.cc:1658] Handshake failed\\n")

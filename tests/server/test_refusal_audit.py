@@ -8,9 +8,9 @@ import threading
 import time
 from datetime import UTC, datetime
 
-from server.domain.errors import StoreUnavailable
-from server.domain.values import AuditEvent
-from server.refusals import RefusalAudit
+from vdno.server.domain.errors import StoreUnavailable
+from vdno.server.domain.values import AuditEvent
+from vdno.server.refusals import RefusalAudit
 
 
 class Recorded:

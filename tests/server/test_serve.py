@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from server.config import MetricsConfig, load_settings
-from server.main import _database_for_log, _serve_for_workers
+from vdno.server.config import MetricsConfig, load_settings
+from vdno.server.main import _database_for_log, _serve_for_workers
 
 CONFIG = """
 [server]

@@ -11,27 +11,27 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from lab_testlib import cs02b_command, der, org
 
-from gbcs.cells import NO_DS_CELL, NO_KA_CELL, KeyUsage, TrustAnchorCellIdentifier
-from gbcs.cs02a import ProvideSecurityCredentialsCommand
-from gbcs.cs02b import (
+from vdno.gbcs.cells import NO_DS_CELL, NO_KA_CELL, KeyUsage, TrustAnchorCellIdentifier
+from vdno.gbcs.cs02a import ProvideSecurityCredentialsCommand
+from vdno.gbcs.cs02b import (
     RemotePartySeqNumberChange,
     ReplacementOutcome,
     TrustAnchorReplacement,
     UpdateSecurityCredentialsResponse,
 )
-from gbcs.cs02e import ProvideDeviceCertificateCommand
-from gbcs.framing import Cra, GeneralSigningApdu, GroupingHeader, decode_message
-from gbcs.mac import add_mac
-from gbcs.signature import verify_message_signature
-from labpki.smki import (
+from vdno.gbcs.cs02e import ProvideDeviceCertificateCommand
+from vdno.gbcs.framing import Cra, GeneralSigningApdu, GroupingHeader, decode_message
+from vdno.gbcs.mac import add_mac
+from vdno.gbcs.signature import verify_message_signature
+from vdno.labpki.smki import (
     CertifiedKey,
     make_device_ca,
     make_issuing_ca,
     make_root_ca,
 )
-from simulator.device import SimulatedDevice
-from simulator.lab import make_device_profile
-from simulator.profile import (
+from vdno.simulator.device import SimulatedDevice
+from vdno.simulator.lab import make_device_profile
+from vdno.simulator.profile import (
     ACB_DS_CELL,
     ACB_KA_CELL,
     RECOVERY_CELL,

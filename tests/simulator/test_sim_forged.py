@@ -16,14 +16,14 @@ from forge_testlib import (
 )
 from sim_testlib import assert_unchanged_outcomes, snapshot, statuses
 
-from gbcs.cells import NO_DS_CELL, NO_KA_CELL, KeyUsage, StatusCode
-from gbcs.cs02a import ProvideSecurityCredentialsCommand
-from gbcs.cs02e import DeviceCertificateResponse, ProvideDeviceCertificateCommand
-from gbcs.framing import Cra, GeneralSigningApdu, GroupingHeader, MessageCode, decode_message
-from gbcs.signature import sign_apdu
-from simulator.device import SimulatedDevice
-from simulator.errors import DeviceRefused
-from simulator.profile import ROOT_CELL, DeviceKey
+from vdno.gbcs.cells import NO_DS_CELL, NO_KA_CELL, KeyUsage, StatusCode
+from vdno.gbcs.cs02a import ProvideSecurityCredentialsCommand
+from vdno.gbcs.cs02e import DeviceCertificateResponse, ProvideDeviceCertificateCommand
+from vdno.gbcs.framing import Cra, GeneralSigningApdu, GroupingHeader, MessageCode, decode_message
+from vdno.gbcs.signature import sign_apdu
+from vdno.simulator.device import SimulatedDevice
+from vdno.simulator.errors import DeviceRefused
+from vdno.simulator.profile import ROOT_CELL, DeviceKey
 
 HELD_SEQ = 10  # the meter's stored NO seq number and the vanilla generation's last counter
 

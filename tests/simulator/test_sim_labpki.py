@@ -25,18 +25,18 @@ from sim_testlib import (
     with_mac,
 )
 
-from gbcs.cells import NO_DS_CELL, NO_KA_CELL, KeyUsage, StatusCode
-from gbcs.cs02a import ProvideSecurityCredentialsResponse
-from gbcs.cs02b import RemotePartySeqNumberChange
-from gbcs.cs02e import DeviceCertificateResponse
-from gbcs.framing import Cra, decode_message
-from gbcs.mac import add_mac
-from gbcs.signature import sign_apdu, verify_message_signature
-from gbcs.smki import load_certificate, verify_certification_path
-from labpki.smki import new_p256_key
-from simulator.device import SimulatedDevice
-from simulator.errors import DeviceRefused
-from simulator.profile import (
+from vdno.gbcs.cells import NO_DS_CELL, NO_KA_CELL, KeyUsage, StatusCode
+from vdno.gbcs.cs02a import ProvideSecurityCredentialsResponse
+from vdno.gbcs.cs02b import RemotePartySeqNumberChange
+from vdno.gbcs.cs02e import DeviceCertificateResponse
+from vdno.gbcs.framing import Cra, decode_message
+from vdno.gbcs.mac import add_mac
+from vdno.gbcs.signature import sign_apdu, verify_message_signature
+from vdno.gbcs.smki import load_certificate, verify_certification_path
+from vdno.labpki.smki import new_p256_key
+from vdno.simulator.device import SimulatedDevice
+from vdno.simulator.errors import DeviceRefused
+from vdno.simulator.profile import (
     ACB_DS_CELL,
     RECOVERY_CELL,
     ROOT_CELL,

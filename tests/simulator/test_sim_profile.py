@@ -20,11 +20,11 @@ from sim_testlib import (
     rtds_profile,
 )
 
-from gbcs.cells import NO_DS_CELL, NO_KA_CELL, StatusCode
-from simulator.device import SimulatedDevice
-from simulator.errors import ProfileError
-from simulator.lab import make_device_profile, write_tray
-from simulator.profile import ROOT_CELL, DeviceProfile, load_profile, save_profile
+from vdno.gbcs.cells import NO_DS_CELL, NO_KA_CELL, StatusCode
+from vdno.simulator.device import SimulatedDevice
+from vdno.simulator.errors import ProfileError
+from vdno.simulator.lab import make_device_profile, write_tray
+from vdno.simulator.profile import ROOT_CELL, DeviceProfile, load_profile, save_profile
 
 
 def _same(a: DeviceProfile, b: DeviceProfile) -> None:

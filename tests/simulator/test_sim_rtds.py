@@ -19,13 +19,13 @@ from sim_testlib import (
     snapshot,
 )
 
-from gbcs.cells import NO_DS_CELL, NO_KA_CELL, StatusCode
-from gbcs.cs02a import ProvideSecurityCredentialsResponse
-from gbcs.framing import Cra, decode_apdu, decode_message
-from gbcs.signature import sign_apdu, verify_message_signature
-from gbcs.smki import load_certificate
-from simulator.device import SimulatedDevice, dlms_date_time
-from simulator.errors import DeviceRefused
+from vdno.gbcs.cells import NO_DS_CELL, NO_KA_CELL, StatusCode
+from vdno.gbcs.cs02a import ProvideSecurityCredentialsResponse
+from vdno.gbcs.framing import Cra, decode_apdu, decode_message
+from vdno.gbcs.signature import sign_apdu, verify_message_signature
+from vdno.gbcs.smki import load_certificate
+from vdno.simulator.device import SimulatedDevice, dlms_date_time
+from vdno.simulator.errors import DeviceRefused
 
 
 def _device(vectors_dir: Path, **kw: object) -> SimulatedDevice:
@@ -192,7 +192,7 @@ def test_rtds_expired_certificates_rejected_per_cell(vectors_dir: Path, nobyno_c
 def test_rtds_root_cell_unknown_ca_gives_no_trust_anchor(vectors_dir: Path, nobyno_command: bytes) -> None:
     profile = rtds_profile(vectors_dir)
     cells = dict(profile.cells)
-    from simulator.profile import ROOT_CELL
+    from vdno.simulator.profile import ROOT_CELL
 
     cells[ROOT_CELL] = pem_to_der(vectors_dir / "keystore" / "90b3d51f30000001-ds.pem")  # not a CA
     device = SimulatedDevice(rtds_profile(vectors_dir, cells=cells))

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from sim_testlib import LAB_DEVICE, NO_A, RTDS_DEVICE, World, cs02a, lab_device, rtds_profile
 
-from gbcs.cells import NO_DS_CELL
-from gbcs.cs02b import UpdateSecurityCredentialsResponse
-from gbcs.framing import decode_message
-from simulator.device import SimulatedDevice
-from simulator.frames import (
+from vdno.gbcs.cells import NO_DS_CELL
+from vdno.gbcs.cs02b import UpdateSecurityCredentialsResponse
+from vdno.gbcs.framing import decode_message
+from vdno.simulator.device import SimulatedDevice
+from vdno.simulator.frames import (
     MAX_FRAME,
     OP_LIST,
     OP_SEND,
@@ -34,9 +34,9 @@ from simulator.frames import (
     read_frame,
     send_body,
 )
-from simulator.lab import write_tray
-from simulator.profile import save_profile
-from simulator.tray import Tray, TrayServer
+from vdno.simulator.lab import write_tray
+from vdno.simulator.profile import save_profile
+from vdno.simulator.tray import Tray, TrayServer
 
 
 @pytest.fixture
@@ -204,7 +204,7 @@ def test_server_is_loopback_only(tray: Tray) -> None:
 
 def _cli() -> list[str]:
     script = Path(sys.executable).parent / "vdno-sim"
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "simulator"]
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "vdno.simulator"]
 
 
 def test_cli_serve_prints_port_and_answers_list(world: World, vectors_dir: Path, tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from server.store.schema import metadata
+from vdno.server.store.schema import metadata
 
 connection = context.config.attributes["connection"]
 on_version_apply = context.config.attributes.get("on_version_apply")

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server.domain.audit import (
+from vdno.server.domain.audit import (
     GENESIS_HASH,
     AuditRow,
     ChainHead,
@@ -26,7 +26,7 @@ from server.domain.audit import (
     read_export,
     verify_source,
 )
-from server.domain.errors import AuditDocumentInvalid
+from vdno.server.domain.errors import AuditDocumentInvalid
 
 JSON_BODY = json.JSONEncoder(separators=(",", ":"))  # how the log hashed entries before entry_hash
 

@@ -14,17 +14,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import text
 from test_pipeline import SoftwareSigner
 
-from server.domain.audit import ChainHead
-from server.domain.checkpoint import AuditCheckpoint, AuditCheckpoints, AuditKey
-from server.domain.errors import (
+from vdno.server.domain.audit import ChainHead
+from vdno.server.domain.checkpoint import AuditCheckpoint, AuditCheckpoints, AuditKey
+from vdno.server.domain.errors import (
     AuditChainBroken,
     AuditDocumentInvalid,
     AuditKeyNotConfigured,
     OfficerNotEnrolled,
     SignatureCheckFailed,
 )
-from server.domain.values import OfficerStatus
-from server.store.sql import SqlCustodyStore, open_store
+from vdno.server.domain.values import OfficerStatus
+from vdno.server.store.sql import SqlCustodyStore, open_store
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 URI = "pkcs11:token=vdno;object=vdno-audit;type=private"

@@ -10,21 +10,27 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from lab_testlib import der, org
 
-from gbcs.cells import NO_DS_CELL, NO_KA_CELL, StatusCode
-from gbcs.cs02a import ProvideSecurityCredentialsResponse, RoleCredentials, TrustAnchorCellDetails
-from gbcs.cs02b import ExecutionOutcome, ReplacementOutcome, UpdateSecurityCredentialsResponse
-from gbcs.framing import Cra, GeneralSigningApdu, GroupingHeader, MessageCode
-from gbcs.signature import sign_apdu
-from gbcs.smki import SmkiCertificate, load_certificate
-from labpki.smki import issue_device_certificate, make_device_ca, make_issuing_ca, make_root_ca, new_p256_key
-from server.domain.errors import OutcomeRejected
-from server.domain.outcomes import (
+from vdno.gbcs.cells import NO_DS_CELL, NO_KA_CELL, StatusCode
+from vdno.gbcs.cs02a import ProvideSecurityCredentialsResponse, RoleCredentials, TrustAnchorCellDetails
+from vdno.gbcs.cs02b import ExecutionOutcome, ReplacementOutcome, UpdateSecurityCredentialsResponse
+from vdno.gbcs.framing import Cra, GeneralSigningApdu, GroupingHeader, MessageCode
+from vdno.gbcs.signature import sign_apdu
+from vdno.gbcs.smki import SmkiCertificate, load_certificate
+from vdno.labpki.smki import (
+    issue_device_certificate,
+    make_device_ca,
+    make_issuing_ca,
+    make_root_ca,
+    new_p256_key,
+)
+from vdno.server.domain.errors import OutcomeRejected
+from vdno.server.domain.outcomes import (
     READ_COUNTER_AHEAD,
     ExpectedCells,
     check_credentials_answer,
     check_meter_response,
 )
-from server.domain.values import CellState, IssuanceStatus
+from vdno.server.domain.values import CellState, IssuanceStatus
 
 DEVICE = bytes.fromhex("00DB00000000E001")
 OTHER_DEVICE = bytes.fromhex("00DB00000000E002")

@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from duis.ids import RequestId
-from duis.messages import LocalCommandResponse, encode_local_command_response
-from server.domain.errors import InvalidRequest
-from server.domain.hand_in import read_returned_command
+from vdno.duis.ids import RequestId
+from vdno.duis.messages import LocalCommandResponse, encode_local_command_response
+from vdno.server.domain.errors import InvalidRequest
+from vdno.server.domain.hand_in import read_returned_command
 
 # A MAC-framed command shape whose last bytes (the MAC) are white space in ASCII.
 COMMAND = bytes.fromhex("dd0000000000000a11000000") + b"\xdf\x09" + b"\x20\x0a\x0d\x09\x0b\x0c\x20\x0a"

@@ -24,10 +24,10 @@ from forge_testlib import (
     Party,
 )
 
-from gbcs.cells import NO_KA_CELL
-from gbcs.cs02b import TrustAnchorReplacement
-from gbcs.smki import load_certificate
-from server.domain.errors import (
+from vdno.gbcs.cells import NO_KA_CELL
+from vdno.gbcs.cs02b import TrustAnchorReplacement
+from vdno.gbcs.smki import load_certificate
+from vdno.server.domain.errors import (
     HandInCommandRefused,
     InvalidRequest,
     OfficerNotEnrolled,
@@ -35,9 +35,9 @@ from server.domain.errors import (
     RequestIdConflict,
     UnknownOrder,
 )
-from server.domain.hand_in import MAX_COMMAND_BYTES, HandInService, check_hand_in_command
-from server.domain.policy import TrustAnchors
-from server.domain.values import (
+from vdno.server.domain.hand_in import MAX_COMMAND_BYTES, HandInService, check_hand_in_command
+from vdno.server.domain.policy import TrustAnchors
+from vdno.server.domain.values import (
     Area,
     GenerationStatus,
     HandInOrder,
@@ -47,7 +47,7 @@ from server.domain.values import (
     OfficerStatus,
     VanillaGeneration,
 )
-from server.store.sql import SqlCustodyStore, open_store
+from vdno.server.store.sql import SqlCustodyStore, open_store
 
 STORED_SEQ = 7
 OFFICER = "officer-01"

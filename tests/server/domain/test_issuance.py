@@ -8,11 +8,11 @@ from datetime import UTC, datetime
 from cryptography.hazmat.primitives.serialization import Encoding
 from test_pipeline import SoftwareSigner, parties, signer, store  # noqa: F401 (fixtures)
 
-from labpki.smki import make_device_ca, make_root_ca
-from server.domain.issuance import HandOutService
-from server.domain.policy import TrustAnchors
-from server.domain.values import HandOutRequest, IssuanceDraft
-from server.store.sql import SqlCustodyStore
+from vdno.labpki.smki import make_device_ca, make_root_ca
+from vdno.server.domain.issuance import HandOutService
+from vdno.server.domain.policy import TrustAnchors
+from vdno.server.domain.values import HandOutRequest, IssuanceDraft
+from vdno.server.store.sql import SqlCustodyStore
 
 DEVICE = bytes.fromhex("00DB1234567890A0")
 

@@ -10,11 +10,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
 from rtds_vectors import read_hex
 
-from gbcs.framing import decode_message
-from gbcs.signature import sign_apdu, verify_message_signature
-from server.domain.commands import build_transfer_command
-from server.domain.issuance import counter_floor
-from server.domain.values import Area, GenerationStatus, VanillaGeneration
+from vdno.gbcs.framing import decode_message
+from vdno.gbcs.signature import sign_apdu, verify_message_signature
+from vdno.server.domain.commands import build_transfer_command
+from vdno.server.domain.issuance import counter_floor
+from vdno.server.domain.values import Area, GenerationStatus, VanillaGeneration
 
 RTDS_NO = bytes.fromhex("90B3D51F30020000")
 RTDS_ESME = bytes.fromhex("00DB1234567890A0")

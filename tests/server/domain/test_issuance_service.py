@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, decode_dss_signature
 from forge_testlib import AREA_ENTITY, AREA_ID, OLD_VANILLA_ID, VANILLA_ID, ForgeWorld
 
-from client.checks import check_command, check_rotation_command
-from server.domain.errors import (
+from vdno.client.checks import check_command, check_rotation_command
+from vdno.server.domain.errors import (
     CommandCancelled,
     CustodyConflict,
     DeviceNotVanilla,
@@ -29,9 +29,9 @@ from server.domain.errors import (
     UnknownArea,
     UnknownIssuance,
 )
-from server.domain.issuance import STALE_ATTEMPT, HandOutService, counter_floor
-from server.domain.policy import TrustAnchors
-from server.domain.values import (
+from vdno.server.domain.issuance import STALE_ATTEMPT, HandOutService, counter_floor
+from vdno.server.domain.policy import TrustAnchors
+from vdno.server.domain.values import (
     Area,
     CellState,
     CustodyState,
@@ -43,7 +43,7 @@ from server.domain.values import (
     RotationRequest,
     VanillaGeneration,
 )
-from server.store.sql import SqlCustodyStore, open_store
+from vdno.server.store.sql import SqlCustodyStore, open_store
 
 
 class KeySigner:

@@ -16,11 +16,11 @@ from forge_testlib import (
     ResponseForm,
 )
 
-from gbcs.cells import NO_KA_CELL
-from gbcs.cs02b import TrustAnchorReplacement
-from server.domain.errors import OutcomeRejected
-from server.domain.outcomes import ExpectedCells, MeterOutcome, check_meter_response
-from server.domain.values import CellState, IssuanceStatus
+from vdno.gbcs.cells import NO_KA_CELL
+from vdno.gbcs.cs02b import TrustAnchorReplacement
+from vdno.server.domain.errors import OutcomeRejected
+from vdno.server.domain.outcomes import ExpectedCells, MeterOutcome, check_meter_response
+from vdno.server.domain.values import CellState, IssuanceStatus
 
 
 def check(world: ForgeWorld, response: bytes, counter: int | None = None) -> MeterOutcome:

@@ -18,10 +18,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, decode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from gbcs.framing import decode_message
-from gbcs.signature import verify_message_signature
-from gbcs.smki import load_certificate
-from labpki.smki import (
+from vdno.gbcs.framing import decode_message
+from vdno.gbcs.signature import verify_message_signature
+from vdno.gbcs.smki import load_certificate
+from vdno.labpki.smki import (
     CertifiedKey,
     KeyUsageName,
     issue_organisation_certificate,
@@ -29,21 +29,21 @@ from labpki.smki import (
     make_root_ca,
     new_p256_key,
 )
-from server.domain.errors import (
+from vdno.server.domain.errors import (
     DeviceNotVanilla,
     HsmUnavailable,
     SignatureCheckFailed,
     StoreUnavailable,
     Unavailable,
 )
-from server.domain.pipeline import (
+from vdno.server.domain.pipeline import (
     MAX_DRAFTS_PER_STEP,
     IssuancePipeline,
     NewIssuance,
     Refused,
     UnfinishedIssuance,
 )
-from server.domain.values import (
+from vdno.server.domain.values import (
     Area,
     GenerationStatus,
     HandOutRequest,
@@ -55,7 +55,7 @@ from server.domain.values import (
     SignedCommand,
     VanillaGeneration,
 )
-from server.store.sql import SqlCustodyStore, make_engine, migrate, open_store
+from vdno.server.store.sql import SqlCustodyStore, make_engine, migrate, open_store
 
 VANILLA = bytes.fromhex("564E4F0000000001")
 AREA = bytes.fromhex("564E4F0000000010")
@@ -334,7 +334,7 @@ def test_a_defect_in_a_step_fails_its_callers_and_the_pipeline_keeps_serving(
 def test_a_reply_hands_its_outcome_to_the_waiting_thread() -> None:
     import threading
 
-    from server.domain.pipeline import Reply
+    from vdno.server.domain.pipeline import Reply
 
     value: Reply[int] = Reply()
     failure: Reply[int] = Reply()

@@ -21,13 +21,13 @@ from forge_testlib import (
 )
 from lab_testlib import der
 
-from gbcs.cells import CellUsage, KeyUsage
-from gbcs.cs02a import ProvideSecurityCredentialsResponse, RoleCredentials, TrustAnchorCellDetails
-from gbcs.framing import Cra, GeneralSigningApdu, GroupingHeader, MessageCode
-from gbcs.signature import sign_apdu
-from gbcs.smki import SmkiCertificate, load_certificate
-from labpki.smki import make_device_ca
-from server.domain.errors import (
+from vdno.gbcs.cells import CellUsage, KeyUsage
+from vdno.gbcs.cs02a import ProvideSecurityCredentialsResponse, RoleCredentials, TrustAnchorCellDetails
+from vdno.gbcs.framing import Cra, GeneralSigningApdu, GroupingHeader, MessageCode
+from vdno.gbcs.signature import sign_apdu
+from vdno.gbcs.smki import SmkiCertificate, load_certificate
+from vdno.labpki.smki import make_device_ca
+from vdno.server.domain.errors import (
     BenchNotEnrolled,
     CustodyConflict,
     DeviceAlreadyVanilla,
@@ -39,7 +39,7 @@ from server.domain.errors import (
     OperationNotAllowed,
     UnknownNetworkOperator,
 )
-from server.domain.policy import (
+from vdno.server.domain.policy import (
     check_device_certificate,
     find_custodial_generation,
     hand_in_target,
@@ -51,7 +51,7 @@ from server.domain.policy import (
     rotation_target,
     within_validity,
 )
-from server.domain.values import (
+from vdno.server.domain.values import (
     Area,
     Bench,
     BenchOperation,

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from hsm_testlib import LoginCounter
 
-from server.hsm import _cki
-from server.hsm.softhsm import SoftHsmToken, ensure_softhsm_token
+from vdno.server.hsm import _cki
+from vdno.server.hsm.softhsm import SoftHsmToken, ensure_softhsm_token
 
 USER_PIN = "user-pin-4711"
 SO_PIN = "so-pin-0815"
@@ -56,9 +56,9 @@ def hsm_token(softhsm_state_dir: Path, softhsm_module: Path, token_label: str) -
 @pytest.fixture
 def signing_key(hsm_token: SoftHsmToken) -> tuple[str, bytes, str]:
     """(label, id, private-key URI) of a fresh P-256 key pair in this test's token."""
-    from server.hsm.keys import ensure_keypair
-    from server.hsm.token import open_token_session
-    from server.hsm.uri import Pkcs11Uri
+    from vdno.server.hsm.keys import ensure_keypair
+    from vdno.server.hsm.token import open_token_session
+    from vdno.server.hsm.uri import Pkcs11Uri
 
     label, key_id = "no-dno-test-gen1", b"\x01\x02\x03\x04"
     with open_token_session(hsm_token.module_path, hsm_token.label, USER_PIN) as session:

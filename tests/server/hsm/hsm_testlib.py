@@ -9,8 +9,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-from server.domain.errors import HsmUnavailable
-from server.hsm.softhsm import SoftHsmToken
+from vdno.server.domain.errors import HsmUnavailable
+from vdno.server.hsm.softhsm import SoftHsmToken
 
 T = TypeVar("T")
 

@@ -8,9 +8,9 @@ import inspect
 import pytest
 from pkcs11 import exceptions as p11e
 
-from server.domain.errors import HsmLoginRefused, HsmUnavailable, KeyNotInCustody
-from server.hsm import _cki
-from server.hsm.faults import Fault, cause_name, classify, domain_error, key_lookup_error
+from vdno.server.domain.errors import HsmLoginRefused, HsmUnavailable, KeyNotInCustody
+from vdno.server.hsm import _cki
+from vdno.server.hsm.faults import Fault, cause_name, classify, domain_error, key_lookup_error
 
 TRANSIENT = {
     "DeviceRemoved",

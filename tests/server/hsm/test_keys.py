@@ -8,9 +8,9 @@ from cryptography.x509.oid import NameOID
 from pkcs11 import Attribute, KeyType, ObjectClass
 from pkcs11 import exceptions as p11e
 
-from gbcs.signature import raw_to_der
-from server.domain.errors import HsmLoginRefused, KeyNotInCustody
-from server.hsm.keys import (
+from vdno.gbcs.signature import raw_to_der
+from vdno.server.domain.errors import HsmLoginRefused, KeyNotInCustody
+from vdno.server.hsm.keys import (
     P256_PARAMS,
     ensure_keypair,
     find_key,
@@ -20,8 +20,8 @@ from server.hsm.keys import (
     sign_csr,
     sign_digest_with,
 )
-from server.hsm.softhsm import SoftHsmToken
-from server.hsm.token import open_token_session
+from vdno.server.hsm.softhsm import SoftHsmToken
+from vdno.server.hsm.token import open_token_session
 
 
 def test_generated_key_is_sensitive_and_never_extractable(hsm_token: SoftHsmToken, user_pin: str) -> None:
@@ -144,7 +144,7 @@ def test_open_session_with_wrong_pin(hsm_token: SoftHsmToken) -> None:
 def test_ec_point_raw_or_der_wrapped() -> None:
     from cryptography.hazmat.primitives import serialization
 
-    from server.hsm.keys import public_key_from_ec_point
+    from vdno.server.hsm.keys import public_key_from_ec_point
 
     key = ec.generate_private_key(ec.SECP256R1()).public_key()
     raw = key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)

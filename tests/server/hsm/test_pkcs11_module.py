@@ -29,14 +29,14 @@ from cryptography.x509.oid import NameOID
 from hsm_testlib import wait_for
 from pkcs11 import Attribute, KeyType
 
-from gbcs.signature import raw_to_der
-from server.domain.errors import HsmUnavailable, KeyNotInCustody
-from server.hsm.ceremony import TokenKeyCeremony
-from server.hsm.keys import P256_PARAMS
-from server.hsm.signer import Pkcs11Signer
-from server.hsm.softhsm import SoftHsmToken
-from server.hsm.token import open_token_session
-from server.hsm.uri import Pkcs11Uri
+from vdno.gbcs.signature import raw_to_der
+from vdno.server.domain.errors import HsmUnavailable, KeyNotInCustody
+from vdno.server.hsm.ceremony import TokenKeyCeremony
+from vdno.server.hsm.keys import P256_PARAMS
+from vdno.server.hsm.signer import Pkcs11Signer
+from vdno.server.hsm.softhsm import SoftHsmToken
+from vdno.server.hsm.token import open_token_session
+from vdno.server.hsm.uri import Pkcs11Uri
 
 PREHASHED = ec.ECDSA(Prehashed(hashes.SHA256()))
 CUSTODY_FACTS = ("sensitive", "never_extractable", "local", "token", "private", "sign")

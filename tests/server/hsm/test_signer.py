@@ -12,12 +12,12 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from hsm_testlib import wait_for
 from structlog.testing import capture_logs
 
-from gbcs.signature import raw_to_der
-from server.domain.errors import HsmLoginRefused, HsmUnavailable, KeyNotInCustody
-from server.hsm.keys import ensure_keypair
-from server.hsm.signer import Pkcs11Signer
-from server.hsm.softhsm import SoftHsmToken
-from server.hsm.token import open_token_session
+from vdno.gbcs.signature import raw_to_der
+from vdno.server.domain.errors import HsmLoginRefused, HsmUnavailable, KeyNotInCustody
+from vdno.server.hsm.keys import ensure_keypair
+from vdno.server.hsm.signer import Pkcs11Signer
+from vdno.server.hsm.softhsm import SoftHsmToken
+from vdno.server.hsm.token import open_token_session
 
 PREHASHED = ec.ECDSA(Prehashed(hashes.SHA256()))
 
@@ -166,7 +166,7 @@ def test_signers_sharing_a_token_do_not_log_each_other_out(
             _verify(two.public_key(uri), digest, two.sign_digest(uri, digest))
             _verify(one.public_key(uri), digest, one.sign_digest(uri, digest))
         # the bootstrap session and signer `two` are closed; `one` still signs without reconnecting
-        with caplog.at_level("WARNING", logger="server.hsm.signer"):
+        with caplog.at_level("WARNING", logger="vdno.server.hsm.signer"):
             _verify(one.public_key(uri), digest, one.sign_digest(uri, digest))
         assert "reconnecting" not in caplog.text
 

@@ -17,12 +17,12 @@ from hsm_testlib import LoginCounter, token_taken_away, wait_for
 from pkcs11 import ObjectClass
 from structlog.testing import capture_logs
 
-from gbcs.signature import raw_to_der
-from server.domain.errors import HsmLoginRefused, HsmUnavailable, KeyNotInCustody
-from server.hsm.keys import ensure_keypair
-from server.hsm.signer import Pkcs11Signer
-from server.hsm.softhsm import SoftHsmToken
-from server.hsm.token import open_token_session
+from vdno.gbcs.signature import raw_to_der
+from vdno.server.domain.errors import HsmLoginRefused, HsmUnavailable, KeyNotInCustody
+from vdno.server.hsm.keys import ensure_keypair
+from vdno.server.hsm.signer import Pkcs11Signer
+from vdno.server.hsm.softhsm import SoftHsmToken
+from vdno.server.hsm.token import open_token_session
 
 FIRST, MOST = 0.05, 0.2  # reconnect delays of these tests (the service's defaults are 0.2 and 5 s)
 DIGEST = hashlib.sha256(b"a command").digest()

@@ -8,9 +8,9 @@ from pathlib import Path
 import pkcs11
 import pytest
 
-from server.config import ConfigError
-from server.hsm import softhsm
-from server.hsm.softhsm import SoftHsmToken, ensure_softhsm_token, find_softhsm_module
+from vdno.server.config import ConfigError
+from vdno.server.hsm import softhsm
+from vdno.server.hsm.softhsm import SoftHsmToken, ensure_softhsm_token, find_softhsm_module
 
 USER_PIN = "user-pin-4711"  # same as conftest.USER_PIN
 SO_PIN = "so-pin-0815"
@@ -83,7 +83,7 @@ def test_bad_arguments(softhsm_state_dir: Path, softhsm_module: Path) -> None:
 def test_find_softhsm_module(softhsm_module: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv(softhsm.MODULE_ENV, raising=False)
     assert find_softhsm_module().is_file()
-    from server.domain.errors import HsmUnavailable
+    from vdno.server.domain.errors import HsmUnavailable
 
     monkeypatch.setenv(softhsm.MODULE_ENV, str(tmp_path / "missing.so"))
     with pytest.raises(HsmUnavailable, match="does not name a file"):
@@ -97,9 +97,9 @@ def test_find_softhsm_module(softhsm_module: Path, monkeypatch: pytest.MonkeyPat
 _CHILD_SEES_TORN_TOKEN = """
 import sys, time
 from pathlib import Path
-from server.domain.errors import HsmUnavailable
-from server.hsm.signer import Pkcs11Signer
-from server.hsm.token import load_module
+from vdno.server.domain.errors import HsmUnavailable
+from vdno.server.hsm.signer import Pkcs11Signer
+from vdno.server.hsm.token import load_module
 module, label, path, pin = sys.argv[1:5]
 token_object = Path(path)
 data = token_object.read_bytes()

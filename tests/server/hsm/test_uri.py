@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server.domain.errors import InvalidRequest
-from server.hsm.uri import Pkcs11Uri, parse_pkcs11_uri
+from vdno.server.domain.errors import InvalidRequest
+from vdno.server.hsm.uri import Pkcs11Uri, parse_pkcs11_uri
 
 
 def test_parse_all_supported_attributes() -> None:

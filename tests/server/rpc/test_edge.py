@@ -22,13 +22,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-import server
-from labpki.smki import CertifiedKey, new_p256_key
-from labpki.tls import OFFICER_ROLE, issue_client_certificate, issue_server_certificate, make_tls_ca
-from server.config import ConfigError
-from server.domain import errors as e
-from server.port_claim import PortHeld
-from server.rpc.interceptors import ErrorMappingInterceptor, bench_identity, officer_identity
+from vdno import server
+from vdno.labpki.smki import CertifiedKey, new_p256_key
+from vdno.labpki.tls import OFFICER_ROLE, issue_client_certificate, issue_server_certificate, make_tls_ca
+from vdno.server.config import ConfigError
+from vdno.server.domain import errors as e
+from vdno.server.port_claim import PortHeld
+from vdno.server.rpc.interceptors import ErrorMappingInterceptor, bench_identity, officer_identity
 from vdno.v1 import custodian_pb2 as pb
 from vdno.v1 import custodian_pb2_grpc as pb_grpc
 from vdno.v1 import custody_pb2 as custody_pb
@@ -84,7 +84,7 @@ EXPECTED: dict[type[e.VdnoError], grpc.StatusCode] = {
 def all_errors(root: type[e.VdnoError] = e.VdnoError) -> set[type[e.VdnoError]]:
     """Every subclass of `root` in the server package, whichever modules this process imported so far."""
     if root is e.VdnoError:
-        for module in pkgutil.walk_packages(server.__path__, "server."):
+        for module in pkgutil.walk_packages(server.__path__, "vdno.server."):
             if ".migrations" not in module.name:
                 importlib.import_module(module.name)
     found = set()

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import text
 from test_sql_store import store, store_url  # noqa: F401 (fixtures)
 
-from server.domain.audit import (
+from vdno.server.domain.audit import (
     ENTRY_FIELDS,
     ChainHead,
     CheckpointClaim,
@@ -18,9 +18,9 @@ from server.domain.audit import (
     read_export,
     verify_source,
 )
-from server.domain.values import AuditEvent
-from server.store.audit import audit_snapshot, export_log, verify_chain, verify_log
-from server.store.sql import SqlCustodyStore
+from vdno.server.domain.values import AuditEvent
+from vdno.server.store.audit import audit_snapshot, export_log, verify_chain, verify_log
+from vdno.server.store.sql import SqlCustodyStore
 
 PAGE = 7  # entries per page: the 50 entries below span several pages
 

@@ -12,10 +12,10 @@ from sqlalchemy import Connection, text
 from test_sql_store import GEN, store, store_url  # noqa: F401 (fixtures)
 
 from scripts.bench_scale import LOADED_PREFIX, bulk_load, explain, fleet_statements
-from server.domain.errors import UnknownDevice
-from server.domain.values import AuditEvent, CustodyState
-from server.store.fleet import set_custody
-from server.store.sql import SqlCustodyStore
+from vdno.server.domain.errors import UnknownDevice
+from vdno.server.domain.values import AuditEvent, CustodyState
+from vdno.server.store.fleet import set_custody
+from vdno.server.store.sql import SqlCustodyStore
 
 ISSUANCES, METERS, SIGNED = 40_000, 40_000, 7
 

@@ -17,12 +17,12 @@ import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
-from server.domain.errors import StoreUnavailable
-from server.store.sql import MIGRATION_LOCK_CLASS, MIGRATIONS, make_engine, migrate
+from vdno.server.domain.errors import StoreUnavailable
+from vdno.server.store.sql import MIGRATION_LOCK_CLASS, MIGRATIONS, make_engine, migrate
 
 MIGRATE_ON_CUE = """
 import sys
-from server.store.sql import migrate_database
+from vdno.server.store.sql import migrate_database
 print("ready", flush=True)
 sys.stdin.readline()
 migrate_database(sys.argv[1])

@@ -11,14 +11,14 @@ from alembic.config import Config
 from sqlalchemy import insert, text
 from test_sql_store import GEN, begin, complete, draft, store, store_url  # noqa: F401 (fixtures)
 
-from server.domain.errors import (
+from vdno.server.domain.errors import (
     CommandCancelled,
     CustodyConflict,
     DeviceNotVanilla,
     OutstandingCommand,
     UnknownIssuance,
 )
-from server.domain.values import (
+from vdno.server.domain.values import (
     Cancellation,
     CellState,
     CustodyState,
@@ -26,9 +26,9 @@ from server.domain.values import (
     IssuanceStatus,
     RecordedOutcome,
 )
-from server.store.audit import verify_chain
-from server.store.schema import issuances
-from server.store.sql import MIGRATIONS, SqlCustodyStore, make_engine, open_store
+from vdno.server.store.audit import verify_chain
+from vdno.server.store.schema import issuances
+from vdno.server.store.sql import MIGRATIONS, SqlCustodyStore, make_engine, open_store
 
 AREA_CELLS = CellState(b"LAB\x00\x00\x03\x00\x0c", b"\x41" * 8)
 

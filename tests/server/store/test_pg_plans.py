@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy import Connection, text
 from test_sql_store import GEN, draft, store, store_url  # noqa: F401 (fixtures)
 
-from server.domain.values import AuditEvent, CellState, CustodyState, IssuanceStatus, RecordedOutcome
-from server.store.sql import SqlCustodyStore
+from vdno.server.domain.values import AuditEvent, CellState, CustodyState, IssuanceStatus, RecordedOutcome
+from vdno.server.store.sql import SqlCustodyStore
 
 ISSUANCES = 1_200
 SINGLE = 20  # the first issuances and outcomes, one a transaction, while the tables are nearly empty

@@ -15,14 +15,14 @@ import psycopg
 import pytest
 from sqlalchemy import text
 
-from server.domain.values import (
+from vdno.server.domain.values import (
     GenerationStatus,
     IssuanceDraft,
     IssuanceRecord,
     IssuanceStep,
     VanillaGeneration,
 )
-from server.store.sql import SqlCustodyStore, make_engine, open_store
+from vdno.server.store.sql import SqlCustodyStore, make_engine, open_store
 
 FLOOR = 1
 

@@ -11,8 +11,8 @@ from dataclasses import replace
 import pytest
 from sqlalchemy import text
 
-from server.domain.errors import UnknownIssuance
-from server.domain.values import (
+from vdno.server.domain.errors import UnknownIssuance
+from vdno.server.domain.values import (
     Area,
     AuditEvent,
     CellState,
@@ -24,8 +24,8 @@ from server.domain.values import (
     RecordedOutcome,
     VanillaGeneration,
 )
-from server.store.audit import verify_chain
-from server.store.sql import SqlCustodyStore, make_engine, open_store
+from vdno.server.store.audit import verify_chain
+from vdno.server.store.sql import SqlCustodyStore, make_engine, open_store
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -209,7 +209,7 @@ def test_tampered_audit_log_is_detected(store: SqlCustodyStore) -> None:
 
 
 def test_store_down_means_unavailable(tmp_path) -> None:
-    from server.domain.errors import StoreUnavailable
+    from vdno.server.domain.errors import StoreUnavailable
 
     s = open_store(f"sqlite:///{tmp_path / 'x.db'}")
     s.add_generation(GEN, "t")
@@ -225,7 +225,7 @@ def test_store_down_means_unavailable(tmp_path) -> None:
 def test_a_transaction_with_more_audit_events_than_one_insert_takes_keeps_the_chain(
     store: SqlCustodyStore,
 ) -> None:
-    from server.store.audit import MAX_ROWS_PER_INSERT
+    from vdno.server.store.audit import MAX_ROWS_PER_INSERT
 
     many = [
         AuditEvent("bench.enrolled", "t", f"bench:b{i}", {"i": i}) for i in range(2 * MAX_ROWS_PER_INSERT + 3)

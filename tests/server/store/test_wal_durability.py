@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from server.domain.errors import StoreUnavailable
-from server.domain.values import GenerationStatus, IssuanceDraft, VanillaGeneration
-from server.store.sql import SqlCustodyStore, open_store
+from vdno.server.domain.errors import StoreUnavailable
+from vdno.server.domain.values import GenerationStatus, IssuanceDraft, VanillaGeneration
+from vdno.server.store.sql import SqlCustodyStore, open_store
 
 GEN = VanillaGeneration(
     1, b"VDNO\x00\x00\x00\x01", "pkcs11:object=a", "pkcs11:object=b", b"ds", b"ka", GenerationStatus.ACTIVE

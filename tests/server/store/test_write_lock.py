@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from server.domain.errors import StoreUnavailable
-from server.domain.values import GenerationStatus, IssuanceDraft, VanillaGeneration
-from server.store.sql import SqlCustodyStore, make_engine, open_store
+from vdno.server.domain.errors import StoreUnavailable
+from vdno.server.domain.values import GenerationStatus, IssuanceDraft, VanillaGeneration
+from vdno.server.store.sql import SqlCustodyStore, make_engine, open_store
 
 WAIT = 0.5
 GEN = VanillaGeneration(
