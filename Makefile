@@ -54,8 +54,9 @@ dist: setup
 	@ls dist
 
 # The installed wheel, tested without the source folders in sight (docs/testing.md, "Against the wheel"): a fresh
-# venv holding the wheel with its [server,dev] extras, and a copy of tests/ and scripts/ (test support, not
-# shipped) run from build/wheel-tests, where no server/, client/, ... folder is importable.
+# venv holding the wheel with its [server,dev] extras, and a copy of tests/, scripts/ (test support, not
+# shipped) and README.md (tests read its tables) run from build/wheel-tests, where no server/, client/, ...
+# folder is importable.
 WHEEL_VENV  ?= build/wheel-venv
 WHEEL_TESTS ?= build/wheel-tests
 WHEEL_SUITE ?= tests/gbcs tests/client tests/integration/test_handout.py
@@ -64,7 +65,7 @@ test-wheel: dist
 	python3 -m venv $(WHEEL_VENV)
 	$(WHEEL_VENV)/bin/python -m pip install -q "$$(ls $(CURDIR)/dist/vdno-*.whl)[server,dev]"
 	mkdir -p $(WHEEL_TESTS)
-	cp -r tests scripts pyproject.toml $(WHEEL_TESTS)/
+	cp -r tests scripts pyproject.toml README.md $(WHEEL_TESTS)/
 	find $(WHEEL_TESTS) -name __pycache__ -prune -exec rm -rf {} +
 	cd $(WHEEL_TESTS) && $(CURDIR)/$(WHEEL_VENV)/bin/python -c \
 	  "import importlib.util as u, vdno.server as s; assert u.find_spec('server') is None and 'site-packages' in s.__file__, s.__file__"
@@ -78,7 +79,7 @@ test: lint dist
 	$(PY) -m coverage erase
 	COVERAGE_PROCESS_START=$(CURDIR)/pyproject.toml $(VENV)/bin/pytest -n 2 --dist loadfile
 	$(PY) -m coverage combine -q
-	$(PY) scripts/coverage_floor.py --report-only
+	$(PY) scripts/coverage_floor.py
 
 # Fails when branch coverage of the rule-bearing packages is below their floors (after `make test`).
 coverage-floor:
