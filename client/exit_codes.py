@@ -1,6 +1,7 @@
 """The exit codes every vdno tool uses (README "Exit codes"): one table. The server and the lab stand-ins
 keep copies (server/exit_codes.py, simulator/exit_codes.py: the server never imports the client, labdcc
-never imports client or server); tests/client/test_exit_codes.py asserts that they agree."""
+never imports client or server);
+tests/client/test_tool_conventions.py asserts that they agree."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """The exit codes of vdno-server: a copy of client/exit_codes.py (README "Exit codes"), as the server never
-imports the client; tests/client/test_exit_codes.py asserts that they agree."""
+imports the client;
+tests/client/test_tool_conventions.py asserts that they agree."""
 
 from __future__ import annotations
 

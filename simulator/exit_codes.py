@@ -1,5 +1,6 @@
 """The exit codes of vdno-sim and vdno-labdcc: a copy of client/exit_codes.py (README "Exit codes"), as the
-lab stand-ins import neither client nor server; tests/client/test_exit_codes.py asserts that they agree."""
+lab stand-ins import neither client nor server;
+tests/client/test_tool_conventions.py asserts that they agree."""
 
 from __future__ import annotations
 
