@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn, TextIO
 
 import typer
 
-from vdno.client import exit_codes
+from vdno import exit_codes
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import ec

@@ -11,8 +11,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from vdno.client import exit_codes
+from vdno import exit_codes
 from vdno.client.settings import BenchSettings, SettingsError
+from vdno.exit_codes import fail_command
 
 EXIT_REFUSED = exit_codes.REFUSED
 EXIT_USAGE = exit_codes.USAGE
@@ -22,12 +23,14 @@ UNREACHABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED")
 
 def fail(message: str, code: int = EXIT_USAGE, error_code: str = "") -> NoReturn:
     """One line on stderr and, with --json, one JSON error object on stdout."""
-    if json_wanted():
-        default = {EXIT_USAGE: "USAGE_ERROR", EXIT_UNAVAILABLE: "SERVER_UNAVAILABLE"}.get(code, "REFUSED")
-        document = {"error_code": error_code or default, "error": message, "exit_code": code}
-        typer.echo(json.dumps(document, indent=2))
-    typer.echo(f"vdno-admin: {message}", err=True)
-    raise typer.Exit(code)
+    unreachable = code == EXIT_UNAVAILABLE and not error_code
+    fail_command(
+        "vdno-admin",
+        message,
+        code,
+        json_output=json_wanted(),
+        error_code="SERVER_UNAVAILABLE" if unreachable else error_code,
+    )
 
 
 # Whether the command being run was given --json (vdno-admin --json, or an audit command's own --json):

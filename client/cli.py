@@ -16,12 +16,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from vdno import exit_codes
 from vdno.client import error_codes as codes
-from vdno.client import exit_codes
 from vdno.client.errors import BenchError, ServiceError
 from vdno.client.handout import APPLIED, LAB_READER_ID, HandOutResult
 from vdno.client.inspect import EXIT_CODES_HELP, EXIT_DECODE, InputError, inspect_bytes, load_input, render
 from vdno.client.settings import BenchSettings, SettingsError
+from vdno.exit_codes import fail_command
 from vdno.gbcs.errors import DecodeError
 from vdno.gbcs.ids import parse_eui64
 
@@ -80,15 +81,14 @@ def _fail(
     problems: list[str] | None = None,
 ) -> NoReturn:
     """One line on stderr (then one per problem) and, with --json, the JSON error object on stdout."""
-    if _output["json"]:
-        document: dict[str, Any] = {"error_code": error_code, "error": message, "exit_code": code}
-        if problems:
-            document["problems"] = problems
-        typer.echo(json.dumps(document, indent=2))
-    typer.echo(f"vdno-bench: {message}", err=True)
-    for problem in problems or ():
-        typer.echo(f"vdno-bench:   {problem}", err=True)
-    raise typer.Exit(code)
+    fail_command(
+        "vdno-bench",
+        message,
+        code,
+        json_output=_output["json"],
+        error_code=error_code,
+        problems=tuple(problems or ()),
+    )
 
 
 def _service_failed(what: str, exc: BenchError) -> NoReturn:

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
-from vdno.client import exit_codes
+from vdno import exit_codes
 from vdno.client.describe import message_document
 from vdno.client.errors import BenchError
 from vdno.gbcs.errors import GbcsError, MacError, SignatureError
@@ -30,7 +30,7 @@ from vdno.gbcs.mac import verify_mac
 from vdno.gbcs.message import DecodedMessage, decode_any
 from vdno.gbcs.signature import verify_message_signature
 
-# The shared exit-code table (client/exit_codes.py), as inspect uses it.
+# The shared exit-code table (vdno/exit_codes.py), as inspect uses it.
 EXIT_OK = exit_codes.OK
 EXIT_BAD_SIGNATURE = exit_codes.REFUSED  # signature or MAC does not verify
 EXIT_DECODE = exit_codes.USAGE  # input unreadable or not a well-formed CS02a/b/d/e message

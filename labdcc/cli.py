@@ -14,12 +14,13 @@ from typing import Any, NoReturn
 
 import typer
 
+from vdno import exit_codes
+from vdno.exit_codes import fail_command
 from vdno.labdcc.dcc import LabDcc
 from vdno.labdcc.errors import LabDccError
 from vdno.labdcc.parties import ensure_lab_parties
 from vdno.labdcc.web import DuisHttpServer
 from vdno.labpki.store import atomic_write, export_keystore
-from vdno.simulator import exit_codes
 
 RESPONSE_SUFFIX = "-response.xml"
 USAGE_ERROR = exit_codes.USAGE
@@ -57,11 +58,7 @@ def main(
 
 
 def _fail(message: str, json_output: bool, code: int = USAGE_ERROR) -> NoReturn:
-    """One line on stderr and, with --json, one JSON error object on stdout."""
-    if json_output:
-        typer.echo(json.dumps({"error_code": "USAGE_ERROR", "error": message, "exit_code": code}))
-    typer.echo(f"vdno-labdcc: {message}", err=True)
-    raise typer.Exit(code)
+    fail_command("vdno-labdcc", message, code, json_output=json_output)
 
 
 def _emit(document: Any) -> None:

@@ -376,8 +376,10 @@ def run_cases(
     in_flight: int = 8,
     seconds: float | None = None,
     alive: Callable[[], bool] = lambda: True,
+    progress: Callable[[int, Report], None] | None = None,
 ) -> Report:
-    """Send `count` cases (or as many as fit in `seconds`), `in_flight` at a time; count the answers."""
+    """Send `count` cases (or as many as fit in `seconds`), `in_flight` at a time; count the answers.
+    `progress(sent, report)` is called every 5,000 cases."""
     report = Report()
     lock = threading.Lock()
     slots = threading.BoundedSemaphore(in_flight)
@@ -403,6 +405,9 @@ def run_cases(
             break
         if sent % 500 == 0 and not alive():
             raise RuntimeError(f"the server stopped after {sent} cases")
+        if progress is not None and sent and sent % 5000 == 0:
+            with lock:
+                progress(sent, report)
         slots.acquire()
         future = target.call(case.caller, case.method.path).future(case.data, timeout=CALL_TIMEOUT)
         future.add_done_callback(lambda f, c=case: done(c, f))
@@ -671,8 +676,19 @@ def main() -> int:
         seeds, next_meter = build_seeds(state, target)
         maker = CaseMaker(args.seed, seeds, Guard({"bench-01", "bench-02"}, {1}))
         print(f"fuzzing {len(maker.methods)} methods with seed {args.seed}: {args.cases} cases", flush=True)
+        started = time.monotonic()
+
+        def progress(sent: int, so_far: Report) -> None:
+            counts = ", ".join(f"{s} {n}" for s, n in so_far.by_status.most_common())
+            print(f"  {sent} sent in {time.monotonic() - started:.0f} s: {counts}", flush=True)
+
         report = run_cases(
-            target, maker.cases(), args.cases, args.in_flight, alive=lambda: server.poll() is None
+            target,
+            maker.cases(),
+            args.cases,
+            args.in_flight,
+            alive=lambda: server.poll() is None,
+            progress=progress,
         )
         print(report.summary())
         for path, counts in sorted(report.by_method.items()):

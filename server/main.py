@@ -16,11 +16,12 @@ from typing import Any, NoReturn
 
 import typer
 
-from vdno.server import exit_codes
+from vdno import exit_codes
+from vdno.exit_codes import fail_command
 from vdno.server.config import ConfigError, Settings, load_settings
 from vdno.server.domain.errors import VdnoError
 
-# Exit codes (the shared table, server/exit_codes.py): 0 done; 1 verify-audit found the log broken; 2 a
+# Exit codes (the shared table, vdno/exit_codes.py): 0 done; 1 verify-audit found the log broken; 2 a
 # configuration, database or start-up problem (one line each on stderr, no traceback); 3 verify-audit could
 # not read the database.
 EXIT_USAGE = exit_codes.USAGE
@@ -61,30 +62,15 @@ def main(
     """vdno: the vanilla DNO custodian service."""
 
 
-def _json_error(message: str, code: int, problems: tuple[str, ...] = ()) -> None:
-    if _output["json"]:
-        document: dict[str, Any] = {
-            "error_code": "USAGE_ERROR" if code == EXIT_USAGE else "UNAVAILABLE" if code == 3 else "FAILED",
-            "error": message,
-            "exit_code": code,
-        }
-        if problems:
-            document["problems"] = list(problems)
-        typer.echo(json.dumps(document, indent=2))
-
-
-def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    _json_error(message, code)
-    typer.echo(f"vdno-server: {message}", err=True)
-    raise typer.Exit(code)
+def _fail(message: str, code: int = EXIT_USAGE, problems: tuple[str, ...] = ()) -> NoReturn:
+    fail_command("vdno-server", message, code, json_output=_output["json"], problems=problems)
 
 
 def _fail_all(problems: tuple[str, ...], where: str = "") -> NoReturn:
-    """One line per problem, then exit 2."""
-    _json_error(f"{where}{len(problems)} configuration problem(s)", EXIT_USAGE, problems)
-    for problem in problems:
-        typer.echo(f"vdno-server: {where}{problem}", err=True)
-    raise typer.Exit(EXIT_USAGE)
+    """One line for one problem; else a summary line naming `where`, then one line per problem. Exit 2."""
+    if len(problems) == 1:
+        _fail(f"{where}{problems[0]}", EXIT_USAGE)
+    _fail(f"{where}{len(problems)} configuration problem(s)", EXIT_USAGE, problems)
 
 
 def _settings(config: Path, check_files: bool = True) -> Settings:

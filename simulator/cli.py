@@ -14,8 +14,9 @@ from typing import Any, NoReturn
 import typer
 from cryptography.hazmat.primitives import serialization
 
+from vdno import exit_codes
+from vdno.exit_codes import fail_command
 from vdno.gbcs.errors import GbcsError
-from vdno.simulator import exit_codes
 from vdno.simulator.errors import ProfileError
 from vdno.simulator.tray import Tray, TrayServer
 
@@ -49,11 +50,7 @@ def main(
 
 
 def _fail(message: str, json_output: bool, code: int = exit_codes.USAGE) -> NoReturn:
-    """One line on stderr and, with --json, one JSON error object on stdout."""
-    if json_output:
-        typer.echo(json.dumps({"error_code": "USAGE_ERROR", "error": message, "exit_code": code}))
-    typer.echo(f"vdno-sim: {message}", err=True)
-    raise typer.Exit(code)
+    fail_command("vdno-sim", message, code, json_output=json_output)
 
 
 @app.command()

@@ -16,9 +16,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from vdno.client import error_codes, exit_codes
-from vdno.server import exit_codes as server_exit_codes
-from vdno.simulator import exit_codes as lab_exit_codes
+from vdno import exit_codes
+from vdno.client import error_codes
 
 BIN = Path(sys.executable).parent
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -98,8 +97,53 @@ def test_every_admin_command_answers_short_help(command: tuple[str, ...]) -> Non
     assert "Usage: vdno-admin" in helped.output
 
 
-def test_the_exit_code_copies_agree_and_the_readme_documents_the_table_once() -> None:
-    assert server_exit_codes.EXIT_CODES == exit_codes.EXIT_CODES == lab_exit_codes.EXIT_CODES
+def test_every_tool_takes_its_exit_codes_from_the_one_table() -> None:
+    root = README.parent
+    for folder in ("client", "server", "admin", "simulator", "labdcc"):
+        assert not (root / folder / "exit_codes.py").exists(), folder
+    for tool in ("client/cli.py", "server/main.py", "admin/console.py", "simulator/cli.py", "labdcc/cli.py"):
+        source = (root / tool).read_text(encoding="utf-8")
+        assert "from vdno.exit_codes import fail_command" in source, tool
+        assert 'json.dumps({"error_code"' not in source, tool
+
+
+def test_an_error_document_names_its_code_and_refuses_an_exit_code_that_is_no_error() -> None:
+    assert exit_codes.error_document("no tray", exit_codes.USAGE) == {
+        "error_code": "USAGE_ERROR",
+        "error": "no tray",
+        "exit_code": 2,
+    }
+    assert exit_codes.error_document("x", exit_codes.REFUSED, "AUDIT_LOG_BROKEN", ("a", "b")) == {
+        "error_code": "AUDIT_LOG_BROKEN",
+        "error": "x",
+        "exit_code": 1,
+        "problems": ["a", "b"],
+    }
+    assert exit_codes.error_document("x", exit_codes.UNAVAILABLE)["error_code"] == "UNAVAILABLE"
+    assert exit_codes.error_document("x", exit_codes.UNVERIFIED)["error_code"] == "UNVERIFIED"
+    assert exit_codes.error_document("x", exit_codes.REFUSED)["error_code"] == "REFUSED"
+    with pytest.raises(ValueError, match="exit code 0 is not an error"):
+        exit_codes.error_document("x", exit_codes.OK)
+
+
+def test_a_stopped_command_prints_the_object_then_one_line_per_problem(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        exit_codes.fail_command(
+            "vdno-x", "2 problem(s)", exit_codes.USAGE, json_output=True, problems=("a", "b")
+        )
+    assert stopped.value.code == exit_codes.USAGE
+    out, err = capsys.readouterr()
+    assert json.loads(out)["problems"] == ["a", "b"]
+    assert err == "vdno-x: 2 problem(s)\nvdno-x:   a\nvdno-x:   b\n"
+    with pytest.raises(SystemExit):
+        exit_codes.fail_command("vdno-x", "down", exit_codes.UNAVAILABLE, json_output=False)
+    out, err = capsys.readouterr()
+    assert out == "" and err == "vdno-x: down\n"
+
+
+def test_the_readme_documents_the_exit_code_table_once() -> None:
     assert list(exit_codes.EXIT_CODES.values()) == list(range(len(exit_codes.EXIT_CODES)))
     text = README.read_text(encoding="utf-8")
     assert text.count("## Exit codes") == 1

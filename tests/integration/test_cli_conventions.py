@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from integration_testlib import BIN, Deployment
 
-from vdno.client import exit_codes
+from vdno import exit_codes
 
 # Device indexes of the meters make-tray makes here (00DB5EED + index): clear of Deployment.meters'.
 COMMISSIONED_FIRST, VANILLA_FIRST = 91_000, 92_000

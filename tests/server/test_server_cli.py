@@ -39,10 +39,11 @@ def test_serve_reports_every_problem_of_its_config_in_one_line_each(tmp_path: Pa
         '[tls]\nserver_certificate = "tls/server.pem"\n'
         "[metricz]\n"
     )
-    prefix = f"vdno-server: {config}: "
+    prefix = "vdno-server:   "
     assert_usage_error(
         vdno_server("serve", "--config", str(config)),
         [
+            f"vdno-server: {config}: 10 configuration problem(s)",
             prefix + "[server] listen: port 99999 is outside 0-65535",
             prefix + "[server] log_level: must be one of debug, info, warning, error — got 'loud'",
             prefix + "[server] threadz: unknown key (did you mean threads?)",
@@ -137,4 +138,4 @@ def test_with_json_a_config_problem_is_one_json_error_object_on_stdout(tmp_path:
         assert error["error_code"] == "USAGE_ERROR" and error["exit_code"] == 2
         assert "[server] listen: port 99999 is outside 0-65535" in error["problems"]
         assert "[server] threadz: unknown key (did you mean threads?)" in error["problems"]
-        assert f"vdno-server: {config}: [server] threadz: unknown key (did you mean threads?)" in done.stderr
+        assert "vdno-server:   [server] threadz: unknown key (did you mean threads?)" in done.stderr
