@@ -29,10 +29,12 @@ from vdno.admin.console import (
 from vdno.client.settings import BenchSettings, SettingsError
 from vdno.gbcs.errors import DecodeError
 from vdno.gbcs.ids import parse_eui64
+from vdno.tool_group import ToolGroup
 
 IMPORTABLE = (".xml", ".hex", ".bin")
 
 app = typer.Typer(
+    cls=ToolGroup,
     name="vdno-admin",
     help=(
         "vdno security officers' client: hand-in orders (export for the area DNOs, import what DCC returns) "

@@ -25,6 +25,7 @@ from vdno.client.settings import BenchSettings, SettingsError
 from vdno.exit_codes import fail_command
 from vdno.gbcs.errors import DecodeError
 from vdno.gbcs.ids import parse_eui64
+from vdno.tool_group import ToolGroup
 
 EXIT_USAGE = exit_codes.USAGE
 AREA_MIN, AREA_MAX = 10, 23
@@ -35,6 +36,7 @@ EXIT_CODES_TEXT = (
 )
 
 app = typer.Typer(
+    cls=ToolGroup,
     name="vdno-bench",
     help="vdno bench client: inspect GBCS CS02 messages and hand out vanilla meters to a DNO area.",
     add_completion=False,

@@ -21,11 +21,13 @@ from vdno.labdcc.errors import LabDccError
 from vdno.labdcc.parties import ensure_lab_parties
 from vdno.labdcc.web import DuisHttpServer
 from vdno.labpki.store import atomic_write, export_keystore
+from vdno.tool_group import ToolGroup
 
 RESPONSE_SUFFIX = "-response.xml"
 USAGE_ERROR = exit_codes.USAGE
 
 app = typer.Typer(
+    cls=ToolGroup,
     add_completion=False,
     no_args_is_help=True,
     help=(

@@ -20,6 +20,7 @@ from vdno import exit_codes
 from vdno.exit_codes import fail_command
 from vdno.server.config import ConfigError, Settings, load_settings
 from vdno.server.domain.errors import VdnoError
+from vdno.tool_group import ToolGroup
 
 # Exit codes (the shared table, vdno/exit_codes.py): 0 done; 1 verify-audit found the log broken; 2 a
 # configuration, database or start-up problem (one line each on stderr, no traceback); 3 verify-audit could
@@ -27,6 +28,7 @@ from vdno.server.domain.errors import VdnoError
 EXIT_USAGE = exit_codes.USAGE
 
 app = typer.Typer(
+    cls=ToolGroup,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,

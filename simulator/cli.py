@@ -19,8 +19,10 @@ from vdno.exit_codes import fail_command
 from vdno.gbcs.errors import GbcsError
 from vdno.simulator.errors import ProfileError
 from vdno.simulator.tray import Tray, TrayServer
+from vdno.tool_group import ToolGroup
 
 app = typer.Typer(
+    cls=ToolGroup,
     add_completion=False,
     no_args_is_help=True,
     help=(

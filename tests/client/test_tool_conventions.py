@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from vdno import exit_codes
 from vdno.client import error_codes
+from vdno.tool_group import ToolGroup
 
 BIN = Path(sys.executable).parent
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -88,6 +89,27 @@ def test_every_command_answers_short_help_and_takes_json(command: tuple[str, ...
     helped = CliRunner().invoke(app_of(command[0]), [*command[1:], "-h"])
     assert helped.exit_code == 0, helped.output
     assert "--json" in helped.output
+
+
+@pytest.mark.parametrize(
+    "command", COMMANDS + tuple(("vdno-admin", "--json", *c) for c in ADMIN_COMMANDS), ids=" ".join
+)
+def test_a_usage_error_under_json_is_a_json_error_object_on_stdout(command: tuple[str, ...]) -> None:
+    json_flag = () if "--json" in command else ("--json",)
+    done = CliRunner().invoke(app_of(command[0]), [*command[1:], *json_flag, "--no-such-flag"])
+    assert done.exit_code == 2, done.output
+    error = json.loads(done.stdout)
+    assert error == {"error_code": "USAGE_ERROR", "error": "No such option: --no-such-flag", "exit_code": 2}
+    assert "No such option: --no-such-flag" in done.stderr  # the parser's own usage text stays on stderr
+    plain = CliRunner().invoke(
+        app_of(command[0]), [*(c for c in command[1:] if c != "--json"), "--no-such-flag"]
+    )
+    assert plain.exit_code == 2 and plain.stdout == ""
+
+
+def test_every_tool_app_reports_usage_errors_as_json() -> None:
+    for tool in TOOLS:
+        assert isinstance(typer.main.get_command(app_of(tool)), ToolGroup), tool
 
 
 @pytest.mark.parametrize("command", ADMIN_COMMANDS, ids=" ".join)
