@@ -223,7 +223,8 @@ def hand_in_import(
                     "reason": "",
                 }
             )
-    emit(ctx, results, table("Imported", ("file", "order_id", "device_id", "status", "reason"), results))
+    columns = ("file", "order_id", "device_id", "status", "error_code", "reason")
+    emit(ctx, results, table("Imported", columns, results))
     if any(r["status"] in ("refused", "unreadable") for r in results):
         raise typer.Exit(EXIT_UNAVAILABLE if unreachable else EXIT_REFUSED)
 

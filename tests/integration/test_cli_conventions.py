@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import socket
 import subprocess
@@ -25,9 +26,11 @@ from vdno import exit_codes
 COMMISSIONED_FIRST, VANILLA_FIRST = 91_000, 92_000
 
 
-def tool(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def tool(
+    *args: str, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(BIN / args[0]), *args[1:]], capture_output=True, text=True, timeout=timeout, check=False
+        [str(BIN / args[0]), *args[1:]], capture_output=True, text=True, timeout=timeout, check=False, env=env
     )
 
 
@@ -233,3 +236,9 @@ def test_an_imported_file_refused_carries_the_custodians_error_code(
     assert result["status"] == "refused" and result["file"] == str(junk)
     assert re.fullmatch(r"[A-Z]+(_[A-Z]+)+", result["error_code"]), result
     assert result["error_code"] not in ("CUSTODIAN_REFUSED", "SERVER_UNAVAILABLE")
+    as_table = tool(
+        "vdno-admin", "--config", str(deployment.state / "clients" / "officer-01.toml"),
+        "--server", deployment.target, "hand-in", "import", str(junk), env=dict(os.environ, COLUMNS="300"),
+    )  # fmt: skip
+    assert as_table.returncode == exit_codes.REFUSED
+    assert "error_code" in as_table.stdout and result["error_code"] in as_table.stdout
