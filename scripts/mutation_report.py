@@ -51,11 +51,17 @@ class Module:
 
     @property
     def package(self) -> str:
-        return self.path.split("/")[0]
+        """The mutated package as the tests import it: vdno/server for server/... (pyproject.toml maps
+        vdno.server to server/)."""
+        return "vdno/" + self.path.split("/")[0]
+
+    @property
+    def installed_path(self) -> str:
+        return "vdno/" + self.path
 
     @property
     def dotted(self) -> str:
-        return self.path.removesuffix(".py").replace("/", ".")
+        return self.installed_path.removesuffix(".py").replace("/", ".")
 
     def globs(self) -> list[str]:
         return [f"{self.dotted}.{f}" for f in self.functions]
@@ -128,6 +134,9 @@ MODULES: tuple[Module, ...] = (
 KILLED = {"killed", "timeout", "caught by type check"}
 NOT_RUN = {"not checked", "skipped"}
 
+# The folders pyproject.toml maps under the vdno namespace (vdno.server -> server/, ...).
+NAMESPACED = ("admin", "client", "duis", "gbcs", "labdcc", "labpki", "server", "simulator")
+
 # The repository's folders a work folder links to (tests import them from the repository's root).
 LINKED = (
     "admin",
@@ -150,8 +159,23 @@ def _toml_list(items: list[str] | tuple[str, ...]) -> str:
     return "[" + ", ".join(json.dumps(i) for i in items) + "]"
 
 
+def _lay_out_namespace(folder: Path, leave_out: str = "") -> None:
+    """`folder`/vdno laid out as the installed package (pyproject.toml's package-dir): vdno/server -> server/,
+    ..., vdno/v1 and vdno's own modules; `leave_out` is the package mutmut writes there itself."""
+    namespace = folder / "vdno"
+    namespace.mkdir(parents=True, exist_ok=True)
+    entries = {p.name: p for p in (ROOT / "vdno").iterdir() if p.name != "__pycache__"}
+    entries |= {name: ROOT / name for name in NAMESPACED}
+    for name, target in entries.items():
+        link = namespace / name
+        if name != leave_out and not link.is_symlink():
+            link.symlink_to(target, target_is_directory=target.is_dir())
+
+
 def prepare(module: Module, fresh: bool) -> Path:
-    """The module's work folder, with its pyproject.toml (the repository's, plus [tool.mutmut])."""
+    """The module's work folder, with its pyproject.toml (the repository's, plus [tool.mutmut]). The tests
+    import vdno.server...; mutmut names a mutant by its file's path and imports the mutated copy from
+    mutants/ first, so the work folder lays out vdno/ as installed and mutmut mutates vdno/<package>/..."""
     work = WORK / module.name
     if fresh and work.exists():
         shutil.rmtree(work)
@@ -160,6 +184,8 @@ def prepare(module: Module, fresh: bool) -> Path:
         link = work / name
         if not link.is_symlink():
             link.symlink_to(ROOT / name, target_is_directory=True)
+    _lay_out_namespace(work)
+    _lay_out_namespace(work / "mutants", leave_out=module.package.split("/")[1])
     missing = [t for t in module.tests if not (ROOT / t).is_file()]
     if missing:
         raise SystemExit(f"{module.name}: test files missing: {', '.join(missing)}")
@@ -170,7 +196,7 @@ def prepare(module: Module, fresh: bool) -> Path:
     config += (
         "\n[tool.mutmut]\n"
         f"source_paths = {_toml_list([module.package])}\n"
-        f"only_mutate = {_toml_list([module.path])}\n"
+        f"only_mutate = {_toml_list([module.installed_path])}\n"
         f"pytest_add_cli_args_test_selection = {_toml_list(module.tests)}\n"
         f"pytest_add_cli_args = {_toml_list(pytest_args)}\n"
         f'process_isolation = "{module.isolation}"\n'
@@ -241,7 +267,7 @@ def mutmut_results(module: Module) -> dict[str, str]:
 def _fingerprint(module: Module) -> str:
     """What a recheck's verdicts depend on: the mutated module and the module's test files."""
     digest = hashlib.sha256()
-    for path in (WORK / module.name / "mutants" / module.path, *(ROOT / t for t in module.tests)):
+    for path in (WORK / module.name / "mutants" / module.installed_path, *(ROOT / t for t in module.tests)):
         digest.update(path.read_bytes() if path.is_file() else b"")
     return digest.hexdigest()
 
