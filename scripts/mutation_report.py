@@ -371,6 +371,7 @@ def survivors(module: Module) -> None:
 
 
 def main() -> int:
+    global WORK
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -382,7 +383,10 @@ def main() -> int:
         "--recheck", action="store_true", help="run survivors against all the module's tests (slow)"
     )
     parser.add_argument("--children", type=int, default=2, help="mutants run at once (default 2)")
+    parser.add_argument("--work", type=Path, help=f"where the modules' work folders are (default {WORK})")
     args = parser.parse_args()
+    if args.work is not None:
+        WORK = args.work.resolve()
     by_name = {m.name: m for m in MODULES}
     unknown = [n for n in args.modules if n not in by_name]
     if unknown:
