@@ -78,11 +78,9 @@ RESPONSE_TIME = b"\x07\xea\x01\x01\xff\x00\x00\x00\x00\x80\x00\xff"  # 2026-01-0
 COUNTER = 1_700_000_000_000_001
 
 
-@dataclass(frozen=True)
-class Party:
-    """An organisation's DS and KA keys with their SMKI certificates (role in the OU)."""
+class _CertifiedPair:
+    """A DS and a KA key with their certificates, and the certificates' DER."""
 
-    entity_id: bytes
     ds: CertifiedKey
     ka: CertifiedKey
 
@@ -93,6 +91,15 @@ class Party:
     @property
     def ka_der(self) -> bytes:
         return der(self.ka.certificate)
+
+
+@dataclass(frozen=True)
+class Party(_CertifiedPair):
+    """An organisation's DS and KA keys with their SMKI certificates (role in the OU)."""
+
+    entity_id: bytes
+    ds: CertifiedKey
+    ka: CertifiedKey
 
     @property
     def ds_key(self) -> ec.EllipticCurvePrivateKey:
@@ -121,20 +128,12 @@ def _party(issuing: CertifiedKey, entity_id: bytes, role: int, now: datetime) ->
 
 
 @dataclass(frozen=True)
-class Device:
+class Device(_CertifiedPair):
     """A meter's own DS and KA keys and device certificates."""
 
     device_id: bytes
     ds: CertifiedKey
     ka: CertifiedKey
-
-    @property
-    def ds_der(self) -> bytes:
-        return der(self.ds.certificate)
-
-    @property
-    def ka_der(self) -> bytes:
-        return der(self.ka.certificate)
 
 
 def _device(device_ca: CertifiedKey, device_id: bytes, now: datetime) -> Device:
