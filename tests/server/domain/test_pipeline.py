@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from cryptography.hazmat.primitives import hashes
@@ -55,7 +56,9 @@ from vdno.server.domain.values import (
     SignedCommand,
     VanillaGeneration,
 )
-from vdno.server.store.sql import SqlCustodyStore, make_engine, migrate, open_store
+from vdno.server.store.sql import SqlCustodyStore, make_engine, migrate
+
+StoreT = TypeVar("StoreT", bound=SqlCustodyStore)
 
 VANILLA = bytes.fromhex("564E4F0000000001")
 AREA = bytes.fromhex("564E4F0000000010")
@@ -116,13 +119,22 @@ def parties() -> tuple[VanillaGeneration, Area, bytes, ec.EllipticCurvePrivateKe
     return generation, area, _der(issuing), vanilla_key
 
 
-@pytest.fixture
-def store(tmp_path: Path, parties) -> Iterator[SqlCustodyStore]:
+def _prepared_store(kind: type[StoreT], tmp_path: Path, parties) -> StoreT:
+    """A `kind` store (the real one or a subclass) on a migrated SQLite file, holding the generation, the
+    area and bench-01 (an issuance needs an enrolled bench)."""
     generation, area, _, _ = parties
-    s = open_store(f"sqlite:///{tmp_path / 'vdno.db'}")
+    engine = make_engine(f"sqlite:///{tmp_path / 'vdno.db'}")
+    migrate(engine)
+    s = kind(engine)
     s.add_generation(generation, "test")
     s.upsert_area(area, "test")
-    s.enroll_bench("bench-01", "test")  # an issuance needs an enrolled bench
+    s.enroll_bench("bench-01", "test")
+    return s
+
+
+@pytest.fixture
+def store(tmp_path: Path, parties) -> Iterator[SqlCustodyStore]:
+    s = _prepared_store(SqlCustodyStore, tmp_path, parties)
     yield s
     s.close()
 
@@ -310,13 +322,8 @@ class _StoreWithOneBrokenStep(SqlCustodyStore):
 def test_a_defect_in_a_step_fails_its_callers_and_the_pipeline_keeps_serving(
     tmp_path: Path, signer: SoftwareSigner, parties
 ) -> None:
-    generation, area, issuing_ca, _ = parties
-    engine = make_engine(f"sqlite:///{tmp_path / 'vdno.db'}")
-    migrate(engine)
-    store = _StoreWithOneBrokenStep(engine)
-    store.add_generation(generation, "test")
-    store.upsert_area(area, "test")
-    store.enroll_bench("bench-01", "test")
+    issuing_ca = parties[2]
+    store = _prepared_store(_StoreWithOneBrokenStep, tmp_path, parties)
     pipeline = IssuancePipeline(store, signer, issuing_ca, load_certificate, _validator(parties))
     try:
         with pytest.raises(ValueError):
@@ -384,12 +391,7 @@ def test_the_observer_is_told_each_outcome_once_each_step_and_each_hsm_job(
     tmp_path: Path, signer: SoftwareSigner, parties
 ) -> None:
     generation, area, issuing_ca, _ = parties
-    engine = make_engine(f"sqlite:///{tmp_path / 'vdno.db'}")
-    migrate(engine)
-    store = _StoreThatGoesDown(engine)
-    store.add_generation(generation, "test")
-    store.upsert_area(area, "test")
-    store.enroll_bench("bench-01", "test")
+    store = _prepared_store(_StoreThatGoesDown, tmp_path, parties)
     seen = RecordingObserver()
     pipeline = IssuancePipeline(store, signer, issuing_ca, load_certificate, _validator(parties), seen)
     try:
@@ -465,13 +467,8 @@ def _rotating_validator(parties) -> Callable[[HandOutRequest | RotationRequest],
 def test_the_observer_tells_rotations_from_hand_outs_and_a_store_refusal_from_an_outage(
     tmp_path: Path, signer: SoftwareSigner, parties
 ) -> None:
-    generation, area, issuing_ca, _ = parties
-    engine = make_engine(f"sqlite:///{tmp_path / 'vdno.db'}")
-    migrate(engine)
-    store = _StoreThatGoesDown(engine)
-    store.add_generation(generation, "test")
-    store.upsert_area(area, "test")
-    store.enroll_bench("bench-01", "test")
+    generation, _, issuing_ca, _ = parties
+    store = _prepared_store(_StoreThatGoesDown, tmp_path, parties)
     seen = RecordingObserver()
     pipeline = IssuancePipeline(
         store, signer, issuing_ca, load_certificate, _rotating_validator(parties), seen
