@@ -35,7 +35,10 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("dist")
     done = subprocess.run(
         [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(ROOT)],
-        capture_output=True, text=True, timeout=600, check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return out
@@ -84,27 +87,41 @@ def test_wheel_holds_only_the_vdno_namespace(dist: Path) -> None:
 def test_sdist_keeps_the_repository_layout(dist: Path) -> None:
     with tarfile.open(only(dist, "vdno-*.tar.gz")) as sdist:
         names = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
-    for name in ("pyproject.toml", "README.md", "server/main.py", "client/cli.py", "vdno/__init__.py",
-                 "vdno/v1/custodian_pb2.py", "server/store/migrations/script.py.mako"):
+    for name in (
+        "pyproject.toml",
+        "README.md",
+        "server/main.py",
+        "client/cli.py",
+        "vdno/__init__.py",
+        "vdno/v1/custodian_pb2.py",
+        "server/store/migrations/script.py.mako",
+    ):
         assert name in names, name
 
 
-def test_bench_installs_alone_and_inspects_a_vector(
-    dist: Path, tmp_path: Path, vectors_dir: Path
-) -> None:
+def test_bench_installs_alone_and_inspects_a_vector(dist: Path, tmp_path: Path, vectors_dir: Path) -> None:
     venv = tmp_path / "bench-venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     python, bench = venv / "bin" / "python", venv / "bin" / "vdno-bench"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "COVERAGE_PROCESS_START")}
     done = subprocess.run(
         [str(python), "-m", "pip", "install", "-q", str(only(dist, "vdno-*.whl"))],
-        capture_output=True, text=True, timeout=900, check=False, env=env, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+        env=env,
+        cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     # the bench alone: none of the server extra's packages came with it
     probe = "import importlib.util as u, sys; print(' '.join(m for m in sys.argv[1:] if u.find_spec(m)))"
     present = subprocess.run(
-        [str(python), "-c", probe, *SERVER_ONLY], capture_output=True, text=True, check=True, env=env,
+        [str(python), "-c", probe, *SERVER_ONLY],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
         cwd=tmp_path,
     ).stdout.split()
     assert present == [], present
@@ -116,9 +133,22 @@ def test_bench_installs_alone_and_inspects_a_vector(
     assert "inspect" in helped.stdout and "hand-out" in helped.stdout
 
     inspected = subprocess.run(
-        [str(bench), "inspect", str(vectors_dir / NO_BY_NO), "--keystore", str(vectors_dir / "keystore"),
-         "--acb", ACB, "--json"],
-        capture_output=True, text=True, timeout=60, check=False, env=env, cwd=tmp_path,
+        [
+            str(bench),
+            "inspect",
+            str(vectors_dir / NO_BY_NO),
+            "--keystore",
+            str(vectors_dir / "keystore"),
+            "--acb",
+            ACB,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+        cwd=tmp_path,
     )
     assert inspected.returncode == 0, inspected.stderr
     report = json.loads(inspected.stdout)
@@ -127,6 +157,10 @@ def test_bench_installs_alone_and_inspects_a_vector(
     # and the installed code, not the checkout, answered
     where = subprocess.run(
         [str(python), "-c", "import vdno.client.cli as c; print(c.__file__)"],
-        capture_output=True, text=True, check=True, env=env, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+        cwd=tmp_path,
     ).stdout.strip()
     assert Path(where).is_relative_to(venv), where

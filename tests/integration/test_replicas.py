@@ -127,9 +127,7 @@ def test_three_replicas_hand_out_concurrently_with_twin_request_ids(
     readings = {device_id: read_meter(transport, device_id) for device_id in device_ids}
     jobs: list[Job] = []
     for i in range(REQUESTS):
-        job = Job(
-            i % REPLICAS, BENCHES[i % len(BENCHES)], new_request_id(), device_ids[i], 10 + i % 14
-        )
+        job = Job(i % REPLICAS, BENCHES[i % len(BENCHES)], new_request_id(), device_ids[i], 10 + i % 14)
         jobs.append(job)
         if i % TWIN_EVERY == 0:  # its twin, queued right behind it, to the next replica
             jobs.append(Job((job.replica + 1) % REPLICAS, job.bench, job.request_id, job.device_id, job.area))
