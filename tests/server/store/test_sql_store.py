@@ -236,3 +236,39 @@ def test_a_transaction_with_more_audit_events_than_one_insert_takes_keeps_the_ch
     with store.engine.connect() as c:
         subjects = [r[0] for r in c.execute(text("SELECT subject FROM audit_log ORDER BY seq"))]
     assert subjects == [f"bench:b{i}" for i in range(len(many))]
+
+
+def test_the_store_refuses_what_its_records_do_not_hold(store: SqlCustodyStore) -> None:
+    from vdno.server.domain.errors import KeyNotInCustody
+
+    store.add_generation(GEN, "t")
+    store.enroll_bench("bench-01", "t")
+    store.mark_compromised(1, "seen in a dump", "officer:erin")  # the generation may not sign any more
+    with pytest.raises(KeyNotInCustody, match="vanilla generation 1 may no longer sign"):
+        begin(store, draft("r1"), counter_floor=1)
+    assert store.list_issuances() == []
+    outcome = RecordedOutcome(999, IssuanceStatus.APPLIED, (), None, None)
+    with pytest.raises(UnknownIssuance, match="no issuance 999"):
+        store.record_outcome(999, outcome, b"resp", "bench:bench-01")
+    assert store.device_cells(b"\x00\xdb" + bytes(6)) == (None, None)  # never seen
+
+
+def test_an_area_changed_is_recorded_again(store: SqlCustodyStore) -> None:
+    area = Area(12, "London", b"LAB\x00\x00\x03\x00\x0c", b"d", b"k")
+    renewed = replace(area, ds_certificate=b"d2", ka_certificate=b"k2")
+    assert store.upsert_area(area, "t") is True
+    assert store.get_area(12) == area
+    assert store.upsert_area(renewed, "t") is True
+    assert store.get_area(12) == renewed  # the store's own write drops what it had cached
+    assert verify_chain(store.engine).entries == 2
+
+
+def test_a_database_without_its_audit_chain_head_records_nothing(store: SqlCustodyStore) -> None:
+    from vdno.server.domain.errors import StoreUnavailable
+
+    with store.engine.begin() as c:
+        c.execute(text("DELETE FROM audit_head"))
+    with pytest.raises(StoreUnavailable, match="could not commit; nothing was recorded") as refused:
+        store.enroll_bench("bench-01", "t")
+    assert "audit_head row 1 is missing" in str(refused.value.__cause__)
+    assert store.get_bench("bench-01") is None
