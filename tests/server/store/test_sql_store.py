@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import pytest
@@ -272,3 +273,49 @@ def test_a_database_without_its_audit_chain_head_records_nothing(store: SqlCusto
         store.enroll_bench("bench-01", "t")
     assert "audit_head row 1 is missing" in str(refused.value.__cause__)
     assert store.get_bench("bench-01") is None
+
+
+def test_closing_the_store_finishes_the_writes_queued_before_it(store_url: str) -> None:
+    """The writer is busy; a full batch and a small group are queued, then the store is closed: the writer
+    runs both before it stops, each op answered and its event in the chain in order."""
+    from vdno.server.store.sql import MAX_BATCH
+
+    s = open_store(store_url)
+    busy, release = threading.Event(), threading.Event()
+
+    def slow(_c: object, events: list[AuditEvent]) -> str:
+        busy.set()
+        assert release.wait(10)
+        events.append(AuditEvent("test.write", "t", "slow"))
+        return "slow"
+
+    def write(name: str) -> Callable[[object, list[AuditEvent]], str]:
+        def op(_c: object, events: list[AuditEvent]) -> str:
+            events.append(AuditEvent("test.write", "t", name))
+            return name
+
+        return op
+
+    (first,) = s._writer.submit_group([slow])
+    assert busy.wait(10)
+    full = s._writer.submit_group([write(f"full-{i}") for i in range(MAX_BATCH)])
+    last = s._writer.submit_group([write(f"last-{i}") for i in range(3)])
+    closing = threading.Thread(target=s.close)
+    closing.start()
+    while s._writer._queue.qsize() < 3:  # both groups, and close()'s stop behind them
+        assert closing.is_alive()
+        time.sleep(0.01)
+    release.set()
+    closing.join(30)
+    assert not closing.is_alive()
+
+    names = ["slow", *(f"full-{i}" for i in range(MAX_BATCH)), *(f"last-{i}" for i in range(3))]
+    assert [f.result(timeout=0) for f in (first, *full, *last)] == names
+    engine = make_engine(store_url)
+    try:
+        with engine.connect() as c:
+            logged = [r[0] for r in c.execute(text("SELECT subject FROM audit_log ORDER BY seq"))]
+        assert logged == names
+        assert verify_chain(engine).ok
+    finally:
+        engine.dispose()
