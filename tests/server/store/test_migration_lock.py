@@ -18,7 +18,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
 from vdno.server.domain.errors import StoreUnavailable
-from vdno.server.store.sql import MIGRATION_LOCK_CLASS, MIGRATIONS, make_engine, migrate
+from vdno.server.store.sql import MIGRATION_LOCK_CLASS, MIGRATIONS, make_engine, migrate, migrate_database
 
 MIGRATE_ON_CUE = """
 import sys
@@ -112,4 +112,25 @@ def test_a_migration_waits_for_the_lock_and_gives_up_after_the_wait(new_database
         migrate(engine, lock_wait=0.5)  # free again
     finally:
         engine.dispose()
+    assert len(schema_versions(new_database)) == 1
+
+
+@pytest.mark.parametrize("new_database", ["postgres"], indirect=True)
+def test_a_wait_for_the_lock_that_the_database_cancels_for_another_reason_is_named_as_such(
+    new_database: str,
+) -> None:
+    """Only the lock's own timeout means another process is migrating; a statement timeout of the
+    database's (here shorter than the lock wait) is reported as the database's error."""
+    engine = make_engine(new_database + "%20-cstatement_timeout%3D200")
+    try:
+        with (
+            held_migration_lock(new_database),
+            pytest.raises(StoreUnavailable, match="cannot open the database") as refused,
+        ):
+            migrate(engine, lock_wait=5)
+        assert "statement timeout" in str(refused.value)
+        assert "another process" not in str(refused.value)
+    finally:
+        engine.dispose()
+    migrate_database(new_database)  # nothing was half done: it migrates once the lock is free
     assert len(schema_versions(new_database)) == 1

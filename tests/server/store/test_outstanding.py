@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import insert, text
+from sqlalchemy import event, insert, text
 from test_sql_store import GEN, begin, complete, draft, store, store_url  # noqa: F401 (fixtures)
 
 from vdno.server.domain.errors import (
@@ -16,6 +16,7 @@ from vdno.server.domain.errors import (
     CustodyConflict,
     DeviceNotVanilla,
     OutstandingCommand,
+    StoreUnavailable,
     UnknownIssuance,
 )
 from vdno.server.domain.values import (
@@ -27,7 +28,7 @@ from vdno.server.domain.values import (
     RecordedOutcome,
 )
 from vdno.server.store.audit import verify_chain
-from vdno.server.store.schema import issuances
+from vdno.server.store.schema import OUTSTANDING_ISSUANCE, issuances
 from vdno.server.store.sql import MIGRATIONS, SqlCustodyStore, make_engine, open_store
 
 AREA_CELLS = CellState(b"LAB\x00\x00\x03\x00\x0c", b"\x41" * 8)
@@ -175,3 +176,32 @@ def test_migration_0004_closes_older_outstanding_commands_of_a_meter(store_url: 
         assert migrated.outstanding_issuance(b"\x00" * 8).issuance_id == 3
     finally:
         migrated.close()
+
+
+def test_a_meter_freed_by_a_replica_before_its_refusal_is_named_answers_unavailable(
+    ready: SqlCustodyStore,
+    store_url: str,  # noqa: F811
+) -> None:
+    """The insert is refused for the meter's outstanding command; before the store reads that command to
+    name it, a replica fails it (abandoned). Nothing is named and nothing recorded: StoreUnavailable, and the
+    retry is recorded."""
+    first = draft("r1")
+    record, _ = begin(ready, first, counter_floor=1)
+    replica = open_store(store_url, run_migrations=False)
+    freed: list[int] = []
+
+    def free_the_meter(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if not freed and OUTSTANDING_ISSUANCE in statement:
+            freed.extend(replica.fail_abandoned_issuances(datetime.now(UTC) + timedelta(seconds=1)))
+
+    event.listen(ready.engine, "before_cursor_execute", free_the_meter)
+    try:
+        with pytest.raises(StoreUnavailable, match="nothing was recorded"):
+            begin(ready, same_meter("r2", "bench-02", first), counter_floor=1)
+    finally:
+        event.remove(ready.engine, "before_cursor_execute", free_the_meter)
+        replica.close()
+    assert freed == [record.issuance_id]
+    assert ready.find_issuance("bench-02", "r2") is None
+    retried, created = begin(ready, same_meter("r2", "bench-02", first), counter_floor=1)
+    assert created and retried.counter == record.counter + 1

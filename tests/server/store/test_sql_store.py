@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import pytest
@@ -236,3 +237,85 @@ def test_a_transaction_with_more_audit_events_than_one_insert_takes_keeps_the_ch
     with store.engine.connect() as c:
         subjects = [r[0] for r in c.execute(text("SELECT subject FROM audit_log ORDER BY seq"))]
     assert subjects == [f"bench:b{i}" for i in range(len(many))]
+
+
+def test_the_store_refuses_what_its_records_do_not_hold(store: SqlCustodyStore) -> None:
+    from vdno.server.domain.errors import KeyNotInCustody
+
+    store.add_generation(GEN, "t")
+    store.enroll_bench("bench-01", "t")
+    store.mark_compromised(1, "seen in a dump", "officer:erin")  # the generation may not sign any more
+    with pytest.raises(KeyNotInCustody, match="vanilla generation 1 may no longer sign"):
+        begin(store, draft("r1"), counter_floor=1)
+    assert store.list_issuances() == []
+    outcome = RecordedOutcome(999, IssuanceStatus.APPLIED, (), None, None)
+    with pytest.raises(UnknownIssuance, match="no issuance 999"):
+        store.record_outcome(999, outcome, b"resp", "bench:bench-01")
+    assert store.device_cells(b"\x00\xdb" + bytes(6)) == (None, None)  # never seen
+
+
+def test_an_area_changed_is_recorded_again(store: SqlCustodyStore) -> None:
+    area = Area(12, "London", b"LAB\x00\x00\x03\x00\x0c", b"d", b"k")
+    renewed = replace(area, ds_certificate=b"d2", ka_certificate=b"k2")
+    assert store.upsert_area(area, "t") is True
+    assert store.get_area(12) == area
+    assert store.upsert_area(renewed, "t") is True
+    assert store.get_area(12) == renewed  # the store's own write drops what it had cached
+    assert verify_chain(store.engine).entries == 2
+
+
+def test_a_database_without_its_audit_chain_head_records_nothing(store: SqlCustodyStore) -> None:
+    from vdno.server.domain.errors import StoreUnavailable
+
+    with store.engine.begin() as c:
+        c.execute(text("DELETE FROM audit_head"))
+    with pytest.raises(StoreUnavailable, match="could not commit; nothing was recorded") as refused:
+        store.enroll_bench("bench-01", "t")
+    assert "audit_head row 1 is missing" in str(refused.value.__cause__)
+    assert store.get_bench("bench-01") is None
+
+
+def test_closing_the_store_finishes_the_writes_queued_before_it(store_url: str) -> None:
+    """The writer is busy; a full batch and a small group are queued, then the store is closed: the writer
+    runs both before it stops, each op answered and its event in the chain in order."""
+    from vdno.server.store.sql import MAX_BATCH
+
+    s = open_store(store_url)
+    busy, release = threading.Event(), threading.Event()
+
+    def slow(_c: object, events: list[AuditEvent]) -> str:
+        busy.set()
+        assert release.wait(10)
+        events.append(AuditEvent("test.write", "t", "slow"))
+        return "slow"
+
+    def write(name: str) -> Callable[[object, list[AuditEvent]], str]:
+        def op(_c: object, events: list[AuditEvent]) -> str:
+            events.append(AuditEvent("test.write", "t", name))
+            return name
+
+        return op
+
+    (first,) = s._writer.submit_group([slow])
+    assert busy.wait(10)
+    full = s._writer.submit_group([write(f"full-{i}") for i in range(MAX_BATCH)])
+    last = s._writer.submit_group([write(f"last-{i}") for i in range(3)])
+    closing = threading.Thread(target=s.close)
+    closing.start()
+    while s._writer._queue.qsize() < 3:  # both groups, and close()'s stop behind them
+        assert closing.is_alive()
+        time.sleep(0.01)
+    release.set()
+    closing.join(30)
+    assert not closing.is_alive()
+
+    names = ["slow", *(f"full-{i}" for i in range(MAX_BATCH)), *(f"last-{i}" for i in range(3))]
+    assert [f.result(timeout=0) for f in (first, *full, *last)] == names
+    engine = make_engine(store_url)
+    try:
+        with engine.connect() as c:
+            logged = [r[0] for r in c.execute(text("SELECT subject FROM audit_log ORDER BY seq"))]
+        assert logged == names
+        assert verify_chain(engine).ok
+    finally:
+        engine.dispose()

@@ -146,6 +146,36 @@ def test_the_lock_is_handed_over_as_soon_as_it_is_free_and_let_go_if_nobody_wait
     assert not isinstance(begun, Exception)
 
 
+def test_a_store_closed_while_its_lock_helper_still_waits_closes_at_once_and_keeps_nobody_out(
+    tmp_path: Path,
+) -> None:
+    """The write gave up while a stopped process holds the lock, so the helper still blocks in flock on the
+    writer's descriptor. close() does not wait for it; once the holder is gone, the helper's late lock is
+    let go with the descriptor, and nothing of the closed store keeps another writer out."""
+    store = open_store(f"sqlite:///{tmp_path / 'vdno.db'}", write_lock_wait=WAIT)
+    lock_path = tmp_path / "vdno.db.writelock"
+    store.add_generation(GEN, "t")
+    store.enroll_bench("bench-01", "t")
+    with lock_held_by_a_stopped_process(lock_path) as stopped:
+        (begun,) = store.write_issuance_step((), (), (draft("r1"),)).begun
+        assert isinstance(begun, StoreUnavailable)
+        started = time.monotonic()
+        store.close()
+        assert time.monotonic() - started < WAIT
+        stopped.kill()
+        stopped.wait()
+        deadline = time.monotonic() + 2
+        while not free_now(lock_path):
+            assert time.monotonic() < deadline, "the closed store's helper kept the lock"
+            time.sleep(0.01)
+    again = open_store(f"sqlite:///{tmp_path / 'vdno.db'}", write_lock_wait=WAIT)
+    try:
+        (begun,) = again.write_issuance_step((), (), (draft("r1"),)).begun
+        assert not isinstance(begun, Exception) and begun[1] is True
+    finally:
+        again.close()
+
+
 def test_postgres_writes_answer_unavailable_while_another_connection_holds_the_counter(
     postgres_url: str,
 ) -> None:
