@@ -359,13 +359,10 @@ class Pkcs11Signer:
                     return
                 try:
                     self._reconnect()
-                except HsmLoginRefused as exc:
-                    self._refuse(exc)
-                    return
-                except (HsmUnavailable, p11e.PKCS11Error, _cki.CkiError) as exc:
+                except (HsmLoginRefused, HsmUnavailable, p11e.PKCS11Error, _cki.CkiError) as exc:
                     error = (
                         exc
-                        if isinstance(exc, HsmUnavailable)
+                        if isinstance(exc, HsmLoginRefused | HsmUnavailable)
                         else faults.domain_error(exc, self._token_label, "reconnecting")
                     )
                     if isinstance(error, HsmLoginRefused):

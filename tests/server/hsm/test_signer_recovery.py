@@ -165,3 +165,38 @@ def test_a_refused_pin_is_tried_once_and_refused_at_once_from_then_on(
     assert len(refusals) == 1 and refusals[0]["log_level"] == "error"
     assert "restart" in refusals[0]["action"]
     assert all(pin not in repr(e) for e in logs)
+
+
+def test_a_pin_changed_under_the_signer_is_refused_at_reconnection_and_never_tried_again(
+    signer: Pkcs11Signer, signing_key, user_pin: str, count_logins: LoginCounter
+) -> None:
+    _, _, uri = signing_key
+    _verify(signer.public_key(uri), signer.sign_digest(uri, DIGEST))
+    signer.run(lambda session: session.set_pin(user_pin, "a-new-pin-2468"), "changing the PIN")
+    signer.run(lambda session: session.close(), "closing the session")  # the session is lost
+    with capture_logs() as logs:
+        with pytest.raises(HsmUnavailable):
+            signer.sign_digest(uri, DIGEST)
+        with pytest.raises(HsmLoginRefused, match="refused the configured PIN") as refused:
+            wait_for(signer.check, within=5.0)
+        time.sleep(3 * MOST)  # nothing retries in the background
+        with pytest.raises(HsmLoginRefused):
+            signer.sign_digest(uri, DIGEST)
+    assert count_logins.calls == 2  # the first session's, and the reconnection's, refused
+    assert user_pin not in str(refused.value) and "a-new-pin-2468" not in str(refused.value)
+    assert [e["event"] for e in logs if e["event"].startswith("hsm.")].count("hsm.pin_refused") == 1
+
+
+def test_a_pin_refused_inside_a_job_stops_the_signer(
+    signer: Pkcs11Signer, signing_key, count_logins: LoginCounter
+) -> None:
+    """However the token comes to refuse a PIN, the signer stops using it (real HSMs lock a partition
+    after a few refusals): here a job's C_SetPIN with a wrong old PIN."""
+    _, _, uri = signing_key
+    signer.sign_digest(uri, DIGEST)
+    with pytest.raises(HsmLoginRefused, match="refused the configured PIN") as refused:
+        signer.run(lambda session: session.set_pin("not-the-old-pin", "a-new-pin-2468"), "changing the PIN")
+    assert "not-the-old-pin" not in str(refused.value) and "CKR" not in str(refused.value)
+    with pytest.raises(HsmLoginRefused):
+        signer.sign_digest(uri, DIGEST)
+    assert count_logins.calls == 1
