@@ -234,8 +234,6 @@ class Pkcs11Signer:
         with self._state_lock:
             if self._closed:
                 raise HsmUnavailable("the PKCS#11 signer is closed")
-            if not self._worker.is_alive():
-                raise HsmUnavailable("the PKCS#11 signer thread has stopped")
             self._queue.put((job, doing, future))
         try:
             return future.result(timeout=JOB_TIMEOUT)
@@ -244,6 +242,8 @@ class Pkcs11Signer:
             raise HsmUnavailable(f"PKCS#11 token {self._token_label!r} did not answer in time") from exc
 
     def _run(self) -> None:
+        """The worker thread. It ends only at the None that close() queues after setting _closed (a job's
+        exception goes to its caller's future), so every job queued while the signer was open is answered."""
         while True:
             item = self._queue.get()
             if item is None:

@@ -22,7 +22,7 @@ from vdno.server.hsm.token import ModuleGate, module_gate, reinitialise
 SO_PIN = "so-pin-0815"  # conftest.SO_PIN
 
 
-def test_token_work_waits_while_the_module_is_reinitialised() -> None:
+def test_token_work_and_reinitialisation_wait_for_each_other() -> None:
     gate = ModuleGate()
     order: list[str] = []
 
@@ -38,6 +38,20 @@ def test_token_work_waits_while_the_module_is_reinitialised() -> None:
         order.append("exclusive ends")
     worker.join(5)
     assert order == ["exclusive ends", "shared"]
+    order.clear()
+
+    def reinitialising() -> None:
+        with gate.exclusive():
+            order.append("exclusive")
+
+    with gate.shared():
+        worker = threading.Thread(target=reinitialising)
+        worker.start()
+        worker.join(0.2)
+        assert worker.is_alive()  # waits for the token work to leave
+        order.append("shared ends")
+    worker.join(5)
+    assert order == ["shared ends", "exclusive"]
     # C_Finalize from a thread that is itself inside the library would wait for itself: refused.
     with gate.shared(), pytest.raises(RuntimeError, match="inside shared"), gate.exclusive():
         pass  # pragma: no cover - refused before
