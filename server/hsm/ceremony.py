@@ -14,7 +14,7 @@ from pkcs11 import Attribute, ObjectClass
 from pkcs11 import exceptions as p11e
 
 from vdno.server.domain.custody import GeneratedKey
-from vdno.server.domain.errors import HsmUnavailable, KeyNotInCustody
+from vdno.server.domain.errors import HsmUnavailable
 from vdno.server.hsm import keys as hsm_keys
 from vdno.server.hsm.signer import Pkcs11Signer
 from vdno.server.hsm.uri import Pkcs11Uri, parse_pkcs11_uri
@@ -32,9 +32,7 @@ class TokenKeyCeremony:
         def job(session: Any) -> GeneratedKey:
             pair = hsm_keys.ensure_keypair(session, label, key_id)
             attributes = hsm_keys.read_private_key_attributes(session, label=label)
-            problems = attributes.custody_problems()
-            if problems:
-                raise KeyNotInCustody(f"key {label!r} fails its attribute checks: {', '.join(problems)}")
+            hsm_keys.require_custody(attributes, repr(label))
             facts = {
                 k: v
                 for k, v in dataclasses.asdict(attributes).items()

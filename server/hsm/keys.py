@@ -125,12 +125,20 @@ def find_key(
         raise KeyNotInCustody("a key must be named by label (object=) or id")
     what = _describe(label, key_id)
     kind = "private" if object_class == ObjectClass.PRIVATE_KEY else "public"
-    try:
-        return session.get_key(object_class=object_class, key_type=KeyType.EC, label=label, id=key_id)
-    except p11e.NoSuchKey as exc:
-        raise KeyNotInCustody(f"no {kind} EC key {what} in the token") from exc
-    except p11e.MultipleObjectsReturned as exc:
-        raise KeyNotInCustody(f"more than one {kind} EC key {what} in the token") from exc
+    template: dict[Attribute, Any] = {Attribute.CLASS: object_class, Attribute.KEY_TYPE: KeyType.EC}
+    if label is not None:
+        template[Attribute.LABEL] = label
+    if key_id is not None:
+        template[Attribute.ID] = key_id
+    # The search is run to its end (C_FindObjectsFinal). python-pkcs11's get_key leaves it open when it
+    # finds several objects, and every later search on the session then fails (CKR_OPERATION_ACTIVE).
+    found = list(session.get_objects(template))
+    if not found:
+        # NoSuchKey as the cause, as get_key raises it: server/hsm/faults.py, key_lookup_error, reads it.
+        raise KeyNotInCustody(f"no {kind} EC key {what} in the token") from p11e.NoSuchKey(what)
+    if len(found) > 1:
+        raise KeyNotInCustody(f"more than one {kind} EC key {what} in the token")
+    return found[0]
 
 
 def read_private_key_attributes(
@@ -155,6 +163,8 @@ def attributes_of(key: Any) -> PrivateKeyAttributes:
         Attribute.LABEL,
         Attribute.ID,
     )
+    # python-pkcs11 leaves out an attribute the object does not have: a key of another type has no
+    # CKA_EC_PARAMS, and is then refused by its checks rather than failing here.
     values = key.get_attributes(names)
     key_type = values[Attribute.KEY_TYPE]
     return PrivateKeyAttributes(
@@ -167,7 +177,7 @@ def attributes_of(key: Any) -> PrivateKeyAttributes:
         private=bool(values[Attribute.PRIVATE]),
         sign=bool(values[Attribute.SIGN]),
         key_type=getattr(key_type, "name", str(key_type)),
-        ec_params=bytes(values[Attribute.EC_PARAMS]),
+        ec_params=bytes(values.get(Attribute.EC_PARAMS, b"")),
         label=str(values[Attribute.LABEL]),
         id=bytes(values[Attribute.ID]),
     )
@@ -175,7 +185,12 @@ def attributes_of(key: Any) -> PrivateKeyAttributes:
 
 def check_custody(key: Any, what: str) -> None:
     """KeyNotInCustody unless the private key is a sensitive, never-extractable P-256 token key."""
-    problems = attributes_of(key).custody_problems()
+    require_custody(attributes_of(key), what)
+
+
+def require_custody(attributes: PrivateKeyAttributes, what: str) -> None:
+    """KeyNotInCustody naming every problem (PrivateKeyAttributes.custody_problems) of key `what`."""
+    problems = attributes.custody_problems()
     if problems:
         raise KeyNotInCustody(f"key {what} fails its attribute checks: {', '.join(problems)}")
 
@@ -242,8 +257,9 @@ def build_name(subject: SubjectLike) -> asn1_x509.Name:
     """An asn1crypto Name from an asn1crypto Name, a cryptography Name, or (oid, value) pairs in order.
 
     In pairs, oid is a dotted string, an asn1crypto name ("common_name") or a cryptography
-    ObjectIdentifier; value is a str (UTF8String; PrintableString for country/serial/dnQualifier,
-    IA5String for email, as asn1crypto's attribute table says) or an asn1crypto value used as is.
+    ObjectIdentifier; value is a str (UTF8String where asn1crypto's attribute table allows a
+    DirectoryString or knows no type, else the string type it names, e.g. IA5String for email) or an
+    asn1crypto value used as is.
     One attribute per RDN.
     """
     if isinstance(subject, asn1_x509.Name):

@@ -234,8 +234,6 @@ class Pkcs11Signer:
         with self._state_lock:
             if self._closed:
                 raise HsmUnavailable("the PKCS#11 signer is closed")
-            if not self._worker.is_alive():
-                raise HsmUnavailable("the PKCS#11 signer thread has stopped")
             self._queue.put((job, doing, future))
         try:
             return future.result(timeout=JOB_TIMEOUT)
@@ -244,6 +242,8 @@ class Pkcs11Signer:
             raise HsmUnavailable(f"PKCS#11 token {self._token_label!r} did not answer in time") from exc
 
     def _run(self) -> None:
+        """The worker thread. It ends only at the None that close() queues after setting _closed (a job's
+        exception goes to its caller's future), so every job queued while the signer was open is answered."""
         while True:
             item = self._queue.get()
             if item is None:
@@ -306,60 +306,63 @@ class Pkcs11Signer:
             listener()
 
     def _go_down(self, error: HsmUnavailable, cause: BaseException) -> None:
+        """From _call, which found the signer up (neither down nor refused) under the same hold of _owner.
+
+        So no recovery is under way: a recovery thread ends, under _owner, by bringing the signer up or
+        refusing the PIN. One that did so may still be alive for a moment after releasing _owner, so a new
+        thread is started whatever is_alive() says (else that outage would never be recovered from)."""
         self._drop_session()
-        if self._down is None:
-            self._down, self._down_since = error, time.monotonic()
-            unexpected = (
-                isinstance(cause, p11e.PKCS11Error | _cki.CkiError)
-                and faults.classify(cause) is faults.Fault.UNEXPECTED
-            )
-            (log.error if unexpected else log.warning)(
-                "hsm.unavailable",
-                token=self._token_label,
-                reason=str(error),
-                cause=faults.cause_name(cause),
-                unexpected=unexpected,
-            )
-            self._notify()
-        if not self._closed and (self._recovery is None or not self._recovery.is_alive()):
+        self._down, self._down_since = error, time.monotonic()
+        unexpected = (
+            isinstance(cause, p11e.PKCS11Error | _cki.CkiError)
+            and faults.classify(cause) is faults.Fault.UNEXPECTED
+        )
+        (log.error if unexpected else log.warning)(
+            "hsm.unavailable",
+            token=self._token_label,
+            reason=str(error),
+            cause=faults.cause_name(cause),
+            unexpected=unexpected,
+        )
+        self._notify()
+        if not self._closed:
             self._recovery = threading.Thread(
                 target=self._recover, name=f"pkcs11-reconnect[{self._token_label}]", daemon=True
             )
             self._recovery.start()
 
     def _refuse(self, error: HsmLoginRefused) -> None:
+        """From _call or _recover, each of which found the PIN not refused under the same hold of _owner:
+        this is the one refusal, logged and notified once."""
         self._drop_session()
         self._down = None
-        if self._refused is None:
-            self._refused = error
-            log.error(
-                "hsm.pin_refused",
-                token=self._token_label,
-                reason=str(error),
-                action="an operator must fix the PIN ([hsm] pin_file or pin_env) and restart the service; "
-                "it is not tried again",
-            )
-            self._notify()
+        self._refused = error
+        log.error(
+            "hsm.pin_refused",
+            token=self._token_label,
+            reason=str(error),
+            action="an operator must fix the PIN ([hsm] pin_file or pin_env) and restart the service; "
+            "it is not tried again",
+        )
+        self._notify()
 
     def _recover(self) -> None:
         """The recovery thread: reconnect with exponential backoff until it works, the PIN is refused or
         the signer closes."""
         delay = self._reconnect_first
         attempts = 0
-        while not self._stop.is_set():
+        while True:
             attempts += 1
             with self._owner:
+                # close() sets _closed before _stop: a close during the backoff ends the wait below.
                 if self._closed or self._refused is not None or self._down is None:
                     return
                 try:
                     self._reconnect()
-                except HsmLoginRefused as exc:
-                    self._refuse(exc)
-                    return
-                except (HsmUnavailable, p11e.PKCS11Error, _cki.CkiError) as exc:
+                except (HsmLoginRefused, HsmUnavailable, p11e.PKCS11Error, _cki.CkiError) as exc:
                     error = (
                         exc
-                        if isinstance(exc, HsmUnavailable)
+                        if isinstance(exc, HsmLoginRefused | HsmUnavailable)
                         else faults.domain_error(exc, self._token_label, "reconnecting")
                     )
                     if isinstance(error, HsmLoginRefused):

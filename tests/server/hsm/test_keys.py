@@ -152,3 +152,44 @@ def test_ec_point_raw_or_der_wrapped() -> None:
     assert public_key_from_ec_point(b"\x04\x41" + raw) == key
     with pytest.raises(KeyNotInCustody, match="malformed EC point"):
         public_key_from_ec_point(b"\x04\x05abc")
+
+
+def test_a_key_pair_needs_a_label(hsm_token: SoftHsmToken, user_pin: str) -> None:
+    with open_token_session(hsm_token.module_path, hsm_token.label, user_pin) as session:
+        with pytest.raises(ValueError, match="key label is required"):
+            generate_signing_keypair(session, "", b"\x01")
+        assert list(session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY})) == []
+
+
+def test_csr_subject_forms(hsm_token: SoftHsmToken, user_pin: str) -> None:
+    """A subject given as an asn1crypto Name is used as is; in (oid, value) pairs an asn1crypto value is
+    used as is and text takes the string type asn1crypto's table names (IA5String for an email address);
+    an attribute whose value is not text must come as an asn1crypto value."""
+    from asn1crypto import core as asn1_core
+    from asn1crypto import x509 as asn1_x509
+
+    from vdno.server.hsm.keys import build_name
+
+    given = asn1_x509.Name.build({"common_name": "as built", "organizational_unit_name": "03"})
+    assert build_name(given) is given
+    pairs = build_name(
+        [
+            ("email_address", "ops@dno.example"),
+            ("serial_number", asn1_core.PrintableString("0042")),
+            ("unique_identifier", asn1_core.OctetBitString(b"\x01\x02")),
+        ]
+    )
+    values = [rdn[0]["value"] for rdn in pairs.chosen]
+    assert [type(v).__name__ for v in values] == ["EmailAddress", "DirectoryString", "OctetBitString"]
+    assert values[1].name == "printable_string"  # the value given, not made a UTF8String
+    assert values[0].native == "ops@dno.example" and values[0].tag == 22  # IA5String
+    with pytest.raises(ValueError, match="subject attribute unique_identifier is not text"):
+        build_name([("unique_identifier", "free text")])
+    with open_token_session(hsm_token.module_path, hsm_token.label, user_pin) as session:
+        ensure_keypair(session, "forms", b"\x40")
+        csr = x509.load_der_x509_csr(sign_csr(session, given, label="forms"))
+        assert csr.is_signature_valid
+        assert csr.subject.public_bytes() == given.dump()  # as built, byte for byte
+        csr = x509.load_der_x509_csr(sign_csr(session, pairs, key_id=b"\x40"))
+        assert csr.is_signature_valid
+        assert csr.subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS)[0].value == "ops@dno.example"

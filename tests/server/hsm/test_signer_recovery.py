@@ -5,6 +5,7 @@ says which is which)."""
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from vdno.server.domain.errors import HsmLoginRefused, HsmUnavailable, KeyNotInC
 from vdno.server.hsm.keys import ensure_keypair
 from vdno.server.hsm.signer import Pkcs11Signer
 from vdno.server.hsm.softhsm import SoftHsmToken
-from vdno.server.hsm.token import open_token_session
+from vdno.server.hsm.token import open_token_session, reinitialise
 
 FIRST, MOST = 0.05, 0.2  # reconnect delays of these tests (the service's defaults are 0.2 and 5 s)
 DIGEST = hashlib.sha256(b"a command").digest()
@@ -165,3 +166,69 @@ def test_a_refused_pin_is_tried_once_and_refused_at_once_from_then_on(
     assert len(refusals) == 1 and refusals[0]["log_level"] == "error"
     assert "restart" in refusals[0]["action"]
     assert all(pin not in repr(e) for e in logs)
+
+
+def test_a_pin_changed_under_the_signer_is_refused_at_reconnection_and_never_tried_again(
+    signer: Pkcs11Signer, signing_key, user_pin: str, count_logins: LoginCounter
+) -> None:
+    _, _, uri = signing_key
+    _verify(signer.public_key(uri), signer.sign_digest(uri, DIGEST))
+    signer.run(lambda session: session.set_pin(user_pin, "a-new-pin-2468"), "changing the PIN")
+    signer.run(lambda session: session.close(), "closing the session")  # the session is lost
+    with capture_logs() as logs:
+        with pytest.raises(HsmUnavailable):
+            signer.sign_digest(uri, DIGEST)
+        with pytest.raises(HsmLoginRefused, match="refused the configured PIN") as refused:
+            wait_for(signer.check, within=5.0)
+        time.sleep(3 * MOST)  # nothing retries in the background
+        with pytest.raises(HsmLoginRefused):
+            signer.sign_digest(uri, DIGEST)
+    assert count_logins.calls == 2  # the first session's, and the reconnection's, refused
+    assert user_pin not in str(refused.value) and "a-new-pin-2468" not in str(refused.value)
+    assert [e["event"] for e in logs if e["event"].startswith("hsm.")].count("hsm.pin_refused") == 1
+
+
+def test_a_pin_refused_inside_a_job_stops_the_signer(
+    signer: Pkcs11Signer, signing_key, count_logins: LoginCounter
+) -> None:
+    """However the token comes to refuse a PIN, the signer stops using it (real HSMs lock a partition
+    after a few refusals): here a job's C_SetPIN with a wrong old PIN."""
+    _, _, uri = signing_key
+    signer.sign_digest(uri, DIGEST)
+    with pytest.raises(HsmLoginRefused, match="refused the configured PIN") as refused:
+        signer.run(lambda session: session.set_pin("not-the-old-pin", "a-new-pin-2468"), "changing the PIN")
+    assert "not-the-old-pin" not in str(refused.value) and "CKR" not in str(refused.value)
+    with pytest.raises(HsmLoginRefused):
+        signer.sign_digest(uri, DIGEST)
+    assert count_logins.calls == 1
+
+
+@pytest.mark.parametrize("worker_thread", [False, True], ids=["in-caller", "worker-thread"])
+def test_closing_a_reconnecting_signer_does_not_wait_out_the_backoff(
+    hsm_token: SoftHsmToken, user_pin: str, signing_key, worker_thread: bool
+) -> None:
+    _, _, uri = signing_key
+    signer = Pkcs11Signer(
+        hsm_token.module_path,
+        hsm_token.label,
+        user_pin,
+        worker_thread=worker_thread,
+        reconnect_first=5.0,
+        reconnect_max=5.0,
+    )
+    signer.sign_digest(uri, DIGEST)
+    with capture_logs() as logs, token_taken_away(hsm_token):
+        with pytest.raises(HsmUnavailable):
+            signer.sign_digest(uri, DIGEST)
+        deadline = time.monotonic() + 10
+        while not any(e["event"] == "hsm.reconnect_failed" for e in logs):
+            assert time.monotonic() < deadline, "no reconnection was tried"
+            time.sleep(0.01)
+        started = time.monotonic()
+        signer.close()  # the reconnection now waits 5 s before its next try
+        assert time.monotonic() - started < 2.0
+        assert not [t for t in threading.enumerate() if t.name == f"pkcs11-reconnect[{hsm_token.label}]"]
+    assert [e["event"] for e in logs].count("hsm.reconnect_failed") == 1
+    # SoftHSM lists the token again only after C_Initialize (server/hsm/token.py, find_token); no signer
+    # does that now, and the next tests list the slots.
+    reinitialise(str(hsm_token.module_path))

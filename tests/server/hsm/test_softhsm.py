@@ -9,8 +9,9 @@ import pkcs11
 import pytest
 
 from vdno.server.config import ConfigError
-from vdno.server.hsm import softhsm
+from vdno.server.hsm import _cki, softhsm
 from vdno.server.hsm.softhsm import SoftHsmToken, ensure_softhsm_token, find_softhsm_module
+from vdno.server.hsm.token import open_token_session
 
 USER_PIN = "user-pin-4711"  # same as conftest.USER_PIN
 SO_PIN = "so-pin-0815"
@@ -85,6 +86,8 @@ def test_find_softhsm_module(softhsm_module: Path, monkeypatch: pytest.MonkeyPat
     assert find_softhsm_module().is_file()
     from vdno.server.domain.errors import HsmUnavailable
 
+    monkeypatch.setenv(softhsm.MODULE_ENV, str(softhsm_module))
+    assert find_softhsm_module() == softhsm_module
     monkeypatch.setenv(softhsm.MODULE_ENV, str(tmp_path / "missing.so"))
     with pytest.raises(HsmUnavailable, match="does not name a file"):
         find_softhsm_module()
@@ -157,3 +160,20 @@ def test_a_token_file_caught_mid_rewrite_at_start_up_is_found_again(
     outcome = [line for line in done.stdout.splitlines() if line in ("unavailable", "connected")]
     assert outcome == ["unavailable", "connected"]
     assert "hsm.recovered" in done.stdout  # structlog's default output
+
+
+def test_token_initialisation_refusals_name_the_call_and_no_pin(
+    hsm_token: SoftHsmToken, user_pin: str
+) -> None:
+    """C_InitToken through ctypes (server/hsm/_cki.py): a label SoftHSM cannot hold is refused before the
+    call; a wrong SO PIN is refused by the token, which is left as it was."""
+    module = str(hsm_token.module_path)
+    slot = pkcs11.lib(module).get_token(token_label=hsm_token.label).slot
+    with pytest.raises(ValueError, match="longer than 32 bytes"):
+        _cki.init_token(module, slot.slot_id, "é" * 17, SO_PIN)
+    with pytest.raises(_cki.CkiError) as refused:
+        _cki.init_token(module, slot.slot_id, hsm_token.label, "not-the-so-pin")
+    assert refused.value.operation == "C_InitToken" and refused.value.rv == _cki.CKR_PIN_INCORRECT
+    assert "not-the-so-pin" not in str(refused.value) and SO_PIN not in str(refused.value)
+    with open_token_session(hsm_token.module_path, hsm_token.label, user_pin) as session:
+        assert list(session.get_objects({})) == []  # still the token it was, the user PIN still works

@@ -78,6 +78,7 @@ def test_pin_value_is_refused_without_echoing_it() -> None:
         ("pkcs11:object", "not name=value"),
         ("pkcs11:object=a b", "must be percent-encoded"),
         ("pkcs11:object=a?", "empty query"),
+        ("pkcs11:object=a?pin-source=file:/a&pin-source=file:/b", "query attribute 'pin-source' given twice"),
         ("pkcs11:object=a?module-name=softhsm", "not supported"),
         ("pkcs11:object=%ff", "UTF-8"),
         ("pkcs12:object=a", "must start with 'pkcs11:'"),
@@ -87,3 +88,8 @@ def test_pin_value_is_refused_without_echoing_it() -> None:
 def test_bad_uris_name_the_bad_part(text: str, named: str) -> None:
     with pytest.raises(InvalidRequest, match=named):
         parse_pkcs11_uri(text)
+
+
+def test_a_uri_must_be_text() -> None:
+    with pytest.raises(InvalidRequest, match="expected a string"):
+        parse_pkcs11_uri(b"pkcs11:object=a")  # type: ignore[arg-type]
