@@ -137,7 +137,7 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         on_refused_auth: Callable[[str, str], None] | None = None,
         observer: CallObserver | None = None,
     ) -> None:
-        self._log = structlog.get_logger("vdno.rpc")
+        self._log = structlog.get_logger()
         self._on_refused_auth = on_refused_auth
         self._observer = observer
         self._wrapped: dict[str, Any] = {}  # method -> wrapped handler (handlers are fixed at start-up)
@@ -166,7 +166,9 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         on_refused = self._on_refused_auth
         prefix, ids = self._id_prefix, self._ids
         callers = self._callers
-        required = ROLE_OF_SERVICE.get(method.split("/")[1]) if method.count("/") == 2 else None
+        required = ROLE_OF_SERVICE.get(
+            method.rpartition("/")[0].removeprefix("/")
+        )  # /<package>.<Service>/<Method>
         observer = self._observer
         timed = observer.latency(method) if observer is not None else None
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from typing import Any
@@ -16,6 +17,7 @@ import grpc
 import pytest
 import structlog
 from cryptography.hazmat.primitives import serialization
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from vdno.labpki.smki import CertifiedKey
@@ -26,14 +28,16 @@ from vdno.labpki.tls import (
     issue_server_certificate,
     make_tls_ca,
 )
-from vdno.server.domain.errors import UnknownArea
+from vdno.server.domain.errors import ERROR_CODE_KEY, Unauthenticated, UnknownArea
 from vdno.server.metrics import ServerMetrics
 from vdno.server.observability import configure_logging
 from vdno.server.rpc.interceptors import (
     ErrorMappingInterceptor,
     UndecodableRequest,
     bench_caller,
+    bench_identity,
     note_call,
+    officer_identity,
     tolerant_deserializer,
 )
 from vdno.v1 import custodian_pb2 as pb
@@ -104,6 +108,7 @@ def serving(
             )
         ]
     )
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
     server_key, server_cert = pem(issue_server_certificate(ca))
     ca_pem = ca.certificate.public_bytes(serialization.Encoding.PEM)
     credentials = grpc.ssl_server_credentials(
@@ -304,3 +309,107 @@ def test_undecodable_bytes_are_described_on_one_line_of_at_most_160_characters()
     assert empty is not None and empty(b"").reason == "ValueError"
     fine = tolerant_deserializer(lambda data: data[::-1])
     assert fine is not None and fine(b"ab") == b"ba"
+
+
+def slow_hand_out(request: pb.HandOutRequest, context: grpc.ServicerContext) -> pb.HandOutResponse:
+    note_call(device=request.device_id, request_id=request.request_id)
+    if request.area_id == 99:
+        raise UnknownArea("area 99 is not registered with this custodian")
+    if request.area_id == 98:
+        raise RuntimeError("a defect after noting the request")
+    time.sleep(0.03)
+    return pb.HandOutResponse(issuance_id=1)
+
+
+class CountingObserver:
+    """A CallObserver that counts how often it is asked for each method's latency sink."""
+
+    def __init__(self) -> None:
+        self.asked: dict[str, int] = {}
+        self.seconds: list[float] = []
+
+    def latency(self, method: str) -> Callable[[float], None] | None:
+        self.asked[method] = self.asked.get(method, 0) + 1
+        return self.seconds.append
+
+    def refused(self, reason: str, code: str) -> None:
+        pass
+
+
+def test_each_log_line_names_the_method_caller_outcome_and_noted_request_exactly() -> None:
+    handlers = {
+        "RequestHandOut": (slow_hand_out, pb.HandOutRequest.FromString, pb.HandOutResponse.SerializeToString)
+    }
+    observer = CountingObserver()
+    with serving(handlers, observer) as (channel, out):  # type: ignore[arg-type]
+        hand_out = channel.unary_unary(
+            f"/{SERVICE}/RequestHandOut", request_serializer=pb.HandOutRequest.SerializeToString
+        )
+        hand_out(pb.HandOutRequest(request_id="r-1", device_id="00DB", area_id=14), timeout=10)
+        hand_out(pb.HandOutRequest(request_id="r-2", device_id="00DB", area_id=14), timeout=10)
+        for area in (99, 98):
+            with pytest.raises(grpc.RpcError) as refused:
+                hand_out(
+                    pb.HandOutRequest(request_id=f"r-{area}", device_id="00DD", area_id=area), timeout=10
+                )
+            assert refused.value.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INTERNAL)
+    method = f"/{SERVICE}/RequestHandOut"
+    assert observer.asked == {method: 1}  # a method is wrapped once, and its latency sink asked for once
+    events = {e["request_id"]: e for e in out.events() if "request_id" in e}
+    for ok in (events["r-1"], events["r-2"]):
+        assert (ok["event"], ok["method"], ok["caller"], ok["device"]) == (
+            "rpc.ok",
+            method,
+            "bench:bench-07",
+            "00DB",
+        )
+        assert isinstance(ok["ms"], float) and ok["ms"] == round(ok["ms"], 2)
+        assert 30 <= ok["ms"] < 60_000  # milliseconds: the servicer slept 30 ms
+    assert len(observer.seconds) == 2 and all(0.03 <= s < 60 for s in observer.seconds)
+    refused = events["r-99"]
+    assert {k: refused[k] for k in ("event", "method", "caller", "code", "error", "reason", "device")} == {
+        "event": "rpc.refused",
+        "method": method,
+        "caller": "bench:bench-07",
+        "code": "NOT_FOUND",
+        "error": "UnknownArea",
+        "reason": "area 99 is not registered with this custodian",
+        "device": "00DD",
+    }
+    internal = events["r-98"]
+    assert (internal["event"], internal["method"], internal["caller"], internal["device"]) == (
+        "rpc.internal_error",
+        method,
+        "bench:bench-07",
+        "00DD",
+    )
+
+
+def test_a_refusal_carries_the_error_code_in_trailing_metadata() -> None:
+    handlers = {
+        "RequestHandOut": (slow_hand_out, pb.HandOutRequest.FromString, pb.HandOutResponse.SerializeToString)
+    }
+    with serving(handlers) as (channel, _), pytest.raises(grpc.RpcError) as refused:
+        channel.unary_unary(
+            f"/{SERVICE}/RequestHandOut", request_serializer=pb.HandOutRequest.SerializeToString
+        )(pb.HandOutRequest(request_id="r", device_id="00DC", area_id=99), timeout=10)
+    trailing = dict(refused.value.trailing_metadata())
+    assert trailing[ERROR_CODE_KEY] == UnknownArea("x").error_code == "UNKNOWN_AREA"
+
+
+def test_an_unknown_method_is_unimplemented_and_health_is_not_wrapped() -> None:
+    with serving(WHOAMI) as (channel, out):
+        with pytest.raises(grpc.RpcError) as unknown:
+            channel.unary_unary(f"/{SERVICE}/NoSuchMethod")(b"", timeout=10)
+        assert unknown.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        # grpc.health.v1 answers any caller (a load balancer's probe has no bench role): not ours to wrap
+        answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    assert out.events() == []
+
+
+def test_outside_a_call_there_is_no_caller() -> None:
+    for who in (bench_identity, officer_identity, bench_caller):
+        with pytest.raises(Unauthenticated) as refused:
+            who()
+        assert str(refused.value) == "a client certificate naming the caller and its role is required"
