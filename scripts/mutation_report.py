@@ -127,7 +127,11 @@ MODULES: tuple[Module, ...] = (
     Module(
         "simulator",
         "simulator/device.py",
-        ("tests/simulator/test_sim_forged.py", "tests/simulator/test_sim_rtds.py"),
+        (
+            "tests/simulator/test_sim_forged.py",
+            "tests/simulator/test_sim_rtds.py",
+            "tests/simulator/test_sim_device.py",
+        ),
     ),
 )
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from forge_testlib import CommandForm, ForgeWorld
 from lab_testlib import cs02b_command, der, org
 
 from vdno.gbcs.cells import NO_DS_CELL, NO_KA_CELL, KeyUsage, TrustAnchorCellIdentifier
@@ -92,6 +93,19 @@ def rtds_profile(vectors_dir: Path, require_acb_mac: bool = False, **kw: object)
     }
     args.update(kw)
     return DeviceProfile(**args)  # type: ignore[arg-type]
+
+
+HELD_SEQ = 10  # the forge meter's stored NO seq number and the vanilla generation's last counter
+
+
+def meter(world: ForgeWorld) -> SimulatedDevice:
+    """The forge world's meter, its NO cells holding the vanilla generation at seq number HELD_SEQ."""
+    return world.meter(world.vanilla, seq_number=HELD_SEQ)
+
+
+def good(world: ForgeWorld) -> CommandForm:
+    """The custodian's hand-out as the meter receives it: MAC-framed by the ACB."""
+    return replace(world.hand_out(), mac=world.acb_mac())
 
 
 def response_payload(response: bytes, device: SimulatedDevice) -> UpdateSecurityCredentialsResponse:

@@ -9,32 +9,21 @@ from dataclasses import replace
 import pytest
 from forge_testlib import (
     COMMAND_DEFECTS,
+    COUNTER,
     DEVICE_ID,
     VANILLA_ID,
-    CommandForm,
     ForgeWorld,
 )
-from sim_testlib import assert_unchanged_outcomes, snapshot, statuses
+from sim_testlib import assert_unchanged_outcomes, good, meter, snapshot, statuses
 
 from vdno.gbcs.cells import NO_DS_CELL, NO_KA_CELL, KeyUsage, StatusCode
 from vdno.gbcs.cs02a import ProvideSecurityCredentialsCommand
 from vdno.gbcs.cs02e import DeviceCertificateResponse, ProvideDeviceCertificateCommand
 from vdno.gbcs.framing import Cra, GeneralSigningApdu, GroupingHeader, MessageCode, decode_message
 from vdno.gbcs.signature import sign_apdu
-from vdno.simulator.device import SimulatedDevice
+from vdno.simulator.device import LastOutcome, SimulatedDevice
 from vdno.simulator.errors import DeviceRefused
 from vdno.simulator.profile import ROOT_CELL, DeviceKey
-
-HELD_SEQ = 10  # the meter's stored NO seq number and the vanilla generation's last counter
-
-
-def meter(world: ForgeWorld) -> SimulatedDevice:
-    return world.meter(world.vanilla, seq_number=HELD_SEQ)
-
-
-def good(world: ForgeWorld) -> CommandForm:
-    """The custodian's hand-out as the meter receives it: MAC-framed by the ACB."""
-    return replace(world.hand_out(), mac=world.acb_mac())
 
 
 def test_the_good_command_is_applied(forge_world: ForgeWorld) -> None:
@@ -49,28 +38,53 @@ def test_the_good_command_is_applied(forge_world: ForgeWorld) -> None:
     assert device.seq_numbers[3] == 0  # the floor: the area DNO starts afresh
 
 
-# defect: (whole-command status, what the meter's reason names)
+# the meter names cells by their repr as decoded from the command (the role an int, the bits enums)
+_KA_CELL = (
+    "TrustAnchorCellIdentifier(role=3, key_usage=<KeyUsage.KEY_AGREEMENT: 4>, "
+    "cell_usage=<CellUsage.MANAGEMENT: 0>)"
+)
+_SUPPLIER_DS_CELL = (
+    "TrustAnchorCellIdentifier(role=2, key_usage=<KeyUsage.DIGITAL_SIGNATURE: 0>, "
+    "cell_usage=<CellUsage.MANAGEMENT: 0>)"
+)
+_NOT_MODE_3S = f"is not the one mode 3 needs ({NO_DS_CELL})"
+_DOES_NOT_VERIFY = "KRP signature: signature does not verify over the signed range"
+_ABSENT = "KRP signature: signature absent (no signature-length byte or length 00)"
+
+# defect: (whole-command status, the meter's reason)
 WHOLE_COMMAND: dict[str, tuple[int, str]] = {
     "not-mac-framed": (StatusCode.BAD_SIGNATURE, "ACB-SMD MAC required but the command is not MAC-framed"),
-    "mac-flipped": (StatusCode.BAD_SIGNATURE, "ACB-SMD MAC: "),
+    "mac-flipped": (StatusCode.BAD_SIGNATURE, "ACB-SMD MAC: ACB-SMD MAC does not match"),
     "message-code-0102": (StatusCode.INSUFFICIENT_PERMISSION, "mode 3 does not match message code 0x0102"),
     "mode-2": (StatusCode.INSUFFICIENT_PERMISSION, "mode 2 does not match message code 0x0103"),
     "mode-8-consistent": (StatusCode.DECODE_ERROR, "mode 8 commands carry no MAC header"),
     "ds-replaced-twice": (StatusCode.DECODE_ERROR, "the same target cell appears twice"),
     "duplicate-replacement": (StatusCode.DECODE_ERROR, "the same target cell appears twice"),
-    "ka-cell-authorises": (StatusCode.INSUFFICIENT_PERMISSION, "is not the one mode 3 needs"),
-    "supplier-cell-authorises": (StatusCode.INSUFFICIENT_PERMISSION, "is not the one mode 3 needs"),
-    "no-authorising-cell": (StatusCode.INSUFFICIENT_PERMISSION, "authorising TA cell None"),
-    "other-originator": (StatusCode.INSUFFICIENT_PERMISSION, "is not the entity 7a11a0000000f002"),
+    "ka-cell-authorises": (
+        StatusCode.INSUFFICIENT_PERMISSION,
+        f"authorising TA cell {_KA_CELL} {_NOT_MODE_3S}",
+    ),
+    "supplier-cell-authorises": (
+        StatusCode.INSUFFICIENT_PERMISSION,
+        f"authorising TA cell {_SUPPLIER_DS_CELL} {_NOT_MODE_3S}",
+    ),
+    "no-authorising-cell": (StatusCode.INSUFFICIENT_PERMISSION, f"authorising TA cell None {_NOT_MODE_3S}"),
+    "other-originator": (
+        StatusCode.INSUFFICIENT_PERMISSION,
+        "Business Originator ID 5a5a5a5a5a5a5a5a is not the entity 7a11a0000000f002 in the authorising cell",
+    ),
     "seq-number-stale": (
         StatusCode.BAD_SEQUENCE_NUMBER,
         "authorisingRemotePartySeqNumber 7 not above stored 10",
     ),
-    "signature-flipped": (StatusCode.BAD_SIGNATURE, "KRP signature: signature does not verify"),
-    "signed-by-stranger": (StatusCode.BAD_SIGNATURE, "KRP signature: signature does not verify"),
-    "null-signature": (StatusCode.BAD_SIGNATURE, "KRP signature: signature absent"),
-    "unsigned": (StatusCode.BAD_SIGNATURE, "KRP signature: signature absent"),
-    "replaces-supplier-cell": (StatusCode.INSUFFICIENT_PERMISSION, "may not replace the cell of role 2"),
+    "signature-flipped": (StatusCode.BAD_SIGNATURE, _DOES_NOT_VERIFY),
+    "signed-by-stranger": (StatusCode.BAD_SIGNATURE, _DOES_NOT_VERIFY),
+    "null-signature": (StatusCode.BAD_SIGNATURE, _ABSENT),
+    "unsigned": (StatusCode.BAD_SIGNATURE, _ABSENT),
+    "replaces-supplier-cell": (
+        StatusCode.INSUFFICIENT_PERMISSION,
+        "mode 3 may not replace the cell of role 2",
+    ),
 }
 
 
@@ -79,7 +93,8 @@ def refused_whole(device: SimulatedDevice, message: bytes, status: int, reason: 
     response = device.process(message)
     assert_unchanged_outcomes(response, device, status)
     assert snapshot(device) == before, "a refused command changes nothing on the meter"
-    assert device.last_outcome is not None and reason in device.last_outcome.reason, device.last_outcome
+    code = decode_message(message).apdu.header.message_code
+    assert device.last_outcome == LastOutcome(code, status, reason)
     header = decode_message(response).apdu.header
     assert (header.cra, header.business_originator_id) == (Cra.RESPONSE, DEVICE_ID)
 
@@ -94,20 +109,35 @@ def test_a_replay_an_empty_cell_an_unsimulated_mode_and_an_uncheckable_mac(forge
     device = meter(forge_world)
     command = good(forge_world).encode()
     device.originator_counters[VANILLA_ID] = good(forge_world).counter  # it has seen this counter
-    refused_whole(device, command, StatusCode.BAD_SEQUENCE_NUMBER, "(replay)")
+    refused_whole(
+        device,
+        command,
+        StatusCode.BAD_SEQUENCE_NUMBER,
+        f"originator counter {COUNTER} not above the last seen {COUNTER} from {VANILLA_ID.hex()} (replay)",
+    )
 
     device = meter(forge_world)
     del device.cells[NO_DS_CELL]
-    refused_whole(device, command, StatusCode.TRUST_ANCHOR_NOT_FOUND, "the authorising cell")
+    refused_whole(
+        device, command, StatusCode.TRUST_ANCHOR_NOT_FOUND, f"the authorising cell {NO_DS_CELL} is empty"
+    )
 
     unsimulated = replace(good(forge_world), mode=2, message_code=MessageCode.CS02B_SUPPLIER_BY_SUPPLIER)
     refused_whole(
-        meter(forge_world), unsimulated.encode(), StatusCode.OTHER, "credentialsReplacementMode 2 not"
+        meter(forge_world),
+        unsimulated.encode(),
+        StatusCode.OTHER,
+        "credentialsReplacementMode 2 not simulated",
     )
 
     device = meter(forge_world)
     device.device_ka = DeviceKey(None, device.device_ka.certificate)  # the meter lost its KA private key
-    refused_whole(device, command, StatusCode.BAD_SIGNATURE, "ACB-SMD MAC cannot be checked")
+    refused_whole(
+        device,
+        command,
+        StatusCode.BAD_SIGNATURE,
+        "ACB-SMD MAC cannot be checked (no ACB KA cell or no device KA private key)",
+    )
 
 
 # defect: the status of each cell (the cells with status 0 are replaced)
@@ -115,6 +145,15 @@ PER_CELL: dict[str, list[int]] = {
     "certificates-swapped": [StatusCode.BAD_CERTIFICATE, StatusCode.BAD_CERTIFICATE],
     "no-path": [StatusCode.NO_TRUST_ANCHOR, StatusCode.NO_TRUST_ANCHOR],
     "extra-replacement": [0, 0, StatusCode.TRUST_ANCHOR_NOT_FOUND],  # no NO prepayment KA cell on a meter
+}
+# defect: the meter's reason for the first cell it refuses
+PER_CELL_REASON = {
+    "certificates-swapped": "replacement certificate key usage KEY_AGREEMENT does not match the cell's "
+    "DIGITAL_SIGNATURE",
+    "no-path": "no chain from 2.5.4.45=#000d000000000000f4,OU=03 (issuer CN=VDNO-LAB-Z1,OU=07) to the "
+    "trust anchor CN=VDNO-LAB-ROOT,OU=00",
+    "extra-replacement": "no cell TrustAnchorCellIdentifier(role=3, key_usage=<KeyUsage.KEY_AGREEMENT: 4>, "
+    "cell_usage=1) on this device",
 }
 
 
@@ -129,6 +168,8 @@ def test_per_cell_refusals(forge_world: ForgeWorld, defect: str, expected: list[
         was = forge_world.vanilla.ds_der if cell == NO_DS_CELL else forge_world.vanilla.ka_der
         assert device.cells[cell] == placed.get(cell, was)
     assert device.originator_counters[VANILLA_ID] == form.counter  # authentic: the counter is spent
+    first_failure = next(s for s in expected if s != 0)
+    assert device.last_outcome == LastOutcome(form.message_code, first_failure, PER_CELL_REASON[defect])
 
 
 def test_a_meter_without_a_root_cell_refuses_every_replacement(forge_world: ForgeWorld) -> None:
