@@ -21,7 +21,7 @@ from vdno.server.domain.audit import (
     verify_source,
 )
 from vdno.server.domain.values import AuditEvent
-from vdno.server.store.audit import audit_snapshot, export_log, verify_chain, verify_log
+from vdno.server.store.audit import _walk_range, audit_snapshot, export_log, verify_chain, verify_log
 from vdno.server.store.sql import SqlCustodyStore
 
 PAGE = 7  # entries per page: the 50 entries below span several pages
@@ -161,3 +161,18 @@ def test_range_workers_see_the_snapshot_not_entries_appended_since(store: SqlCus
         report = verify_source(snapshot, [])
     assert report.ok and report.entries == 40 and report.head == ChainHead(40, hash_at(store, 40))
     assert verify_log(store.engine, page_rows=PAGE, workers=2, parallel_from=1).entries == 41
+
+
+@pytest.mark.parametrize("store_url", ["postgres"], indirect=True)
+def test_postgres_range_workers_read_the_snapshot_they_were_given(store: SqlCustodyStore) -> None:  # noqa: F811
+    """Each worker imports the verifying transaction's snapshot (pg_export_snapshot): an entry damaged
+    after it began is not what the workers read."""
+    fill(store, 30)
+    with audit_snapshot(store.engine, page_rows=PAGE, workers=2, parallel_from=1) as snapshot:
+        tasks = snapshot._range_tasks(set())
+        with store.engine.begin() as c:
+            c.execute(text("UPDATE audit_log SET hash = :h WHERE seq = 20"), {"h": "f" * 64})
+        walks = [_walk_range(task) for task in tasks]
+    assert [(w.problem, w.last.seq) for w in walks] == [(None, 15), (None, 30)]
+    [problem] = verify_log(store.engine, page_rows=PAGE, workers=2, parallel_from=1).problems
+    assert (problem.kind, problem.seq) == (ProblemKind.HASH_MISMATCH, 20)
