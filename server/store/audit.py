@@ -67,8 +67,11 @@ TIP = (
 )
 ENTRIES = "SELECT seq, body, hash FROM audit_log ORDER BY seq"
 RANGE = "SELECT seq, body, hash FROM audit_log WHERE seq >= {mark} AND seq <= {mark} ORDER BY seq"
-# The log's shape in the snapshot: range walks are used only when its seqs are exactly 1..count.
-SHAPE = "SELECT min(seq), max(seq), count(*) FROM audit_log"
+# The log's ends in the snapshot, each from the primary key's index: range walks are used only when the seqs
+# start at 1 and are whole numbers (a text seq, which SQLite would keep, is the maximum). Gaps and
+# entries out of place within 1..max are what the range walks find.
+FIRST = "SELECT min(seq) FROM audit_log"
+LAST = "SELECT max(seq) FROM audit_log"
 PARALLEL_FROM = 200_000  # entries from which verification walks seq ranges in worker processes
 # json.dumps with options builds a new encoder per call; this one is built once (and is thread-safe).
 _DETAILS = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
@@ -190,8 +193,8 @@ class AuditSnapshot:
         return walk_records(self.pages(), watch)  # one pass; also names the first bad entry
 
     def _range_tasks(self, watch: set[int]) -> list[_RangeTask]:
-        """One task a worker when the log is long and its seqs are exactly 1..count in this snapshot (else
-        none: one pass finds whatever is odd). Every range ends at or before this snapshot's last entry, so
+        """One task a worker when the log is long and its seqs run from 1 in this snapshot (else none: one
+        pass finds whatever is odd). Every range ends at or before this snapshot's last entry, so
         workers reading later snapshots (SQLite) see the same entries while the log is only appended to;
         on PostgreSQL they import this transaction's snapshot."""
         url = self._conn.engine.url
@@ -199,25 +202,25 @@ class AuditSnapshot:
             url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
         ):
             return []
-        first, last, count = self._conn.exec_driver_sql(SHAPE).one()
-        if not (type(first) is int and type(last) is int and first == 1 and last == count):
+        first, last = (self._conn.exec_driver_sql(sql).scalar() for sql in (FIRST, LAST))
+        if not (type(first) is int and type(last) is int and first == 1):
             return []
-        if count < max(self._parallel_from, self._workers):
+        if last < max(self._parallel_from, self._workers):
             return []
         snapshot = None
         if self._conn.dialect.name == "postgresql":
             snapshot = str(self._conn.exec_driver_sql("SELECT pg_export_snapshot()").scalar_one())
-        size = -(-count // self._workers)
+        size = -(-last // self._workers)
         return [
             _RangeTask(
                 url.render_as_string(hide_password=False),
                 snapshot,
                 start,
-                min(start + size - 1, count),
+                min(start + size - 1, last),
                 frozenset(watch),
                 self._page_rows,
             )
-            for start in range(1, count + 1, size)
+            for start in range(1, last + 1, size)
         ]
 
 

@@ -176,3 +176,13 @@ def test_postgres_range_workers_read_the_snapshot_they_were_given(store: SqlCust
     assert [(w.problem, w.last.seq) for w in walks] == [(None, 15), (None, 30)]
     [problem] = verify_log(store.engine, page_rows=PAGE, workers=2, parallel_from=1).problems
     assert (problem.kind, problem.seq) == (ProblemKind.HASH_MISMATCH, 20)
+
+
+def test_a_log_whose_seqs_do_not_start_at_1_is_walked_in_one_pass(store: SqlCustodyStore) -> None:  # noqa: F811
+    fill(store, 20)
+    with store.engine.begin() as c:
+        c.execute(text("UPDATE audit_log SET seq = 0 WHERE seq = 20"))
+    with audit_snapshot(store.engine, page_rows=PAGE, workers=2, parallel_from=1) as snapshot:
+        assert snapshot._range_tasks(set()) == []
+        [problem] = verify_source(snapshot, []).problems
+    assert (problem.kind, problem.seq) == (ProblemKind.OUT_OF_ORDER, 1)
