@@ -10,7 +10,8 @@ appender, so the entries hash exactly as the service's do. Measured in the same 
 JSON re-encoded: a copy of that code, `old_walk`), then verify_log in one pass and with --workers
 processes over seq ranges. Each prints entries/s of wall time and of CPU time (this process and its
 workers; not the database server's), and the ratio to the baseline; then the peak resident memory of
-this process and of the largest worker (flat when the log is streamed), and an export's verification."""
+this process and of the largest worker (flat when the log is streamed), and an export's verification.
+--backfill also times migration 0007 (filling each entry's body from its columns) on the log."""
 
 from __future__ import annotations
 
@@ -31,7 +32,14 @@ from sqlalchemy import Engine, text
 
 from vdno.server.domain.audit import GENESIS_HASH, entry_hash, read_export, verify_source
 from vdno.server.domain.values import AuditEvent
-from vdno.server.store.audit import AuditAppender, audit_snapshot, default_workers, export_log, verify_log
+from vdno.server.store.audit import (
+    PARALLEL_FROM,
+    AuditAppender,
+    audit_snapshot,
+    default_workers,
+    export_log,
+    verify_log,
+)
 from vdno.server.store.sql import make_engine, migrate
 
 CHUNK = 5000
@@ -151,6 +159,7 @@ def main() -> int:
     parser.add_argument("--database-url", default=None)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workers", type=int, default=default_workers())
+    parser.add_argument("--backfill", action="store_true", help="also time migration 0007 on the log")
     args = parser.parse_args()
     with database(args.database_url) as url, tempfile.TemporaryDirectory() as folder:
         engine = make_engine(url)
@@ -175,8 +184,15 @@ def main() -> int:
             "baseline: the walk before the record column, one pass", args.entries, args.repeat, baseline_walk
         )
         _best("verify_log, one pass", args.entries, args.repeat, verify(1), baseline)
+        ranges = (
+            "" if args.entries >= PARALLEL_FROM else f" (one pass: ranges from {PARALLEL_FROM:,} entries)"
+        )
         _best(
-            f"verify_log, {args.workers} workers", args.entries, args.repeat, verify(args.workers), baseline
+            f"verify_log, {args.workers} workers{ranges}",
+            args.entries,
+            args.repeat,
+            verify(args.workers),
+            baseline,
         )
         children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024
         print(
@@ -193,8 +209,24 @@ def main() -> int:
             assert report.ok and report.entries == args.entries, report.problems
 
         _best("verify an export", args.entries, args.repeat, verify_export)
+        if args.backfill:
+            backfill(engine, args.entries)
         engine.dispose()
     return 0
+
+
+def backfill(engine: Engine, entries: int) -> None:
+    """Time migration 0007 filling every entry's body: the column dropped and the database put back at
+    revision 0006 first (a log written before 0007), verified after."""
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE audit_log DROP COLUMN body"))
+        conn.execute(text("UPDATE alembic_version SET version_num = '0006'"))
+    cpu, started = _cpu_seconds(), time.perf_counter()
+    migrate(engine)
+    wall, cpu = time.perf_counter() - started, _cpu_seconds() - cpu
+    report = verify_log(engine, workers=1)
+    assert report.ok and report.entries == entries, report.problems
+    print(f"migration 0007 (body filled from the columns): {wall:.1f} s wall, {cpu:.1f} s CPU here")
 
 
 def _peak_mib() -> int:
