@@ -186,6 +186,8 @@ class AuditSnapshot:
     def walk(self, watch: set[int]) -> ChainWalk:
         tasks = self._range_tasks(watch)
         if tasks:
+            # fork: workers start with the modules loaded; each opens its own engine and uses nothing of
+            # this process's connections (the verifying commands run no other threads).
             with multiprocessing.get_context("fork").Pool(len(tasks)) as pool:
                 joined = join_walks(pool.map(_walk_range, tasks, chunksize=1))
             if joined is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -20,8 +21,16 @@ from vdno.server.domain.audit import (
     record_of,
     verify_source,
 )
+from vdno.server.domain.errors import StoreUnavailable
 from vdno.server.domain.values import AuditEvent
-from vdno.server.store.audit import _walk_range, audit_snapshot, export_log, verify_chain, verify_log
+from vdno.server.store.audit import (
+    _RangeTask,
+    _walk_range,
+    audit_snapshot,
+    export_log,
+    verify_chain,
+    verify_log,
+)
 from vdno.server.store.sql import SqlCustodyStore
 
 PAGE = 7  # entries per page: the 50 entries below span several pages
@@ -186,3 +195,11 @@ def test_a_log_whose_seqs_do_not_start_at_1_is_walked_in_one_pass(store: SqlCust
         assert snapshot._range_tasks(set()) == []
         [problem] = verify_source(snapshot, []).problems
     assert (problem.kind, problem.seq) == (ProblemKind.OUT_OF_ORDER, 1)
+
+
+def test_a_worker_that_cannot_read_its_range_says_so(tmp_path: Path) -> None:
+    damaged = tmp_path / "not-a-database.db"
+    damaged.write_bytes(b"this is not a SQLite file" * 100)
+    task = _RangeTask(f"sqlite:///{damaged}", None, 1, 10, frozenset(), PAGE)
+    with pytest.raises(StoreUnavailable, match=r"cannot be read by a verifying worker: .*not a database"):
+        _walk_range(task)
