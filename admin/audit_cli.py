@@ -198,7 +198,7 @@ def verify(
     from vdno.server.domain.audit import read_export
     from vdno.server.domain.checkpoint import verify_against_checkpoints
     from vdno.server.domain.errors import AuditDocumentInvalid, StoreUnavailable
-    from vdno.server.store.audit import audit_snapshot
+    from vdno.server.store.audit import audit_snapshot, default_workers
 
     if server_config is None and export is None:
         _fail("give --server-config TOML (verify the database) or --export JSONL (verify an export)")
@@ -227,7 +227,7 @@ def verify(
         return
     assert settings is not None
     try:
-        with _engine(settings) as engine, audit_snapshot(engine) as snapshot:
+        with _engine(settings) as engine, audit_snapshot(engine, workers=default_workers()) as snapshot:
             report = verify_against_checkpoints(snapshot, documents, key)
             source = f"database {engine.url.render_as_string(hide_password=True)}"
     except StoreUnavailable as exc:

@@ -108,7 +108,7 @@ def bulk_load(engine: Engine, issuances: int, meters: int, audit_entries: int, s
     that the records then show in an area (the first `signed` of them signed, unreported), `meters`
     meters in custody with one history entry each (issuance i is meter i % meters), and `audit_entries`
     entries continuing the audit chain. Counters are below the clock-derived floor of new ones."""
-    from vdno.server.domain.audit import entry_hash
+    from vdno.server.domain.audit import entry_body
 
     with engine.begin() as c:
         generation = c.execute(text("SELECT min(generation) FROM generations")).scalar_one()
@@ -189,12 +189,13 @@ def bulk_load(engine: Engine, issuances: int, meters: int, audit_entries: int, s
                      "custody": "area"}
                 )  # fmt: skip
             actor, subject = "bench:bench-01", f"issuance:{issuance}"
-            digest = entry_hash(prev, seq, at, event, actor, subject, details)
-            yield seq, at, event, actor, subject, details, prev, digest
+            body = entry_body(prev, seq, at, event, actor, subject, details)
+            digest = hashlib.sha256(body).hexdigest()
+            yield seq, at, event, actor, subject, details, prev, digest, body
             prev = digest
         last[:] = [seq, prev]
 
-    columns = ("seq", "at", "event", "actor", "subject", "details", "prev_hash", "hash")
+    columns = ("seq", "at", "event", "actor", "subject", "details", "prev_hash", "hash", "body")
     _rows_in(engine, "audit_log", columns, audit_rows())
     from vdno.server.store.fleet import DEVICE_COUNTS_REBUILD
 

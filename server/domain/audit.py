@@ -1,12 +1,16 @@
 """The hash-chained audit log as values, and its offline verification.
 
-An entry's hash is SHA-256 over the ASCII JSON array [prev_hash, seq, at, event, actor, subject, details]
-with separators "," and ":" (Python json.dumps with ensure_ascii), `details` being the stored JSON text;
-the first entry links to GENESIS_HASH. Verification walks the entries in seq order in pages (constant
-memory), stops at the first bad entry and names it, checks the chain head, and checks that the log
-reaches every signed checkpoint given (server/domain/checkpoint.py): the entry with the checkpoint's
-seq exists and has the hash the checkpoint signed. No database or file access here: sources hand in
-pages of rows."""
+An entry's record (its body) is the ASCII JSON array [prev_hash, seq, at, event, actor, subject, details]
+with separators "," and ":" (Python json.dumps with ensure_ascii), `details` being the JSON text of the
+event's details; its hash is SHA-256 over those bytes, and the first entry links to GENESIS_HASH. The body
+is what the log stores and what every reader shows (docs/operations.md "Reading the audit log"); the
+database's readable columns are a search index only. Verification reads (seq, body, hash) records in seq
+order in pages (constant memory): the seq is the next one, the body starts with the previous entry's hash
+and its own seq, and the hash is SHA-256 of the body. It stops at the first bad entry and names it, checks
+the chain head, and checks that the log reaches every signed checkpoint given
+(server/domain/checkpoint.py): the entry with the checkpoint's seq exists and has the hash the checkpoint
+signed. A log can be walked in seq ranges (one per process) whose walks are then joined (`join_walks`).
+No database or file access here: sources hand in pages of records."""
 
 from __future__ import annotations
 
@@ -26,16 +30,58 @@ EXPORT_FORMAT = "vdno-audit-export/1"
 ENTRY_FIELDS = ("seq", "at", "event", "actor", "subject", "details", "prev_hash", "hash")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
-# One entry as stored: (seq, at, event, actor, subject, details, prev_hash, hash).
+# One entry as readers show it: (seq, at, event, actor, subject, details, prev_hash, hash).
 AuditRow = tuple[int, str, str, str, str, str, str, str]
+# One entry as the log records it: (seq, body, hash); the body is entry_body's bytes.
+AuditRecord = tuple[int, bytes, str]
+
+
+def entry_body(
+    prev_hash: str, seq: int, at: str, event: str, actor: str, subject: str, details: str
+) -> bytes:
+    """The entry's record: byte for byte the JSON the log has always hashed; built from the C string escaper
+    instead of a JSON encoder (a third of the cost). `prev_hash` must be 64 hex digits (a hash)."""
+    esc = encode_basestring_ascii
+    body = f'["{prev_hash}",{seq:d},{esc(at)},{esc(event)},{esc(actor)},{esc(subject)},{esc(details)}]'
+    return body.encode("ascii")
 
 
 def entry_hash(prev_hash: str, seq: int, at: str, event: str, actor: str, subject: str, details: str) -> str:
-    """The entry's chain hash. Byte for byte the JSON the log has always hashed; built from the C string
-    escaper instead of a JSON encoder (a third of the cost). `prev_hash` must be 64 hex digits (a hash)."""
-    esc = encode_basestring_ascii
-    body = f'["{prev_hash}",{seq:d},{esc(at)},{esc(event)},{esc(actor)},{esc(subject)},{esc(details)}]'
-    return hashlib.sha256(body.encode("ascii")).hexdigest()
+    """The entry's chain hash: SHA-256 of its body."""
+    return hashlib.sha256(entry_body(prev_hash, seq, at, event, actor, subject, details)).hexdigest()
+
+
+def record_of(row: AuditRow) -> AuditRecord:
+    """The record of an entry given field by field (an export line): its body built from the fields.
+    TypeError or ValueError when a field has the wrong type."""
+    seq, at, event, actor, subject, details, prev_hash, digest = row
+    if type(seq) is not int or not all(
+        type(v) is str for v in (at, event, actor, subject, details, prev_hash)
+    ):
+        raise TypeError("an entry's seq is a whole number and its other fields are text")
+    return seq, entry_body(prev_hash, seq, at, event, actor, subject, details), digest
+
+
+def row_of(record: AuditRecord) -> AuditRow:
+    """An entry's fields read from its record's body (what readers show; the readable columns of the
+    database are not consulted), its seq being its place in the log, which verification checks the body
+    names. AuditDocumentInvalid when the body is not a record entry_body wrote."""
+    seq, body, digest = record
+    try:
+        fields = _decode(body.decode("ascii")) if type(body) is bytes else None
+    except ValueError:
+        fields = None
+    if (
+        type(fields) is not list
+        or len(fields) != 7
+        or type(fields[1]) is not int
+        or not all(type(v) is str for i, v in enumerate(fields) if i != 1)
+        or not is_hash(fields[0])
+        or entry_body(*fields) != body
+    ):
+        raise AuditDocumentInvalid(f"entry {seq}: its record is not an audit entry's JSON array")
+    prev_hash, _, at, event, actor, subject, details = fields
+    return seq, at, event, actor, subject, details, prev_hash, digest
 
 
 def is_hash(value: object) -> bool:
@@ -163,65 +209,97 @@ class AuditSource(Protocol):
         """The chain head the source holds (None: missing). AuditDocumentInvalid when it is malformed."""
         ...
 
-    def pages(self) -> Iterator[Sequence[AuditRow]]:
-        """The entries in the order the source gives them (by seq), a bounded page at a time.
-        AuditDocumentInvalid when an entry cannot be read."""
+    def walk(self, watch: set[int]) -> ChainWalk:
+        """Every entry walked in seq order (walk_records over the source's pages, or ranges of them walked
+        apart and joined with join_walks), keeping the hashes of the seqs in `watch`."""
         ...
 
 
 @dataclass(frozen=True)
-class _Walk:
-    """Outcome of one walk: the entries verified, the last good one, and the first problem found."""
+class ChainWalk:
+    """Outcome of walking entries from `start`: the entries verified, the last good one, and the first
+    problem found."""
 
+    start: ChainHead  # the entry walked from (GENESIS for the whole log), not itself verified here
     count: int
     last: ChainHead
     problem: AuditProblem | None
-    reached: dict[int, str]  # checkpoint seq -> the hash of the entry found there
+    reached: dict[int, str]  # watched seq -> the hash of the entry found there
 
 
-def _walk(pages: Iterable[Sequence[AuditRow]], watch: set[int]) -> _Walk:
-    """Verify entries in order until the first bad one; keeps the hash of every seq in `watch`. The loop
-    is the whole cost of verification: locals only, one hash per entry."""
-    reached: dict[int, str] = {0: GENESIS_HASH} if 0 in watch else {}
-    prev, expected = GENESIS_HASH, 0
-    hash_of = entry_hash
+def walk_records(
+    pages: Iterable[Sequence[AuditRecord]], watch: set[int], start: ChainHead = GENESIS
+) -> ChainWalk:
+    """Verify records in order after `start` until the first bad one; keeps the hash of every seq in
+    `watch`. The loop is the whole cost of verification: locals only, one prefix comparison and one
+    SHA-256 per entry (the body's layout is entry_body's: `["<prev_hash>",<seq>,...`)."""
+    reached: dict[int, str] = {start.seq: start.hash} if start.seq in watch else {}
+    prev, expected = start.hash, start.seq
+    sha256 = hashlib.sha256
     problem: AuditProblem | None = None
     try:
         for page in pages:
-            for seq, at, event, actor, subject, details, prev_hash, digest in page:
+            for seq, body, digest in page:
                 expected += 1
                 if seq != expected:
                     problem = _order_problem(seq, expected)
                     break
-                if prev_hash != prev:
-                    genesis = " (the genesis hash)" if seq == 1 else ""
-                    problem = AuditProblem(
-                        ProblemKind.BROKEN_LINK,
-                        f"entry {seq}: prev_hash does not link to entry {seq - 1}'s hash{genesis}",
-                        seq,
-                    )
-                    break
                 try:
-                    recomputed = hash_of(prev, seq, at, event, actor, subject, details)
-                except (TypeError, ValueError):
-                    problem = AuditProblem(
-                        ProblemKind.MALFORMED_ENTRY, f"entry {seq}: a field has the wrong type", seq
-                    )
-                    break
-                if recomputed != digest:
-                    problem = AuditProblem(
-                        ProblemKind.HASH_MISMATCH, f"entry {seq}: hash does not match its content", seq
-                    )
-                    break
-                prev = digest
-                if seq in watch:
-                    reached[seq] = digest
+                    if (
+                        body.startswith(b'["%s",%d,' % (prev.encode(), seq))
+                        and sha256(body).hexdigest() == digest
+                    ):
+                        prev = digest
+                        if seq in watch:
+                            reached[seq] = digest
+                        continue
+                except (TypeError, AttributeError):
+                    pass
+                problem = _record_problem(seq, body, digest, prev)
+                break
             if problem is not None:
                 expected -= 1  # the bad entry is not counted
                 break
     except AuditDocumentInvalid as exc:
         problem = AuditProblem(ProblemKind.MALFORMED_ENTRY, f"entry {expected + 1}: {exc}", expected + 1)
-    return _Walk(expected, ChainHead(expected, prev), problem, reached)
+    return ChainWalk(start, expected - start.seq, ChainHead(expected, prev), problem, reached)
+
+
+def _record_problem(seq: int, body: object, digest: object, prev: str) -> AuditProblem:
+    """What is wrong with entry `seq`, whose record failed walk_records's checks."""
+    if type(body) is not bytes:
+        missing = "missing" if body is None else "not bytes"
+        return AuditProblem(ProblemKind.MALFORMED_ENTRY, f"entry {seq}: its record is {missing}", seq)
+    if body[:2] != b'["' or body[66:68] != b'",' or not is_hash(body[2:66].decode("ascii", "replace")):
+        return AuditProblem(
+            ProblemKind.MALFORMED_ENTRY, f"entry {seq}: its record does not start with a prev_hash", seq
+        )
+    if body[2:66] != prev.encode():
+        genesis = " (the genesis hash)" if seq == 1 else ""
+        return AuditProblem(
+            ProblemKind.BROKEN_LINK,
+            f"entry {seq}: prev_hash does not link to entry {seq - 1}'s hash{genesis}",
+            seq,
+        )
+    if not body.startswith(b'["%s",%d,' % (prev.encode(), seq)):
+        return AuditProblem(
+            ProblemKind.MALFORMED_ENTRY, f"entry {seq}: its record names another seq than {seq}", seq
+        )
+    return AuditProblem(ProblemKind.HASH_MISMATCH, f"entry {seq}: hash does not match its content", seq)
+
+
+def join_walks(walks: Sequence[ChainWalk]) -> ChainWalk | None:
+    """The walk of the whole log from walks of consecutive seq ranges, each started from the entry before
+    its range (read, not verified, by its walker). None when they do not join up as an intact chain
+    (a range has a problem, ended early, or starts from another entry than the one before verified):
+    then walk the log in one pass from the start (walk_records), which names the first bad entry."""
+    last, count, reached = GENESIS, 0, {}
+    for walk in walks:
+        if walk.problem is not None or walk.start != last:
+            return None
+        last, count = walk.last, count + walk.count
+        reached.update(walk.reached)
+    return ChainWalk(GENESIS, count, last, None, reached)
 
 
 def _order_problem(seq: object, expected: int) -> AuditProblem:
@@ -251,7 +329,7 @@ def verify_source(
         head, head_error = source.head, None
     except AuditDocumentInvalid as exc:
         head, head_error = None, str(exc)
-    walk = _walk(source.pages(), {claim.head.seq for claim in claims})
+    walk = source.walk({claim.head.seq for claim in claims})
     problems = list(prior)
     if walk.problem is not None:
         problems.append(walk.problem)
@@ -338,7 +416,7 @@ def export_header(head: ChainHead | None, exported_at: str) -> str:
 
 
 def export_line(row: AuditRow) -> str:
-    """One entry, its fields as stored (details is the JSON text that was hashed)."""
+    """One entry, its fields as its record holds them (row_of; details is the JSON text that was hashed)."""
     return _EXPORT_LINE.encode(dict(zip(ENTRY_FIELDS, row, strict=True)))
 
 
@@ -380,13 +458,17 @@ class ExportSource:
     def head(self) -> ChainHead | None:
         return self._head
 
-    def pages(self) -> Iterator[Sequence[AuditRow]]:
-        page: list[AuditRow] = []
+    def walk(self, watch: set[int]) -> ChainWalk:
+        return walk_records(self.pages(), watch)
+
+    def pages(self) -> Iterator[Sequence[AuditRecord]]:
+        """The entries' records, a page at a time: each body built from its line's fields."""
+        page: list[AuditRecord] = []
         for number, line in enumerate(self._lines, start=2):
             if not line.strip():
                 continue
             try:
-                page.append(_row_of(line, number))
+                page.append(record_of(_row_of(line, number)))
             except AuditDocumentInvalid:
                 if page:
                     yield page  # walked first, so that the bad line is named as the entry after them

@@ -224,6 +224,9 @@ audit_log = Table(
     Column("details", Text, nullable=False),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
+    # The entry's record: the bytes its hash is SHA-256 of (server/domain/audit.py entry_body). Readers show
+    # and verification checks this; the columns above are a search index (migration 0007).
+    Column("body", LargeBinary),
 )
 
 # One row (id 1): the chain head, locked by every appender so the chain stays linear across replicas.

@@ -5,6 +5,7 @@ of their own), the kinds of damage, and a checkpoint forged with a software key.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import sqlite3
@@ -23,7 +24,7 @@ from typer.testing import CliRunner
 
 from vdno.admin.cli import app as admin_app
 from vdno.gbcs.signature import der_to_raw
-from vdno.server.domain.audit import ChainHead, entry_hash
+from vdno.server.domain.audit import ChainHead
 from vdno.server.domain.checkpoint import AuditCheckpoint, key_id_of
 
 
@@ -119,19 +120,32 @@ def hash_at(conn: Connection, seq: int) -> str:
     return str(conn.execute(text("SELECT hash FROM audit_log WHERE seq = :s"), {"s": seq}).scalar_one())
 
 
+def body_at(conn: Connection, seq: int) -> bytes:
+    return bytes(conn.execute(text("SELECT body FROM audit_log WHERE seq = :s"), {"s": seq}).scalar_one())
+
+
+def edit_record(conn: Connection, seq: int, old: bytes, new: bytes) -> None:
+    """Replace `old` by `new` in entry `seq`'s record (its body), the hash left as it was."""
+    body = body_at(conn, seq)
+    assert old in body
+    conn.execute(
+        text("UPDATE audit_log SET body = :b WHERE seq = :s"), {"b": body.replace(old, new, 1), "s": seq}
+    )
+
+
 def rehash_from(conn: Connection, seq: int) -> None:
-    """Recompute every hash from entry `seq` on and move the head to match: a rewrite the chain alone
-    cannot tell from the real log."""
+    """Relink and recompute every record and hash from entry `seq` on and move the head to match: a rewrite
+    the chain alone cannot tell from the real log."""
     prev = hash_at(conn, seq - 1) if seq > 1 else "0" * 64
     rows = conn.execute(
-        text("SELECT seq, at, event, actor, subject, details FROM audit_log WHERE seq >= :s ORDER BY seq"),
-        {"s": seq},
+        text("SELECT seq, body FROM audit_log WHERE seq >= :s ORDER BY seq"), {"s": seq}
     ).all()
     for row in rows:
-        digest = entry_hash(prev, row.seq, row.at, row.event, row.actor, row.subject, row.details)
+        body = b'["' + prev.encode() + bytes(row.body)[66:]  # entry_body's layout: ["<prev_hash>",<seq>,...
+        digest = hashlib.sha256(body).hexdigest()
         conn.execute(
-            text("UPDATE audit_log SET prev_hash = :p, hash = :h WHERE seq = :s"),
-            {"p": prev, "h": digest, "s": row.seq},
+            text("UPDATE audit_log SET prev_hash = :p, hash = :h, body = :b WHERE seq = :s"),
+            {"p": prev, "h": digest, "b": body, "s": row.seq},
         )
         prev = digest
     conn.execute(
@@ -159,7 +173,9 @@ __all__ = [
     "AdminRun",
     "admin",
     "admin_process",
+    "body_at",
     "connection",
+    "edit_record",
     "forged_checkpoint",
     "hash_at",
     "last_seq",

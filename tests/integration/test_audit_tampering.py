@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 from audit_testlib import (
     admin,
+    body_at,
     connection,
+    edit_record,
     hash_at,
     log_copy,
     move_head_to,
@@ -48,7 +50,8 @@ def checkpoints(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory
 
 
 def edit_entry_5(conn: Connection, _: Checkpoints) -> None:
-    conn.execute(text("UPDATE audit_log SET actor = 'officer:mallory' WHERE seq = 5"))
+    actor = conn.execute(text("SELECT actor FROM audit_log WHERE seq = 5")).scalar_one()
+    edit_record(conn, 5, f',"{actor}",'.encode(), b',"officer:mallory",')
 
 
 def delete_entry_7(conn: Connection, _: Checkpoints) -> None:
@@ -56,7 +59,7 @@ def delete_entry_7(conn: Connection, _: Checkpoints) -> None:
 
 
 def relink_entry_6(conn: Connection, _: Checkpoints) -> None:
-    conn.execute(text("UPDATE audit_log SET prev_hash = :h WHERE seq = 6"), {"h": hash_at(conn, 3)})
+    edit_record(conn, 6, hash_at(conn, 5).encode(), hash_at(conn, 3).encode())
 
 
 def swap_entries_4_and_5(conn: Connection, _: Checkpoints) -> None:
@@ -75,7 +78,8 @@ def truncate_tail(conn: Connection, checkpoints: Checkpoints) -> None:
 
 
 def edit_entry_3_and_rehash(conn: Connection, _: Checkpoints) -> None:
-    conn.execute(text("""UPDATE audit_log SET details = '{"name":"Nowhere"}' WHERE seq = 3"""))
+    body = body_at(conn, 3)
+    edit_record(conn, 3, body[body.rindex(b',"') :], b',"{\\"name\\":\\"Nowhere\\"}"]')
     rehash_from(conn, 3)
 
 
@@ -160,3 +164,21 @@ def test_the_intact_log_verifies_against_its_checkpoints_from_the_database_and_a
     with connection(deployment.database_url) as conn:
         signed = json.loads(checkpoints.first.read_text())["head_hash"]
         assert hash_at(conn, checkpoints.first_seq) == signed
+
+
+def test_an_edited_readable_column_changes_nothing_verify_or_export_shows(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """The readable columns are a search index: verify and export read each entry's record (its body)."""
+    config = str(deployment.state / "config.toml")
+    with connection(deployment.database_url) as conn:
+        actor = conn.execute(text("SELECT actor FROM audit_log WHERE seq = 5")).scalar_one()
+    with log_copy(deployment, tmp_path) as url:
+        with connection(url) as conn:
+            conn.execute(text("UPDATE audit_log SET actor = 'officer:mallory' WHERE seq = 5"))
+        run = admin(["audit", "verify", "--server-config", config, "--json"], url)
+        assert run.code == 0 and run.json()["ok"], run.stdout
+        exported = tmp_path / "edited-column.jsonl"
+        assert admin(["audit", "export", "--server-config", config, "--out", str(exported)], url).code == 0
+    entry_5 = json.loads(exported.read_text().splitlines()[5])
+    assert entry_5["seq"] == 5 and entry_5["actor"] == actor != "officer:mallory"

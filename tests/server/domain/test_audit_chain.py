@@ -1,6 +1,8 @@
-"""The audit chain's verification on rows built in memory: each kind of damage is found and the first bad
-entry named; the fast hash is byte for byte the JSON encoding the log has always hashed; exports read back
-as they were written. The same checks on real databases and a real server: tests/integration/test_audit*."""
+"""The audit chain's verification on records built in memory: each kind of damage is found and the first bad
+entry named; the record (body) is byte for byte the JSON encoding the log has always hashed, and reads back
+as the entry's fields; walks of seq ranges join up to the walk of the whole log; exports read back as they
+were written. The same checks on real databases and a real server: tests/server/store/test_audit_store.py,
+tests/integration/test_audit*."""
 
 from __future__ import annotations
 
@@ -14,17 +16,24 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from vdno.server.domain.audit import (
+    GENESIS,
     GENESIS_HASH,
+    AuditRecord,
     AuditRow,
     ChainHead,
+    ChainWalk,
     CheckpointClaim,
     CheckpointStatus,
     ProblemKind,
     entry_hash,
     export_header,
     export_line,
+    join_walks,
     read_export,
+    record_of,
+    row_of,
     verify_source,
+    walk_records,
 )
 from vdno.server.domain.errors import AuditDocumentInvalid
 
@@ -60,24 +69,33 @@ def rehash(rows: list[AuditRow], start: int) -> list[AuditRow]:
     return out
 
 
+def pages_of(records: Sequence[AuditRecord]) -> Iterator[Sequence[AuditRecord]]:
+    """Pages of 3, so that problems fall across page boundaries."""
+    for start in range(0, len(records), 3):
+        yield records[start : start + 3]
+
+
 @dataclass
 class Rows:
-    """An AuditSource over a list, in pages of 3 (so that problems fall across page boundaries)."""
+    """An AuditSource over records in a list (made from rows: bodies from the rows' fields)."""
 
-    rows: list[AuditRow]
+    records: list[AuditRecord]
     head_row: ChainHead | None
 
     @classmethod
     def intact(cls, rows: list[AuditRow]) -> Rows:
-        return cls(rows, ChainHead(rows[-1][0], rows[-1][7]) if rows else ChainHead(0, GENESIS_HASH))
+        return cls.of(rows, ChainHead(rows[-1][0], rows[-1][7]) if rows else ChainHead(0, GENESIS_HASH))
+
+    @classmethod
+    def of(cls, rows: list[AuditRow], head: ChainHead | None) -> Rows:
+        return cls([record_of(row) for row in rows], head)
 
     @property
     def head(self) -> ChainHead | None:
         return self.head_row
 
-    def pages(self) -> Iterator[Sequence[AuditRow]]:
-        for start in range(0, len(self.rows), 3):
-            yield self.rows[start : start + 3]
+    def walk(self, watch: set[int]) -> ChainWalk:
+        return walk_records(pages_of(self.records), watch)
 
 
 def replace(row: AuditRow, index: int, value: object) -> AuditRow:
@@ -143,22 +161,69 @@ def test_entries_out_of_order_in_an_export_are_named() -> None:
     assert (problem.kind, problem.seq) == (ProblemKind.OUT_OF_ORDER, 4)
 
 
-def test_a_field_of_the_wrong_type_is_malformed_not_a_crash() -> None:
-    rows = chain(5)
-    rows[1] = replace(rows[1], 1, 12345)
-    [problem] = verify_source(Rows.intact(rows)).problems
-    assert (problem.kind, problem.seq) == (ProblemKind.MALFORMED_ENTRY, 2)
+@pytest.mark.parametrize("body", [None, "text, not bytes", b"[1,2]", b'["' + b"g" * 64 + b'",2,"x"]'])
+def test_a_record_missing_or_not_an_entry_is_malformed_not_a_crash(body: object) -> None:
+    source = Rows.intact(chain(5))
+    seq, _, digest = source.records[1]
+    source.records[1] = (seq, body, digest)  # type: ignore[assignment]
+    report = verify_source(source)
+    [problem] = report.problems
+    assert (problem.kind, problem.seq, report.entries) == (ProblemKind.MALFORMED_ENTRY, 2, 1)
+
+
+def test_a_record_naming_another_seq_is_malformed() -> None:
+    source = Rows.intact(chain(3))
+    body = source.records[2][1].replace(b'",3,', b'",4,', 1)  # entry 3's record claims to be entry 4
+    source.records[2] = (3, body, hashlib.sha256(body).hexdigest())
+    source.head_row = ChainHead(3, source.records[2][2])
+    [problem] = verify_source(source).problems
+    assert (problem.kind, problem.seq) == (ProblemKind.MALFORMED_ENTRY, 3)
+    assert problem.message == "entry 3: its record names another seq than 3"
+
+
+def test_a_record_reads_back_as_the_entry_it_was_made_of() -> None:
+    rows = chain(4)
+    assert [row_of(record_of(row)) for row in rows] == rows
+    seq, body, digest = record_of(rows[0])
+    assert body == JSON_BODY.encode([rows[0][6], *rows[0][:6]]).encode()
+    assert hashlib.sha256(body).hexdigest() == digest == entry_hash(rows[0][6], *rows[0][:6])
+    spaced = body.replace(b",", b", ", 1)  # the same JSON value, not the bytes entry_body writes
+    for bad in (spaced, b"not json", b"[]", body.replace(rows[0][6].encode(), b"x" * 64)):
+        with pytest.raises(AuditDocumentInvalid, match="entry 1: its record is not an audit entry"):
+            row_of((seq, bad, digest))
+
+
+def test_walks_of_seq_ranges_join_to_the_walk_of_the_whole_log() -> None:
+    records = Rows.intact(chain(12)).records
+    whole = walk_records(pages_of(records), {5, 12})
+
+    def ranges(bounds: list[tuple[int, int]], records: list[AuditRecord]) -> list[ChainWalk]:
+        walks = []
+        for first, last in bounds:
+            start = GENESIS if first == 1 else ChainHead(first - 1, records[first - 2][2])
+            walks.append(walk_records(pages_of(records[first - 1 : last]), {5, 12}, start))
+        return walks
+
+    bounds = [(1, 4), (5, 9), (10, 12)]
+    assert join_walks(ranges(bounds, records)) == whole
+    assert whole.problem is None and whole.count == 12 and set(whole.reached) == {5, 12}
+    damaged = list(records)
+    damaged[6] = (7, damaged[6][1].replace(b"issuance:7", b"issuance:8"), damaged[6][2])
+    assert join_walks(ranges(bounds, damaged)) is None  # a range with a problem: walk the whole log
+    assert join_walks(ranges([(1, 3), (5, 9), (10, 12)], records)) is None  # entry 4 not walked
+    short = ranges(bounds, records)
+    assert join_walks([short[0], short[2]]) is None  # the second range's start is not the first's end
 
 
 def test_head_missing_or_not_naming_the_last_entry() -> None:
     rows = chain(8)
-    [missing] = verify_source(Rows(rows, None)).problems
+    [missing] = verify_source(Rows.of(rows, None)).problems
     assert missing.kind is ProblemKind.HEAD_MISSING
-    truncated = Rows(rows[:6], ChainHead(8, rows[7][7]))  # newest rows deleted, head left as it was
+    truncated = Rows.of(rows[:6], ChainHead(8, rows[7][7]))  # newest rows deleted, head left as it was
     [problem] = verify_source(truncated).problems
     assert (problem.kind, problem.seq) == (ProblemKind.HEAD_MISMATCH, 7)
     assert "truncated" in problem.message
-    [behind] = verify_source(Rows(rows, ChainHead(6, rows[5][7]))).problems
+    [behind] = verify_source(Rows.of(rows, ChainHead(6, rows[5][7]))).problems
     assert (behind.kind, behind.seq) == (ProblemKind.HEAD_MISMATCH, 7)
 
 
@@ -207,7 +272,7 @@ def test_an_export_reads_back_as_written_and_verifies_the_same() -> None:
     lines = [export_header(head, "2026-01-02T00:00:00+00:00")] + [export_line(r) for r in rows]
     source = read_export(lines, page_rows=2)
     assert source.head == head
-    assert [r for page in source.pages() for r in page] == rows
+    assert [r for page in source.pages() for r in page] == [record_of(r) for r in rows]
     assert verify_source(read_export(lines)).ok
     edited = [*lines[:3], lines[3].replace("issuance:3", "issuance:4"), *lines[4:]]
     [problem] = verify_source(read_export(edited)).problems

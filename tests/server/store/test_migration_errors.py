@@ -3,6 +3,7 @@ leaves the schema where it was; a database that a newer vdno migrated, or that c
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,9 +19,9 @@ from vdno.server.store.sql import MIGRATIONS, make_engine, migrate, migrate_data
 REVISION_0002 = "0002 (Hand-in orders, the fleet's custody state and history, officers.)"
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_at_0001(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """The URL of a database migrated to revision 0001 only."""
+@contextlib.contextmanager
+def database_at(request: pytest.FixtureRequest, tmp_path: Path, revision: str) -> Iterator[str]:
+    """The URL of a database (request.param: sqlite or postgres) migrated to `revision` only."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'vdno.db'}"
         schema = None
@@ -37,7 +38,7 @@ def database_at_0001(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
     cfg.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0001")
+        command.upgrade(cfg, revision)
     engine.dispose()
     try:
         yield url
@@ -47,6 +48,13 @@ def database_at_0001(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
             with admin.begin() as conn:
                 conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
             admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_at_0001(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of a database migrated to revision 0001 only."""
+    with database_at(request, tmp_path, "0001") as url:
+        yield url
 
 
 def run(url: str, sql: str) -> list[object]:

@@ -204,7 +204,9 @@ def test_tampered_audit_log_is_detected(store: SqlCustodyStore) -> None:
     store.record_event(AuditEvent("auth.refused", "bench:evil", "rpc", {"reason": "x"}))
     assert verify_chain(store.engine).ok
     with store.engine.begin() as c:
-        c.execute(text("UPDATE audit_log SET actor = 'someone-else' WHERE seq = 1"))
+        c.execute(
+            text("UPDATE audit_log SET body = :b WHERE seq = 1"), {"b": b'["' + b"0" * 64 + b'",1,"x"]'}
+        )
     result = verify_chain(store.engine)
     assert not result.ok and "entry 1" in (result.problem or "")
 
