@@ -23,6 +23,7 @@ from vdno.server.domain.values import (
     IssuanceDraft,
     IssuanceRecord,
     IssuanceStatus,
+    IssuanceStep,
     RecordedOutcome,
     VanillaGeneration,
 )
@@ -179,7 +180,7 @@ def test_a_step_waits_for_its_counter_rows_before_it_holds_any_issuance_row(stor
     store.add_generation(GEN, "t")
     store.enroll_bench("bench-01", "t")
     record, _ = begin(store, draft("r1"), counter_floor=1)
-    results: list[object] = []
+    results: list[IssuanceStep] = []
 
     def step() -> None:
         results.append(store.write_issuance_step(((record, b"\xdf one"),), (), ((draft("r2"), 1),)))
@@ -204,7 +205,7 @@ def test_a_step_waits_for_its_counter_rows_before_it_holds_any_issuance_row(stor
             holder.rollback()
             writer.join(30)
     assert not writer.is_alive() and len(results) == 1
-    (stored,), ((begun, created),) = results[0].stored, results[0].begun  # type: ignore[attr-defined]
+    (stored,), ((begun, created),) = results[0].stored, results[0].begun
     assert stored.signed_command == b"\xdf one" and stored.status is IssuanceStatus.SIGNED
     assert created and begun.counter == record.counter + 1
 
