@@ -3,15 +3,18 @@ PostgreSQL: what the issuance write refuses, in its own transaction, and what it
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event, insert, text
-from test_sql_store import GEN, begin, complete, draft, store, store_url  # noqa: F401 (fixtures)
+from sqlalchemy import event, insert, select, text
+from test_sql_store import GEN, audited, begin, complete, draft, store, store_url  # noqa: F401 (fixtures)
 
 from vdno.server.domain.errors import (
+    BenchNotEnrolled,
     CommandCancelled,
     CustodyConflict,
     DeviceNotVanilla,
@@ -28,6 +31,7 @@ from vdno.server.domain.values import (
     RecordedOutcome,
 )
 from vdno.server.store.audit import verify_chain
+from vdno.server.store.fleet import set_custody
 from vdno.server.store.schema import OUTSTANDING_ISSUANCE, issuances
 from vdno.server.store.sql import MIGRATIONS, SqlCustodyStore, make_engine, open_store
 
@@ -56,6 +60,99 @@ def events(of: SqlCustodyStore, name: str) -> list[tuple[str, str]]:
     query = text("SELECT actor, subject FROM audit_log WHERE event = :e ORDER BY seq")
     with of.engine.connect() as c:
         return [(r.actor, r.subject) for r in c.execute(query, {"e": name})]
+
+
+@contextmanager
+def freed_by_a_replica(of: SqlCustodyStore, url: str) -> Iterator[list[int]]:
+    """Inside: the first time `of` reads a meter's outstanding issuance, a replica first fails every recorded
+    issuance as abandoned (the ids it failed are yielded)."""
+    replica = open_store(url, run_migrations=False)
+    freed: list[int] = []
+
+    def free_the_meter(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if not freed and OUTSTANDING_ISSUANCE in statement:
+            freed.extend(replica.fail_abandoned_issuances(datetime.now(UTC) + timedelta(seconds=1)))
+
+    event.listen(of.engine, "before_cursor_execute", free_the_meter)
+    try:
+        yield freed
+    finally:
+        event.remove(of.engine, "before_cursor_execute", free_the_meter)
+        replica.close()
+
+
+def place(
+    of: SqlCustodyStore, device_id: bytes, state: CustodyState, area_id: int | None, generation: int
+) -> None:
+    """The custodian's records put the meter there (as an outcome or a hand-in step would)."""
+    with of.engine.begin() as c:
+        set_custody(
+            c,
+            device_id,
+            state,
+            area_id=area_id,
+            generation=generation,
+            event="t",
+            reference="t",
+            actor="t",
+            at=datetime.now(UTC),
+        )
+
+
+def test_a_bench_not_enrolled_is_refused_by_name_and_burns_no_counter(ready: SqlCustodyStore) -> None:
+    ready.revoke_bench("bench-02", "t")
+    for bench in ("bench-02", "bench-09"):  # revoked; never enrolled
+        with pytest.raises(BenchNotEnrolled) as refused:
+            begin(ready, draft("r1", bench=bench), counter_floor=1)
+        assert str(refused.value) == f"bench {bench!r} is not enrolled or has been revoked"
+    assert ready.list_issuances() == []
+    record, _ = begin(ready, draft("r1"), counter_floor=1)
+    assert record.counter == 1
+
+
+def test_a_meter_the_records_hold_elsewhere_is_refused_with_where_they_hold_it(
+    ready: SqlCustodyStore,
+) -> None:
+    """The reading says vanilla generation 1; the records say otherwise: another vanilla generation is a
+    meter to read again, a hand-in under way is the meter's outstanding command (even onto generation 1)."""
+    meter = draft("r1")
+    said = f"the custodian's records show device {meter.device_id.hex()}"
+    place(ready, meter.device_id, CustodyState.VANILLA, None, 2)
+    with pytest.raises(DeviceNotVanilla) as refused:
+        begin(ready, meter, counter_floor=1)
+    assert str(refused.value) == (
+        f"{said} in stock on vanilla generation 2, not on vanilla generation 1 as its reading says: "
+        "read the meter again"
+    )
+    for state, where in (
+        (CustodyState.HAND_IN_ORDERED, "with a hand-in ordered from area 12 (London)"),
+        (CustodyState.HAND_IN_AUTHORISED, "with a hand-in authorised from area 12 (London)"),
+    ):
+        place(ready, meter.device_id, state, 12, 1)
+        with pytest.raises(OutstandingCommand) as refused:
+            begin(ready, meter, counter_floor=1)
+        assert str(refused.value) == (
+            f"{said} {where}, not on vanilla generation 1 as its reading says: read the meter again"
+        )
+    assert ready.list_issuances() == []
+    place(ready, meter.device_id, CustodyState.VANILLA, None, 1)
+    record, created = begin(ready, meter, counter_floor=1)
+    assert created and record.counter == 1  # the refusals burnt no counter
+
+
+def test_a_failed_attempt_is_recorded_with_its_reason(ready: SqlCustodyStore) -> None:
+    record, _ = begin(ready, draft("r1"), counter_floor=1)
+    step = ready.write_issuance_step((), ((record.issuance_id, "HsmUnavailable"),), ())
+    assert step.stored == () and step.begun == ()
+    assert ready.find_issuance("bench-01", "r1").status is IssuanceStatus.FAILED
+    with ready.engine.connect() as c:
+        failure = c.execute(
+            select(issuances.c.failure).where(issuances.c.issuance_id == record.issuance_id)
+        ).scalar_one()
+    assert failure == "HsmUnavailable"
+    assert audited(ready, "command.failed") == [
+        ("service", f"issuance:{record.issuance_id}", {"reason": "HsmUnavailable"})
+    ]
 
 
 def test_a_meter_with_a_signed_unreported_command_takes_no_other(ready: SqlCustodyStore) -> None:
@@ -178,6 +275,26 @@ def test_migration_0004_closes_older_outstanding_commands_of_a_meter(store_url: 
         migrated.close()
 
 
+def test_a_late_signature_whose_conflict_a_replica_frees_before_it_is_named_answers_unavailable(
+    ready: SqlCustodyStore,
+    store_url: str,  # noqa: F811
+) -> None:
+    """A failed attempt's signature arrives while another command holds the meter: the write is refused;
+    before the store reads that command to name it, a replica fails it (abandoned). Nothing is named and
+    nothing stored: the refusal as the database gave it, and the signature stored when tried again."""
+    first = draft("r1")
+    attempt, _ = begin(ready, first, counter_floor=1)
+    ready.write_issuance_step((), ((attempt.issuance_id, "HsmUnavailable"),), ())
+    holder, _ = begin(ready, same_meter("r2", "bench-02", first), counter_floor=1)
+    with freed_by_a_replica(ready, store_url) as freed:
+        (stored,) = ready.write_issuance_step(((attempt, b"\xdf late"),), (), ()).stored
+    assert isinstance(stored, StoreUnavailable)
+    assert str(stored) == "the database refused the write; nothing was recorded"
+    assert freed == [holder.issuance_id]
+    assert ready.find_issuance("bench-01", "r1").signed_command is None
+    assert complete(ready, attempt, b"\xdf late").signed_command == b"\xdf late"
+
+
 def test_a_meter_freed_by_a_replica_before_its_refusal_is_named_answers_unavailable(
     ready: SqlCustodyStore,
     store_url: str,  # noqa: F811
@@ -187,20 +304,11 @@ def test_a_meter_freed_by_a_replica_before_its_refusal_is_named_answers_unavaila
     retry is recorded."""
     first = draft("r1")
     record, _ = begin(ready, first, counter_floor=1)
-    replica = open_store(store_url, run_migrations=False)
-    freed: list[int] = []
-
-    def free_the_meter(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
-        if not freed and OUTSTANDING_ISSUANCE in statement:
-            freed.extend(replica.fail_abandoned_issuances(datetime.now(UTC) + timedelta(seconds=1)))
-
-    event.listen(ready.engine, "before_cursor_execute", free_the_meter)
-    try:
-        with pytest.raises(StoreUnavailable, match="nothing was recorded"):
-            begin(ready, same_meter("r2", "bench-02", first), counter_floor=1)
-    finally:
-        event.remove(ready.engine, "before_cursor_execute", free_the_meter)
-        replica.close()
+    with (
+        freed_by_a_replica(ready, store_url) as freed,
+        pytest.raises(StoreUnavailable, match="nothing was recorded"),
+    ):
+        begin(ready, same_meter("r2", "bench-02", first), counter_floor=1)
     assert freed == [record.issuance_id]
     assert ready.find_issuance("bench-02", "r2") is None
     retried, created = begin(ready, same_meter("r2", "bench-02", first), counter_floor=1)

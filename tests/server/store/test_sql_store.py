@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import time
 import uuid
@@ -22,6 +23,7 @@ from vdno.server.domain.values import (
     IssuanceDraft,
     IssuanceRecord,
     IssuanceStatus,
+    IssuanceStep,
     RecordedOutcome,
     VanillaGeneration,
 )
@@ -72,6 +74,13 @@ def begin(store: SqlCustodyStore, d: IssuanceDraft, counter_floor: int) -> tuple
     return begun
 
 
+def audited(of: SqlCustodyStore, name: str) -> list[tuple[str, str, object]]:
+    """The audit log's entries of one event, in order: actor, subject and the details as decoded."""
+    query = text("SELECT actor, subject, details FROM audit_log WHERE event = :e ORDER BY seq")
+    with of.engine.connect() as c:
+        return [(r.actor, r.subject, json.loads(r.details)) for r in c.execute(query, {"e": name})]
+
+
 def complete(store: SqlCustodyStore, record: IssuanceRecord, command: bytes) -> IssuanceRecord:
     (stored,) = store.write_issuance_step(((record, command),), (), ()).stored
     if isinstance(stored, Exception):
@@ -93,6 +102,9 @@ def test_reference_data_is_idempotent_and_audited(store: SqlCustodyStore) -> Non
     assert store.get_bench("bench-01").status.value == "revoked"
     result = verify_chain(store.engine)
     assert result.ok and result.entries == 4
+    assert audited(store, "generation.activated") == [
+        ("t", "generation:1", {"entity_id": GEN.entity_id.hex(), "status": "active"})
+    ]
 
 
 def test_counters_are_floored_increase_and_idempotent(store: SqlCustodyStore) -> None:
@@ -107,6 +119,95 @@ def test_counters_are_floored_increase_and_idempotent(store: SqlCustodyStore) ->
     assert second.counter == 1_001
     third, _ = begin(store, draft("r3"), counter_floor=9_000)  # floor ahead (restored backup)
     assert third.counter == 9_000
+
+
+def test_a_begun_issuance_is_answered_as_recorded_and_audited(store: SqlCustodyStore) -> None:
+    """What a step answers for each draft is the record as the database holds it, and each recorded command
+    is audited with its counter; a hand-out and a rotation (no area, a target generation) in one step."""
+    gen2 = replace(GEN, generation=2, entity_id=b"VDNO\x00\x00\x00\x02", ds_key_uri="pkcs11:object=c")
+    store.add_generation(GEN, "t")
+    store.add_generation(gen2, "t")
+    store.enroll_bench("bench-01", "t")
+    hand_out = draft("r1")
+    rotation = replace(draft("r2"), area_id=None, target_generation=2)
+    (first, created_first), (second, created_second) = store.write_issuance_step(
+        (), (), ((hand_out, 40), (rotation, 1))
+    ).begun
+    assert created_first and created_second
+    assert first == store.find_issuance("bench-01", "r1")
+    assert second == store.find_issuance("bench-01", "r2")
+    assert (first.bench_id, first.request_id, first.request_fingerprint) == ("bench-01", "r1", "fp")
+    assert (first.device_id, first.device_certificate) == (hand_out.device_id, b"cert")
+    assert (first.area_id, first.generation, first.target_generation) == (12, 1, None)
+    assert (second.area_id, second.generation, second.target_generation) == (None, 1, 2)
+    assert (first.counter, second.counter) == (40, 41)  # in the step's order, the second one past the floor
+    assert first.status is second.status is IssuanceStatus.RECORDED
+    assert abs(time.time() - first.created_at.timestamp()) < 60
+    assert audited(store, "command.recorded") == [
+        (
+            "bench:bench-01",
+            f"issuance:{first.issuance_id}",
+            {
+                "device": hand_out.device_id.hex(),
+                "area": 12,
+                "generation": 1,
+                "target_generation": None,
+                "counter": 40,
+                "request_id": "r1",
+            },
+        ),
+        (
+            "bench:bench-01",
+            f"issuance:{second.issuance_id}",
+            {
+                "device": rotation.device_id.hex(),
+                "area": None,
+                "generation": 1,
+                "target_generation": 2,
+                "counter": 41,
+                "request_id": "r2",
+            },
+        ),
+    ]
+
+
+@pytest.mark.parametrize("store_url", ["postgres"], indirect=True)
+def test_a_step_waits_for_its_counter_rows_before_it_holds_any_issuance_row(store: SqlCustodyStore) -> None:
+    """PostgreSQL: a step that allocates locks its counter rows first (SqlCustodyStore._counter_lock). While
+    another transaction holds the generation's counter row, the step waits holding no issuance row, so a
+    replica's step that needs that row (a twin's unique check) cannot be waiting for it in turn; once the
+    counter row is free the step stores its signature and allocates the next counter."""
+    store.add_generation(GEN, "t")
+    store.enroll_bench("bench-01", "t")
+    record, _ = begin(store, draft("r1"), counter_floor=1)
+    results: list[IssuanceStep] = []
+
+    def step() -> None:
+        results.append(store.write_issuance_step(((record, b"\xdf one"),), (), ((draft("r2"), 1),)))
+
+    with store.engine.connect() as holder, store.engine.connect() as probe:
+        holder_pid = holder.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        holder.execute(text("SELECT generation FROM counters WHERE generation = 1 FOR UPDATE"))
+        writer = threading.Thread(target=step)
+        writer.start()
+        try:
+            waiting = text("SELECT count(*) FROM pg_stat_activity WHERE :holder = ANY(pg_blocking_pids(pid))")
+            deadline = time.monotonic() + 30
+            while not probe.execute(waiting, {"holder": holder_pid}).scalar_one():
+                probe.rollback()  # pg_stat_activity is read once per transaction
+                assert time.monotonic() < deadline, "the step never waited for the counter row"
+                time.sleep(0.01)
+            probe.rollback()
+            locked = text("SELECT issuance_id FROM issuances WHERE issuance_id = :i FOR UPDATE NOWAIT")
+            assert probe.execute(locked, {"i": record.issuance_id}).scalar_one() == record.issuance_id
+            probe.rollback()
+        finally:
+            holder.rollback()
+            writer.join(30)
+    assert not writer.is_alive() and len(results) == 1
+    (stored,), ((begun, created),) = results[0].stored, results[0].begun
+    assert stored.signed_command == b"\xdf one" and stored.status is IssuanceStatus.SIGNED
+    assert created and begun.counter == record.counter + 1
 
 
 def test_signed_bytes_and_outcome_are_recorded(store: SqlCustodyStore) -> None:
