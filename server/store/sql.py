@@ -36,7 +36,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import Script, ScriptDirectory
 from alembic.script.revision import RevisionError
 from alembic.util import CommandError
-from sqlalchemy import Connection, DateTime, Engine, create_engine, event, insert, select, text, update
+from sqlalchemy import Connection, Engine, create_engine, event, insert, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
@@ -650,8 +650,6 @@ class _HotPathSql:
             "UPDATE issuances SET status = :signed, signed_command = :command, signed_at = :now "
             "WHERE issuance_id = :issuance_id AND status IN (:recorded, :failed)"
         )
-        ts = DateTime(timezone=True).bind_processor(engine.dialect)
-        self.timestamp: Callable[[datetime], Any] = ts if ts is not None else (lambda v: v)
 
 
 def _cursor(c: Connection) -> Any:
@@ -1035,7 +1033,7 @@ class SqlCustodyStore(HandInRecords, CustodyRecords):
                         "counter": counter,
                         "device_certificate": draft.device_certificate,
                         "status": IssuanceStatus.RECORDED.value,
-                        "now": hot.timestamp(now),
+                        "now": now,
                         "target_generation": draft.target_generation,
                     },
                 )
@@ -1118,7 +1116,7 @@ class SqlCustodyStore(HandInRecords, CustodyRecords):
                     {
                         "signed": IssuanceStatus.SIGNED.value,
                         "command": signed_command,
-                        "now": hot.timestamp(_now()),
+                        "now": _now(),
                         "issuance_id": record.issuance_id,
                         "recorded": IssuanceStatus.RECORDED.value,
                         "failed": IssuanceStatus.FAILED.value,
