@@ -30,6 +30,7 @@ from forge_testlib import (
 from test_pipeline import RecordingObserver
 
 from vdno.client.checks import check_command, check_rotation_command
+from vdno.gbcs.smki import SmkiCertificate
 from vdno.labpki.smki import CertifiedKey, issue_device_certificate, new_p256_key
 from vdno.server.domain import issuance
 from vdno.server.domain.errors import (
@@ -392,6 +393,26 @@ def test_a_cancelled_command_is_not_handed_out_again_and_frees_the_meter(fx: Fix
     assert by_officer.cancelled_by == "officer:o-1"
 
 
+def test_a_device_certificate_is_verified_once_then_remembered(
+    fx: Fixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its chain is verified on first sight only (HandOutService._device_certificate); a retry, which is
+    validated again, reuses it."""
+    verified: list[bytes] = []
+    check = issuance.check_device_certificate
+
+    def counted(
+        device_id: bytes, certificate: bytes, device_ca: SmkiCertificate, at: datetime
+    ) -> SmkiCertificate:
+        verified.append(certificate)
+        return check(device_id, certificate, device_ca, at)
+
+    monkeypatch.setattr(issuance, "check_device_certificate", counted)
+    first = fx.service.hand_out(fx.hand_out())
+    assert fx.service.hand_out(fx.hand_out()).command == first.command
+    assert verified == [fx.world.device.ds_der]
+
+
 def test_a_device_certificate_is_checked_against_the_device_named_even_when_remembered(fx: Fixture) -> None:
     fx.service.hand_out(fx.hand_out())
     w = fx.world
@@ -526,17 +547,18 @@ class GatedSigner(KeySigner):
 def test_a_twin_in_this_process_waits_for_the_first_call_and_gets_the_same_bytes(fx: Fixture) -> None:
     gated = GatedSigner(fx.signer._keys)
     service = HandOutService(fx.store, gated, fx.anchors, fx.clock)
+    pool = ThreadPoolExecutor(2)
     try:
-        with ThreadPoolExecutor(2) as pool:
-            first = pool.submit(service.hand_out, fx.hand_out())
-            assert gated.entered.wait(30)
-            assert list(service._in_flight) == [("bench-01", "r-1")]  # one lock per (bench, request id)
-            twin = pool.submit(service.hand_out, fx.hand_out())
-            time.sleep(0.3)  # the twin reaches the request's lock and waits on it
-            gated.go.set()
-            a, b = first.result(30), twin.result(30)
-    finally:
+        first = pool.submit(service.hand_out, fx.hand_out())
+        assert gated.entered.wait(30)
+        assert list(service._in_flight) == [("bench-01", "r-1")]  # one lock per (bench, request id)
+        twin = pool.submit(service.hand_out, fx.hand_out())
+        time.sleep(0.3)  # the twin reaches the request's lock and waits on it
         gated.go.set()
+        a, b = first.result(30), twin.result(30)
+    finally:
+        gated.go.set()  # a failed check above must not leave the first call waiting on the signer
+        pool.shutdown()
         service.close()
     assert a.command == b.command and a.issuance_id == b.issuance_id and gated.digests == 1
     assert service._in_flight == {}
