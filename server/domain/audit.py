@@ -255,7 +255,7 @@ def walk_records(
                         continue
                 except (TypeError, AttributeError):
                     pass
-                problem = _record_problem(seq, body, digest, prev)
+                problem = _record_problem(seq, body, prev)
                 break
             if problem is not None:
                 expected -= 1  # the bad entry is not counted
@@ -265,7 +265,7 @@ def walk_records(
     return ChainWalk(start, expected - start.seq, ChainHead(expected, prev), problem, reached)
 
 
-def _record_problem(seq: int, body: object, digest: object, prev: str) -> AuditProblem:
+def _record_problem(seq: int, body: object, prev: str) -> AuditProblem:
     """What is wrong with entry `seq`, whose record failed walk_records's checks."""
     if type(body) is not bytes:
         missing = "missing" if body is None else "not bytes"
