@@ -72,7 +72,7 @@ RANGE = "SELECT seq, body, hash FROM audit_log WHERE seq >= {mark} AND seq <= {m
 # entries out of place within 1..max are what the range walks find.
 FIRST = "SELECT min(seq) FROM audit_log"
 LAST = "SELECT max(seq) FROM audit_log"
-PARALLEL_FROM = 200_000  # entries from which verification walks seq ranges in worker processes
+PARALLEL_FROM = 1_000_000  # entries from which verification walks seq ranges in worker processes
 # json.dumps with options builds a new encoder per call; this one is built once (and is thread-safe).
 _DETAILS = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
 
@@ -186,9 +186,10 @@ class AuditSnapshot:
     def walk(self, watch: set[int]) -> ChainWalk:
         tasks = self._range_tasks(watch)
         if tasks:
-            # fork: workers start with the modules loaded; each opens its own engine and uses nothing of
-            # this process's connections (the verifying commands run no other threads).
-            with multiprocessing.get_context("fork").Pool(len(tasks)) as pool:
+            # spawn, not fork: a fork copies the locks other threads of this process hold (a test runner's,
+            # coverage's), and a worker could wait on one for ever. Each worker starts a fresh interpreter
+            # (about half a second, hence PARALLEL_FROM) and opens its own engine.
+            with multiprocessing.get_context("spawn").Pool(len(tasks)) as pool:
                 joined = join_walks(pool.map(_walk_range, tasks, chunksize=1))
             if joined is not None:
                 return joined
