@@ -101,7 +101,11 @@ MODULES: tuple[Module, ...] = (
     Module(
         "store-audit",
         "server/store/audit.py",
-        ("tests/server/store/test_audit_store.py", "tests/server/domain/test_audit_chain.py"),
+        (
+            "tests/server/store/test_audit_store.py",
+            "tests/server/store/test_audit_tip_and_ranges.py",
+            "tests/server/domain/test_audit_chain.py",
+        ),
     ),
     Module(
         "audit-chain",

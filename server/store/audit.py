@@ -153,9 +153,7 @@ class AuditSnapshot:
     flat whatever the log's length. With `workers` > 1 a log of at least `parallel_from` entries is walked
     in that many seq ranges at once, one worker process each (_walk_range)."""
 
-    def __init__(
-        self, conn: Connection, page_rows: int, workers: int = 1, parallel_from: int = PARALLEL_FROM
-    ) -> None:
+    def __init__(self, conn: Connection, page_rows: int, workers: int, parallel_from: int) -> None:
         self._conn = conn
         self._page_rows = page_rows
         self._workers = workers
