@@ -254,7 +254,8 @@ def _walk_range(task: _RangeTask) -> ChainWalk:
                 mark = "%s" if conn.dialect.paramstyle in ("format", "pyformat") else "?"
                 sql = RANGE.format(mark=mark)
                 pages = _pages(conn, sql, (task.first - 1, task.last), task.page_rows)
-                return _walk_from(pages, task.first, set(task.watch))
+                with contextlib.closing(pages):  # its cursor closed while the connection is open
+                    return _walk_from(pages, task.first, set(task.watch))
     except errors as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise StoreUnavailable(f"the audit log cannot be read by a verifying worker: {reason}") from None
