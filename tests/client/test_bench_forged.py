@@ -20,6 +20,7 @@ from forge_testlib import (
     VANILLA_ID,
     ForgeWorld,
 )
+from lab_testlib import der, org
 
 import vdno.client.checks
 from vdno.client.bundle import TrustBundle
@@ -119,12 +120,23 @@ def test_a_bundle_whose_generation_certificate_is_unusable(forge_world: ForgeWor
     garbled = _with_generation_2_ds(bundle, b"\x30\x03\x02\x01\x00")
     error = refused(lambda: check_command(command, DEVICE_ID, AREA_ID, garbled))
     assert (error.reason, error.detail.startswith("generation 2 DS certificate:")) == ("bad-bundle", True)
-    ka_as_ds = _with_generation_2_ds(bundle, forge_world.vanilla.ka_der)
-    error = refused(lambda: check_command(command, DEVICE_ID, AREA_ID, ka_as_ds))
-    assert (error.reason, error.detail) == (
-        "bad-bundle",
-        "generation 2 DS certificate is not its role-3 DS certificate",
+    # each of the three properties alone: the key usage, the role (a supplier's DS certificate naming the
+    # generation's entity) and the entity (a network operator's DS certificate naming another one)
+    same_entity_as_supplier = org(
+        forge_world.issuing, forge_world.vanilla.entity_id, 2, "ds", forge_world.now
     )
+    another_entity = org(forge_world.issuing, forge_world.area.entity_id, 3, "ds", forge_world.now)
+    for certificate in (
+        forge_world.vanilla.ka_der,
+        der(same_entity_as_supplier.certificate),
+        der(another_entity.certificate),
+    ):
+        unusable = _with_generation_2_ds(bundle, certificate)
+        error = refused(lambda b=unusable: check_command(command, DEVICE_ID, AREA_ID, b))
+        assert (error.reason, error.detail) == (
+            "bad-bundle",
+            "generation 2 DS certificate is not its role-3 DS certificate",
+        )
 
 
 def test_a_generation_that_may_no_longer_sign(forge_world: ForgeWorld) -> None:
@@ -352,7 +364,12 @@ def test_what_passes_is_handed_back_decoded(forge_world: ForgeWorld) -> None:
     assert checked.message == decode_message(data)
     assert checked.payload == hand_in.payload() and checked.counter == hand_in.counter
     command = forge_world.hand_out()
-    header = decode_message(command.encode()).apdu.header
+    command_data = command.encode()
+    handed_out = check_command(command_data, DEVICE_ID, AREA_ID, forge_world.bench_bundle())
+    assert handed_out.message == decode_message(command_data)
+    assert handed_out.payload == command.payload() and handed_out.counter == command.counter
+    assert handed_out.generation.generation == 2
+    header = decode_message(command_data).apdu.header
     response = forge_world.response(command)
     response_data = response.encode()
     answered = check_response(response_data, header, load_certificate(forge_world.device.ds_der))
