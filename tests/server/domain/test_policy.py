@@ -443,3 +443,29 @@ def test_the_refusals_say_exactly_what_failed(forge_world: ForgeWorld) -> None:
         f"device {device_id.hex()} holds entity {STRANGER_ID.hex()} in its NO cells, which is neither a "
         "registered area DNO nor a vanilla generation"
     )
+
+
+def test_a_meter_not_in_vanilla_custody_is_refused_naming_who_holds_it(world: ForgeWorld) -> None:
+    device_id = world.device.device_id
+    generations = [generation(world.vanilla, 2, GenerationStatus.ACTIVE)]
+    areas = [area(world.other_area, OTHER_AREA_ID), area(world.area, AREA_ID)]
+    with pytest.raises(DeviceNotVanilla) as refused:
+        find_custodial_generation(
+            device_id, CellState(AREA_ENTITY, world.area.ds_ski), generations, load_certificate, lambda: areas
+        )
+    assert str(refused.value) == (
+        f"device {device_id.hex()} is not in vanilla custody: already handed out to area {AREA_ID} "
+        f"(area {AREA_ID})"
+    )
+    with pytest.raises(DeviceNotVanilla) as refused:
+        find_custodial_generation(
+            device_id,
+            CellState(bytes.fromhex("5a5a5a5a5a5a5aab"), b"k"),
+            generations,
+            load_certificate,
+            lambda: areas,
+        )
+    assert str(refused.value) == (
+        f"device {device_id.hex()} is not in vanilla custody: its NO cells hold entity 5A5A5A5A5A5A5AAB, "
+        "which this custodian does not know"
+    )
