@@ -64,6 +64,7 @@ class _StepSigner(SoftwareSigner):
         self.entered = threading.Event()
         self.calls: list[tuple[str, list[bytes]]] = []
         self.error: BaseException | None = None
+        self.failing_key: str | None = None  # with `error`: only this key's jobs raise it
         self.corrupt_first = False
         self.short = False
 
@@ -72,7 +73,7 @@ class _StepSigner(SoftwareSigner):
         self.calls.append((key, list(digests)))
         self.entered.set()
         assert self.gate.wait(WAIT)
-        if error is not None:
+        if error is not None and self.failing_key in (None, key):
             raise error
         signatures = super().sign_digests(key, digests)
         if corrupt_first:
@@ -444,3 +445,52 @@ def test_a_pipeline_thread_that_dies_refuses_what_is_queued_and_what_comes_after
     with pytest.raises(Unavailable):
         pipeline.issue(_request("after"))
     assert list(_by_request(store)) == ["held"]
+
+
+def test_each_key_is_one_hsm_job_and_one_key_failing_leaves_the_other_signed(
+    store: SqlCustodyStore,
+    signer: _StepSigner,
+    seen: RecordingObserver,
+    parties,  # noqa: F811
+) -> None:
+    generation, _, issuing_ca, _ = parties
+    # a second generation, under its own key label (the same software key signs for both)
+    second = replace(generation, generation=2, ds_key_uri="pkcs11:object=vanilla-ds-2")
+    store.add_generation(second, "test")
+    first_generation = _validate_with_unbuildable(parties)
+
+    def validate(request: HandOutRequest) -> NewIssuance:
+        new = first_generation(request)
+        if request.credentials_response != b"second":
+            return new
+        return replace(new, draft=replace(new.draft, generation=2), generation=second)
+
+    pipeline = IssuancePipeline(store, signer, issuing_ca, load_certificate, validate, seen)
+
+    def unplug_the_first_key() -> None:
+        signer.error = HsmUnavailable("the first key's token is unplugged")
+        signer.failing_key = generation.ds_key_uri
+
+    try:
+        held, (one, other) = _in_one_step(
+            pipeline,
+            signer,
+            [lambda: pipeline.issue(_request("one")), lambda: pipeline.issue(_request("other", b"second"))],
+            meanwhile=unplug_the_first_key,
+        )
+        assert isinstance(held.result(WAIT), SignedCommand)
+        with pytest.raises(HsmUnavailable):
+            one.result(WAIT)
+        command = other.result(WAIT)
+        assert isinstance(command, SignedCommand)
+    finally:
+        pipeline.close()
+    rows = _by_request(store)
+    assert rows["one"].status is IssuanceStatus.FAILED
+    assert _failure(store, rows["one"].issuance_id) == "HsmUnavailable"
+    assert rows["other"].generation == 2 and rows["other"].signed_command == command.command
+    assert [(key, len(digests)) for key, digests in signer.calls[1:]] == [
+        (generation.ds_key_uri, 1),
+        (second.ds_key_uri, 1),
+    ]
+    assert [e for _, _, e in seen.hsm_jobs] == [None, "HsmUnavailable", None]
