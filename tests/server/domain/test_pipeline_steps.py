@@ -494,3 +494,21 @@ def test_each_key_is_one_hsm_job_and_one_key_failing_leaves_the_other_signed(
         (second.ds_key_uri, 1),
     ]
     assert [e for _, _, e in seen.hsm_jobs] == [None, "HsmUnavailable", None]
+
+
+def test_a_command_the_database_refuses_to_store_is_an_outage_for_its_caller(
+    pipeline: IssuancePipeline, store: SqlCustodyStore, signer: _StepSigner, seen: RecordingObserver
+) -> None:
+    def break_storing() -> None:  # the database now fails every UPDATE of an issuance, nothing else
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql(
+                "CREATE TRIGGER no_update BEFORE UPDATE ON issuances BEGIN SELECT * FROM gone; END"
+            )
+
+    held, _ = _in_one_step(pipeline, signer, [], meanwhile=break_storing)
+    with pytest.raises(StoreUnavailable):
+        held.result(WAIT)
+    (row,) = [r for r in store.list_issuances() if r.request_id == "held"]
+    assert row.status is IssuanceStatus.RECORDED and row.signed_command is None
+    assert seen.issuances[0] == ("hand-out", "unavailable", 1)
+    assert [written for _, _, written in seen.steps] == [True, True]  # the step itself was written
