@@ -84,7 +84,11 @@ MODULES: tuple[Module, ...] = (
     Module(
         "pipeline",
         "server/domain/pipeline.py",
-        ("tests/server/domain/test_pipeline.py", "tests/server/domain/test_issuance.py"),
+        (
+            "tests/server/domain/test_pipeline.py",
+            "tests/server/domain/test_pipeline_steps.py",
+            "tests/server/domain/test_issuance.py",
+        ),
     ),
     Module(
         "client-checks",

@@ -345,7 +345,7 @@ def test_a_reply_hands_its_outcome_to_the_waiting_thread() -> None:
 
     value: Reply[int] = Reply()
     failure: Reply[int] = Reply()
-    assert not value.done()
+    assert value.done() is False
     threading.Timer(0.05, value.set_result, (7,)).start()
     assert value.result() == 7 and value.done()
     threading.Timer(0.05, failure.set_exception, (ValueError("no"),)).start()
@@ -523,7 +523,8 @@ def test_more_requests_than_a_step_takes_are_all_served_in_later_steps(
     store: SqlCustodyStore, parties
 ) -> None:
     signer = _GatedSigner(parties[3])
-    pipeline = IssuancePipeline(store, signer, parties[2], load_certificate, _validator(parties))
+    seen = RecordingObserver()
+    pipeline = IssuancePipeline(store, signer, parties[2], load_certificate, _validator(parties), seen)
     try:
         with ThreadPoolExecutor(100) as pool:
             first = pool.submit(pipeline.issue, _request("first"))
@@ -536,6 +537,7 @@ def test_more_requests_than_a_step_takes_are_all_served_in_later_steps(
         pipeline.close()
     assert all(isinstance(o, SignedCommand) for o in outcomes)
     assert len({o.counter for o in outcomes if isinstance(o, SignedCommand)}) == len(outcomes)
+    assert max(n for n, _, _ in seen.steps) == MAX_DRAFTS_PER_STEP  # a step takes at most that many
 
 
 def test_the_pipeline_thread_is_named_and_does_not_hold_the_process_open(pipeline: IssuancePipeline) -> None:
