@@ -12,7 +12,7 @@ import itertools
 import json
 import multiprocessing
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -279,7 +279,9 @@ def _walk_from(pages: Iterator[Sequence[AuditRecord]], first: int, watch: set[in
     return walk_records(itertools.chain([page[1:]], pages), watch, start)
 
 
-def _pages(conn: Connection, sql: str, params: Sequence[object], page_rows: int) -> Iterator[Sequence[Any]]:
+def _pages(
+    conn: Connection, sql: str, params: Sequence[object], page_rows: int
+) -> Generator[Sequence[Any], None, None]:
     dbapi: Any = conn.connection.dbapi_connection
     if conn.dialect.name == "postgresql":
         cursor = dbapi.cursor(name="vdno_audit_walk", binary=True)
