@@ -210,14 +210,20 @@ class IssuancePipeline:
                     closing = self._take(incoming, block=not (signed or failed))
                 try:
                     signed, failed = self._step(signed, failed, incoming)
-                except Exception as exc:  # a defect: fail this step's callers (nothing unstored is released)
+                except (
+                    BaseException
+                ) as exc:  # a defect: fail this step's callers (nothing unstored is released)
+                    stopping = not isinstance(exc, Exception)  # SystemExit and the like end the thread
+                    error = Unavailable("the service is shutting down") if stopping else exc
                     waiting = (
                         [s.future for s in signed] + [x.future for x in failed] + [f for _, f in incoming]
                     )
                     for future in waiting:
                         if not future.done():
-                            future.set_exception(exc)
+                            future.set_exception(error)
                     signed, failed = [], []
+                    if stopping:
+                        raise
         finally:
             with self._state_lock:
                 self._closed = True  # nothing new is queued; anything already queued is refused

@@ -434,11 +434,11 @@ def test_a_pipeline_thread_that_dies_refuses_what_is_queued_and_what_comes_after
     pipeline: IssuancePipeline, store: SqlCustodyStore, signer: _StepSigner
 ) -> None:
     signer.error = SystemExit("the pipeline thread stops")  # no Exception: nothing in the step catches it
-    # "held" was taken by the step that died: its caller is not answered (the process is going down).
-    _, queued = _in_one_step(
+    # "held" was taken by the step that died: its caller is refused too, not left waiting.
+    held, queued = _in_one_step(
         pipeline, signer, [lambda: pipeline.issue(_request("q1")), lambda: pipeline.issue(_request("q2"))]
     )
-    for future in queued:
+    for future in [held, *queued]:
         with pytest.raises(Unavailable) as refused:
             future.result(WAIT)
         assert str(refused.value) == "the service is shutting down"
