@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # just under what the suite measured last (docs/testing.md, "Coverage") and is raised as tests are added,
 # up to GOAL; never lowered.
 FLOORS: dict[str, float] = {
-    "server/domain": 89.0,
+    "server/domain": 90.0,
     "server/store": 90.0,
     "server/hsm": 90.0,
     "server/rpc": 90.0,
