@@ -13,6 +13,8 @@ import json
 import multiprocessing
 import os
 from collections.abc import Generator, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -187,8 +189,14 @@ class AuditSnapshot:
             # spawn, not fork: a fork copies the locks other threads of this process hold (a test runner's,
             # coverage's), and a worker could wait on one for ever. Each worker starts a fresh interpreter
             # (about half a second, hence PARALLEL_FROM) and opens its own engine.
-            with multiprocessing.get_context("spawn").Pool(len(tasks)) as pool:
-                joined = join_walks(pool.map(_walk_range, tasks, chunksize=1))
+            # A pool executor, not multiprocessing.Pool: a worker that dies breaks it (BrokenProcessPool)
+            # where Pool would wait for its task for ever; then the one pass below does the work.
+            try:
+                context = multiprocessing.get_context("spawn")
+                with ProcessPoolExecutor(len(tasks), mp_context=context) as pool:
+                    joined = join_walks(list(pool.map(_walk_range, tasks)))
+            except BrokenProcessPool:
+                joined = None
             if joined is not None:
                 return joined
         return walk_records(self.pages(), watch)  # one pass; also names the first bad entry
