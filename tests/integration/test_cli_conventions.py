@@ -242,3 +242,76 @@ def test_an_imported_file_refused_carries_the_custodians_error_code(
     )  # fmt: skip
     assert as_table.returncode == exit_codes.REFUSED
     assert "error_code" in as_table.stdout and result["error_code"] in as_table.stdout
+
+
+def test_one_meter_by_its_device_with_a_request_id_saves_the_command_it_applied(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    _, [meter] = make_tray(
+        deployment, tmp_path, "--vanilla", "1", "--count", "1", "--first", str(VANILLA_FIRST + 10)
+    )
+    saved = tmp_path / "commands"
+    with served(tmp_path / "profiles") as sim, deployment.dcc_server() as dcc:
+        done = bench(
+            deployment, "hand-out", "--device", meter["device"], "--area", str(meter["handOutArea"]),
+            "--request-id", "r-42", "--save-commands", str(saved), sim=sim, dcc=dcc,
+        )  # fmt: skip
+
+    assert done.returncode == exit_codes.OK, done.stdout + done.stderr
+    document = json.loads(done.stdout)
+    assert document["run"] is None
+    assert document["summary"] == {"total": 1, "applied": 1, "refused": 0, "failed": 0, "already_applied": 0}
+    [result] = document["meters"]
+    assert result["error_code"] is None and result["status"] == "applied" and result["requestId"] == "r-42"
+    [row] = deployment.issuance_rows("bench-01", "r-42")
+    assert row.status == "applied" and bytes(row.device_id).hex() == meter["device"]
+    assert row.counter == result["counter"]
+    command_file = saved / f"{meter['device']}-{result['counter']}.hex"
+    assert command_file.read_text().strip() == result["appliedCommand"]
+
+
+def test_a_tray_with_a_meter_the_bench_cannot_read_is_exit_1_and_its_run_stays_open(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """A meter the device transport does not hold fails (METER_UNREADABLE) and leaves the run open: reruns
+    reuse its request ids until every meter has succeeded; --request-id and --new-run start other runs."""
+    tray, [meter] = make_tray(
+        deployment, tmp_path, "--vanilla", "1", "--count", "1", "--first", str(VANILLA_FIRST + 20)
+    )
+    unknown = "00db5eed0000ffff"
+    tray.write_text(f"{meter['device']} {meter['handOutArea']}\n{unknown} {meter['handOutArea']}\n")
+    settings = [
+        "--config",
+        str(deployment.state / "clients" / "bench-01.toml"),
+        "--server",
+        deployment.target,
+    ]
+
+    def run(*args: str) -> dict[str, Any]:
+        done = bench(deployment, "hand-out", "--tray", str(tray), *args, sim=sim, dcc=dcc)
+        assert done.returncode == exit_codes.REFUSED, done.stdout + done.stderr
+        return dict(json.loads(done.stdout))
+
+    with served(tmp_path / "profiles") as sim, deployment.dcc_server() as dcc:
+        as_table = tool(
+            "vdno-bench", "hand-out", "--tray", str(tray), *settings, "--sim", sim, "--dcc", dcc,
+            env=dict(os.environ, COLUMNS="200"),
+        )  # fmt: skip
+        first = run()
+        given = run("--request-id", "dock-3")
+        fresh = run("--new-run")
+
+    assert as_table.returncode == exit_codes.REFUSED, as_table.stdout + as_table.stderr
+    assert "Hand-out summary" in as_table.stdout and "applied" in as_table.stdout
+    assert "1 of 2 meters not applied" in as_table.stderr
+
+    # The rerun (no flag) resumed the table run: same run, same request id, nothing issued twice.
+    assert [m["status"] for m in first["meters"]] == ["applied", "failed"]
+    assert first["meters"][1]["error_code"] == "METER_UNREADABLE" and unknown in first["meters"][1]["device"]
+    assert first["summary"] == {"total": 2, "applied": 1, "refused": 0, "failed": 1, "already_applied": 1}
+    [issued] = deployment.issuance_rows("bench-01", f"{first['run']}:{meter['device']}")
+    assert issued.status == "applied"
+    assert given["run"] == "dock-3" and given["meters"][0]["requestId"] == f"dock-3:{meter['device']}"
+    assert fresh["run"] not in (first["run"], "dock-3") and fresh["run"].startswith("hand-out-")
+    rows = [r for r in deployment.issuance_rows("bench-01") if bytes(r.device_id).hex() == meter["device"]]
+    assert len(rows) == 1, [r.request_id for r in rows]
