@@ -193,6 +193,15 @@ def verify(
         Path | None, typer.Option("--audit-key", metavar="PEM", help="audit public key (default: [audit])")
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=0,
+            help="with --server-config: processes walking a log of 1,000,000 entries or more in seq ranges; "
+            "0: one a CPU; 1: one pass",
+        ),
+    ] = 1,
 ) -> None:
     _json_wanted(ctx, json_output)
     from vdno.server.domain.audit import read_export
@@ -227,7 +236,10 @@ def verify(
         return
     assert settings is not None
     try:
-        with _engine(settings) as engine, audit_snapshot(engine, workers=default_workers()) as snapshot:
+        with (
+            _engine(settings) as engine,
+            audit_snapshot(engine, workers=default_workers() if workers == 0 else workers) as snapshot,
+        ):
             report = verify_against_checkpoints(snapshot, documents, key)
             source = f"database {engine.url.render_as_string(hide_password=True)}"
     except StoreUnavailable as exc:

@@ -406,19 +406,25 @@ def _filename(exc: OSError) -> str:
 def verify_audit(
     config: Path = typer.Option(..., "--config", help="TOML settings file"),
     json_output: bool = typer.Option(False, "--json", help="print {intact, entries, problem} as JSON"),
+    workers: int = typer.Option(
+        1,
+        "--workers",
+        min=0,
+        help="processes walking a log of 1,000,000 entries or more in seq ranges; 0: one a CPU; 1: one pass",
+    ),
 ) -> None:
     """Check the hash-chained audit log end to end (offline). Exit 0 only if it is intact; 1 broken; 2 a
     configuration problem; 3 the database or its audit log cannot be read."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from vdno.server.store.audit import verify_chain
+    from vdno.server.store.audit import default_workers, verify_chain
     from vdno.server.store.sql import make_engine
 
     _output["json"] = json_output
     settings = _settings(config, check_files=False)  # needs only the database: no TLS, HSM or CA file
     engine = make_engine(settings.database_url)
     try:
-        result = verify_chain(engine)
+        result = verify_chain(engine, default_workers() if workers == 0 else workers)
     except VdnoError as exc:  # StoreUnavailable: the database or its audit tables cannot be read
         _fail(str(exc), exit_codes.UNAVAILABLE)
     except SQLAlchemyError as exc:

@@ -328,7 +328,7 @@ def audit_snapshot(
 
 
 def default_workers() -> int:
-    """Verification's worker processes: one a CPU this process may run on."""
+    """`--workers 0`: one worker process a CPU this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
@@ -336,12 +336,12 @@ def verify_log(
     engine: Engine,
     claims: Sequence[CheckpointClaim] = (),
     page_rows: int = PAGE_ROWS,
-    workers: int | None = None,
+    workers: int = 1,
     parallel_from: int = PARALLEL_FROM,
 ) -> AuditReport:
-    """Verify the log in one snapshot; `workers` (default: default_workers()) walk ranges of a long log."""
-    count = default_workers() if workers is None else workers
-    with audit_snapshot(engine, page_rows, count, parallel_from) as snapshot:
+    """Verify the log in one snapshot: in one pass, or with `workers` > 1 processes walking seq ranges of a
+    log of `parallel_from` entries or more (docs/benchmarks.md: on 2 cores they gain little or lose)."""
+    with audit_snapshot(engine, page_rows, workers, parallel_from) as snapshot:
         return verify_source(snapshot, claims)
 
 
@@ -366,10 +366,10 @@ class AuditVerification:
     problem: str | None = None
 
 
-def verify_chain(engine: Engine) -> AuditVerification:
+def verify_chain(engine: Engine, workers: int = 1) -> AuditVerification:
     """Walk the whole log: every entry's prev_hash is the previous hash, every hash recomputes, seqs are
-    contiguous from 1, and the head row names the last entry."""
-    report = verify_log(engine)
+    contiguous from 1, and the head row names the last entry. `workers` as for verify_log."""
+    report = verify_log(engine, workers=workers)
     return AuditVerification(
         report.entries, report.ok, report.problems[0].message if report.problems else None
     )

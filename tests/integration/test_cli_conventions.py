@@ -192,12 +192,25 @@ def test_server_init_and_verify_audit_speak_json(deployment: Deployment) -> None
         "changes": [],
     }
 
-    verified = tool(
-        "vdno-server", "verify-audit", "--config", str(deployment.state / "config.toml"), "--json"
+    reports = []
+    for workers in ("1", "0", "2"):  # one pass, one a CPU, two (a log this short is walked in one pass)
+        verified = tool(
+            "vdno-server", "verify-audit", "--config", str(deployment.state / "config.toml"), "--json",
+            "--workers", workers,
+        )  # fmt: skip
+        assert verified.returncode == exit_codes.OK, verified.stderr
+        reports.append(json.loads(verified.stdout))
+    assert reports[0]["intact"] is True and reports[0]["entries"] > 0 and reports[0]["problem"] is None
+    assert reports[1:] == reports[:1] * 2
+
+    negative = tool(
+        "vdno-server", "verify-audit", "--config", str(deployment.state / "config.toml"), "--json",
+        "--workers", "-1",
+    )  # fmt: skip
+    assert negative.returncode == exit_codes.USAGE
+    assert json.loads(negative.stdout)["error"] == (
+        "Invalid value for '--workers': Input should be greater than or equal to 0"
     )
-    assert verified.returncode == exit_codes.OK, verified.stderr
-    report = json.loads(verified.stdout)
-    assert report["intact"] is True and report["entries"] > 0 and report["problem"] is None
 
 
 def test_admin_refusals_carry_the_custodians_error_code(deployment: Deployment) -> None:
