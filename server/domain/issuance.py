@@ -7,7 +7,7 @@ Records stay true through crashes:
   recorded or signed, unreported one (OutstandingCommand naming it, whichever bench asks), or while its
   records show the meter elsewhere than on the generation the reading names (DeviceNotVanilla);
 - an attempt that died with its process leaves its issuance RECORDED (nothing released: signed bytes are
-  stored before release). It is abandoned once STALE_ATTEMPT old: marked FAILED at start-up, by the
+  stored before release). It is abandoned once more than STALE_ATTEMPT old: marked FAILED at start-up, by the
   housekeeping and whenever it stands in a request's way, and finished under its recorded counter by a
   retry of its request. STALE_ATTEMPT stays inside the bench's retry budget (client/api.py: UNAVAILABLE
   is retried for 7.75 s), so a crash never costs a bench its retry;
@@ -190,7 +190,7 @@ class HandOutService:
 
     def _make_way(self, device_id: bytes) -> None:
         """A request for the meter met its outstanding issuance. Signed: OutstandingCommand naming it.
-        Recorded and not yet STALE_ATTEMPT old: Unavailable (it is being signed, or its attempt died: either
+        Recorded at most STALE_ATTEMPT ago: Unavailable (it is being signed, or its attempt died: either
         way a retry within the bench's budget gets a definite answer). Older: its attempt died; it is failed
         and the caller tries again."""
         outstanding = self._store.outstanding_issuance(device_id)
@@ -201,12 +201,13 @@ class HandOutService:
                 f"device {device_id.hex()} has an outstanding command: {outstanding.describe()}; its "
                 "outcome must be reported (or the command cancelled) first"
             )
-        if self._clock() - outstanding.created_at < STALE_ATTEMPT:
+        now = self._clock()  # one reading: the attempt judged stale is the one the store fails
+        if now - outstanding.created_at <= STALE_ATTEMPT:
             raise Unavailable(
                 f"another request for device {device_id.hex()} ({outstanding.describe()}) is being signed; "
                 "retry with the same request id"
             )
-        self._store.fail_abandoned_issuances(self._clock() - STALE_ATTEMPT)
+        self._store.fail_abandoned_issuances(now - STALE_ATTEMPT)
 
     def fail_abandoned(self) -> list[int]:
         """Mark FAILED every issuance RECORDED more than STALE_ATTEMPT ago (at start-up and by the
@@ -282,7 +283,7 @@ class HandOutService:
         if record.signed_command is not None:
             self._store.ensure_durable()  # another process may have stored it and not yet synced it
             return SignedCommand.of(record, record.signed_command)
-        if record.status is IssuanceStatus.RECORDED and self._clock() - record.created_at < STALE_ATTEMPT:
+        if record.status is IssuanceStatus.RECORDED and self._clock() - record.created_at <= STALE_ATTEMPT:
             raise Unavailable("this request is still being signed; retry with the same request id")
         # A failed or abandoned attempt released nothing: finish it under its recorded counter, unless the
         # meter is held by another command or its records have moved on since (no useless signature).

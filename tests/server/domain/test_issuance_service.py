@@ -270,7 +270,13 @@ def test_an_attempt_in_flight_is_not_signed_twice_and_a_stale_one_is_finished_un
         "retry with the same request id"
     )
     assert fx.signer.digests == 0
-    fx.clock.now = fx.t0 + STALE_ATTEMPT
+    fx.clock.now = fx.t0 + STALE_ATTEMPT  # not yet more than STALE_ATTEMPT old: the store would not fail it
+    with pytest.raises(Unavailable, match="this request is still being signed"):
+        fx.service.hand_out(request)
+    with pytest.raises(Unavailable, match="is being signed"):
+        fx.service.hand_out(fx.hand_out("r-2"))
+    assert fx.service.fail_abandoned() == []
+    fx.clock.now = fx.t0 + STALE_ATTEMPT + timedelta(microseconds=1)
     command = fx.service.hand_out(request)
     assert command.counter == counter and fx.signer.digests == 1
     record = fx.store.find_issuance("bench-01", "r-1")
@@ -279,7 +285,7 @@ def test_an_attempt_in_flight_is_not_signed_twice_and_a_stale_one_is_finished_un
 
 def test_a_stale_attempt_of_another_request_gives_way_to_a_new_one(fx: Fixture) -> None:
     _record(fx, fx.hand_out("old"))
-    fx.clock.now = fx.t0 + STALE_ATTEMPT + timedelta(seconds=1)
+    fx.clock.now = fx.t0 + STALE_ATTEMPT + timedelta(microseconds=1)  # the first instant it is stale
     command = fx.service.hand_out(fx.hand_out("new"))
     old = fx.store.find_issuance("bench-01", "old")
     assert old is not None and old.status is IssuanceStatus.FAILED
