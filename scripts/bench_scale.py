@@ -539,9 +539,11 @@ def main() -> int:
     if not args.skip_hand_out:
         from scripts.bench import Readings
 
-        # Every call is for a fresh meter: enough for 150/s with 1 bench and 400/s with 8, on 2 stores of 2
-        # databases (the first error names a pool that ran dry: raise --meter-pool).
-        meters = args.meter_pool or int(args.seconds * (150 + 400) * 2 * 2)
+        # Every call is for a fresh meter: enough for 600/s with 1 bench and 1,100/s with 8, on 2 stores of
+        # each database (a quiet 2-core machine used 28,637 at --seconds 6 on both: docs/benchmarks.md; the
+        # first error names a pool that ran dry: raise --meter-pool).
+        databases = len(args.databases.split(","))
+        meters = args.meter_pool or int(args.seconds * (600 + 1_100) * 2 * databases)
         readings = Readings(state, meters)
         print(f"read {meters:,} fresh meters", flush=True)
     report: dict[str, Any] = {
