@@ -11,7 +11,9 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import typer
@@ -83,6 +85,31 @@ def app_of(tool: str) -> typer.Typer:
     }[tool].partition(":")
     app: typer.Typer = getattr(importlib.import_module(module), name)
     return app
+
+
+def leaf_commands(command: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """(path, command) of every command that runs something, under a tool's group."""
+    if hasattr(command, "commands"):
+        for name, sub in command.commands.items():
+            yield from leaf_commands(sub, (*path, name))
+    else:
+        yield path, command
+
+
+def test_the_lists_above_name_every_command_of_every_tool() -> None:
+    """A command added later is checked too: COMMANDS is every command of the tools, and every vdno-admin
+    command sits under the tool's own --json."""
+    found = {
+        path
+        for tool in TOOLS
+        for path, _ in leaf_commands(typer.main.get_command(app_of(tool)), (tool,))
+        if tool != "vdno-admin" or path[1] == "audit"
+    }
+    assert found == set(COMMANDS)
+    admin = typer.main.get_command(app_of("vdno-admin"))
+    assert any("--json" in param.opts for param in admin.params)
+    admin_commands = {path for path, _ in leaf_commands(admin, ())}
+    assert set(ADMIN_COMMANDS) < admin_commands and len(admin_commands) > 20
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
