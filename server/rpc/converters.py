@@ -42,7 +42,7 @@ from vdno.v1 import custodian_pb2 as pb
 from vdno.v1 import custody_pb2 as custody_pb
 
 
-def hand_out_request(bench_id: str, msg: pb.HandOutRequest) -> HandOutRequest:
+def hand_out_request_from_pb(bench_id: str, msg: pb.HandOutRequest) -> HandOutRequest:
     return HandOutRequest.create(
         bench_id=bench_id,
         request_id=msg.request_id,
@@ -53,7 +53,7 @@ def hand_out_request(bench_id: str, msg: pb.HandOutRequest) -> HandOutRequest:
     )
 
 
-def hand_out_response(command: SignedCommand) -> pb.HandOutResponse:
+def hand_out_response_to_pb(command: SignedCommand) -> pb.HandOutResponse:
     return pb.HandOutResponse(
         issuance_id=command.issuance_id,
         device_id=command.device_id.hex().upper(),
@@ -75,11 +75,11 @@ def rotation_request_from_pb(bench_id: str, msg: pb.RotationRequest) -> Rotation
     )
 
 
-def outcome_report(bench_id: str, msg: pb.OutcomeReport) -> OutcomeReport:
+def outcome_report_from_pb(bench_id: str, msg: pb.OutcomeReport) -> OutcomeReport:
     return OutcomeReport.create(bench_id, msg.request_id, msg.response, msg.credentials_answer)
 
 
-def cancelled_command(record: IssuanceRecord) -> pb.CancelledCommand:
+def cancelled_command_to_pb(record: IssuanceRecord) -> pb.CancelledCommand:
     return pb.CancelledCommand(
         issuance_id=record.issuance_id,
         device_id=record.device_id.hex().upper(),
@@ -95,7 +95,7 @@ def cancelled_command(record: IssuanceRecord) -> pb.CancelledCommand:
 _USAGE_NAMES = {KeyUsage.DIGITAL_SIGNATURE: "digitalSignature", KeyUsage.KEY_AGREEMENT: "keyAgreement"}
 
 
-def outcome_ack(outcome: RecordedOutcome) -> pb.OutcomeAck:
+def outcome_ack_to_pb(outcome: RecordedOutcome) -> pb.OutcomeAck:
     return pb.OutcomeAck(
         issuance_id=outcome.issuance_id,
         status=outcome.status.value,
@@ -108,7 +108,7 @@ def outcome_ack(outcome: RecordedOutcome) -> pb.OutcomeAck:
     )
 
 
-def trust_bundle(bundle: TrustBundle) -> pb.TrustBundle:
+def trust_bundle_to_pb(bundle: TrustBundle) -> pb.TrustBundle:
     return pb.TrustBundle(
         generations=[
             pb.VanillaGeneration(
@@ -188,7 +188,7 @@ def hand_in_commands_to_pb(orders: Iterable[HandInOrder]) -> pb.HandInCommands:
 
 
 def meter_outcome_to_pb(order_id: int, outcome: MeterOutcome) -> pb.OutcomeAck:
-    return outcome_ack(
+    return outcome_ack_to_pb(
         RecordedOutcome(order_id, outcome.status, outcome.cell_statuses, outcome.no_ds, outcome.no_ka)
     )
 

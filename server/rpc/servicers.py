@@ -47,16 +47,16 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
         self, request: pb.GetTrustBundleRequest, context: grpc.ServicerContext
     ) -> pb.TrustBundle:
         self._bench()
-        return converters.trust_bundle(self._service.trust_bundle())
+        return converters.trust_bundle_to_pb(self._service.trust_bundle())
 
     def RequestHandOut(self, request: pb.HandOutRequest, context: grpc.ServicerContext) -> pb.HandOutResponse:
         # the cached check: the issuance's write checks the bench again, in its transaction
         bench = self._bench(BenchOperation.HAND_OUT, fresh=False)
-        hand_out = converters.hand_out_request(bench, request)
+        hand_out = converters.hand_out_request_from_pb(bench, request)
         note_call(
             device=hand_out.device_id.hex().upper(), area=hand_out.area_id, request_id=hand_out.request_id
         )
-        return converters.hand_out_response(self._service.hand_out(hand_out))
+        return converters.hand_out_response_to_pb(self._service.hand_out(hand_out))
 
     def RequestRotation(
         self, request: pb.RotationRequest, context: grpc.ServicerContext
@@ -66,19 +66,19 @@ class BenchServicer(pb_grpc.BenchServiceServicer):
         note_call(device=rotation.device_id.hex().upper(), request_id=rotation.request_id)
         command = self._service.rotate(rotation)
         note_call(target_generation=command.target_generation)
-        return converters.hand_out_response(command)
+        return converters.hand_out_response_to_pb(command)
 
     def ReportOutcome(self, request: pb.OutcomeReport, context: grpc.ServicerContext) -> pb.OutcomeAck:
-        report = converters.outcome_report(self._bench(), request)
+        report = converters.outcome_report_from_pb(self._bench(), request)
         note_call(request_id=report.request_id)
-        return converters.outcome_ack(self._service.report_outcome(report))
+        return converters.outcome_ack_to_pb(self._service.report_outcome(report))
 
     def CancelRequest(
         self, request: pb.CancelRequestRequest, context: grpc.ServicerContext
     ) -> pb.CancelledCommand:
         bench = self._bench()
         record = self._service.cancel_request(bench, parse_request_id(request.request_id), request.reason)
-        return converters.cancelled_command(record)
+        return converters.cancelled_command_to_pb(record)
 
     def RequestHandIn(self, request: pb.HandInRequest, context: grpc.ServicerContext) -> pb.HandInOrder:
         hand_in = converters.hand_in_request_from_pb(self._hand_in_bench(), request)
@@ -336,4 +336,4 @@ class CustodyServicer(custody_grpc.CustodyServiceServicer):
         officer = self._officer()
         issuance_id = parse_record_id(request.issuance_id, "issuance_id")
         record = self._hand_out.cancel_issuance(officer, issuance_id, request.reason)
-        return converters.cancelled_command(record)
+        return converters.cancelled_command_to_pb(record)
