@@ -18,6 +18,7 @@ from types import MappingProxyType
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from vdno.dno_areas import DNO_AREAS
 from vdno.gbcs.cells import KeyUsage, RemotePartyRole
 from vdno.gbcs.errors import CertificateError
 from vdno.gbcs.smki import load_certificate
@@ -34,25 +35,6 @@ from vdno.labpki.store import (
     write_certified_key,
 )
 
-# The 14 GB DNO licence areas (the same table as the server's; labdcc does not import server code).
-AREA_NAMES: Mapping[int, str] = MappingProxyType(
-    {
-        10: "Eastern England",
-        11: "East Midlands",
-        12: "London",
-        13: "Merseyside and North Wales",
-        14: "West Midlands",
-        15: "North Eastern England",
-        16: "North Western England",
-        17: "Northern Scotland",
-        18: "Southern Scotland",
-        19: "South Eastern England",
-        20: "Southern England",
-        21: "South Wales",
-        22: "South Western England",
-        23: "Yorkshire",
-    }
-)
 ACB_ENTITY_ID = b"LAB\x00\x00\x04\x00\x01"
 ACB_COMMON_NAME = "LAB ACB"
 _USAGES: dict[KeyUsageName, KeyUsage] = {"ds": KeyUsage.DIGITAL_SIGNATURE, "ka": KeyUsage.KEY_AGREEMENT}
@@ -64,7 +46,7 @@ def area_entity_id(area_id: int) -> bytes:
 
 
 def area_common_name(area_id: int) -> str:
-    return f"LAB DNO {AREA_NAMES[area_id].upper()}"[:64]
+    return f"LAB DNO {DNO_AREAS[area_id].upper()}"[:64]
 
 
 @dataclass(frozen=True)
@@ -132,7 +114,7 @@ def _lab_parties(state: Path, create: bool) -> LabParties:
             area_common_name(area_id),
             created if create else None,
         )
-        for area_id in AREA_NAMES
+        for area_id in DNO_AREAS
     }
     acb = _party(
         state / "acb",

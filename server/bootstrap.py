@@ -13,6 +13,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from vdno.dno_areas import DNO_AREAS
 from vdno.gbcs.cells import KeyUsage
 from vdno.gbcs.errors import GbcsError
 from vdno.gbcs.smki import load_certificate
@@ -28,7 +29,7 @@ from vdno.labpki.store import (
 from vdno.labpki.tls import BENCH_ROLE, OFFICER_ROLE, issue_client_certificate, issue_server_certificate
 from vdno.server.audit_bootstrap import ensure_audit_config, ensure_audit_key
 from vdno.server.config import ConfigError
-from vdno.server.domain.values import AREA_NAMES, Area, GenerationStatus, OfficerStatus, VanillaGeneration
+from vdno.server.domain.values import Area, GenerationStatus, OfficerStatus, VanillaGeneration
 from vdno.server.hsm.keys import ensure_keypair, sign_csr
 from vdno.server.hsm.softhsm import ensure_softhsm_token
 from vdno.server.hsm.token import open_token_session
@@ -137,7 +138,7 @@ def _registered_area(areas_folder: Path, area_id: int) -> Area | None:
     ds, ka = certificates
     if ds.entity_id != ka.entity_id:
         raise ConfigError(f"area {area_id}: the DS and KA certificates name different entities")
-    return Area(area_id, AREA_NAMES[area_id], ds.entity_id, ds.der, ka.der)
+    return Area(area_id, DNO_AREAS[area_id], ds.entity_id, ds.der, ka.der)
 
 
 CONFIG_TEMPLATE = """\
@@ -274,7 +275,7 @@ def initialise_state(
     audit_key_event = ensure_audit_key(
         state, token.module_path, TOKEN_LABEL, user_pin, BOOTSTRAP_ACTOR, report.did
     )
-    areas = [area for area in (_registered_area(areas_folder, a) for a in AREA_NAMES) if area is not None]
+    areas = [area for area in (_registered_area(areas_folder, a) for a in DNO_AREAS) if area is not None]
     if not areas:
         report.did(
             f"found no area DNO certificates in {areas_folder} (area-<id>-ds.pem, -ka.pem): no area is "

@@ -159,8 +159,8 @@ def make_tray(
     ACB, NO cells = an area DNO's set (--commissioned-in) or a vanilla generation's (--vanilla). Device
     certificates and keys go to STATE/keystore/ too, where the lab ACB finds them; --tray FILE writes the
     tray file the bench reads (`vdno-bench hand-in order --tray FILE`, `hand-out --tray FILE`)."""
+    from vdno.dno_areas import DNO_AREAS
     from vdno.gbcs.smki import load_certificate
-    from vdno.labdcc.parties import AREA_NAMES
     from vdno.labpki.errors import LabPkiError
     from vdno.labpki.hierarchy import LabHierarchy
     from vdno.labpki.store import read_certificate
@@ -215,7 +215,7 @@ def make_tray(
             AREA_IDS[(i + 7) % len(AREA_IDS)] if area is None else AREA_IDS[(area - 10 + 7) % len(AREA_IDS)]
         )
         lines.append(f"{device.hex()} {target}")
-        held = f"vanilla generation {vanilla}" if area is None else f"area {area} ({AREA_NAMES[area]})"
+        held = f"vanilla generation {vanilla}" if area is None else f"area {area} ({DNO_AREAS[area]})"
         meters.append({"device": device.hex(), "holds": held, "handOutArea": target})
     write_tray(profiles, out)
     exported = export_device_credentials(profiles, state / "keystore")

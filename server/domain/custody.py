@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID
 
+from vdno.dno_areas import DNO_AREAS
 from vdno.gbcs.cells import KeyUsage
 from vdno.gbcs.errors import GbcsError
 from vdno.gbcs.smki import SmkiCertificate, load_certificate
@@ -44,7 +45,6 @@ from vdno.server.domain.errors import (
 )
 from vdno.server.domain.policy import TrustAnchors, require_enrolled_officer
 from vdno.server.domain.values import (
-    AREA_NAMES,
     ApprovalOperation,
     ApprovalRequest,
     ApprovalStatus,
@@ -528,7 +528,7 @@ class CustodyService:
             current = self._store.get_area(area_id)
             return {
                 "area_id": area_id,
-                "area_name": AREA_NAMES.get(area_id),
+                "area_name": DNO_AREAS.get(area_id),
                 "replaces_entity_id": None if current is None else current.entity_id.hex().upper(),
                 "ds_certificate": _describe_certificate(_subject_of(parameters, "ds_certificate", "DS")),
                 "ka_certificate": _describe_certificate(_subject_of(parameters, "ka_certificate", "KA")),
@@ -672,7 +672,7 @@ class CustodyService:
         for other in self._store.list_areas():
             if other.area_id != area_id and other.entity_id == ds.entity_id:
                 raise CertificateRefused(f"entity {ds.entity_id.hex()} is area {other.area_id}'s DNO")
-        return Area(area_id, AREA_NAMES[area_id], ds.entity_id, ds.der, ka.der)
+        return Area(area_id, DNO_AREAS[area_id], ds.entity_id, ds.der, ka.der)
 
     def _issuer_check(self, parameters: dict[str, Any]) -> None:
         try:

@@ -9,27 +9,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from vdno.dno_areas import DNO_AREAS
 from vdno.gbcs.errors import DecodeError
 from vdno.gbcs.ids import parse_eui64
 from vdno.server.domain.errors import InvalidRequest, VdnoError
-
-# MPAS distributor ids of the 14 GB DNO areas and their names.
-AREA_NAMES: dict[int, str] = {
-    10: "Eastern England",
-    11: "East Midlands",
-    12: "London",
-    13: "Merseyside and North Wales",
-    14: "West Midlands",
-    15: "North Eastern England",
-    16: "North Western England",
-    17: "Northern Scotland",
-    18: "Southern Scotland",
-    19: "South Eastern England",
-    20: "Southern England",
-    21: "South Wales",
-    22: "South Western England",
-    23: "Yorkshire",
-}
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
 _BENCH_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
@@ -44,7 +27,7 @@ def parse_entity_id(text: str, what: str) -> bytes:
 
 
 def parse_area_id(value: int) -> int:
-    if value not in AREA_NAMES:
+    if value not in DNO_AREAS:
         raise InvalidRequest(f"area id must be a GB DNO area 10-23, got {value}")
     return value
 
@@ -464,7 +447,7 @@ class CustodyState(StrEnum):
 
 def area_phrase(area_id: int | None) -> str:
     """An area as people name it: "area 12 (London)"."""
-    name = AREA_NAMES.get(area_id or 0)
+    name = DNO_AREAS.get(area_id or 0)
     return f"area {area_id}" + (f" ({name})" if name else "")
 
 

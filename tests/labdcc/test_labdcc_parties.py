@@ -6,10 +6,11 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from vdno.dno_areas import DNO_AREAS
 from vdno.gbcs.cells import KeyUsage
 from vdno.gbcs.smki import load_certificate
 from vdno.labdcc.errors import LabDccError
-from vdno.labdcc.parties import AREA_NAMES, ensure_lab_parties, load_lab_parties
+from vdno.labdcc.parties import ensure_lab_parties, load_lab_parties
 from vdno.labpki.hierarchy import LabHierarchy
 
 
@@ -41,7 +42,7 @@ def test_second_run_changes_nothing(state: Path) -> None:
 def test_area_dnos_are_made_like_the_server_bootstrap(state: Path) -> None:
     parties = load_lab_parties(state)
     issuing = LabHierarchy.load(state / "pki").issuing_ca.certificate
-    assert sorted(parties.dnos) == list(range(10, 24)) == sorted(AREA_NAMES)
+    assert sorted(parties.dnos) == list(range(10, 24)) == sorted(DNO_AREAS)
     dno = parties.dno(14)
     assert dno.entity_id == b"LAB\x00\x00\x03\x00\x0e"
     assert parties.dno_by_entity_id(bytes.fromhex("4c4142000003000e")) == dno
