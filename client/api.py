@@ -10,7 +10,7 @@ import grpc
 
 from vdno.client.bundle import TrustBundle
 from vdno.client.errors import ServiceError
-from vdno.client.messages import AuthorisedHandIn, HandInOrder, OutcomeAck
+from vdno.client.messages import AuthorisedHandIn, CancelledCommand, HandInOrder, IssuedCommand, OutcomeAck
 from vdno.v1 import custodian_pb2, custodian_pb2_grpc
 
 T = TypeVar("T")
@@ -84,8 +84,8 @@ class BenchClient:
         area_id: int,
         device_certificate: bytes,
         credentials_response: bytes,
-    ) -> Any:
-        """RequestHandOut -> vdno.v1.HandOutResponse (command, originator_counter, generation, ...)."""
+    ) -> IssuedCommand:
+        """RequestHandOut: the signed command for this meter and area (the same one on a retry)."""
         request = custodian_pb2.HandOutRequest(
             request_id=request_id,
             device_id=device_id,
@@ -93,32 +93,34 @@ class BenchClient:
             device_certificate=device_certificate,
             credentials_response=credentials_response,
         )
-        return self._call(self._stub.RequestHandOut, request)
+        return IssuedCommand.from_proto(self._call(self._stub.RequestHandOut, request))
 
     def request_rotation(
         self, request_id: str, device_id: str, device_certificate: bytes, credentials_response: bytes
-    ) -> Any:
-        """RequestRotation -> vdno.v1.HandOutResponse (target_generation set)."""
+    ) -> IssuedCommand:
+        """RequestRotation: the signed command moving a meter in stock onto the active generation."""
         request = custodian_pb2.RotationRequest(
             request_id=request_id,
             device_id=device_id,
             device_certificate=device_certificate,
             credentials_response=credentials_response,
         )
-        return self._call(self._stub.RequestRotation, request)
+        return IssuedCommand.from_proto(self._call(self._stub.RequestRotation, request))
 
-    def report_outcome(self, request_id: str, response: bytes = b"", credentials_answer: bytes = b"") -> Any:
-        """ReportOutcome -> vdno.v1.OutcomeAck (status applied | rejected, per-cell outcomes): the meter's
-        CS02b response, or its CS02a answer when it already held what the command installs."""
+    def report_outcome(
+        self, request_id: str, response: bytes = b"", credentials_answer: bytes = b""
+    ) -> OutcomeAck:
+        """ReportOutcome (status applied | rejected): the meter's CS02b response, or its CS02a answer when
+        it already held what the command installs."""
         report = custodian_pb2.OutcomeReport(
             request_id=request_id, response=response, credentials_answer=credentials_answer
         )
-        return self._call(self._stub.ReportOutcome, report)
+        return OutcomeAck.from_proto(self._call(self._stub.ReportOutcome, report))
 
-    def cancel_request(self, request_id: str, reason: str) -> Any:
-        """CancelRequest -> vdno.v1.CancelledCommand: withdraw this bench's command for the request."""
+    def cancel_request(self, request_id: str, reason: str) -> CancelledCommand:
+        """CancelRequest: withdraw this bench's command for the request."""
         request = custodian_pb2.CancelRequestRequest(request_id=request_id, reason=reason)
-        return self._call(self._stub.CancelRequest, request)
+        return CancelledCommand.from_proto(self._call(self._stub.CancelRequest, request))
 
     def request_hand_in(
         self, request_id: str, device_id: str, device_certificate: bytes, credentials_response: bytes

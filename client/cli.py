@@ -665,11 +665,11 @@ def cancel_command(
         except BenchError as exc:
             _service_failed("cancel", exc)
     row = {
-        "issuanceId": int(cancelled.issuance_id),
-        "device": cancelled.device_id,
+        "issuanceId": cancelled.issuance_id,
+        "device": cancelled.device_id.hex().upper(),
         "requestId": cancelled.request_id,
         "status": cancelled.status,
-        "released": bool(cancelled.released),
+        "released": cancelled.released,
         "cancelledBy": cancelled.cancelled_by,
     }
     if json_output:

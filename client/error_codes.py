@@ -11,6 +11,7 @@ METER_UNREADABLE = "METER_UNREADABLE"  # reading the meter (CS02e, CS02a) failed
 AREA_NOT_IN_BUNDLE = "AREA_NOT_IN_BUNDLE"  # the hand-out's area is not in the pinned trust bundle
 SERVER_UNAVAILABLE = "SERVER_UNAVAILABLE"  # the custodian could not be reached (after the retries)
 CUSTODIAN_REFUSED = "CUSTODIAN_REFUSED"  # the custodian refused and named no code
+INVALID_REPLY = "INVALID_REPLY"  # the custodian's reply was malformed (e.g. names no meter): nothing applied
 COMMAND_REFUSED = "COMMAND_REFUSED"  # the bench's checks refused the signed command: not sent to the meter
 DCC_FAILED = "DCC_FAILED"  # the DCC gateway did not add its MAC
 APPLY_FAILED = "APPLY_FAILED"  # sending the command to the meter failed

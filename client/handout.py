@@ -17,6 +17,7 @@ from vdno.client.bundle import TrustBundle
 from vdno.client.checks import CheckedCommand, check_command, check_response, check_rotation_command
 from vdno.client.dcc_gateway import DccGateway
 from vdno.client.errors import BenchError, CommandRefused, ResponseRejected, ServiceError, TransportError
+from vdno.client.messages import IssuedCommand, OutcomeAck
 from vdno.client.transport import DeviceTransport
 from vdno.gbcs.cells import NO_DS_CELL, KeyUsage, RemotePartyRole
 from vdno.gbcs.cs02a import ProvideSecurityCredentialsCommand, ProvideSecurityCredentialsResponse
@@ -53,21 +54,21 @@ class CustodianApi(Protocol):
         area_id: int,
         device_certificate: bytes,
         credentials_response: bytes,
-    ) -> Any: ...
+    ) -> IssuedCommand: ...
 
     def report_outcome(
         self, request_id: str, response: bytes = b"", credentials_answer: bytes = b""
-    ) -> Any: ...
+    ) -> OutcomeAck: ...
 
 
 class RotationApi(Protocol):
     def request_rotation(
         self, request_id: str, device_id: str, device_certificate: bytes, credentials_response: bytes
-    ) -> Any: ...
+    ) -> IssuedCommand: ...
 
     def report_outcome(
         self, request_id: str, response: bytes = b"", credentials_answer: bytes = b""
-    ) -> Any: ...
+    ) -> OutcomeAck: ...
 
 
 class ReadError(BenchError):
@@ -297,7 +298,7 @@ def hand_out(
             error_code=codes.AREA_NOT_IN_BUNDLE,
         )
 
-    def request(rid: str, reading: MeterReading) -> Any:
+    def request(rid: str, reading: MeterReading) -> IssuedCommand:
         return api.request_hand_out(
             rid, eui64_hex(device_id), area_id, reading.device_certificate, reading.credentials_response
         )
@@ -324,7 +325,7 @@ def rotate(
     """As hand_out, for a meter in stock: the command moves its NO cells from its vanilla generation onto the
     active one (area None in the result)."""
 
-    def request(rid: str, reading: MeterReading) -> Any:
+    def request(rid: str, reading: MeterReading) -> IssuedCommand:
         return api.request_rotation(
             rid, eui64_hex(device_id), reading.device_certificate, reading.credentials_response
         )
@@ -350,7 +351,7 @@ def _transfer(
     bundle: TrustBundle,
     device_id: bytes,
     area_id: int | None,
-    request: Callable[[str, MeterReading], Any],
+    request: Callable[[str, MeterReading], IssuedCommand],
     check: Callable[[bytes], CheckedCommand],
     request_id: str | None,
     reader_id: bytes,
@@ -380,10 +381,10 @@ def _transfer(
         if moved_on and already is not None and holds_cells(reading, already[0]):
             return result(APPLIED, already[1], counter=None)
         return result(FAILED, f"custodian: {exc}", counter=None, error_code=exc.error_code)
-    command = bytes(issued.command)
-    counter: int | None = int(issued.originator_counter) or None
-    generation: int | None = int(issued.generation) if getattr(issued, "generation", None) else None
-    target_generation = int(getattr(issued, "target_generation", 0)) or None
+    command = issued.command
+    counter = issued.originator_counter
+    generation = issued.generation
+    target_generation = issued.target_generation
 
     try:
         checked = check(command)
@@ -430,9 +431,8 @@ def _transfer(
                 f"report outcome (the meter already held the command's certificates): {exc}",
                 codes.REPORT_FAILED,
             )
-        status = str(getattr(ack, "status", ""))
-        if status != APPLIED:
-            return done(FAILED, _recorded_as(status), codes.METER_REJECTED)
+        if ack.status != APPLIED:
+            return done(FAILED, _recorded_as(ack.status), codes.METER_REJECTED)
         return done(APPLIED, ALREADY_APPLIED)
 
     if gateway is None:
@@ -461,9 +461,8 @@ def _transfer(
         return done(FAILED, problems, codes.RESPONSE_REJECTED if local_problem else codes.REPORT_FAILED)
     if local_problem:
         return done(FAILED, local_problem, codes.RESPONSE_REJECTED)
-    status = str(getattr(ack, "status", ""))
-    if status != APPLIED:
-        return done(FAILED, _recorded_as(status), codes.METER_REJECTED)
+    if ack.status != APPLIED:
+        return done(FAILED, _recorded_as(ack.status), codes.METER_REJECTED)
     return done(APPLIED, "")
 
 

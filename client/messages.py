@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from vdno.client import error_codes as codes
 from vdno.client.errors import ServiceError
 from vdno.gbcs.errors import DecodeError
 from vdno.gbcs.ids import parse_eui64
@@ -15,7 +16,58 @@ def _device(value: str, what: str) -> bytes:
     try:
         return parse_eui64(value)
     except DecodeError as exc:
-        raise ServiceError("INVALID_REPLY", f"{what}: {exc}") from exc
+        raise ServiceError(codes.INVALID_REPLY, f"{what}: {exc}", codes.INVALID_REPLY) from exc
+
+
+@dataclass(frozen=True)
+class IssuedCommand:
+    """A signed command the custodian released (RequestHandOut, RequestRotation): the KRP-signed GS APDU
+    without a MAC header. The bench checks it (client/checks.py) before anything reaches the meter."""
+
+    issuance_id: int
+    device_id: bytes
+    area_id: int | None  # a hand-out's area; None for a rotation
+    generation: int | None  # the vanilla generation whose key signed; None when not given
+    originator_counter: int | None  # None when not given (the check of the command then refuses it)
+    command: bytes
+    target_generation: int | None  # a rotation's target generation; None for a hand-out
+
+    @classmethod
+    def from_proto(cls, message: Any) -> IssuedCommand:
+        return cls(
+            issuance_id=int(message.issuance_id),
+            device_id=_device(message.device_id, "issued command device_id"),
+            area_id=int(message.area_id) or None,
+            generation=int(message.generation) or None,
+            originator_counter=int(message.originator_counter) or None,
+            command=bytes(message.command),
+            target_generation=int(message.target_generation) or None,
+        )
+
+
+@dataclass(frozen=True)
+class CancelledCommand:
+    """A command withdrawn at the bench's request (CancelRequest)."""
+
+    issuance_id: int
+    device_id: bytes
+    request_id: str
+    status: str  # cancelled
+    released: bool  # its signed bytes had been handed out: the meter may still apply it
+    cancelled_by: str  # officer:<id> | bench:<id>
+    reason: str
+
+    @classmethod
+    def from_proto(cls, message: Any) -> CancelledCommand:
+        return cls(
+            issuance_id=int(message.issuance_id),
+            device_id=_device(message.device_id, "cancelled command device_id"),
+            request_id=str(message.request_id),
+            status=str(message.status),
+            released=bool(message.released),
+            cancelled_by=str(message.cancelled_by),
+            reason=str(message.reason),
+        )
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from lab_testlib import cs02b_command, der, org
 
 from vdno.client.bundle import AreaCredentials, TrustBundle, VanillaGeneration
+from vdno.client.messages import IssuedCommand, OutcomeAck
 from vdno.gbcs.cells import NO_DS_CELL, NO_KA_CELL
 from vdno.gbcs.cs02a import (
     ProvideSecurityCredentialsCommand,
@@ -219,19 +220,6 @@ class FakeMeter:
         return device_response(self.world, message, self.statuses)
 
 
-@dataclass
-class FakeIssued:
-    command: bytes
-    originator_counter: int
-    generation: int = 2
-    issuance_id: int = 1
-
-
-@dataclass
-class FakeAck:
-    status: str = "applied"
-
-
 class FakeCustodian:
     """CustodianApi returning a command built by `make` and recording reports."""
 
@@ -240,7 +228,7 @@ class FakeCustodian:
         self.kwargs = command_kwargs
         self.requests: list[tuple[Any, ...]] = []
         self.reports: list[tuple[str, bytes]] = []
-        self.ack = FakeAck()
+        self.ack = OutcomeAck(1, "applied")
 
     def request_hand_out(
         self,
@@ -249,15 +237,16 @@ class FakeCustodian:
         area_id: int,
         device_certificate: bytes,
         credentials_response: bytes,
-    ) -> FakeIssued:
+    ) -> IssuedCommand:
         self.requests.append((request_id, device_id, area_id, device_certificate, credentials_response))
         kwargs = {"area_id": area_id, **self.kwargs}
         counter = int(kwargs.pop("counter", 5000))
-        return FakeIssued(build_command(self.world, counter=counter, **kwargs), counter)
+        command = build_command(self.world, counter=counter, **kwargs)
+        return IssuedCommand(1, bytes.fromhex(device_id), area_id, 2, counter, command, None)
 
     def report_outcome(
         self, request_id: str, response: bytes = b"", credentials_answer: bytes = b""
-    ) -> FakeAck:
+    ) -> OutcomeAck:
         self.reports.append((request_id, response or credentials_answer))
         return self.ack
 

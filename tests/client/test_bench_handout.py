@@ -27,12 +27,14 @@ from vdno.client.api import BenchClient
 from vdno.client.cli import app, parse_tray
 from vdno.client.errors import ServiceError
 from vdno.client.handout import APPLIED, FAILED, LAB_READER_ID, REFUSED, hand_out
+from vdno.client.messages import IssuedCommand, OutcomeAck
 from vdno.gbcs.cells import NO_DS_CELL
 from vdno.gbcs.cs02a import ProvideSecurityCredentialsCommand
 from vdno.gbcs.framing import MessageCode, decode_message
 from vdno.labpki.smki import issue_device_certificate, make_device_ca
 from vdno.labpki.store import write_certificate, write_private_key
 from vdno.labpki.tls import BENCH_ROLE, issue_client_certificate, make_tls_ca
+from vdno.v1.custodian_pb2 import HandOutResponse
 
 
 def test_hand_out_applied(world: LabWorld, tmp_path: Path) -> None:
@@ -103,7 +105,7 @@ def test_hand_out_service_error(world: LabWorld) -> None:
 
 def test_hand_out_custodian_rejects_outcome(world: LabWorld) -> None:
     api = FakeCustodian(world)
-    api.ack.status = "rejected"
+    api.ack = OutcomeAck(1, "rejected")
     result = hand_out(api, FakeMeter(world), world.bundle, DEVICE_ID, AREA_ID)
     assert result.status == FAILED and "rejected" in result.reason
 
@@ -254,14 +256,20 @@ def test_api_retries_unavailable_with_same_request(world: LabWorld) -> None:
     client = BenchClient("127.0.0.1:1", b"ca", b"cert", b"key", attempts=4, backoff=0.1, sleep=sleeps.append)
     seen: list[Any] = []
 
-    def flaky(request: Any, timeout: float) -> str:
+    reply = HandOutResponse(
+        issuance_id=7, device_id=DEVICE_ID.hex().upper(), area_id=AREA_ID, generation=1,
+        originator_counter=5001, command=b"\xdd\x00", target_generation=0,
+    )  # fmt: skip
+
+    def flaky(request: Any, timeout: float) -> HandOutResponse:
         seen.append(request)
         if len(seen) < 3:
             raise _RpcError(grpc.StatusCode.UNAVAILABLE, "connection reset")
-        return "ok"
+        return reply
 
     client._stub.RequestHandOut = flaky
-    assert client.request_hand_out("req-9", DEVICE_ID.hex(), AREA_ID, b"c", b"r") == "ok"
+    issued = client.request_hand_out("req-9", DEVICE_ID.hex(), AREA_ID, b"c", b"r")
+    assert issued == IssuedCommand(7, DEVICE_ID, AREA_ID, 1, 5001, b"\xdd\x00", None)
     assert [r.request_id for r in seen] == ["req-9"] * 3
     assert sleeps == [0.1, 0.2]
     client.close()
