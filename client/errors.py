@@ -46,8 +46,9 @@ class BundleError(BenchError):
     """The trust bundle is malformed or lacks something the bench needs (e.g. the area)."""
 
 
-class CommandRefused(BenchError):
-    """check_command refused a signed command; `reason` is a short name, `detail` the specifics."""
+class CheckFailed(BenchError):
+    """One of the bench's own checks (client/checks.py) failed; `reason` is a short name, `detail` the
+    specifics."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
         self.reason = reason
@@ -55,10 +56,9 @@ class CommandRefused(BenchError):
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
-class ResponseRejected(BenchError):
-    """check_response rejected the meter's response; `reason` is a short name, `detail` the specifics."""
+class CommandRefused(CheckFailed):
+    """check_command refused a signed command: it is not sent to the meter."""
 
-    def __init__(self, reason: str, detail: str = "") -> None:
-        self.reason = reason
-        self.detail = detail
-        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+class ResponseRejected(CheckFailed):
+    """check_response rejected the meter's response."""

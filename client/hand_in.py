@@ -22,7 +22,7 @@ from vdno.client.handout import (
     read_meter,
     save_command,
 )
-from vdno.client.messages import AuthorisedHandIn, HandInOrder, OutcomeAck
+from vdno.client.messages import AuthorisedHandIn, HandInOrder, MeterStatus, OutcomeAck
 from vdno.client.transport import DeviceTransport
 from vdno.gbcs.cells import KeyUsage, RemotePartyRole
 from vdno.gbcs.cs02b import UpdateSecurityCredentialsCommand
@@ -30,11 +30,8 @@ from vdno.gbcs.errors import GbcsError
 from vdno.gbcs.framing import decode_message
 from vdno.gbcs.ids import eui64_hex
 
-ORDERED = "ordered"  # the custodian recorded the order; the area DNO's command is awaited
-PENDING = "pending"  # no authorised command for this meter yet
-APPLIED = "applied"
-REFUSED = "refused"  # the bench's own checks refused the command: it was not sent
-FAILED = "failed"
+ORDERED, PENDING = MeterStatus.ORDERED, MeterStatus.PENDING
+APPLIED, REFUSED, FAILED = MeterStatus.APPLIED, MeterStatus.REFUSED, MeterStatus.FAILED
 
 
 class HandInApi(Protocol):
@@ -52,7 +49,7 @@ class HandInApi(Protocol):
 @dataclass(frozen=True)
 class HandInResult:
     device_id: str  # 16 hex digits
-    status: str  # ordered | pending | applied | refused | failed
+    status: MeterStatus  # ordered | pending | applied | refused | failed
     reason: str
     request_id: str | None = None
     order_id: int | None = None
@@ -141,7 +138,7 @@ def apply_hand_in(
     meter's response. Never raises for meter, service or check failures."""
     device_hex = eui64_hex(authorised.device_id)
 
-    def result(status: str, reason: str, error_code: str | None = None) -> HandInResult:
+    def result(status: MeterStatus, reason: str, error_code: str | None = None) -> HandInResult:
         return HandInResult(
             device_hex,
             status,

@@ -17,7 +17,7 @@ from vdno.client.bundle import TrustBundle
 from vdno.client.checks import CheckedCommand, check_command, check_response, check_rotation_command
 from vdno.client.dcc_gateway import DccGateway
 from vdno.client.errors import BenchError, CommandRefused, ResponseRejected, ServiceError, TransportError
-from vdno.client.messages import IssuedCommand, OutcomeAck
+from vdno.client.messages import IssuedCommand, MeterStatus, OutcomeAck
 from vdno.client.transport import DeviceTransport
 from vdno.gbcs.cells import NO_DS_CELL, KeyUsage, RemotePartyRole
 from vdno.gbcs.cs02a import ProvideSecurityCredentialsCommand, ProvideSecurityCredentialsResponse
@@ -37,9 +37,7 @@ from vdno.gbcs.smki import SmkiCertificate, load_certificate, verify_certificati
 
 LAB_READER_ID = bytes(8)  # the lab reader's originator id (0000000000000000) for unsigned local reads
 
-APPLIED = "applied"
-REFUSED = "refused"
-FAILED = "failed"
+APPLIED, REFUSED, FAILED = MeterStatus.APPLIED, MeterStatus.REFUSED, MeterStatus.FAILED
 # The reason given with APPLIED when the meter already held what the command installs (not sent again).
 ALREADY_APPLIED = (
     "already applied: the meter held the command's certificates; reported its signed CS02a answer"
@@ -81,7 +79,7 @@ class HandOutResult:
     area_id: int | None  # the hand-out's area; None for a rotation
     request_id: str
     counter: int | None
-    status: str  # applied | refused | failed
+    status: MeterStatus  # applied | refused | failed
     reason: str
     command: bytes | None = None  # as the custodian released it (KRP-signed GS APDU)
     generation: int | None = None
@@ -364,7 +362,7 @@ def _transfer(
     request_id = request_id or uuid.uuid4().hex
     device_hex = eui64_hex(device_id)
 
-    def result(status: str, reason: str, **kw: Any) -> HandOutResult:
+    def result(status: MeterStatus, reason: str, **kw: Any) -> HandOutResult:
         return HandOutResult(device_hex, area_id, request_id, status=status, reason=reason, **kw)
 
     try:
@@ -404,7 +402,7 @@ def _transfer(
 
     to_meter: bytes | None = None
 
-    def done(status: str, reason: str, error_code: str | None = None) -> HandOutResult:
+    def done(status: MeterStatus, reason: str, error_code: str | None = None) -> HandOutResult:
         return result(
             status,
             reason,

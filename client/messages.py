@@ -4,12 +4,23 @@ generated types)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from vdno.client import error_codes as codes
 from vdno.client.errors import ServiceError
 from vdno.gbcs.errors import DecodeError
 from vdno.gbcs.ids import parse_eui64
+
+
+class MeterStatus(StrEnum):
+    """How a meter of a run ended, as the bench reports it (README "Errors")."""
+
+    APPLIED = "applied"  # the meter holds what the command installs (now, or already)
+    REFUSED = "refused"  # the bench's own checks refused the command: it was not sent
+    FAILED = "failed"  # see the meter's error_code
+    ORDERED = "ordered"  # hand-in: the custodian recorded the order; the area DNO's command is awaited
+    PENDING = "pending"  # hand-in: no authorised command for this meter yet
 
 
 def _device(value: str, what: str) -> bytes:
