@@ -46,6 +46,10 @@ class BundleError(BenchError):
     """The trust bundle is malformed or lacks something the bench needs (e.g. the area)."""
 
 
+class ReadError(BenchError):
+    """Reading the meter (CS02e / CS02a) failed or its answer did not verify."""
+
+
 class CheckFailed(BenchError):
     """One of the bench's own checks (client/checks.py) failed; `reason` is a short name, `detail` the
     specifics."""

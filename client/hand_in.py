@@ -11,12 +11,18 @@ from typing import Any, Protocol
 from vdno.client import error_codes as codes
 from vdno.client.bundle import TrustBundle
 from vdno.client.checks import check_hand_in_command, check_response
-from vdno.client.errors import BenchError, CommandRefused, ResponseRejected, ServiceError, TransportError
+from vdno.client.errors import (
+    BenchError,
+    CommandRefused,
+    ReadError,
+    ResponseRejected,
+    ServiceError,
+    TransportError,
+)
 from vdno.client.handout import (
     ALREADY_APPLIED,
     LAB_READER_ID,
     MeterReading,
-    ReadError,
     holds_cells,
     holds_installed,
     read_meter,

@@ -16,7 +16,14 @@ from vdno.client import error_codes as codes
 from vdno.client.bundle import TrustBundle
 from vdno.client.checks import CheckedCommand, check_command, check_response, check_rotation_command
 from vdno.client.dcc_gateway import DccGateway
-from vdno.client.errors import BenchError, CommandRefused, ResponseRejected, ServiceError, TransportError
+from vdno.client.errors import (
+    BenchError,
+    CommandRefused,
+    ReadError,
+    ResponseRejected,
+    ServiceError,
+    TransportError,
+)
 from vdno.client.messages import IssuedCommand, MeterStatus, OutcomeAck
 from vdno.client.transport import DeviceTransport
 from vdno.gbcs.cells import NO_DS_CELL, KeyUsage, RemotePartyRole
@@ -67,10 +74,6 @@ class RotationApi(Protocol):
     def report_outcome(
         self, request_id: str, response: bytes = b"", credentials_answer: bytes = b""
     ) -> OutcomeAck: ...
-
-
-class ReadError(BenchError):
-    """Reading the meter (CS02e / CS02a) failed or its answer did not verify."""
 
 
 @dataclass(frozen=True)
