@@ -133,14 +133,14 @@ def _not_written(error: BaseException) -> IssuanceOutcome:
 
 @dataclass(frozen=True)
 class _Signed:
-    future: Reply[Outcome]
+    reply: Reply[Outcome]
     record: IssuanceRecord
     command: bytes
 
 
 @dataclass(frozen=True)
 class _Failed:
-    future: Reply[Outcome]
+    reply: Reply[Outcome]
     record: IssuanceRecord
     reason: str
     error: BaseException
@@ -191,12 +191,12 @@ class IssuancePipeline:
         self._thread.join(timeout)
 
     def _submit(self, work: Work) -> Outcome:
-        future: Reply[Outcome] = Reply()
+        reply: Reply[Outcome] = Reply()
         with self._state_lock:
             if self._closed or not self._thread.is_alive():
                 raise Unavailable("the service is shutting down")
-            self._queue.put((work, future))
-        return future.result()
+            self._queue.put((work, reply))
+        return reply.result()
 
     # -- pipeline thread
     def _run(self) -> None:
@@ -216,11 +216,11 @@ class IssuancePipeline:
                     stopping = not isinstance(exc, Exception)  # SystemExit and the like end the thread
                     error = Unavailable("the service is shutting down") if stopping else exc
                     waiting = (
-                        [s.future for s in signed] + [x.future for x in failed] + [f for _, f in incoming]
+                        [s.reply for s in signed] + [x.reply for x in failed] + [f for _, f in incoming]
                     )
-                    for future in waiting:
-                        if not future.done():
-                            future.set_exception(error)
+                    for reply in waiting:
+                        if not reply.done():
+                            reply.set_exception(error)
                     signed, failed = [], []
                     if stopping:
                         raise
@@ -252,15 +252,15 @@ class IssuancePipeline:
     ) -> tuple[list[_Signed], list[_Failed]]:
         observe = self._observer.issuance
         drafts: list[tuple[NewIssuance, Reply[Outcome]]] = []
-        for work, future in incoming:
+        for work, reply in incoming:
             if not isinstance(work, UnfinishedIssuance):
                 try:
-                    drafts.append((self._validate(work), future))
+                    drafts.append((self._validate(work), reply))
                 except VdnoError as exc:
-                    future.set_result(Refused(exc))
+                    reply.set_result(Refused(exc))
                     observe(_kind(work), IssuanceOutcome.REFUSED, None)
                 except Exception as exc:
-                    future.set_exception(exc)
+                    reply.set_exception(exc)
                     observe(_kind(work), IssuanceOutcome.FAILED, None)
         to_sign = [
             (f, w.record, w.generation, w.target) for w, f in incoming if isinstance(w, UnfinishedIssuance)
@@ -275,10 +275,10 @@ class IssuancePipeline:
         except Exception as exc:  # nothing of this step is durable: nothing is released or signed
             self._observer.step(len(incoming), time.perf_counter() - started, False)
             for s in signed:
-                s.future.set_exception(exc)
+                s.reply.set_exception(exc)
                 observe(_kind(s.record), IssuanceOutcome.UNAVAILABLE, s.record.generation)
             for x in failed:
-                x.future.set_exception(x.error)
+                x.reply.set_exception(x.error)
                 observe(_kind(x.record), IssuanceOutcome.FAILED, x.record.generation)
             for w, f in drafts:
                 f.set_exception(exc)
@@ -291,23 +291,23 @@ class IssuancePipeline:
         self._observer.step(len(incoming), time.perf_counter() - started, True)
         for s, stored in zip(signed, step.stored, strict=True):
             if isinstance(stored, VdnoError):
-                s.future.set_exception(stored)
+                s.reply.set_exception(stored)
                 observe(_kind(s.record), _not_written(stored), s.record.generation)
             else:  # another attempt may have stored its bytes first: the stored bytes are the ones released
-                s.future.set_result(SignedCommand.of(stored, stored.signed_command or s.command))
+                s.reply.set_result(SignedCommand.of(stored, stored.signed_command or s.command))
                 observe(_kind(s.record), IssuanceOutcome.SIGNED, s.record.generation)
         for x in failed:
-            x.future.set_exception(x.error)
+            x.reply.set_exception(x.error)
             observe(_kind(x.record), IssuanceOutcome.FAILED, x.record.generation)
-        for (new, future), begun in zip(drafts, step.begun, strict=True):
+        for (new, reply), begun in zip(drafts, step.begun, strict=True):
             if isinstance(begun, VdnoError):
-                future.set_exception(begun)
+                reply.set_exception(begun)
                 observe(_kind(new.draft), _not_written(begun), new.draft.generation)
             elif not begun[1]:
-                future.set_result(begun[0])  # the request id is already recorded: the caller resumes it
+                reply.set_result(begun[0])  # the request id is already recorded: the caller resumes it
                 observe(_kind(new.draft), IssuanceOutcome.RETRY, new.draft.generation)
             else:
-                to_sign.append((future, begun[0], new.generation, new.target))
+                to_sign.append((reply, begun[0], new.generation, new.target))
         return self._sign(to_sign)
 
     def _sign(
@@ -317,16 +317,16 @@ class IssuancePipeline:
         failed: list[_Failed] = []
         # signed range: what the HSM signs (as a SHA-256 digest) and what is verified
         by_key: dict[str, list[tuple[Reply[Outcome], IssuanceRecord, VanillaGeneration, bytes]]] = {}
-        for future, record, generation, target in work:
+        for reply, record, generation, target in work:
             try:
                 apdu = build_transfer_command(
                     generation, target, record.device_id, record.counter, self._issuing_ca
                 )
             except Exception as exc:  # e.g. a target certificate the codec cannot place
-                failed.append(_Failed(future, record, "command could not be built", exc))
+                failed.append(_Failed(reply, record, "command could not be built", exc))
                 continue
             by_key.setdefault(generation.ds_key_uri, []).append(
-                (future, record, generation, apdu.signed_bytes())
+                (reply, record, generation, apdu.signed_bytes())
             )
         for key, items in by_key.items():
             digests = [signed_digest(signed_range) for *_, signed_range in items]
@@ -339,7 +339,7 @@ class IssuancePipeline:
                 failed += [_Failed(f, r, type(exc).__name__, exc) for f, r, _, _ in items]
                 continue
             self._observer.hsm_job(time.perf_counter() - started, len(digests), None)
-            for (future, record, generation, signed_range), signature in zip(items, signatures, strict=True):
+            for (reply, record, generation, signed_range), signature in zip(items, signatures, strict=True):
                 try:
                     # docs/architecture.md §5.6: verified with the certificate's public key before release.
                     verify_signature(
@@ -351,7 +351,7 @@ class IssuancePipeline:
                     error = SignatureCheckFailed("the HSM signature did not verify; nothing was released")
                     error.__cause__ = exc
                     self._observer.hsm_signature_rejected()
-                    failed.append(_Failed(future, record, "signature failed software verification", error))
+                    failed.append(_Failed(reply, record, "signature failed software verification", error))
                     continue
-                signed.append(_Signed(future, record, encode_signed_apdu(signed_range, signature)))
+                signed.append(_Signed(reply, record, encode_signed_apdu(signed_range, signature)))
         return signed, failed
