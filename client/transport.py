@@ -1,10 +1,10 @@
 """Device transports: how the bench talks to a meter (or the simulator).
 
-SimulatorTransport speaks the tray's frame protocol, which lives in simulator/frames.py (framing, op and
-reply codes, reply-body parsing; that module imports neither grpc nor pkcs11). In short: each frame is a
-4-byte big-endian length then the body. Requests: OP_SEND (0x01) ‖ 8-byte device id ‖ GBCS bytes -> reply
-0x81 ‖ response bytes; OP_LIST (0x02) -> reply 0x82 ‖ JSON array of 16-hex ids. Any request may be answered
-with RESP_ERROR (0xEE) ‖ JSON {"status": int | null, "reason": str}.
+SimulatorTransport speaks the tray's frame protocol, which lives in vdno/device_frames.py, shared with the
+simulator (framing, op and reply codes, reply-body parsing; it imports neither grpc nor pkcs11). In short:
+each frame is a 4-byte big-endian length then the body. Requests: OP_SEND (0x01) ‖ 8-byte device id ‖ GBCS
+bytes -> reply 0x81 ‖ response bytes; OP_LIST (0x02) -> reply 0x82 ‖ JSON array of 16-hex ids. Any request
+may be answered with RESP_ERROR (0xEE) ‖ JSON {"status": int | null, "reason": str}.
 """
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ import threading
 from typing import Protocol
 
 from vdno.client.errors import DeviceRefusedError, TransportError
-from vdno.gbcs.errors import DecodeError
-from vdno.gbcs.ids import check_eui64, parse_eui64
-from vdno.simulator.frames import (
+from vdno.device_frames import (
     RESP_ERROR,
     RESP_GBCS,
     RESP_LIST,
@@ -28,6 +26,8 @@ from vdno.simulator.frames import (
     read_frame,
     send_body,
 )
+from vdno.gbcs.errors import DecodeError
+from vdno.gbcs.ids import check_eui64, parse_eui64
 
 __all__ = [
     "RESP_ERROR",

@@ -9,11 +9,11 @@ from pathlib import Path
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from vdno.client.errors import DeviceRefusedError
+from vdno.device_frames import RESP_GBCS, decode_reply, send_body
 from vdno.gbcs.smki import load_certificate
 from vdno.labpki.hierarchy import LabHierarchy
 from vdno.labpki.store import read_certificate
 from vdno.simulator.device import SimulatedDevice
-from vdno.simulator.frames import RESP_GBCS, decode_reply, send_body
 from vdno.simulator.lab import LabCredentialSet, export_device_credentials, lab_meter_profile, tray_device_id
 from vdno.simulator.profile import DeviceProfile
 from vdno.simulator.tray import Tray

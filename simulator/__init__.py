@@ -3,7 +3,7 @@
 - simulator.device: SimulatedDevice (CS02b modes 3 and 8, CS02a, CS02e)
 - simulator.profile: DeviceProfile, load_profile, save_profile, cell constants
 - simulator.lab: make_device_profile / write_tray from a lab PKI
-- simulator.frames: the tray's TCP frame protocol (encode_frame, read_frame, OP_* / RESP_*)
+- vdno.device_frames: the tray's TCP frame protocol (encode_frame, read_frame, OP_* / RESP_*)
 - simulator.tray: Tray, TrayServer
 - simulator.cli: `vdno-sim serve`
 """

@@ -1,4 +1,5 @@
-"""`vdno-sim serve`: a tray of simulated SMETS2 devices on loopback, speaking the frames.py protocol."""
+"""`vdno-sim serve`: a tray of simulated SMETS2 devices on loopback, speaking the frame protocol
+(vdno/device_frames.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""A tray of simulated devices, addressable by device id, in-process or over loopback TCP (frames.py)."""
+"""A tray of simulated devices, addressable by device id, in-process or over loopback TCP (the frame
+protocol of vdno/device_frames.py)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from vdno.simulator.device import SimulatedDevice
-from vdno.simulator.errors import DeviceRefused, ProfileError
-from vdno.simulator.frames import (
+from vdno.device_frames import (
     DEVICE_ID_LEN,
     OP_LIST,
     OP_SEND,
@@ -25,6 +24,8 @@ from vdno.simulator.frames import (
     error_body,
     read_frame,
 )
+from vdno.simulator.device import SimulatedDevice
+from vdno.simulator.errors import DeviceRefused, ProfileError
 from vdno.simulator.profile import DeviceProfile, load_profile, profile_from_dict
 
 log = logging.getLogger(__name__)

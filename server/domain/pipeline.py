@@ -215,9 +215,7 @@ class IssuancePipeline:
                 ) as exc:  # a defect: fail this step's callers (nothing unstored is released)
                     stopping = not isinstance(exc, Exception)  # SystemExit and the like end the thread
                     error = Unavailable("the service is shutting down") if stopping else exc
-                    waiting = (
-                        [s.reply for s in signed] + [x.reply for x in failed] + [f for _, f in incoming]
-                    )
+                    waiting = [s.reply for s in signed] + [x.reply for x in failed] + [f for _, f in incoming]
                     for reply in waiting:
                         if not reply.done():
                             reply.set_exception(error)

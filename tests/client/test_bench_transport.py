@@ -185,7 +185,7 @@ def test_parse_error_body() -> None:
 
 
 def test_oversize_message_is_a_transport_error(server: FramedServer) -> None:
-    from vdno.simulator.frames import MAX_FRAME
+    from vdno.device_frames import MAX_FRAME
 
     with SimulatorTransport("127.0.0.1", server.port, timeout=5) as transport:
         with pytest.raises(TransportError, match="frame body"):

@@ -32,10 +32,10 @@ from vdno.client.api import ATTEMPTS
 from vdno.client.errors import BenchError
 from vdno.client.handout import ALREADY_APPLIED, APPLIED, HandOutResult, hand_out
 from vdno.client.tray import TrayJournal, run_tray
+from vdno.device_frames import DEVICE_ID_LEN, OP_SEND, RESP_GBCS
 from vdno.gbcs.framing import MessageCode, decode_message
 from vdno.server.bootstrap import vanilla_entity_id
 from vdno.simulator.device import SimulatedDevice
-from vdno.simulator.frames import DEVICE_ID_LEN, OP_SEND, RESP_GBCS
 from vdno.simulator.tray import Tray, TrayServer
 
 ROUNDS = 10

@@ -15,11 +15,7 @@ from pathlib import Path
 import pytest
 from sim_testlib import LAB_DEVICE, NO_A, RTDS_DEVICE, World, cs02a, lab_device, rtds_profile
 
-from vdno.gbcs.cells import NO_DS_CELL
-from vdno.gbcs.cs02b import UpdateSecurityCredentialsResponse
-from vdno.gbcs.framing import decode_message
-from vdno.simulator.device import SimulatedDevice
-from vdno.simulator.frames import (
+from vdno.device_frames import (
     MAX_FRAME,
     OP_LIST,
     OP_SEND,
@@ -34,6 +30,10 @@ from vdno.simulator.frames import (
     read_frame,
     send_body,
 )
+from vdno.gbcs.cells import NO_DS_CELL
+from vdno.gbcs.cs02b import UpdateSecurityCredentialsResponse
+from vdno.gbcs.framing import decode_message
+from vdno.simulator.device import SimulatedDevice
 from vdno.simulator.lab import write_tray
 from vdno.simulator.profile import save_profile
 from vdno.simulator.tray import Tray, TrayServer

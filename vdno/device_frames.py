@@ -1,4 +1,5 @@
-"""The tray's frame protocol over TCP (loopback).
+"""The tray's frame protocol over TCP (loopback), between a bench's device transport (client/transport.py)
+and whatever holds the meters (the simulator, vdno-sim serve; a lab rig). Neither side owns it.
 
 Each frame: 4-byte big-endian unsigned length N (1 <= N <= 1 MiB), then N body bytes.
 
