@@ -28,7 +28,8 @@ from vdno.server.domain.values import (
     VanillaGeneration,
 )
 from vdno.server.store.audit import verify_chain
-from vdno.server.store.sql import SqlCustodyStore, make_engine, open_store
+from vdno.server.store.engine import make_engine
+from vdno.server.store.sql import SqlCustodyStore, open_store
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
