@@ -382,7 +382,7 @@ def test_a_database_without_its_audit_chain_head_records_nothing(store: SqlCusto
 def test_closing_the_store_finishes_the_writes_queued_before_it(store_url: str) -> None:
     """The writer is busy; a full batch and a small group are queued, then the store is closed: the writer
     runs both before it stops, each op answered and its event in the chain in order."""
-    from vdno.server.store.sql import MAX_BATCH
+    from vdno.server.store.group_commit import MAX_BATCH
 
     s = open_store(store_url)
     busy, release = threading.Event(), threading.Event()
