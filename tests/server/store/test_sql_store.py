@@ -174,7 +174,7 @@ def test_a_begun_issuance_is_answered_as_recorded_and_audited(store: SqlCustodyS
 
 @pytest.mark.parametrize("store_url", ["postgres"], indirect=True)
 def test_a_step_waits_for_its_counter_rows_before_it_holds_any_issuance_row(store: SqlCustodyStore) -> None:
-    """PostgreSQL: a step that allocates locks its counter rows first (SqlCustodyStore._counter_lock). While
+    """PostgreSQL: a step that allocates locks its counter rows first (IssuanceRecords._counter_lock). While
     another transaction holds the generation's counter row, the step waits holding no issuance row, so a
     replica's step that needs that row (a twin's unique check) cannot be waiting for it in turn; once the
     counter row is free the step stores its signature and allocates the next counter."""
