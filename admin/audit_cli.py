@@ -123,7 +123,7 @@ def _settings(server_config: Path) -> Settings:
 
 @contextmanager
 def _engine(settings: Settings) -> Iterator[Engine]:
-    from vdno.server.store.sql import make_engine
+    from vdno.server.store.engine import make_engine
 
     engine = make_engine(settings.database_url)
     try:

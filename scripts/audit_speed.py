@@ -40,7 +40,7 @@ from vdno.server.store.audit import (
     export_log,
     verify_log,
 )
-from vdno.server.store.sql import make_engine, migrate
+from vdno.server.store.engine import make_engine, migrate
 
 CHUNK = 5000
 

@@ -319,7 +319,7 @@ def verify_in_child(url: str) -> dict[str, Any]:
 
 def _verify(url: str) -> None:
     from vdno.server.store.audit import verify_log
-    from vdno.server.store.sql import make_engine
+    from vdno.server.store.engine import make_engine
 
     engine = make_engine(url)
     baseline = _peak_rss_mib()
@@ -359,7 +359,7 @@ def _env() -> dict[str, str]:
 
 @contextlib.contextmanager
 def postgres_schemas(url: str, names: tuple[str, ...]) -> Iterator[dict[str, str]]:
-    from vdno.server.store.sql import make_engine
+    from vdno.server.store.engine import make_engine
 
     tag = uuid.uuid4().hex[:8]
     admin = make_engine(url)
@@ -387,7 +387,7 @@ def make_stores(
 ) -> Iterator[tuple[str, dict[str, str]]]:
     """(database, {"empty": url, "loaded": url}) for SQLite, then PostgreSQL: copies of the state folder's
     initialised store, the loaded one bulk-loaded."""
-    from vdno.server.store.sql import make_engine, migrate
+    from vdno.server.store.engine import make_engine, migrate
 
     source = make_engine(f"sqlite:///{state / 'vdno.db'}")
     migrate(source)  # a state folder made by an older vdno-server

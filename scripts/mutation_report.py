@@ -37,10 +37,20 @@ WORK = ROOT / ".mutmut"
 GOAL = 90.0  # per cent of mutants killed, per module
 
 
+def _installed(path: str) -> str:
+    return "vdno/" + path
+
+
+def _dotted(path: str) -> str:
+    return _installed(path).removesuffix(".py").replace("/", ".")
+
+
 @dataclass(frozen=True)
 class Module:
     """A rule-bearing module: its file, the functions mutated (mutmut name globs; all by default) and the
-    unit tests that exercise it (the only tests its mutants run against)."""
+    unit tests that exercise it (the only tests its mutants run against). `more`: further files of the same
+    package whose functions are mutated with it and scored as one, each with its function globs (a rule
+    whose code spans modules)."""
 
     name: str
     path: str
@@ -48,6 +58,7 @@ class Module:
     functions: tuple[str, ...] = ("*",)
     isolation: str = "fork"  # "forkserver" where the tests start gRPC servers (not fork-safe)
     deselect: tuple[str, ...] = ()  # tests that read the module's source (mutmut rewrites it)
+    more: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def package(self) -> str:
@@ -56,15 +67,18 @@ class Module:
         return "vdno/" + self.path.split("/")[0]
 
     @property
-    def installed_path(self) -> str:
-        return "vdno/" + self.path
+    def installed_paths(self) -> list[str]:
+        return [_installed(self.path), *(_installed(path) for path, _ in self.more)]
 
     @property
-    def dotted(self) -> str:
-        return self.installed_path.removesuffix(".py").replace("/", ".")
+    def files(self) -> str:
+        """The mutated files, for the report: the further ones by their name in the first one's folder."""
+        folder = self.path.rpartition("/")[0] + "/"
+        return ", ".join([self.path, *(path.removeprefix(folder) for path, _ in self.more)])
 
     def globs(self) -> list[str]:
-        return [f"{self.dotted}.{f}" for f in self.functions]
+        globs = [f"{_dotted(self.path)}.{f}" for f in self.functions]
+        return globs + [f"{_dotted(path)}.{f}" for path, functions in self.more for f in functions]
 
 
 MODULES: tuple[Module, ...] = (
@@ -118,18 +132,19 @@ MODULES: tuple[Module, ...] = (
     ),
     Module(
         "store-counters",
-        "server/store/sql.py",
+        "server/store/issuances.py",
         ("tests/server/store/test_sql_store.py", "tests/server/store/test_outstanding.py"),
         # the counter: allocated above the floor while the bench and generation allow it (_begin_op and
         # the statements it runs), why it was not (_refusal), the PostgreSQL row lock, a generation's row
+        # (added with its generation, by the store's reference data in sql.py)
         functions=(
             "xǁ_HotPathSqlǁ__init__*",
-            "xǁSqlCustodyStoreǁ_begin_op*",
-            "xǁSqlCustodyStoreǁ_refusal*",
-            "xǁSqlCustodyStoreǁ_counter_lock*",
-            "xǁSqlCustodyStoreǁadd_generation*",
-            "xǁSqlCustodyStoreǁwrite_issuance_step*",
+            "xǁIssuanceRecordsǁ_begin_op*",
+            "xǁIssuanceRecordsǁ_refusal*",
+            "xǁIssuanceRecordsǁ_counter_lock*",
+            "xǁIssuanceRecordsǁwrite_issuance_step*",
         ),
+        more=(("server/store/sql.py", ("xǁSqlCustodyStoreǁadd_generation*",)),),
     ),
     Module("hsm-faults", "server/hsm/faults.py", ("tests/server/hsm/test_faults.py",)),
     Module(
@@ -208,7 +223,7 @@ def prepare(module: Module, fresh: bool) -> Path:
     config += (
         "\n[tool.mutmut]\n"
         f"source_paths = {_toml_list([module.package])}\n"
-        f"only_mutate = {_toml_list([module.installed_path])}\n"
+        f"only_mutate = {_toml_list(module.installed_paths)}\n"
         f"pytest_add_cli_args_test_selection = {_toml_list(module.tests)}\n"
         f"pytest_add_cli_args = {_toml_list(pytest_args)}\n"
         f'process_isolation = "{module.isolation}"\n'
@@ -243,7 +258,7 @@ def mutmut(
 def run(module: Module, fresh: bool, children: int) -> float:
     work = prepare(module, fresh)
     started = time.monotonic()
-    print(f"== {module.name}: {module.path} against {', '.join(module.tests)}", flush=True)
+    print(f"== {module.name}: {module.files} against {', '.join(module.tests)}", flush=True)
     log = work / "run.log"
     # Named mutants are always run again. A whole module is named by nothing, so that mutants already
     # killed stay killed while their code is unchanged; the earlier survivors are then named, so that new
@@ -277,9 +292,10 @@ def mutmut_results(module: Module) -> dict[str, str]:
 
 
 def _fingerprint(module: Module) -> str:
-    """What a recheck's verdicts depend on: the mutated module and the module's test files."""
+    """What a recheck's verdicts depend on: the mutated files and the module's test files."""
     digest = hashlib.sha256()
-    for path in (WORK / module.name / "mutants" / module.installed_path, *(ROOT / t for t in module.tests)):
+    mutated = (WORK / module.name / "mutants" / p for p in module.installed_paths)
+    for path in (*mutated, *(ROOT / t for t in module.tests)):
         digest.update(path.read_bytes() if path.is_file() else b"")
     return digest.hexdigest()
 
@@ -354,7 +370,7 @@ def score(statuses: dict[str, str]) -> Score:
 
 def report(modules: list[Module], seconds: dict[str, float]) -> bool:
     print()
-    print(f"{'module':<16} {'file':<28} {'killed/total':>13} {'score':>7} {'w/o t/o':>7}  result   time")
+    print(f"{'module':<16} {'file':<34} {'killed/total':>13} {'score':>7} {'w/o t/o':>7}  result   time")
     ok = True
     for module in modules:
         s = score(results(module))
@@ -366,7 +382,7 @@ def report(modules: list[Module], seconds: dict[str, float]) -> bool:
         unrun = f" ({', '.join(notes)})" if notes else ""
         strict = 100.0 * (s.killed - s.timeouts) / s.total if s.total else 0.0
         print(
-            f"{module.name:<16} {module.path:<28} {f'{s.killed}/{s.total}':>13} {s.percent:6.1f}% "
+            f"{module.name:<16} {module.files:<34} {f'{s.killed}/{s.total}':>13} {s.percent:6.1f}% "
             f"{strict:6.1f}%  {verdict:<7}  {took}{unrun}"
         )
     print(f"goal: at least {GOAL:.0f}% of each module's mutants killed (timeouts count as killed)")

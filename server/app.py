@@ -174,7 +174,7 @@ def build_server(
     """Open store and HSM, wire the domain, bind with mandatory mTLS, start. Binds settings.listen
     (use port 0 for a free port; the bound port is returned): with share_port (one of a server's worker
     processes) with SO_REUSEPORT, else alone (see server/port_claim.py). The schema is migrated
-    beforehand, once, by `vdno-server serve` (server.store.sql.migrate_database).
+    beforehand, once, by `vdno-server serve` (server.store.engine.migrate_database).
 
     Health (server/health.py) is probed in the background from the start. Without `health_slots` (one
     server process) this process also serves the plaintext health listener (settings.health_listen) and

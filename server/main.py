@@ -89,8 +89,8 @@ def _empty_database_warning(settings: Settings) -> str | None:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
+    from vdno.server.store.engine import make_engine
     from vdno.server.store.inventory import missing_reference_data
-    from vdno.server.store.sql import make_engine
 
     engine = make_engine(settings.database_url)
     try:
@@ -281,7 +281,7 @@ def serve(
     try:
         from vdno.server.metrics import use_values
         from vdno.server.port_claim import check_shareable, claim_port
-        from vdno.server.store.sql import migrate_database
+        from vdno.server.store.engine import migrate_database
 
         claim = claim_port(settings.listen)  # held until this process ends
         migrate_database(settings.database_url)  # once, here: worker processes must not race to migrate
@@ -418,7 +418,7 @@ def verify_audit(
     from sqlalchemy.exc import SQLAlchemyError
 
     from vdno.server.store.audit import default_workers, verify_chain
-    from vdno.server.store.sql import make_engine
+    from vdno.server.store.engine import make_engine
 
     _output["json"] = json_output
     settings = _settings(config, check_files=False)  # needs only the database: no TLS, HSM or CA file

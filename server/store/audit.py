@@ -248,7 +248,7 @@ class _RangeTask:
 def _walk_range(task: _RangeTask) -> ChainWalk:
     """A worker process's walk of one range, in a connection of its own (constant memory: a page at a
     time). Database errors come back as StoreUnavailable, whose message names the cause."""
-    from vdno.server.store.sql import make_engine
+    from vdno.server.store.engine import make_engine
 
     engine = make_engine(task.url)
     errors = (SQLAlchemyError, engine.dialect.loaded_dbapi.Error)

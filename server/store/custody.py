@@ -48,7 +48,7 @@ from vdno.server.store.schema import (
 )
 
 if TYPE_CHECKING:
-    from vdno.server.store.sql import _GroupCommitWriter
+    from vdno.server.store.group_commit import _GroupCommitWriter
 
 T = TypeVar("T")
 _JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)

@@ -42,7 +42,7 @@ from vdno.server.store.schema import (
 )
 
 if TYPE_CHECKING:
-    from vdno.server.store.sql import _GroupCommitWriter
+    from vdno.server.store.group_commit import _GroupCommitWriter
 
 T = TypeVar("T")
 WriteOp = Callable[[Connection, list[AuditEvent]], T]

@@ -52,8 +52,9 @@ from vdno.labpki.smki import issue_from_csr
 from vdno.labpki.store import export_keystore, read_certificate, read_certified_key
 from vdno.server.bootstrap import vanilla_entity_id
 from vdno.server.observability import FLUSH_INTERVAL
+from vdno.server.store.engine import make_engine
 from vdno.server.store.schema import audit_log, issuances
-from vdno.server.store.sql import SqlCustodyStore, make_engine
+from vdno.server.store.sql import SqlCustodyStore
 from vdno.simulator.device import SimulatedDevice
 from vdno.simulator.lab import (
     COMMISSIONED_SEQ_NUMBER,

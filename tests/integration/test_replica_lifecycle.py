@@ -24,7 +24,7 @@ from sqlalchemy import text
 from vdno.client.handout import read_meter
 from vdno.gbcs.framing import decode_message
 from vdno.gbcs.signature import verify_signature
-from vdno.server.store.sql import MIGRATIONS, make_engine
+from vdno.server.store.engine import MIGRATIONS, make_engine
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from config_testlib import replace_line, write_config, write_lab_files
 
-from vdno.server.store.sql import make_engine
+from vdno.server.store.engine import make_engine
 
 SERVER = [sys.executable, "-m", "vdno.server.main"]
 
@@ -109,7 +109,7 @@ def test_serve_names_the_migration_that_failed(tmp_path: Path) -> None:
     from alembic import command
     from alembic.config import Config
 
-    from vdno.server.store.sql import MIGRATIONS
+    from vdno.server.store.engine import MIGRATIONS
 
     engine = make_engine(f"sqlite:///{tmp_path / 'vdno.db'}")
     cfg = Config()

@@ -56,7 +56,8 @@ from vdno.server.domain.values import (
     SignedCommand,
     VanillaGeneration,
 )
-from vdno.server.store.sql import SqlCustodyStore, make_engine, migrate
+from vdno.server.store.engine import make_engine, migrate
+from vdno.server.store.sql import SqlCustodyStore
 
 StoreT = TypeVar("StoreT", bound=SqlCustodyStore)
 

@@ -15,7 +15,7 @@ from test_migration_errors import database_at
 from vdno.server.domain.audit import GENESIS_HASH, ProblemKind, entry_body, entry_hash
 from vdno.server.domain.values import AuditEvent
 from vdno.server.store.audit import AuditAppender, verify_log
-from vdno.server.store.sql import make_engine, migrate
+from vdno.server.store.engine import make_engine, migrate
 
 ENTRIES = 12_007  # more than two of the migration's batches (5,000 rows)
 

@@ -42,7 +42,8 @@ from vdno.server.store.audit import (
     read_audit_tip,
     verify_log,
 )
-from vdno.server.store.sql import SqlCustodyStore, make_engine
+from vdno.server.store.engine import make_engine
+from vdno.server.store.sql import SqlCustodyStore
 
 
 def tip(engine: Engine) -> AuditTip | None:

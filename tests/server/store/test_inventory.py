@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vdno.server.store.engine import make_engine, migrate_database
 from vdno.server.store.inventory import missing_reference_data
-from vdno.server.store.sql import make_engine, migrate_database
 
 
 def test_only_the_missing_kinds_are_named(tmp_path: Path) -> None:

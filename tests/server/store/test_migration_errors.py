@@ -14,7 +14,7 @@ from alembic.config import Config
 from sqlalchemy import text
 
 from vdno.server.domain.errors import StoreUnavailable
-from vdno.server.store.sql import MIGRATIONS, make_engine, migrate, migrate_database
+from vdno.server.store.engine import MIGRATIONS, make_engine, migrate, migrate_database
 
 REVISION_0002 = "0002 (Hand-in orders, the fleet's custody state and history, officers.)"
 

@@ -18,11 +18,11 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
 from vdno.server.domain.errors import StoreUnavailable
-from vdno.server.store.sql import MIGRATION_LOCK_CLASS, MIGRATIONS, make_engine, migrate, migrate_database
+from vdno.server.store.engine import MIGRATION_LOCK_CLASS, MIGRATIONS, make_engine, migrate, migrate_database
 
 MIGRATE_ON_CUE = """
 import sys
-from vdno.server.store.sql import migrate_database
+from vdno.server.store.engine import migrate_database
 print("ready", flush=True)
 sys.stdin.readline()
 migrate_database(sys.argv[1])

@@ -31,9 +31,10 @@ from vdno.server.domain.values import (
     RecordedOutcome,
 )
 from vdno.server.store.audit import verify_chain
+from vdno.server.store.engine import MIGRATIONS, make_engine
 from vdno.server.store.fleet import set_custody
 from vdno.server.store.schema import OUTSTANDING_ISSUANCE, issuances
-from vdno.server.store.sql import MIGRATIONS, SqlCustodyStore, make_engine, open_store
+from vdno.server.store.sql import SqlCustodyStore, open_store
 
 AREA_CELLS = CellState(b"LAB\x00\x00\x03\x00\x0c", b"\x41" * 8)
 

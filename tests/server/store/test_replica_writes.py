@@ -22,7 +22,8 @@ from vdno.server.domain.values import (
     IssuanceStep,
     VanillaGeneration,
 )
-from vdno.server.store.sql import SqlCustodyStore, make_engine, open_store
+from vdno.server.store.engine import make_engine
+from vdno.server.store.sql import SqlCustodyStore, open_store
 
 FLOOR = 1
 

@@ -28,7 +28,8 @@ from vdno.server.domain.values import (
     VanillaGeneration,
 )
 from vdno.server.store.audit import verify_chain
-from vdno.server.store.sql import SqlCustodyStore, make_engine, open_store
+from vdno.server.store.engine import make_engine
+from vdno.server.store.sql import SqlCustodyStore, open_store
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -173,7 +174,7 @@ def test_a_begun_issuance_is_answered_as_recorded_and_audited(store: SqlCustodyS
 
 @pytest.mark.parametrize("store_url", ["postgres"], indirect=True)
 def test_a_step_waits_for_its_counter_rows_before_it_holds_any_issuance_row(store: SqlCustodyStore) -> None:
-    """PostgreSQL: a step that allocates locks its counter rows first (SqlCustodyStore._counter_lock). While
+    """PostgreSQL: a step that allocates locks its counter rows first (IssuanceRecords._counter_lock). While
     another transaction holds the generation's counter row, the step waits holding no issuance row, so a
     replica's step that needs that row (a twin's unique check) cannot be waiting for it in turn; once the
     counter row is free the step stores its signature and allocates the next counter."""
@@ -381,7 +382,7 @@ def test_a_database_without_its_audit_chain_head_records_nothing(store: SqlCusto
 def test_closing_the_store_finishes_the_writes_queued_before_it(store_url: str) -> None:
     """The writer is busy; a full batch and a small group are queued, then the store is closed: the writer
     runs both before it stops, each op answered and its event in the chain in order."""
-    from vdno.server.store.sql import MAX_BATCH
+    from vdno.server.store.group_commit import MAX_BATCH
 
     s = open_store(store_url)
     busy, release = threading.Event(), threading.Event()

@@ -23,7 +23,8 @@ from sqlalchemy import text
 
 from vdno.server.domain.errors import StoreUnavailable
 from vdno.server.domain.values import GenerationStatus, IssuanceDraft, VanillaGeneration
-from vdno.server.store.sql import SqlCustodyStore, make_engine, open_store
+from vdno.server.store.engine import make_engine
+from vdno.server.store.sql import SqlCustodyStore, open_store
 
 WAIT = 0.5
 GEN = VanillaGeneration(
