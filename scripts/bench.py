@@ -56,7 +56,7 @@ def open_vanilla_signer(settings: Any) -> tuple[Any, str]:
         key = store.list_generations()[0].ds_key_uri
     finally:
         store.close()
-    return open_signer(settings, worker_thread=False), key
+    return open_signer(settings), key
 
 
 def sign_back_to_back(state: Path, seconds: float) -> float:

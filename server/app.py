@@ -77,7 +77,7 @@ def load_anchors(settings: Settings) -> TrustAnchors:
     )
 
 
-def open_signer(settings: Settings, worker_thread: bool = True) -> Pkcs11Signer:
+def open_signer(settings: Settings) -> Pkcs11Signer:
     """The PKCS#11 signer (imported here so a bench install never needs python-pkcs11); the PIN is read
     from the file or the environment variable the settings name."""
     from vdno.server.hsm.signer import Pkcs11Signer
@@ -89,7 +89,6 @@ def open_signer(settings: Settings, worker_thread: bool = True) -> Pkcs11Signer:
         str(settings.hsm.module),
         settings.hsm.token_label,
         settings.hsm.read_pin(os.environ),
-        worker_thread=worker_thread,
         reconnect_first=settings.hsm.reconnect_first,
         reconnect_max=settings.hsm.reconnect_max,
     )
@@ -185,7 +184,7 @@ def build_server(
     checkpoint_key = audit_key(settings)  # None without an [audit] table: checkpoints are refused
     store = open_store(settings.database_url, run_migrations=False, write_lock_wait=settings.write_lock_wait)
     # The issuance pipeline's thread is the one caller: it owns the session, no hand-off per batch.
-    signer = open_signer(settings, worker_thread=False)
+    signer = open_signer(settings)
     try:
         signer.check()  # open and log in now, not on the first hand-out
     except HsmUnavailable as exc:  # the signer reconnects in the background

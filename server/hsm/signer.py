@@ -1,12 +1,11 @@
 """Pkcs11Signer: the DigestSigner (server/domain/ports.py) backed by a PKCS#11 token that may come and go.
 
 python-pkcs11 crashes when two threads call into one token at once (docs/architecture.md §5.7), so the session
-has one owner at a time: every token call of the signer (jobs, health probes, reconnection) runs under its
-lock. By default a dedicated worker thread runs the jobs: every call, from any thread, becomes a job on a
-queue while the caller waits on a concurrent.futures.Future. With worker_thread=False (the server: the
-issuance pipeline's thread is the only caller), jobs run in the calling thread under the lock, without the two
-hand-offs. To scale, run more processes, or more signers (each owns its own session; they may share a
-token: login is done so that closing one never logs the others out, see server/hsm/_cki.py).
+has one owner at a time: every token call of the signer (signing, custody jobs, health probes, reconnection)
+runs in the calling thread under its lock. In the server the issuance pipeline's thread signs and the health
+monitor probes; they take turns. To scale, run more processes, or more signers (each owns its own session;
+they may share a token: login is done so that closing one never logs the others out, see
+server/hsm/_cki.py).
 
 Failures are classified once, in server/hsm/faults.py:
 * transient (token removed or not present, session lost, module not initialised, a key found earlier
@@ -26,11 +25,9 @@ Messages never carry the PIN, a CKR code name or a key handle.
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -48,8 +45,6 @@ from vdno.server.hsm.uri import Pkcs11Uri, parse_pkcs11_uri
 log = structlog.get_logger("vdno.hsm")
 
 T = TypeVar("T")
-# Seconds a caller waits for the worker thread to run its job before the token counts as unavailable.
-JOB_TIMEOUT = 60.0
 RECONNECT_FIRST = 0.2
 RECONNECT_MAX = 5.0
 
@@ -71,9 +66,6 @@ class _Secret:
     __str__ = __repr__
 
 
-_Job = tuple[Callable[[Any], Any], str, Future[Any]]
-
-
 class Pkcs11Signer:
     """Thread-safe signer over one PKCS#11 session at a time (see module docstring)."""
 
@@ -83,7 +75,6 @@ class Pkcs11Signer:
         token_label: str,
         pin: str,
         *,
-        worker_thread: bool = True,
         reconnect_first: float = RECONNECT_FIRST,
         reconnect_max: float = RECONNECT_MAX,
     ) -> None:
@@ -113,13 +104,6 @@ class Pkcs11Signer:
         self._public_keys: dict[str, ec.EllipticCurvePublicKey] = {}
         self._public_lock = threading.Lock()
         self._state_lock = threading.Lock()
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._worker: threading.Thread | None = None
-        if worker_thread:
-            self._worker = threading.Thread(
-                target=self._run, name=f"pkcs11-signer[{token_label}]", daemon=True
-            )
-            self._worker.start()
 
     def __repr__(self) -> str:
         return f"Pkcs11Signer(module={self._module_path!r}, token={self._token_label!r})"
@@ -138,7 +122,7 @@ class Pkcs11Signer:
         return self._submit(lambda session: self._sign(session, key, [digest]), "signing")[0]
 
     def sign_digests(self, key: str, digests: Sequence[bytes]) -> list[bytes]:
-        """Several digests with one key, in one job (one trip through the queue)."""
+        """Several digests with one key, in one job (one turn of the lock)."""
         batch = list(digests)
         for digest in batch:
             _check_digest(digest)
@@ -195,18 +179,15 @@ class Pkcs11Signer:
         self._listeners.append(listener)
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop reconnecting, stop the worker after the jobs already queued, close the session. Idempotent."""
+        """Stop reconnecting, close the session after the call in progress. Idempotent."""
         with self._state_lock:
             if self._closed:
                 return
             self._closed = True
-            if self._worker is not None:
-                self._queue.put(None)
         self._stop.set()
-        here = threading.current_thread()
-        for thread in (self._worker, self._recovery):
-            if thread is not None and thread is not here and thread.ident is not None:
-                thread.join(timeout)
+        recovery = self._recovery
+        if recovery is not None and recovery is not threading.current_thread() and recovery.ident is not None:
+            recovery.join(timeout)
         with self._owner:
             self._drop_session()
 
@@ -225,39 +206,10 @@ class Pkcs11Signer:
 
     def _submit(self, job: Callable[[Any], T], doing: str) -> T:
         self._refuse_fast()
-        if self._worker is None:
-            with self._owner:
-                if self._closed:
-                    raise HsmUnavailable("the PKCS#11 signer is closed")
-                return self._call(job, doing)
-        future: Future[T] = Future()
-        with self._state_lock:
+        with self._owner:
             if self._closed:
                 raise HsmUnavailable("the PKCS#11 signer is closed")
-            self._queue.put((job, doing, future))
-        try:
-            return future.result(timeout=JOB_TIMEOUT)
-        except TimeoutError as exc:
-            future.cancel()  # dropped if the worker has not started it yet
-            raise HsmUnavailable(f"PKCS#11 token {self._token_label!r} did not answer in time") from exc
-
-    def _run(self) -> None:
-        """The worker thread. It ends only at the None that close() queues after setting _closed (a job's
-        exception goes to its caller's future), so every job queued while the signer was open is answered."""
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            job, doing, future = item
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                with self._owner:
-                    result = self._call(job, doing)
-            except BaseException as exc:
-                future.set_exception(exc)
-            else:
-                future.set_result(result)
+            return self._call(job, doing)
 
     def _call(self, job: Callable[[Any], T], doing: str) -> T:
         """Run `job` on the session (opened if there is none yet); under _owner. A failure is classified

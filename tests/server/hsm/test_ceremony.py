@@ -13,7 +13,7 @@ from vdno.server.hsm.softhsm import SoftHsmToken
 
 
 def test_a_key_pair_named_by_id_alone_is_destroyed(hsm_token: SoftHsmToken, user_pin: str) -> None:
-    with Pkcs11Signer(hsm_token.module_path, hsm_token.label, user_pin, worker_thread=False) as signer:
+    with Pkcs11Signer(hsm_token.module_path, hsm_token.label, user_pin) as signer:
         ceremony = TokenKeyCeremony(signer, hsm_token.label)
         kept = ceremony.generate_key_pair("kept", b"\x0b")
         ceremony.generate_key_pair("by-id", b"\x1d")

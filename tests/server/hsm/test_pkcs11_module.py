@@ -67,7 +67,7 @@ def module_under_test(request: pytest.FixtureRequest) -> ModuleUnderTest:
 @pytest.fixture
 def signer(module_under_test: ModuleUnderTest) -> Iterator[Pkcs11Signer]:
     m = module_under_test
-    with Pkcs11Signer(m.module_path, m.token_label, m.pin, worker_thread=False) as s:
+    with Pkcs11Signer(m.module_path, m.token_label, m.pin) as s:
         yield s
 
 

@@ -27,10 +27,9 @@ def _verify(public: ec.EllipticCurvePublicKey, digest: bytes, raw: bytes) -> Non
     public.verify(raw_to_der(raw), digest, PREHASHED)
 
 
-@pytest.fixture(params=[True, False], ids=["worker-thread", "in-caller"])
-def signer(hsm_token: SoftHsmToken, user_pin: str, request: pytest.FixtureRequest):
-    """Both ways of owning the session: a worker thread, or the caller's thread under a lock."""
-    with Pkcs11Signer(hsm_token.module_path, hsm_token.label, user_pin, worker_thread=request.param) as s:
+@pytest.fixture
+def signer(hsm_token: SoftHsmToken, user_pin: str):
+    with Pkcs11Signer(hsm_token.module_path, hsm_token.label, user_pin) as s:
         yield s
 
 
@@ -171,11 +170,8 @@ def test_signers_sharing_a_token_do_not_log_each_other_out(
         assert "reconnecting" not in caplog.text
 
 
-@pytest.mark.parametrize("worker_thread", [True, False])
-def test_closed_signer_refuses(
-    hsm_token: SoftHsmToken, user_pin: str, signing_key, worker_thread: bool
-) -> None:
-    s = Pkcs11Signer(hsm_token.module_path, hsm_token.label, user_pin, worker_thread=worker_thread)
+def test_closed_signer_refuses(hsm_token: SoftHsmToken, user_pin: str, signing_key) -> None:
+    s = Pkcs11Signer(hsm_token.module_path, hsm_token.label, user_pin)
     s.sign_digest(signing_key[2], bytes(32))
     s.close()
     s.close()

@@ -1,6 +1,6 @@
 """Pkcs11Signer when something happens while a call waits for the session: the signer is closed, goes down or
-has its PIN refused between a call's fast check and its turn on the session; a call that gave up waiting is
-never run later; a call fails while the signer is being closed. Against a real SoftHSM token."""
+has its PIN refused between a call's fast check and its turn on the session; a call fails while the signer is
+being closed. Against a real SoftHSM token."""
 
 from __future__ import annotations
 
@@ -15,12 +15,10 @@ from hsm_testlib import LoginCounter, token_taken_away, wait_for
 from structlog.testing import capture_logs
 
 from vdno.server.domain.errors import HsmLoginRefused, HsmUnavailable, VdnoError
-from vdno.server.hsm import signer as signer_module
 from vdno.server.hsm.signer import Pkcs11Signer
 from vdno.server.hsm.softhsm import SoftHsmToken
 
 DIGEST = hashlib.sha256(b"a command").digest()
-MODES = pytest.mark.parametrize("worker_thread", [True, False], ids=["worker-thread", "in-caller"])
 
 
 class _SteppedSigner(Pkcs11Signer):
@@ -40,13 +38,12 @@ class _SteppedSigner(Pkcs11Signer):
 def make_signer(hsm_token: SoftHsmToken, user_pin: str) -> Iterator[Callable[..., _SteppedSigner]]:
     made: list[_SteppedSigner] = []
 
-    def make(worker_thread: bool, pin: str = user_pin) -> _SteppedSigner:
+    def make(pin: str = user_pin) -> _SteppedSigner:
         made.append(
             _SteppedSigner(
                 hsm_token.module_path,
                 hsm_token.label,
                 pin,
-                worker_thread=worker_thread,
                 reconnect_first=0.05,
                 reconnect_max=0.2,
             )
@@ -66,11 +63,10 @@ def test_reconnect_delays_are_checked(hsm_token: SoftHsmToken, user_pin: str) ->
             )
 
 
-@MODES
 def test_a_call_waiting_while_the_signer_closes_is_refused(
-    make_signer: Callable[..., _SteppedSigner], signing_key: tuple[str, bytes, str], worker_thread: bool
+    make_signer: Callable[..., _SteppedSigner], signing_key: tuple[str, bytes, str]
 ) -> None:
-    signer = make_signer(worker_thread)
+    signer = make_signer()
     uri = signing_key[2]
     assert len(signer.sign_digest(uri, DIGEST)) == 64
     signer.between = signer.close
@@ -78,14 +74,12 @@ def test_a_call_waiting_while_the_signer_closes_is_refused(
         signer.sign_digest(uri, DIGEST)
 
 
-@MODES
 def test_a_call_waiting_while_the_token_goes_away_fails_without_touching_it(
     make_signer: Callable[..., _SteppedSigner],
     signing_key: tuple[str, bytes, str],
     hsm_token: SoftHsmToken,
-    worker_thread: bool,
 ) -> None:
-    signer = make_signer(worker_thread)
+    signer = make_signer()
     uri = signing_key[2]
     assert len(signer.sign_digest(uri, DIGEST)) == 64
     failures: list[HsmUnavailable] = []
@@ -105,15 +99,13 @@ def test_a_call_waiting_while_the_token_goes_away_fails_without_touching_it(
     assert len(wait_for(lambda: signer.sign_digest(uri, DIGEST), within=10.0)) == 64  # and it recovers
 
 
-@MODES
 def test_a_call_waiting_while_the_pin_is_refused_never_logs_in(
     make_signer: Callable[..., _SteppedSigner],
     signing_key: tuple[str, bytes, str],
     count_logins: LoginCounter,
-    worker_thread: bool,
 ) -> None:
     pin = "not-the-pin-9876"
-    signer = make_signer(worker_thread, pin=pin)
+    signer = make_signer(pin=pin)
     uri = signing_key[2]
 
     def another_call_is_refused() -> None:
@@ -127,45 +119,10 @@ def test_a_call_waiting_while_the_pin_is_refused_never_logs_in(
     assert isinstance(refused.value, VdnoError) and pin not in str(refused.value)
 
 
-def test_a_call_that_gave_up_waiting_is_never_run(
-    make_signer: Callable[..., _SteppedSigner], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(signer_module, "JOB_TIMEOUT", 0.3)
-    signer = make_signer(True)
-    started, release = threading.Event(), threading.Event()
-    ran: list[str] = []
-
-    slow_outcome: list[BaseException] = []
-
-    def slow(session: Any) -> None:
-        started.set()
-        release.wait(10)
-
-    def run_slow() -> None:
-        try:
-            signer.run(slow, "a slow job")
-        except HsmUnavailable as exc:  # its caller gives up too; the job itself runs to its end
-            slow_outcome.append(exc)
-
-    busy = threading.Thread(target=run_slow)
-    busy.start()
-    assert started.wait(10)
-    with pytest.raises(HsmUnavailable, match="did not answer in time"):
-        signer.run(lambda session: ran.append("late"), "a job behind the slow one")
-    release.set()
-    busy.join(10)
-    signer.check()  # queued after the abandoned job: done means the worker has passed it
-    assert ran == []
-    assert [str(exc) for exc in slow_outcome] == [
-        f"PKCS#11 token {signer._token_label!r} did not answer in time"
-    ]
-
-
-@MODES
 def test_a_call_failing_while_the_signer_closes_starts_no_reconnection(
-    make_signer: Callable[..., _SteppedSigner], hsm_token: SoftHsmToken, worker_thread: bool
+    make_signer: Callable[..., _SteppedSigner], hsm_token: SoftHsmToken
 ) -> None:
-    signer = make_signer(worker_thread)
+    signer = make_signer()
     signer.check()
     running = threading.Event()
     outcome: list[BaseException] = []

@@ -33,13 +33,12 @@ def _verify(public: ec.EllipticCurvePublicKey, raw: bytes, digest: bytes = DIGES
     public.verify(raw_to_der(raw), digest, ec.ECDSA(Prehashed(hashes.SHA256())))
 
 
-@pytest.fixture(params=[False, True], ids=["in-caller", "worker-thread"])
-def signer(hsm_token: SoftHsmToken, user_pin: str, request: pytest.FixtureRequest):
+@pytest.fixture
+def signer(hsm_token: SoftHsmToken, user_pin: str):
     with Pkcs11Signer(
         hsm_token.module_path,
         hsm_token.label,
         user_pin,
-        worker_thread=request.param,
         reconnect_first=FIRST,
         reconnect_max=MOST,
     ) as s:
@@ -138,17 +137,14 @@ def test_the_module_finalised_under_the_signer_is_initialised_again(
     _verify(public, wait_for(lambda: signer.sign_digest(uri, DIGEST), within=1.0))
 
 
-@pytest.mark.parametrize("worker_thread", [False, True], ids=["in-caller", "worker-thread"])
 def test_a_refused_pin_is_tried_once_and_refused_at_once_from_then_on(
-    hsm_token: SoftHsmToken, signing_key, count_logins: LoginCounter, worker_thread: bool
+    hsm_token: SoftHsmToken, signing_key, count_logins: LoginCounter
 ) -> None:
     _, _, uri = signing_key
     pin = "wrong-pin-5555"
     with (
         capture_logs() as logs,
-        Pkcs11Signer(
-            hsm_token.module_path, hsm_token.label, pin, worker_thread=worker_thread, reconnect_first=FIRST
-        ) as bad,
+        Pkcs11Signer(hsm_token.module_path, hsm_token.label, pin, reconnect_first=FIRST) as bad,
     ):
         with pytest.raises(HsmLoginRefused):
             bad.check()
@@ -203,16 +199,14 @@ def test_a_pin_refused_inside_a_job_stops_the_signer(
     assert count_logins.calls == 1
 
 
-@pytest.mark.parametrize("worker_thread", [False, True], ids=["in-caller", "worker-thread"])
 def test_closing_a_reconnecting_signer_does_not_wait_out_the_backoff(
-    hsm_token: SoftHsmToken, user_pin: str, signing_key, worker_thread: bool
+    hsm_token: SoftHsmToken, user_pin: str, signing_key
 ) -> None:
     _, _, uri = signing_key
     signer = Pkcs11Signer(
         hsm_token.module_path,
         hsm_token.label,
         user_pin,
-        worker_thread=worker_thread,
         reconnect_first=5.0,
         reconnect_max=5.0,
     )

@@ -109,7 +109,7 @@ data = token_object.read_bytes()
 token_object.write_bytes(b"")  # another process's login caught mid-rewrite
 load_module(module)  # C_Initialize reads the token list now
 token_object.write_bytes(data)
-with Pkcs11Signer(module, label, pin, worker_thread=False) as signer:
+with Pkcs11Signer(module, label, pin) as signer:
     try:
         signer.check()
     except HsmUnavailable:

@@ -66,7 +66,7 @@ def test_a_reinitialisation_already_done_is_not_done_again(
     seen = reinitialise(path)
     current = reinitialise(path, seen)  # nobody reinitialised since `seen`: done now
     assert current == seen + 1 == module_gate(path).generation
-    with Pkcs11Signer(path, hsm_token.label, user_pin, worker_thread=False) as signer:
+    with Pkcs11Signer(path, hsm_token.label, user_pin) as signer:
         signer.check()  # a session opened after the reinitialisation
         # A caller that saw an older generation: the module is already fresh, nothing is done.
         assert reinitialise(path, seen) == current == module_gate(path).generation
@@ -91,7 +91,7 @@ def test_two_tokens_with_one_label_are_refused(
             softhsm_state_dir, hsm_token.label, user_pin, SO_PIN, module_path=hsm_token.module_path
         )
     with (
-        Pkcs11Signer(hsm_token.module_path, hsm_token.label, user_pin, worker_thread=False) as signer,
+        Pkcs11Signer(hsm_token.module_path, hsm_token.label, user_pin) as signer,
         pytest.raises(HsmUnavailable, match=f"more than one PKCS#11 token is labelled '{hsm_token.label}'"),
     ):
         signer.check()
