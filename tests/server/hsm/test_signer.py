@@ -143,7 +143,7 @@ def test_a_lost_session_fails_the_call_at_once_and_is_reopened_in_the_background
     _verify(public, digest, signer.sign_digest(uri, digest))
     with capture_logs() as logs:
         # Close the session under the signer (through the signer's lock, as any job).
-        signer._submit(lambda session: session.close(), "closing the session")
+        signer.run(lambda session: session.close(), "closing the session")
         with pytest.raises(HsmUnavailable, match="unavailable"):
             signer.sign_digest(uri, digest)
         digest = hashlib.sha256(b"after").digest()
