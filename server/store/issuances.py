@@ -529,17 +529,7 @@ class IssuanceRecords:
             ids = [int(r.issuance_id) for r in c.execute(query).all()]
             reason = "attempt abandoned (its process stopped before signing it)"
             for issuance_id in ids:
-                c.execute(
-                    update(issuances)
-                    .where(
-                        issuances.c.issuance_id == issuance_id,
-                        issuances.c.status == IssuanceStatus.RECORDED.value,
-                    )
-                    .values(status=IssuanceStatus.FAILED.value, failure=reason)
-                )
-                events.append(
-                    AuditEvent("command.failed", "service", f"issuance:{issuance_id}", {"reason": reason})
-                )
+                self._fail_op(issuance_id, reason)(c, events)
             return ids
 
         result: list[int] = self._writer.submit(op)
