@@ -210,12 +210,12 @@ class IssuancePipeline:
                     closing = self._take(incoming, block=not (signed or failed))
                 try:
                     signed, failed = self._step(signed, failed, incoming)
-                except (
-                    BaseException
-                ) as exc:  # a defect: fail this step's callers (nothing unstored is released)
-                    stopping = not isinstance(exc, Exception)  # SystemExit and the like end the thread
+                # A defect fails this step's callers (nothing unstored is released); SystemExit and the
+                # like end the thread after refusing them.
+                except BaseException as exc:
+                    stopping = not isinstance(exc, Exception)
                     error = Unavailable("the service is shutting down") if stopping else exc
-                    waiting = [s.reply for s in signed] + [x.reply for x in failed] + [f for _, f in incoming]
+                    waiting = [s.reply for s in signed] + [x.reply for x in failed] + [r for _, r in incoming]
                     for reply in waiting:
                         if not reply.done():
                             reply.set_exception(error)
