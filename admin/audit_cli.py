@@ -207,7 +207,7 @@ def verify(
     from vdno.server.domain.audit import read_export
     from vdno.server.domain.checkpoint import verify_against_checkpoints
     from vdno.server.domain.errors import AuditDocumentInvalid, StoreUnavailable
-    from vdno.server.store.audit import audit_snapshot, default_workers
+    from vdno.server.store.audit import audit_snapshot, worker_count
 
     if server_config is None and export is None:
         _fail("give --server-config TOML (verify the database) or --export JSONL (verify an export)")
@@ -238,7 +238,7 @@ def verify(
     try:
         with (
             _engine(settings) as engine,
-            audit_snapshot(engine, workers=default_workers() if workers == 0 else workers) as snapshot,
+            audit_snapshot(engine, workers=worker_count(workers)) as snapshot,
         ):
             report = verify_against_checkpoints(snapshot, documents, key)
             source = f"database {engine.url.render_as_string(hide_password=True)}"

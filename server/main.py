@@ -417,14 +417,14 @@ def verify_audit(
     configuration problem; 3 the database or its audit log cannot be read."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from vdno.server.store.audit import default_workers, verify_chain
+    from vdno.server.store.audit import verify_chain, worker_count
     from vdno.server.store.engine import make_engine
 
     _output["json"] = json_output
     settings = _settings(config, check_files=False)  # needs only the database: no TLS, HSM or CA file
     engine = make_engine(settings.database_url)
     try:
-        result = verify_chain(engine, default_workers() if workers == 0 else workers)
+        result = verify_chain(engine, worker_count(workers))
     except VdnoError as exc:  # StoreUnavailable: the database or its audit tables cannot be read
         _fail(str(exc), exit_codes.UNAVAILABLE)
     except SQLAlchemyError as exc:

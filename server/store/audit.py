@@ -57,6 +57,7 @@ __all__ = [
     "read_audit_tip",
     "verify_chain",
     "verify_log",
+    "worker_count",
 ]
 
 MAX_ROWS_PER_INSERT = 256  # 9 parameters a row: well under SQLite's and PostgreSQL's parameter limits
@@ -325,6 +326,11 @@ def audit_snapshot(
         raise StoreUnavailable(
             f"the audit log in {engine.url.render_as_string()} cannot be read: {reason}"
         ) from exc
+
+
+def worker_count(option: int) -> int:
+    """What `--workers N` asks for: N processes; 0, default_workers()."""
+    return option or default_workers()
 
 
 def default_workers() -> int:

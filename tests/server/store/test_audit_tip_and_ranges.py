@@ -41,6 +41,7 @@ from vdno.server.store.audit import (
     export_log,
     read_audit_tip,
     verify_log,
+    worker_count,
 )
 from vdno.server.store.engine import make_engine
 from vdno.server.store.sql import SqlCustodyStore
@@ -259,3 +260,4 @@ def one_cpu() -> Iterator[int]:
 
 def test_verification_uses_one_worker_a_cpu_this_process_may_run_on(one_cpu: int) -> None:
     assert default_workers() == 1 < one_cpu  # not the machine's CPU count
+    assert (worker_count(0), worker_count(1), worker_count(3)) == (1, 1, 3)  # --workers 0 / N
