@@ -535,6 +535,7 @@ def main() -> int:
         for bench in BENCHES:
             init += ["--bench", bench]
         subprocess.run(init, check=True, stdout=subprocess.DEVNULL, env=_env())
+    databases = tuple(args.databases.split(","))
     readings = None
     if not args.skip_hand_out:
         from scripts.bench import Readings
@@ -542,8 +543,7 @@ def main() -> int:
         # Every call is for a fresh meter: enough for 600/s with 1 bench and 1,100/s with 8, on 2 stores of
         # each database (a quiet 2-core machine used 28,637 at --seconds 6 on both: docs/benchmarks.md; the
         # first error names a pool that ran dry: raise --meter-pool).
-        databases = len(args.databases.split(","))
-        meters = args.meter_pool or int(args.seconds * (600 + 1_100) * 2 * databases)
+        meters = args.meter_pool or int(args.seconds * (600 + 1_100) * 2 * len(databases))
         readings = Readings(state, meters)
         print(f"read {meters:,} fresh meters", flush=True)
     report: dict[str, Any] = {
@@ -554,7 +554,7 @@ def main() -> int:
         "databases": {},
     }
     ok = True
-    for database, urls in make_stores(state, pg_url, sizes, tuple(args.databases.split(","))):
+    for database, urls in make_stores(state, pg_url, sizes, databases):
         result: dict[str, Any] = {}
         if readings is not None:
             result["hand_out"] = hand_out_ratios(
