@@ -540,10 +540,10 @@ def main() -> int:
     if not args.skip_hand_out:
         from scripts.bench import Readings
 
-        # Every call is for a fresh meter: enough for 600/s with 1 bench and 1,100/s with 8, on 2 stores of
+        # Every call is for a fresh meter: enough for 600/s with 1 bench and 1,400/s with 8, on 2 stores of
         # each database (a quiet 2-core machine used 28,637 at --seconds 6 on both: docs/benchmarks.md; the
         # first error names a pool that ran dry: raise --meter-pool).
-        meters = args.meter_pool or int(args.seconds * (600 + 1_100) * 2 * len(databases))
+        meters = args.meter_pool or int(args.seconds * (600 + 1_400) * 2 * len(databases))
         readings = Readings(state, meters)
         print(f"read {meters:,} fresh meters", flush=True)
     report: dict[str, Any] = {
