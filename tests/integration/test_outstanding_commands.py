@@ -122,6 +122,11 @@ def test_the_bench_that_asked_cancels_and_the_meter_is_free_again(deployment: De
         "bench:bench-01",
         True,
     )
+    assert (cancelled["issuanceId"], cancelled["device"], cancelled["requestId"]) == (
+        reply.issuance_id,
+        device_id.hex().upper(),
+        "mine-1",
+    )
     unknown = CliRunner().invoke(bench_app, ["cancel", "--request-id", "none-such", "--reason", "x", *bench])
     assert unknown.exit_code == 1 and "NOT_FOUND" in unknown.stderr
     # An officer cancelling it again changes nothing; the answer says who cancelled it.
